@@ -1,0 +1,214 @@
+"""Activity execution: competing consumers on the hub's task stream."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from redis.exceptions import RedisError
+
+from . import _events as ev
+from ._model import FailureDetails
+from ._registry import ActivityContext
+from ._serialization import decode, encode, pack_record, unpack_record
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+
+log = logging.getLogger("durable.activities")
+
+
+class ActivityRunner:
+    """Reads activity work items, runs them with bounded concurrency, returns results in batches."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.consumer = rt.worker_id
+        self.concurrency = rt.config.concurrency
+        self.in_flight: dict[str, float] = {}
+        self._thread_limiter = anyio.CapacityLimiter(self.concurrency)
+        self._results: list[tuple[str, str, bytes]] = []
+        self._results_ready = anyio.Event()
+        self._slot_freed = anyio.Event()
+        self._reading = True
+        self._read_scope: anyio.CancelScope | None = None
+        self._done = anyio.Event()
+
+    @property
+    def slots_used(self) -> int:
+        return len(self.in_flight)
+
+    def stop_reading(self) -> None:
+        self._reading = False
+        self._slot_freed.set()
+        if self._read_scope is not None:
+            self._read_scope.cancel()
+
+    async def run(self, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        await self.rt.store.ensure_task_group()
+        task_status.started()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._flush_loop)
+            tg.start_soon(self._maintenance_loop, tg)
+            tg.start_soon(self._read_loop, tg)
+            await self._done.wait()
+            tg.cancel_scope.cancel()
+
+    async def drain(self, timeout: float) -> None:
+        """Stop taking tasks; wait for in-flight ones; hand back what did not finish."""
+        self.stop_reading()
+        with anyio.move_on_after(timeout):
+            while self.in_flight:
+                self._slot_freed = anyio.Event()
+                await self._slot_freed.wait()
+        leftover = list(self.in_flight)
+        with anyio.move_on_after(5, shield=True):
+            await self._flush()
+            if leftover:
+                try:
+                    await self.rt.store.hand_back_tasks(leftover, self.rt.config.activity_visibility_ms)
+                except (RedisError, OSError):
+                    pass
+        self._done.set()
+
+    async def _read_loop(self, tg: anyio.abc.TaskGroup) -> None:
+        failures = 0
+        while self._reading:
+            free = self.concurrency - len(self.in_flight)
+            if free <= 0:
+                self._slot_freed = anyio.Event()
+                await self._slot_freed.wait()
+                continue
+            entries: list[Any] = []
+            with anyio.CancelScope() as scope:
+                self._read_scope = scope
+                try:
+                    entries = await self.rt.store.read_tasks(
+                        self.consumer, min(free, 100), self.rt.config.poll_ms
+                    )
+                    failures = 0
+                except (RedisError, OSError) as exc:
+                    failures += 1
+                    log.warning("reading activity tasks failed: %s", exc)
+                    await anyio.sleep(min(0.05 * 2**failures, 2.0))
+                    if "NOGROUP" in str(exc):
+                        await self.rt.store.ensure_task_group()
+            self._read_scope = None
+            for eid, fields in entries:
+                self.in_flight[eid] = time.monotonic()
+                tg.start_soon(self._execute, eid, fields, 1)
+
+    async def _maintenance_loop(self, tg: anyio.abc.TaskGroup) -> None:
+        """Keep our in-flight tasks fresh and reclaim tasks of consumers that went quiet."""
+        vis = self.rt.config.activity_visibility_ms
+        while True:
+            await anyio.sleep(max(vis / 3000, 0.05))
+            try:
+                if self.in_flight:
+                    await self.rt.store.touch_tasks(self.consumer, list(self.in_flight))
+                if not self._reading:
+                    continue
+                free = self.concurrency - len(self.in_flight)
+                if free <= 0:
+                    continue
+                claimed = await self.rt.store.claim_stale_tasks(self.consumer, vis, free)
+            except (RedisError, OSError) as exc:
+                log.warning("activity maintenance failed: %s", exc)
+                continue
+            for eid, fields, delivered in claimed:
+                if eid in self.in_flight:
+                    continue
+                self.rt.metrics.redelivery("activity")
+                if delivered > self.rt.config.max_deliveries:
+                    await self._dead_letter(eid, fields, delivered)
+                    continue
+                self.in_flight[eid] = time.monotonic()
+                tg.start_soon(self._execute, eid, fields, delivered)
+
+    async def _dead_letter(self, eid: str, fields: dict[bytes, bytes], delivered: int) -> None:
+        reason = f"activity task delivered {delivered} times without completing (poison); dead-lettered"
+        try:
+            msg = unpack_record(fields[b"m"])
+            reply = {
+                "kind": ev.MSG_TASK_FAILED,
+                "target": msg["target"],
+                "exec": msg.get("exec"),
+                "tid": msg["tid"],
+                "failure": FailureDetails(reason, "ActivityDeadLetteredError").to_record(),
+            }
+            await self.rt.store.dead_letter_task(eid, fields, reason)
+            self._results.append((str(msg["target"]), eid, pack_record(reply)))
+            self._results_ready.set()
+            self.rt.metrics.dead_lettered("activity")
+        except Exception as exc:
+            log.error("cannot dead-letter task %s: %s", eid, exc)
+
+    async def _execute(self, eid: str, fields: dict[bytes, bytes], delivered: int) -> None:
+        started = time.monotonic()
+        try:
+            msg = unpack_record(fields[b"m"])
+            target, tid, name = str(msg["target"]), int(msg["tid"]), str(msg["name"])
+        except Exception as exc:
+            log.error("malformed activity task %s dropped to the dead-letter stream: %s", eid, exc)
+            try:
+                await self.rt.store.dead_letter_task(eid, fields, f"malformed task: {exc}")
+                await self.rt.store.ack_tasks([eid])
+            finally:
+                self._release(eid)
+            return
+        self.rt.metrics.schedule_to_start("activity", eid, self.rt.now_ms())
+        ctx = ActivityContext(
+            orchestration_id=target,
+            task_id=tid,
+            attempt=delivered,
+            idempotency_key=f"{target}:{msg.get('exec')}:{tid}",
+            name=name,
+        )
+        reply: dict[str, Any] = {"target": target, "exec": msg.get("exec"), "tid": tid}
+        status = "completed"
+        try:
+            fn = self.rt.registry.activities.get(name)
+            if fn is None:
+                raise LookupError(f"no activity named {name!r} is registered with this worker")
+            value = decode(msg.get("input"))
+            if inspect.iscoroutinefunction(fn):
+                result = await fn(ctx, value)
+            else:
+                result = await anyio.to_thread.run_sync(fn, ctx, value, limiter=self._thread_limiter)
+            reply["kind"] = ev.MSG_TASK_COMPLETED
+            reply["result"] = encode(result, what=f"result of activity {name!r}")
+        except Exception as exc:
+            status = "failed"
+            reply["kind"] = ev.MSG_TASK_FAILED
+            reply["failure"] = FailureDetails.from_exception(exc).to_record()
+        self.rt.metrics.activity_done(name, status, time.monotonic() - started)
+        self._results.append((target, eid, pack_record(reply)))
+        self._results_ready.set()
+
+    def _release(self, eid: str) -> None:
+        self.in_flight.pop(eid, None)
+        self._slot_freed.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._results_ready.wait()
+            self._results_ready = anyio.Event()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        failures = 0
+        while self._results:
+            batch, self._results = self._results, []
+            try:
+                await self.rt.store.finish_tasks(batch)
+            except (RedisError, OSError) as exc:
+                self._results = batch + self._results
+                failures += 1
+                log.warning("delivering activity results failed: %s", exc)
+                await anyio.sleep(min(0.05 * 2**failures, 2.0))
+                continue
+            for _, eid, _ in batch:
+                self._release(eid)

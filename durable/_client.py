@@ -1,0 +1,369 @@
+"""Clients: AsyncClient (awaitable) and Client (synchronous facade over the same code)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import time
+import uuid
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+
+from . import _events as ev
+from ._config import resolve_hub, resolve_url
+from ._loop import LoopThread
+from ._model import (
+    FailureDetails,
+    OrchestrationAlreadyExistsError,
+    OrchestrationNotFoundError,
+    OrchestrationState,
+    OrchestrationStatus,
+    datetime_to_ms,
+    ms_to_datetime,
+)
+from ._registry import name_of
+from ._serialization import decode, encode, pack_record, unpack_record
+from ._store import Store
+
+T = TypeVar("T")
+
+
+def _state_from(instance_id: str, f: dict[bytes, bytes]) -> OrchestrationState:
+    def payload(key: bytes) -> Any:
+        raw = f.get(key)
+        return decode(raw) if raw else None
+
+    failure_raw = f.get(b"failure")
+    parent_raw = f.get(b"parent")
+    scheduled = f.get(b"scheduled")
+    status = f.get(b"status", b"PENDING").decode()
+    if status == OrchestrationStatus.CONTINUED_AS_NEW.value:
+        status = OrchestrationStatus.RUNNING.value
+    return OrchestrationState(
+        instance_id=instance_id,
+        name=f.get(b"name", b"").decode(),
+        runtime_status=OrchestrationStatus(status),
+        input=payload(b"input"),
+        output=payload(b"output"),
+        custom_status=payload(b"custom"),
+        failure_details=FailureDetails.from_record(unpack_record(failure_raw)) if failure_raw else None,
+        created_at=ms_to_datetime(int(f.get(b"created", b"0"))),
+        last_updated_at=ms_to_datetime(int(f.get(b"updated", b"0"))),
+        scheduled_start_at=ms_to_datetime(int(scheduled)) if scheduled else None,
+        parent_instance_id=unpack_record(parent_raw).get("iid") if parent_raw else None,
+    )
+
+
+class AsyncClient:
+    """Starts, queries and controls orchestrations (and signals entities) of one hub."""
+
+    def __init__(self, redis_url: str | None = None, hub: str | None = None) -> None:
+        self._redis_url = redis_url
+        self.hub = resolve_hub(hub)
+        self._store: Store | None = None
+
+    async def _get_store(self) -> Store:
+        if self._store is None:
+            store = Store.from_url(resolve_url(self._redis_url), self.hub)
+            await store.ensure_hub()
+            self._store = store
+        return self._store
+
+    async def close(self) -> None:
+        """Close the Redis connections."""
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- orchestrations --------------------------------------------------------------------------
+    async def schedule_new_orchestration(
+        self,
+        orchestrator: Callable[..., Any] | str,
+        *,
+        input: Any = None,
+        instance_id: str | None = None,
+        start_at: _dt.datetime | None = None,
+    ) -> str:
+        """Start an orchestration (now, or at ``start_at``); returns its instance id.
+
+        Raises SerializationError for an input msgpack cannot carry and
+        OrchestrationAlreadyExistsError when an instance with that id is still running.
+        """
+        name = name_of(orchestrator, "orchestrator")
+        iid = instance_id or uuid.uuid4().hex
+        if not iid or iid.startswith("@"):
+            raise ValueError(f"invalid instance id {iid!r} (must be non-empty and not start with '@')")
+        data = encode(input, what=f"input of orchestration {name!r}")
+        store = await self._get_store()
+        created = int(time.time() * 1000)
+        exec_id = uuid.uuid4().hex
+        message = pack_record(
+            {
+                "kind": ev.MSG_START,
+                "target": iid,
+                "name": name,
+                "input": data,
+                "exec": exec_id,
+                "created": created,
+            }
+        )
+        scheduled = None
+        if start_at is not None:
+            scheduled = datetime_to_ms(start_at)
+            if scheduled <= created:
+                scheduled = None
+        ok = await store.start_instance(iid, name, message, data, created, scheduled, exec_id)
+        if not ok:
+            raise OrchestrationAlreadyExistsError(
+                f"an orchestration with id {iid!r} already exists and is not finished"
+            )
+        return iid
+
+    async def get_orchestration_state(self, instance_id: str) -> OrchestrationState | None:
+        """The instance's current state, or None if there is no such instance."""
+        store = await self._get_store()
+        fields = await store.get_instance(instance_id)
+        if not fields or b"status" not in fields:
+            return None
+        return _state_from(instance_id, fields)
+
+    async def get_orchestration_history(self, instance_id: str) -> list[dict[str, Any]]:
+        """The recorded history events of the instance's current execution (payloads decoded)."""
+        store = await self._get_store()
+        events = await store.get_history(instance_id)
+        for e in events:
+            for key in ("input", "result", "output"):
+                if isinstance(e.get(key), bytes):
+                    e[key] = decode(e[key])
+        return events
+
+    async def _wait(
+        self, instance_id: str, timeout: float, done: Callable[[OrchestrationState], bool]
+    ) -> OrchestrationState:
+        store = await self._get_store()
+        pubsub = await store.wait_status_change(instance_id)
+        try:
+            with anyio.fail_after(timeout):
+                while True:
+                    state = await self.get_orchestration_state(instance_id)
+                    if state is not None and done(state):
+                        return state
+                    # wake on a status change, or re-check periodically in case a hint is lost
+                    await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+        except TimeoutError:
+            raise TimeoutError(
+                f"orchestration {instance_id!r} did not reach the expected state within {timeout}s"
+            )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pubsub.aclose()
+
+    async def wait_for_orchestration_start(
+        self, instance_id: str, *, timeout: float = 60
+    ) -> OrchestrationState:
+        """Wait until the instance has left PENDING; raises TimeoutError."""
+        return await self._wait(
+            instance_id, timeout, lambda s: s.runtime_status != OrchestrationStatus.PENDING
+        )
+
+    async def wait_for_orchestration_completion(
+        self, instance_id: str, *, timeout: float = 60
+    ) -> OrchestrationState:
+        """Wait until the instance completed, failed or was terminated; raises TimeoutError."""
+        return await self._wait(instance_id, timeout, lambda s: s.runtime_status.is_terminal)
+
+    async def _send(self, instance_id: str, body: dict[str, Any]) -> None:
+        store = await self._get_store()
+        body["target"] = instance_id
+        if not await store.send_to_instance(instance_id, pack_record(body)):
+            raise OrchestrationNotFoundError(f"no orchestration with id {instance_id!r}")
+
+    async def raise_orchestration_event(self, instance_id: str, event_name: str, *, data: Any = None) -> None:
+        """Deliver an external event; it is buffered until the orchestration waits for it."""
+        payload = encode(data, what=f"data of event {event_name!r}")
+        await self._send(instance_id, {"kind": ev.MSG_EVENT, "name": event_name, "input": payload})
+
+    async def terminate_orchestration(self, instance_id: str, *, output: Any = None) -> None:
+        """Stop the instance; its status becomes TERMINATED with ``output``."""
+        payload = encode(output, what="termination output")
+        await self._send(instance_id, {"kind": ev.MSG_TERMINATE, "output": payload})
+
+    async def suspend_orchestration(self, instance_id: str, *, reason: str | None = None) -> None:
+        """Pause the instance; events that arrive meanwhile are kept and applied on resume."""
+        await self._send(instance_id, {"kind": ev.MSG_SUSPEND, "reason": reason})
+
+    async def resume_orchestration(self, instance_id: str, *, reason: str | None = None) -> None:
+        """Resume a suspended instance."""
+        await self._send(instance_id, {"kind": ev.MSG_RESUME, "reason": reason})
+
+    async def purge_orchestration(self, instance_id: str) -> bool:
+        """Delete a finished instance's state and history; False if there is no such instance.
+
+        Raises ValueError when the instance has not finished (terminate it first).
+        """
+        store = await self._get_store()
+        res = await store.purge_instance(instance_id)
+        if res < 0:
+            raise ValueError(f"orchestration {instance_id!r} is still running; terminate it before purging")
+        return res == 1
+
+    async def list_orchestrations(
+        self,
+        *,
+        status: OrchestrationStatus | str | list[OrchestrationStatus | str] | None = None,
+        name: str | None = None,
+        created_from: _dt.datetime | None = None,
+        created_to: _dt.datetime | None = None,
+        limit: int = 100,
+    ) -> list[OrchestrationState]:
+        """Instances newest first, filtered by status(es), name and creation time."""
+        store = await self._get_store()
+        wanted: set[str] | None = None
+        if status is not None:
+            items = status if isinstance(status, list) else [status]
+            wanted = {OrchestrationStatus(s).value if isinstance(s, str) else s.value for s in items}
+        lo = datetime_to_ms(created_from) if created_from else None
+        hi = datetime_to_ms(created_to) if created_to else None
+        out: list[OrchestrationState] = []
+        scan = max(limit, 100) if (wanted or name) else limit
+        while True:
+            ids = await store.index_range(lo, hi, scan)
+            # examine candidates newest first until the page is full
+            for start in range(0, len(ids), 200):
+                chunk = ids[start : start + 200]
+                rows = await store.get_instances([iid for iid, _ in chunk])
+                for (iid, _), fields in zip(chunk, rows, strict=True):
+                    if not fields or b"status" not in fields:
+                        continue
+                    state = _state_from(iid, fields)
+                    if wanted is not None and state.runtime_status.value not in wanted:
+                        continue
+                    if name is not None and state.name != name:
+                        continue
+                    out.append(state)
+                    if len(out) >= limit:
+                        return out
+            if len(ids) < scan * store.partitions or scan >= 1_000_000:
+                return out
+            scan *= 4
+            out.clear()
+
+
+class Client:
+    """Synchronous client; the same methods as :class:`AsyncClient`, blocking."""
+
+    def __init__(self, redis_url: str | None = None, hub: str | None = None) -> None:
+        self._async = AsyncClient(redis_url, hub)
+        self.hub = self._async.hub
+        self._thread: LoopThread | None = LoopThread("durable-client")
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self._thread is None:
+            raise RuntimeError("client is closed")
+        return self._thread.run(functools.partial(fn, *args, **kwargs)())
+
+    def close(self) -> None:
+        """Close connections and the client's background thread."""
+        if self._thread is not None:
+            self._thread.run(self._async.close())
+            self._thread.close()
+            self._thread = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def schedule_new_orchestration(
+        self,
+        orchestrator: Callable[..., Any] | str,
+        *,
+        input: Any = None,
+        instance_id: str | None = None,
+        start_at: _dt.datetime | None = None,
+    ) -> str:
+        """See :meth:`AsyncClient.schedule_new_orchestration`."""
+        return str(
+            self._call(
+                self._async.schedule_new_orchestration,
+                orchestrator,
+                input=input,
+                instance_id=instance_id,
+                start_at=start_at,
+            )
+        )
+
+    def get_orchestration_state(self, instance_id: str) -> OrchestrationState | None:
+        """See :meth:`AsyncClient.get_orchestration_state`."""
+        return self._call(self._async.get_orchestration_state, instance_id)  # type: ignore[no-any-return]
+
+    def get_orchestration_history(self, instance_id: str) -> list[dict[str, Any]]:
+        """See :meth:`AsyncClient.get_orchestration_history`."""
+        return self._call(self._async.get_orchestration_history, instance_id)  # type: ignore[no-any-return]
+
+    def wait_for_orchestration_start(self, instance_id: str, *, timeout: float = 60) -> OrchestrationState:
+        """See :meth:`AsyncClient.wait_for_orchestration_start`."""
+        return self._call(  # type: ignore[no-any-return]
+            self._async.wait_for_orchestration_start, instance_id, timeout=timeout
+        )
+
+    def wait_for_orchestration_completion(
+        self, instance_id: str, *, timeout: float = 60
+    ) -> OrchestrationState:
+        """See :meth:`AsyncClient.wait_for_orchestration_completion`."""
+        return self._call(  # type: ignore[no-any-return]
+            self._async.wait_for_orchestration_completion, instance_id, timeout=timeout
+        )
+
+    def raise_orchestration_event(self, instance_id: str, event_name: str, *, data: Any = None) -> None:
+        """See :meth:`AsyncClient.raise_orchestration_event`."""
+        self._call(self._async.raise_orchestration_event, instance_id, event_name, data=data)
+
+    def terminate_orchestration(self, instance_id: str, *, output: Any = None) -> None:
+        """See :meth:`AsyncClient.terminate_orchestration`."""
+        self._call(self._async.terminate_orchestration, instance_id, output=output)
+
+    def suspend_orchestration(self, instance_id: str, *, reason: str | None = None) -> None:
+        """See :meth:`AsyncClient.suspend_orchestration`."""
+        self._call(self._async.suspend_orchestration, instance_id, reason=reason)
+
+    def resume_orchestration(self, instance_id: str, *, reason: str | None = None) -> None:
+        """See :meth:`AsyncClient.resume_orchestration`."""
+        self._call(self._async.resume_orchestration, instance_id, reason=reason)
+
+    def purge_orchestration(self, instance_id: str) -> bool:
+        """See :meth:`AsyncClient.purge_orchestration`."""
+        return bool(self._call(self._async.purge_orchestration, instance_id))
+
+    def list_orchestrations(
+        self,
+        *,
+        status: OrchestrationStatus | str | list[OrchestrationStatus | str] | None = None,
+        name: str | None = None,
+        created_from: _dt.datetime | None = None,
+        created_to: _dt.datetime | None = None,
+        limit: int = 100,
+    ) -> list[OrchestrationState]:
+        """See :meth:`AsyncClient.list_orchestrations`."""
+        return self._call(  # type: ignore[no-any-return]
+            self._async.list_orchestrations,
+            status=status,
+            name=name,
+            created_from=created_from,
+            created_to=created_to,
+            limit=limit,
+        )

@@ -1,0 +1,371 @@
+"""The orchestration replay executor: history and new events in; new history and actions out.
+
+Pure: no Redis, no clocks, no event loop. A live executor is kept in the owning worker's cache, so
+a step only feeds the new events to the suspended generator (linear cost); after a cache miss the
+executor is rebuilt by replaying the recorded history, during which every scheduling event must
+match the action the code produces at that point, or :class:`NonDeterminismError` is raised.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _events as ev
+from ._context import NameOf, OrchestrationContext
+from ._model import FailureDetails, NonDeterminismError, OrchestrationStatus, ms_to_datetime
+from ._serialization import SerializationError, decode, encode
+from ._tasks import CompletableTask, RetryableTask, Task
+
+OrchestratorFn = Callable[..., Any]
+
+_COMPLETIONS = {
+    ev.TASK_COMPLETED,
+    ev.TASK_FAILED,
+    ev.SUB_COMPLETED,
+    ev.SUB_FAILED,
+    ev.TIMER_FIRED,
+}
+
+
+@dataclass
+class StepResult:
+    """What one step produced."""
+
+    new_events: list[ev.Event] = field(default_factory=list)
+    actions: list[ev.Event] = field(default_factory=list)
+    status: OrchestrationStatus = OrchestrationStatus.RUNNING
+    output: bytes | None = None
+    failure: FailureDetails | None = None
+    custom_status: bytes | None = None
+    custom_status_set: bool = False
+    continue_as_new: tuple[bytes | None, list[tuple[str, bytes | None]]] | None = None
+    nondeterminism: bool = False
+
+
+class OrchestrationExecutor:
+    """Drives one execution of one orchestration instance."""
+
+    def __init__(
+        self,
+        instance_id: str,
+        resolve: Callable[[str], OrchestratorFn | None],
+        name_of: NameOf,
+        context_factory: Callable[[str, NameOf], OrchestrationContext] = OrchestrationContext,
+    ) -> None:
+        self.instance_id = instance_id
+        self.history: list[ev.Event] = []
+        self.ctx = context_factory(instance_id, name_of)
+        self._resolve = resolve
+        self._driver: Any = None  # generator or coroutine
+        self._current: Task[Any] | None = None
+        self._status = OrchestrationStatus.RUNNING
+        self._output: bytes | None = None
+        self._failure: FailureDetails | None = None
+        self._suspended = False
+        self._suspended_buffer: list[ev.Event] = []
+        self._done = False
+        self._replay_error: NonDeterminismError | None = None
+        self.name = ""
+
+    @property
+    def status(self) -> OrchestrationStatus:
+        """The status after the last processed event."""
+        if not self._done and self._suspended:
+            return OrchestrationStatus.SUSPENDED
+        return self._status
+
+    @property
+    def is_done(self) -> bool:
+        """True once the execution completed, failed, was terminated or continued as new."""
+        return self._done
+
+    # -- public entry points ---------------------------------------------------------------------
+    def replay(self, history: list[ev.Event]) -> None:
+        """Rebuild state from recorded history (a non-determinism error surfaces in the next step)."""
+        self.ctx._is_replaying = True
+        try:
+            for event in history:
+                self._apply(event)
+                self.history.append(event)
+        except NonDeterminismError as exc:
+            self._replay_error = exc
+            self.history = list(history)
+        finally:
+            self.ctx._is_replaying = False
+
+    def execute(self, new_events: list[ev.Event]) -> StepResult:
+        """Apply new events (the first is usually OrchestratorStarted) and collect what follows."""
+        result = StepResult()
+        self.ctx._is_replaying = False
+        self.ctx._custom_status_set = False
+        if self._replay_error is not None:
+            return self._fail_nondeterministic(self._replay_error, result)
+        try:
+            for event in new_events:
+                if self._done:
+                    break
+                if self._apply(event):
+                    self._append(event, result)
+            if self.ctx._pending_actions and self._status != OrchestrationStatus.TERMINATED:
+                # Whatever the code scheduled and history does not hold yet is new work.
+                for tid in sorted(self.ctx._pending_actions):
+                    action = self.ctx._pending_actions.pop(tid)
+                    self._append(action, result)
+                    result.actions.append(action)
+            if self.ctx._continue_as_new is not None and not self._done:
+                self._finish(OrchestrationStatus.CONTINUED_AS_NEW, self.ctx._continue_as_new[0], None)
+        except NonDeterminismError as exc:
+            return self._fail_nondeterministic(exc, result)
+        if self._done:
+            self._append(
+                {
+                    "k": ev.EXECUTION_COMPLETED,
+                    "status": self._status.value,
+                    "result": self._output,
+                    "failure": self._failure.to_record() if self._failure else None,
+                },
+                result,
+            )
+            if self._status == OrchestrationStatus.CONTINUED_AS_NEW:
+                assert self.ctx._continue_as_new is not None
+                data, save_events = self.ctx._continue_as_new
+                carried: list[tuple[str, bytes | None]] = []
+                if save_events:
+                    for queue in self.ctx._received_events.values():
+                        carried.extend(queue)
+                result.continue_as_new = (data, carried)
+        result.status = self.status
+        result.output = self._output
+        result.failure = self._failure
+        result.custom_status = self.ctx._custom_status
+        result.custom_status_set = self.ctx._custom_status_set
+        return result
+
+    # -- internals -------------------------------------------------------------------------------
+    def _append(self, event: ev.Event, result: StepResult) -> None:
+        event["eid"] = len(self.history)
+        event.setdefault("ts", self.ctx._now_ms)
+        self.history.append(event)
+        result.new_events.append(event)
+
+    def _fail_nondeterministic(self, exc: NonDeterminismError, result: StepResult) -> StepResult:
+        self._replay_error = None
+        self._close_driver()
+        details = FailureDetails(str(exc), "NonDeterminismError", None)
+        self._done = True
+        self._status = OrchestrationStatus.FAILED
+        self._failure = details
+        result.actions.clear()
+        self.ctx._pending_actions.clear()
+        self._append(
+            {"k": ev.EXECUTION_COMPLETED, "status": "FAILED", "result": None, "failure": details.to_record()},
+            result,
+        )
+        result.status = OrchestrationStatus.FAILED
+        result.failure = details
+        result.nondeterminism = True
+        return result
+
+    def _apply(self, event: ev.Event) -> bool:
+        """Apply one event; False means it was a duplicate or stale and is not recorded."""
+        kind = event["k"]
+        ctx = self.ctx
+        if kind == ev.ORCHESTRATOR_STARTED:
+            ctx._now_ms = int(event["ts"])
+            ctx._now = ms_to_datetime(ctx._now_ms)
+            return True
+        if kind in ev.SCHEDULING_EVENTS:
+            self._match_action(event)
+            return True
+        if kind == ev.EXECUTION_STARTED:
+            self._start(event)
+            return True
+        if kind == ev.EXECUTION_TERMINATED:
+            self._close_driver()
+            self._finish(OrchestrationStatus.TERMINATED, event.get("output"), None)
+            return True
+        if kind == ev.EXECUTION_COMPLETED:
+            return True
+        if kind == ev.EXECUTION_SUSPENDED:
+            self._suspended = True
+            return True
+        if kind == ev.EXECUTION_RESUMED:
+            self._suspended = False
+            buffered, self._suspended_buffer = self._suspended_buffer, []
+            for item in buffered:
+                self._deliver(item)
+            return True
+        if self._suspended:
+            self._suspended_buffer.append(event)
+            return True
+        return self._deliver(event)
+
+    def _deliver(self, event: ev.Event) -> bool:
+        kind = event["k"]
+        ctx = self.ctx
+        if kind == ev.EVENT_RAISED:
+            key = str(event["name"]).casefold()
+            waiters = ctx._event_waiters.get(key)
+            if waiters:
+                waiters.popleft()._set_result(decode(event.get("input")))
+            else:
+                ctx._received_events.setdefault(key, deque()).append((event["name"], event.get("input")))
+            self._resume()
+            return True
+        if kind in _COMPLETIONS:
+            tid = event.get("tid")
+            if kind == ev.TIMER_FIRED and tid in ctx._retry_timers:
+                retryable = ctx._retry_timers.pop(tid)
+                retryable.attempt += 1
+                ctx._emit_call(retryable.action, retryable)
+                return True
+            task = ctx._open_tasks.pop(tid, None) if isinstance(tid, int) else None
+            if task is None:
+                return False
+            if kind in (ev.TASK_COMPLETED, ev.SUB_COMPLETED):
+                task._set_result(decode(event.get("result")))
+            elif kind == ev.TIMER_FIRED:
+                task._set_result(None)
+            else:
+                details = FailureDetails.from_record(event.get("failure")) or FailureDetails(
+                    "failed", "Error"
+                )
+                if isinstance(task, RetryableTask):
+                    elapsed = ms_to_datetime(ctx._now_ms) - ms_to_datetime(task.first_attempt_ms)
+                    delay = task.policy.next_delay(task.attempt, elapsed)
+                    if delay is not None:
+                        ctx._create_retry_timer(task, delay)
+                        return True
+                desc = task.description if isinstance(task, CompletableTask) else "task"
+                task.fail(f"{desc} failed: {details.message}", details)
+            self._resume()
+            return True
+        return self._deliver_extension(event)
+
+    def _deliver_extension(self, event: ev.Event) -> bool:
+        """Hook for event kinds owned by other modules (entities); unknown kinds are dropped."""
+        handler = self.ctx._extensions.get("deliver")
+        if handler is not None and handler(event):
+            self._resume()
+            return True
+        return False
+
+    def _match_action(self, event: ev.Event) -> None:
+        tid = event.get("tid")
+        action = self.ctx._pending_actions.pop(tid, None) if isinstance(tid, int) else None
+        if action is None:
+            raise NonDeterminismError(
+                f"orchestration {self.instance_id!r}: history records {_describe(event)} (task {tid}), "
+                "but the code did not schedule it at this point"
+            )
+        if action["k"] != event["k"] or action.get("name") != event.get("name"):
+            raise NonDeterminismError(
+                f"orchestration {self.instance_id!r}: history records {_describe(event)} (task {tid}), "
+                f"but the code now schedules {_describe(action)}"
+            )
+        # history is authoritative (e.g. generated sub-orchestration ids)
+        action.update(event)
+
+    def _start(self, event: ev.Event) -> None:
+        self.name = str(event["name"])
+        fn = self._resolve(self.name)
+        if fn is None:
+            self._finish(
+                OrchestrationStatus.FAILED,
+                None,
+                FailureDetails(
+                    f"no orchestrator named {self.name!r} is registered with this worker",
+                    "OrchestrationNotFoundError",
+                ),
+            )
+            return
+        try:
+            value = decode(event.get("input"))
+            out = fn(self.ctx, value)
+        except Exception as exc:
+            self._finish(OrchestrationStatus.FAILED, None, FailureDetails.from_exception(exc))
+            return
+        if inspect.isgenerator(out) or inspect.iscoroutine(out):
+            self._driver = out
+            self._step(lambda: out.send(None))
+        else:
+            self._complete_with(out)
+
+    def _resume(self) -> None:
+        while not self._done and self._current is not None and self._current.is_complete:
+            task, driver = self._current, self._driver
+            self._current = None
+            if task.is_failed:
+                self._step(lambda: driver.throw(task.get_exception()))
+            else:
+                self._step(lambda: driver.send(task._result))
+
+    def _step(self, advance: Callable[[], Any]) -> None:
+        try:
+            yielded = advance()
+        except StopIteration as stop:
+            self._driver = None
+            self._complete_with(stop.value)
+            return
+        except NonDeterminismError:
+            raise
+        except Exception as exc:
+            self._driver = None
+            self._finish(OrchestrationStatus.FAILED, None, FailureDetails.from_exception(exc))
+            return
+        if self.ctx._continue_as_new is not None:
+            self._close_driver()
+            self._finish(OrchestrationStatus.CONTINUED_AS_NEW, self.ctx._continue_as_new[0], None)
+            return
+        if not isinstance(yielded, Task):
+            self._close_driver()
+            self._finish(
+                OrchestrationStatus.FAILED,
+                None,
+                FailureDetails(
+                    f"orchestrator yielded/awaited {type(yielded).__qualname__}; only durable tasks "
+                    "(ctx.call_activity, ctx.create_timer, when_all, ...) may be awaited",
+                    "TypeError",
+                ),
+            )
+            return
+        self._current = yielded
+        if yielded.is_complete:
+            self._resume()
+
+    def _complete_with(self, value: Any) -> None:
+        if self.ctx._continue_as_new is not None:
+            self._finish(OrchestrationStatus.CONTINUED_AS_NEW, self.ctx._continue_as_new[0], None)
+            return
+        try:
+            data = encode(value, what=f"output of orchestration {self.name!r}")
+        except (SerializationError, ValueError) as exc:
+            self._finish(OrchestrationStatus.FAILED, None, FailureDetails.from_exception(exc))
+            return
+        self._finish(OrchestrationStatus.COMPLETED, data, None)
+
+    def _finish(
+        self, status: OrchestrationStatus, output: bytes | None, failure: FailureDetails | None
+    ) -> None:
+        self._done = True
+        self._status = status
+        self._output = output
+        self._failure = failure
+
+    def _close_driver(self) -> None:
+        if self._driver is not None:
+            try:
+                self._driver.close()
+            except Exception:
+                pass
+            self._driver = None
+
+
+def _describe(event: ev.Event) -> str:
+    kind = event.get("k")
+    name = event.get("name")
+    return f"{kind}({name!r})" if name else str(kind)

@@ -1,0 +1,142 @@
+"""The Redis key layout, in one place.
+
+Hub-wide keys carry the hash tag ``{<hub>}``; every key of partition NN carries ``{<hub>:NN}``,
+so that one partition lives in one Redis Cluster slot and a single script can commit a step.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from functools import cache, cached_property
+
+PREFIX = "durable"
+FORMAT_VERSION = 1
+DEFAULT_PARTITIONS = 32
+ACTIVITY_GROUP = "activity-workers"
+
+
+def partition_of(instance_id: str, partitions: int) -> int:
+    """The partition that owns an orchestration or entity instance: crc32(id) mod P."""
+    return zlib.crc32(instance_id.encode()) % partitions
+
+
+@dataclass(frozen=True)
+class HubKeys:
+    """Keys shared by the whole hub."""
+
+    hub: str
+
+    @cached_property
+    def tag(self) -> str:
+        return f"{PREFIX}:{{{self.hub}}}"
+
+    @property
+    def meta(self) -> str:
+        """Hash: partitions, format version, created time."""
+        return f"{self.tag}:meta"
+
+    @property
+    def tasks(self) -> str:
+        """Stream of activity work items, read by the consumer group ``activity-workers``."""
+        return f"{self.tag}:tasks"
+
+    @property
+    def tasks_dlq(self) -> str:
+        """Stream of activity work items that were delivered too often (poison)."""
+        return f"{self.tag}:tasks:dlq"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set: worker id scored by heartbeat expiry (ms)."""
+        return f"{self.tag}:workers"
+
+    def worker(self, worker_id: str) -> str:
+        """Hash: one worker's facts (host, pid, slots, owned partitions); expires with its heartbeat."""
+        return f"{self.tag}:worker:{worker_id}"
+
+    def status_channel(self, instance_id: str) -> str:
+        """Pub/sub channel announcing status changes of one instance (a hint for waiting clients)."""
+        return f"{self.tag}:status:{instance_id}"
+
+    def partition(self, index: int) -> PartitionKeys:
+        return _partition_keys(self.hub, index)
+
+
+@dataclass(frozen=True)
+class PartitionKeys:
+    """Keys of one partition; all share one hash tag."""
+
+    hub: str
+    index: int
+
+    @cached_property
+    def tag(self) -> str:
+        return f"{PREFIX}:{{{self.hub}:{self.index:02d}}}"
+
+    @property
+    def lease(self) -> str:
+        """String ``epoch|worker|uuid`` with a TTL: the current owner."""
+        return f"{self.tag}:lease"
+
+    @property
+    def epoch(self) -> str:
+        """Counter incremented on every acquisition."""
+        return f"{self.tag}:epoch"
+
+    @property
+    def state(self) -> str:
+        """Hash: ``cursor`` (last consumed inbox id), ``src:<NN>`` (last applied outbox id per source)."""
+        return f"{self.tag}:state"
+
+    @property
+    def inbox(self) -> str:
+        """Stream: the partition's mailbox."""
+        return f"{self.tag}:inbox"
+
+    @property
+    def outbox(self) -> str:
+        """Stream: messages to other partitions and activity dispatch, forwarded after commit."""
+        return f"{self.tag}:outbox"
+
+    @property
+    def timers(self) -> str:
+        """Sorted set: timer id scored by due time (ms, Redis clock)."""
+        return f"{self.tag}:timers"
+
+    @property
+    def timer_data(self) -> str:
+        """Hash: timer id -> message to deliver when due."""
+        return f"{self.tag}:timerdata"
+
+    @property
+    def instances(self) -> str:
+        """Sorted set: orchestration instance ids scored by creation time (ms)."""
+        return f"{self.tag}:index"
+
+    @property
+    def entity_index(self) -> str:
+        """Sorted set: entity ids scored by last modification time (ms)."""
+        return f"{self.tag}:entities"
+
+    @property
+    def dlq(self) -> str:
+        """Stream: inbox messages rejected as malformed or poison, with the reason."""
+        return f"{self.tag}:dlq"
+
+    def instance(self, instance_id: str) -> str:
+        """Hash: one orchestration instance's metadata."""
+        return f"{self.tag}:i:{instance_id}"
+
+    def history(self, instance_id: str) -> str:
+        """List: the history events of the instance's current execution."""
+        return f"{self.tag}:h:{instance_id}"
+
+    def entity(self, entity_id: str) -> str:
+        """Hash: one entity's state snapshot, lock owner and queue."""
+        return f"{self.tag}:e:{entity_id}"
+
+
+@cache
+def _partition_keys(hub: str, index: int) -> PartitionKeys:
+    return PartitionKeys(hub, index)

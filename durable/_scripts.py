@@ -1,0 +1,176 @@
+"""Lua scripts run by the store. Flat KEYS/ARGV, no cmsgpack, no Redis Functions, so they run on
+Redis 6.2+, Cluster, Valkey and fakeredis[lua]. Every writer validates first and writes after:
+Redis has no rollback."""
+
+# KEYS: lease, epoch ; ARGV: worker, uuid, ttl_ms  ->  lease value, or false when held
+ACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local e = redis.call('INCR', KEYS[2])
+local v = e .. '|' .. ARGV[1] .. '|' .. ARGV[2]
+redis.call('SET', KEYS[1], v, 'PX', tonumber(ARGV[3]))
+return v
+"""
+
+# KEYS: lease ; ARGV: value, ttl_ms  ->  1 renewed, 0 lost
+RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"""
+
+# KEYS: lease ; ARGV: value  ->  1 released, 0 not ours
+RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+
+# KEYS: lease, timers, timer_data, inbox ; ARGV: lease value, limit
+# -> {promoted, next_due_ms or -1, now_ms}; {-1} when fenced. Uses the Redis clock.
+PROMOTE_TIMERS = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, -1, -1} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+for _, member in ipairs(due) do
+  local m = redis.call('HGET', KEYS[3], member)
+  if m then redis.call('XADD', KEYS[4], '*', 'm', m) end
+  redis.call('ZREM', KEYS[2], member)
+  redis.call('HDEL', KEYS[3], member)
+end
+local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+local nd = -1
+if nxt[2] then nd = tonumber(nxt[2]) end
+return {#due, nd, now}
+"""
+
+# The partition commit.
+# KEYS: 1 lease, 2 state, 3 inbox, 4 outbox, 5 timers, 6 timer_data, 7 index, 8 entity index,
+#       then per record i: 7+2i record hash, 8+2i history list (orchestrations) or the hash again.
+# ARGV (read in order):
+#   lease, prev_cursor, new_cursor, n, then n expected versions,
+#   per record: mode ('a' append | 'r' replace history | 'd' delete record), nfields, k v ...,
+#               nevents, events ..., index ('i' | 'e' | ''), index member, index score ('' = keep),
+#               channel ('' = none), message
+#   nself, per message: nfields, k v ...      (XADD to this partition's inbox)
+#   nout,  per message: nfields, k v ...      (XADD to the outbox)
+#   ntimers, per timer: score, member, data
+#   ndeltimers, member ...
+#   nstate, k v ...                            (HSET state, e.g. src positions)
+#   trim ('1' to XTRIM the inbox up to new_cursor)
+# Returns {1, outbox ids...} | {-1} fenced | {-2, cursor} cursor moved | {-3, i} version conflict
+COMMIT = """
+local pos = 1
+local function nxt() local v = ARGV[pos]; pos = pos + 1; return v end
+if redis.call('GET', KEYS[1]) ~= nxt() then return {-1} end
+local prev = nxt(); local newc = nxt()
+local cur = redis.call('HGET', KEYS[2], 'cursor') or '0-0'
+if cur ~= prev then return {-2, cur} end
+local n = tonumber(nxt())
+local vers = {}
+for i = 1, n do
+  local expected = nxt()
+  local v = redis.call('HGET', KEYS[7 + 2 * i], 'v') or '0'
+  if v ~= expected then return {-3, i} end
+  vers[i] = tonumber(expected)
+end
+for i = 1, n do
+  local hk, lk = KEYS[7 + 2 * i], KEYS[8 + 2 * i]
+  local mode = nxt()
+  local nf = tonumber(nxt())
+  local fields = {}
+  for j = 1, nf * 2 do fields[j] = nxt() end
+  local ne = tonumber(nxt())
+  if mode == 'd' then
+    redis.call('DEL', hk)
+    if lk ~= hk then redis.call('DEL', lk) end
+    pos = pos + ne
+  else
+    if mode == 'r' and lk ~= hk then redis.call('DEL', lk) end
+    if ne > 0 then
+      local evs = {}
+      for j = 1, ne do evs[j] = nxt() end
+      redis.call('RPUSH', lk, unpack(evs))
+    end
+    if nf > 0 then redis.call('HSET', hk, unpack(fields)) end
+    redis.call('HSET', hk, 'v', vers[i] + 1)
+  end
+  local which = nxt(); local member = nxt(); local score = nxt()
+  if which ~= '' then
+    local idx = KEYS[7]
+    if which == 'e' then idx = KEYS[8] end
+    if mode == 'd' then redis.call('ZREM', idx, member)
+    elseif score ~= '' then redis.call('ZADD', idx, tonumber(score), member) end
+  end
+  local ch = nxt(); local msg = nxt()
+  if ch ~= '' then redis.call('PUBLISH', ch, msg) end
+end
+local ns = tonumber(nxt())
+for i = 1, ns do
+  local nf = tonumber(nxt()); local f = {}
+  for j = 1, nf * 2 do f[j] = nxt() end
+  redis.call('XADD', KEYS[3], '*', unpack(f))
+end
+local out = {1}
+local no = tonumber(nxt())
+for i = 1, no do
+  local nf = tonumber(nxt()); local f = {}
+  for j = 1, nf * 2 do f[j] = nxt() end
+  out[#out + 1] = redis.call('XADD', KEYS[4], '*', unpack(f))
+end
+local nt = tonumber(nxt())
+for i = 1, nt do
+  local score = nxt(); local member = nxt(); local data = nxt()
+  redis.call('ZADD', KEYS[5], tonumber(score), member)
+  redis.call('HSET', KEYS[6], member, data)
+end
+local nd = tonumber(nxt())
+for i = 1, nd do
+  local member = nxt()
+  redis.call('ZREM', KEYS[5], member)
+  redis.call('HDEL', KEYS[6], member)
+end
+local nst = tonumber(nxt())
+local st = {'cursor', newc}
+for j = 1, nst * 2 do st[#st + 1] = nxt() end
+redis.call('HSET', KEYS[2], unpack(st))
+if nxt() == '1' then redis.call('XTRIM', KEYS[3], 'MINID', newc) end
+return out
+"""
+
+# Client start. KEYS: instance hash, inbox, timers, timer_data, index
+# ARGV: message, created_ms, name, input, scheduled_ms ('' = now), timer member, instance id, execution id
+# -> 1 started, 0 already exists and not terminal
+START = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if st and st ~= 'COMPLETED' and st ~= 'FAILED' and st ~= 'TERMINATED' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'PENDING', 'name', ARGV[3], 'input', ARGV[4], 'created', ARGV[2],
+           'updated', ARGV[2], 'exec', ARGV[8])
+redis.call('HDEL', KEYS[1], 'output', 'failure', 'custom', 'scheduled', 'parent')
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[1], 'scheduled', ARGV[5])
+  redis.call('ZADD', KEYS[3], tonumber(ARGV[5]), ARGV[6])
+  redis.call('HSET', KEYS[4], ARGV[6], ARGV[1])
+else
+  redis.call('XADD', KEYS[2], '*', 'm', ARGV[1])
+end
+redis.call('ZADD', KEYS[5], tonumber(ARGV[2]), ARGV[7])
+return 1
+"""
+
+# Client message to an existing instance. KEYS: instance hash, inbox ; ARGV: message -> 1 sent, 0 unknown
+SEND_TO_INSTANCE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'm', ARGV[1])
+return 1
+"""
+
+# Client purge. KEYS: instance hash, history, index ; ARGV: instance id -> 1 purged, 0 not found,
+# -1 not terminal
+PURGE = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return 0 end
+if st ~= 'COMPLETED' and st ~= 'FAILED' and st ~= 'TERMINATED' then return -1 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+"""

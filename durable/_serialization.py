@@ -1,0 +1,99 @@
+"""Payload encoding: msgpack with a few extension types.
+
+Every payload that crosses a durable boundary (orchestration input and output, activity input and
+result, event data, custom status) is encoded here. Values msgpack cannot carry raise
+:class:`SerializationError` at the call site, naming the offending type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import uuid
+from typing import Any
+
+import msgpack
+
+_EXT_DATETIME = 1
+_EXT_UUID = 2
+_EXT_TUPLE = 3
+
+#: Hard cap on one encoded payload; bigger values are rejected where they are produced.
+MAX_PAYLOAD_BYTES = 2 * 1024 * 1024
+
+
+class SerializationError(TypeError):
+    """A value could not be encoded (or decoded) as a durable payload."""
+
+
+class PayloadTooLargeError(ValueError):
+    """An encoded payload is larger than the configured cap."""
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, _dt.datetime):
+        if obj.tzinfo is None:
+            raise SerializationError(
+                "cannot serialize a naive datetime; use a timezone-aware one (datetime.now(timezone.utc))"
+            )
+        return msgpack.ExtType(_EXT_DATETIME, obj.isoformat().encode())
+    if isinstance(obj, uuid.UUID):
+        return msgpack.ExtType(_EXT_UUID, obj.bytes)
+    if isinstance(obj, tuple):
+        return msgpack.ExtType(_EXT_TUPLE, _pack(list(obj)))
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    raise SerializationError(f"cannot serialize a value of type {type(obj).__qualname__!r}: {obj!r:.80}")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _EXT_DATETIME:
+        return _dt.datetime.fromisoformat(data.decode())
+    if code == _EXT_UUID:
+        return uuid.UUID(bytes=data)
+    if code == _EXT_TUPLE:
+        return tuple(_unpack(data))
+    return msgpack.ExtType(code, data)
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, default=_default, use_bin_type=True, strict_types=True)  # type: ignore[no-any-return]
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+
+
+def encode(value: Any, *, what: str = "payload", limit: int = MAX_PAYLOAD_BYTES) -> bytes:
+    """Encode ``value``; ``what`` names it in error messages (e.g. "input of activity 'charge'")."""
+    try:
+        data = _pack(value)
+    except SerializationError as exc:
+        raise SerializationError(f"{what}: {exc}") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SerializationError(f"{what}: cannot serialize {type(value).__qualname__!r}: {exc}") from None
+    if len(data) > limit:
+        raise PayloadTooLargeError(
+            f"{what}: encoded size {len(data)} bytes exceeds the limit of {limit} bytes"
+        )
+    return data
+
+
+def decode(data: bytes | None) -> Any:
+    """Decode a payload produced by :func:`encode`; ``None`` decodes to ``None``."""
+    if data is None:
+        return None
+    try:
+        return _unpack(data)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise SerializationError(f"cannot decode payload: {exc}") from exc
+
+
+def pack_record(value: Any) -> bytes:
+    """Encode an internal record (history event, message body); these hold only plain types."""
+    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack_record(data: bytes) -> Any:
+    """Decode an internal record written by :func:`pack_record`."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)

@@ -1,0 +1,474 @@
+"""The store: the only code that talks to Redis.
+
+Typed async methods over redis.asyncio; no business logic. Multi-key operations only ever touch
+keys of one partition (one hash tag), so the same code runs on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+from redis.exceptions import ResponseError
+
+from . import _scripts
+from ._keys import ACTIVITY_GROUP, DEFAULT_PARTITIONS, FORMAT_VERSION, HubKeys, PartitionKeys, partition_of
+from ._serialization import pack_record, unpack_record
+
+Fields = dict[bytes, bytes]
+StreamEntry = tuple[str, Fields]
+
+
+class FencedError(Exception):
+    """The commit was refused: this worker no longer holds the partition's lease."""
+
+
+class ConflictError(Exception):
+    """The commit was refused: the cursor or an instance version moved (stale cache)."""
+
+
+@dataclass
+class RecordWrite:
+    """One instance's (or entity's) part of a commit."""
+
+    hash_key: str
+    list_key: str  # history list; equal to hash_key for entities
+    expected_version: int
+    mode: str = "a"  # 'a' append history, 'r' replace history, 'd' delete the record
+    fields: dict[str, bytes | str | int] = field(default_factory=dict)
+    events: list[bytes] = field(default_factory=list)
+    index: str = ""  # 'i' orchestration index, 'e' entity index, '' none
+    index_member: str = ""
+    index_score: int | None = None
+    channel: str = ""
+    message: str = ""
+
+
+@dataclass
+class CommitPlan:
+    """Everything one partition step writes, validated and applied by one script call."""
+
+    prev_cursor: str
+    new_cursor: str
+    records: list[RecordWrite] = field(default_factory=list)
+    self_messages: list[dict[str, bytes | str]] = field(default_factory=list)
+    outbox: list[dict[str, bytes | str]] = field(default_factory=list)
+    timers: list[tuple[int, str, bytes]] = field(default_factory=list)
+    delete_timers: list[str] = field(default_factory=list)
+    state: dict[str, str] = field(default_factory=dict)
+    trim: bool = True
+
+
+def _flat(mapping: dict[str, Any]) -> list[Any]:
+    out: list[Any] = [len(mapping)]
+    for k, v in mapping.items():
+        out.append(k)
+        out.append(v)
+    return out
+
+
+class Store:
+    """Async access to one hub's keys."""
+
+    def __init__(self, client: aredis.Redis, hub: str, partitions: int | None = None) -> None:
+        # redis-py's annotations cover every decode mode at once; the store decodes itself.
+        self.redis: Any = client
+        self.hub = hub
+        self.keys = HubKeys(hub)
+        self.partitions = partitions or 0
+        self._acquire = client.register_script(_scripts.ACQUIRE)
+        self._renew = client.register_script(_scripts.RENEW)
+        self._release = client.register_script(_scripts.RELEASE)
+        self._promote = client.register_script(_scripts.PROMOTE_TIMERS)
+        self._commit = client.register_script(_scripts.COMMIT)
+        self._start = client.register_script(_scripts.START)
+        self._send = client.register_script(_scripts.SEND_TO_INSTANCE)
+        self._purge = client.register_script(_scripts.PURGE)
+
+    @classmethod
+    def from_url(cls, url: str, hub: str) -> Store:
+        client = aredis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
+        return cls(client, hub)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    # -- hub -------------------------------------------------------------------------------------
+    async def ensure_hub(self, partitions: int | None = None) -> int:
+        """Create the hub's metadata if absent (atomically) and return its partition count."""
+        if self.partitions:
+            return self.partitions
+        want = partitions or DEFAULT_PARTITIONS
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hsetnx(self.keys.meta, "partitions", want)
+        pipe.hsetnx(self.keys.meta, "format", FORMAT_VERSION)
+        pipe.hsetnx(self.keys.meta, "created", int(time.time() * 1000))
+        pipe.hget(self.keys.meta, "partitions")
+        *_, value = await pipe.execute()
+        self.partitions = int(value)
+        return self.partitions
+
+    def partition_keys(self, index: int) -> PartitionKeys:
+        return self.keys.partition(index)
+
+    def keys_for(self, instance_id: str) -> PartitionKeys:
+        return self.keys.partition(partition_of(instance_id, self.partitions))
+
+    async def redis_time_ms(self) -> int:
+        sec, usec = await self.redis.time()
+        return int(sec) * 1000 + int(usec) // 1000
+
+    # -- leases ----------------------------------------------------------------------------------
+    async def acquire_lease(self, index: int, worker_id: str, nonce: str, ttl_ms: int) -> str | None:
+        pk = self.partition_keys(index)
+        value = await self._acquire(keys=[pk.lease, pk.epoch], args=[worker_id, nonce, ttl_ms])
+        return value.decode() if value else None
+
+    async def renew_lease(self, index: int, lease: str, ttl_ms: int) -> bool:
+        pk = self.partition_keys(index)
+        return bool(await self._renew(keys=[pk.lease], args=[lease, ttl_ms]))
+
+    async def release_lease(self, index: int, lease: str) -> bool:
+        pk = self.partition_keys(index)
+        return bool(await self._release(keys=[pk.lease], args=[lease]))
+
+    async def lease_holders(self) -> list[tuple[str | None, int]]:
+        """(lease value or None, remaining ms or -2) for every partition."""
+        pipe = self.redis.pipeline(transaction=False)
+        for i in range(self.partitions):
+            pk = self.partition_keys(i)
+            pipe.get(pk.lease)
+            pipe.pttl(pk.lease)
+        raw = await pipe.execute()
+        return [
+            (raw[2 * i].decode() if raw[2 * i] else None, int(raw[2 * i + 1])) for i in range(self.partitions)
+        ]
+
+    # -- partition reads -------------------------------------------------------------------------
+    async def read_partition_state(self, index: int) -> dict[str, str]:
+        raw = await self.redis.hgetall(self.partition_keys(index).state)
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def read_inbox(
+        self, index: int, cursor: str, count: int, block_ms: int | None
+    ) -> list[StreamEntry]:
+        key = self.partition_keys(index).inbox
+        resp = await self.redis.xread({key: cursor}, count=count, block=block_ms)
+        if not resp:
+            return []
+        entries = resp[0][1]
+        return [(eid.decode(), fields) for eid, fields in entries]
+
+    async def next_timer_due(self, index: int) -> int | None:
+        got = await self.redis.zrange(self.partition_keys(index).timers, 0, 0, withscores=True)
+        return int(got[0][1]) if got else None
+
+    async def load_instances(
+        self, index: int, instance_ids: Sequence[str]
+    ) -> list[tuple[Fields, list[bytes]]]:
+        pk = self.partition_keys(index)
+        pipe = self.redis.pipeline(transaction=False)
+        for iid in instance_ids:
+            pipe.hgetall(pk.instance(iid))
+            pipe.lrange(pk.history(iid), 0, -1)
+        raw = await pipe.execute()
+        return [(raw[2 * i], raw[2 * i + 1]) for i in range(len(instance_ids))]
+
+    async def load_records(self, index: int, keys: Sequence[str]) -> list[Fields]:
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        return list(await pipe.execute())
+
+    # -- partition writes ------------------------------------------------------------------------
+    async def commit(self, index: int, lease: str, plan: CommitPlan) -> list[str]:
+        """Apply a step atomically. Returns the outbox entry ids written."""
+        pk = self.partition_keys(index)
+        keys: list[str] = [
+            pk.lease,
+            pk.state,
+            pk.inbox,
+            pk.outbox,
+            pk.timers,
+            pk.timer_data,
+            pk.instances,
+            pk.entity_index,
+        ]
+        args: list[Any] = [lease, plan.prev_cursor, plan.new_cursor, len(plan.records)]
+        for rec in plan.records:
+            keys.append(rec.hash_key)
+            keys.append(rec.list_key)
+            args.append(rec.expected_version)
+        for rec in plan.records:
+            args.append(rec.mode)
+            args.extend(_flat(rec.fields))
+            args.append(len(rec.events))
+            args.extend(rec.events)
+            args.append(rec.index)
+            args.append(rec.index_member)
+            args.append("" if rec.index_score is None else rec.index_score)
+            args.append(rec.channel)
+            args.append(rec.message)
+        args.append(len(plan.self_messages))
+        for msg in plan.self_messages:
+            args.extend(_flat(msg))
+        args.append(len(plan.outbox))
+        for msg in plan.outbox:
+            args.extend(_flat(msg))
+        args.append(len(plan.timers))
+        for score, member, data in plan.timers:
+            args.extend((score, member, data))
+        args.append(len(plan.delete_timers))
+        args.extend(plan.delete_timers)
+        args.extend(_flat(plan.state))
+        args.append("1" if plan.trim else "0")
+        res = await self._commit(keys=keys, args=args)
+        code = int(res[0])
+        if code == -1:
+            raise FencedError(f"partition {index}: lease lost")
+        if code in (-2, -3):
+            raise ConflictError(f"partition {index}: {'cursor' if code == -2 else 'version'} conflict")
+        return [r.decode() for r in res[1:]]
+
+    async def promote_timers(self, index: int, lease: str, limit: int = 500) -> tuple[int, int | None, int]:
+        pk = self.partition_keys(index)
+        promoted, next_due, now = await self._promote(
+            keys=[pk.lease, pk.timers, pk.timer_data, pk.inbox], args=[lease, limit]
+        )
+        if int(promoted) < 0:
+            raise FencedError(f"partition {index}: lease lost")
+        return int(promoted), (int(next_due) if int(next_due) >= 0 else None), int(now)
+
+    async def read_outbox(self, index: int, count: int = 1000) -> list[StreamEntry]:
+        entries = await self.redis.xrange(self.partition_keys(index).outbox, "-", "+", count=count)
+        return [(eid.decode(), fields) for eid, fields in entries]
+
+    async def forward(self, index: int, entries: Sequence[tuple[str, str, bytes]]) -> None:
+        """Deliver outbox entries (id, destination stream, message) in order, then drop them."""
+        if not entries:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        src = str(index)
+        for eid, dst, message in entries:
+            pipe.xadd(dst, {b"m": message, b"src": src, b"seq": eid})
+        pipe.xdel(self.partition_keys(index).outbox, *[eid for eid, _, _ in entries])
+        await pipe.execute()
+
+    async def dead_letter(self, index: int, fields: dict[str, bytes | str], maxlen: int = 10000) -> None:
+        await self.redis.xadd(self.partition_keys(index).dlq, fields, maxlen=maxlen, approximate=True)
+
+    # -- client operations -----------------------------------------------------------------------
+    async def start_instance(
+        self,
+        instance_id: str,
+        name: str,
+        message: bytes,
+        input_data: bytes,
+        created_ms: int,
+        scheduled_ms: int | None,
+        execution_id: str,
+    ) -> bool:
+        pk = self.keys_for(instance_id)
+        res = await self._start(
+            keys=[pk.instance(instance_id), pk.inbox, pk.timers, pk.timer_data, pk.instances],
+            args=[
+                message,
+                created_ms,
+                name,
+                input_data,
+                "" if scheduled_ms is None else scheduled_ms,
+                f"start|{instance_id}|{execution_id}",
+                instance_id,
+                execution_id,
+            ],
+        )
+        return bool(res)
+
+    async def send_to_instance(self, instance_id: str, message: bytes) -> bool:
+        pk = self.keys_for(instance_id)
+        return bool(await self._send(keys=[pk.instance(instance_id), pk.inbox], args=[message]))
+
+    async def send_message(self, target_id: str, message: bytes) -> str:
+        """XADD an internal message to the inbox of the partition that owns ``target_id``."""
+        eid = await self.redis.xadd(self.keys_for(target_id).inbox, {b"m": message})
+        return eid.decode()  # type: ignore[no-any-return]
+
+    async def xadd_raw(self, index: int, fields: dict[str, str | bytes]) -> str:
+        eid = await self.redis.xadd(self.partition_keys(index).inbox, fields)  # type: ignore[arg-type]
+        return eid.decode()  # type: ignore[no-any-return]
+
+    async def get_instance(self, instance_id: str) -> Fields | None:
+        raw = await self.redis.hgetall(self.keys_for(instance_id).instance(instance_id))
+        return raw or None
+
+    async def get_instances(self, instance_ids: Sequence[str]) -> list[Fields]:
+        pipe = self.redis.pipeline(transaction=False)
+        for iid in instance_ids:
+            pipe.hgetall(self.keys_for(iid).instance(iid))
+        return list(await pipe.execute())
+
+    async def get_history(self, instance_id: str) -> list[dict[str, Any]]:
+        raw = await self.redis.lrange(self.keys_for(instance_id).history(instance_id), 0, -1)
+        return [unpack_record(x) for x in raw]
+
+    async def purge_instance(self, instance_id: str) -> int:
+        pk = self.keys_for(instance_id)
+        res = await self._purge(
+            keys=[pk.instance(instance_id), pk.history(instance_id), pk.instances], args=[instance_id]
+        )
+        return int(res)
+
+    async def index_range(
+        self, created_from_ms: int | None, created_to_ms: int | None, limit: int
+    ) -> list[tuple[str, int]]:
+        """Instance ids from every partition's index, newest first, at most ``limit`` per partition."""
+        lo = "-inf" if created_from_ms is None else created_from_ms
+        hi = "+inf" if created_to_ms is None else created_to_ms
+        pipe = self.redis.pipeline(transaction=False)
+        for i in range(self.partitions):
+            pipe.zrevrangebyscore(
+                self.partition_keys(i).instances, hi, lo, start=0, num=limit, withscores=True
+            )
+        out: list[tuple[str, int]] = []
+        for rows in await pipe.execute():
+            out.extend((m.decode(), int(s)) for m, s in rows)
+        out.sort(key=lambda r: r[1], reverse=True)
+        return out
+
+    async def wait_status_change(self, instance_id: str) -> aredis.client.PubSub:
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(self.keys.status_channel(instance_id))
+        return pubsub
+
+    # -- activities ------------------------------------------------------------------------------
+    async def ensure_task_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.keys.tasks, ACTIVITY_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read_tasks(self, consumer: str, count: int, block_ms: int) -> list[StreamEntry]:
+        resp = await self.redis.xreadgroup(
+            ACTIVITY_GROUP, consumer, {self.keys.tasks: ">"}, count=count, block=block_ms
+        )
+        if not resp:
+            return []
+        return [(eid.decode(), fields) for eid, fields in resp[0][1] if fields]
+
+    async def claim_stale_tasks(
+        self, consumer: str, min_idle_ms: int, count: int
+    ) -> list[tuple[str, Fields, int]]:
+        """Take over tasks whose consumer went quiet; returns (id, fields, times delivered)."""
+        resp = await self.redis.xautoclaim(
+            self.keys.tasks, ACTIVITY_GROUP, consumer, min_idle_ms, start_id="0-0", count=count
+        )
+        claimed = [(eid.decode(), fields) for eid, fields in resp[1] if fields]
+        deleted = resp[2] if len(resp) > 2 else []
+        if deleted:
+            await self.redis.xack(self.keys.tasks, ACTIVITY_GROUP, *deleted)
+        if not claimed:
+            return []
+        pending = await self.redis.xpending_range(
+            self.keys.tasks,
+            ACTIVITY_GROUP,
+            min=claimed[0][0],
+            max=claimed[-1][0],
+            count=len(claimed) * 2 + 10,
+        )
+        counts = {p["message_id"].decode(): int(p["times_delivered"]) for p in pending}
+        return [(eid, fields, counts.get(eid, 1)) for eid, fields in claimed]
+
+    async def touch_tasks(self, consumer: str, task_ids: Sequence[str]) -> None:
+        """Reset the idle time of tasks still running here, so nobody reclaims them."""
+        if task_ids:
+            await self.redis.xclaim(self.keys.tasks, ACTIVITY_GROUP, consumer, 0, list(task_ids), justid=True)
+
+    async def finish_tasks(self, results: Iterable[tuple[str, str, bytes]]) -> None:
+        """Deliver activity results (target id, task entry id, message) and ack their tasks."""
+        pipe = self.redis.pipeline(transaction=False)
+        ids: list[str] = []
+        for target, task_id, message in results:
+            pipe.xadd(self.keys_for(target).inbox, {b"m": message})
+            ids.append(task_id)
+        if ids:
+            pipe.xack(self.keys.tasks, ACTIVITY_GROUP, *ids)
+            pipe.xdel(self.keys.tasks, *ids)
+        await pipe.execute()
+
+    async def ack_tasks(self, task_ids: Sequence[str]) -> None:
+        if task_ids:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xack(self.keys.tasks, ACTIVITY_GROUP, *task_ids)
+            pipe.xdel(self.keys.tasks, *task_ids)
+            await pipe.execute()
+
+    async def hand_back_tasks(self, task_ids: Sequence[str], idle_ms: int) -> None:
+        """Make unfinished tasks immediately reclaimable by other workers (graceful stop)."""
+        if task_ids:
+            await self.redis.xclaim(
+                self.keys.tasks,
+                ACTIVITY_GROUP,
+                "handed-back",
+                0,
+                list(task_ids),
+                idle=idle_ms + 1,
+                justid=True,
+            )
+
+    async def dead_letter_task(self, task_id: str, fields: Fields, reason: str) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        data: dict[bytes, bytes] = dict(fields)
+        data[b"reason"] = reason.encode()
+        data[b"task_id"] = task_id.encode()
+        pipe.xadd(self.keys.tasks_dlq, data, maxlen=10000, approximate=True)  # type: ignore[arg-type]
+        await pipe.execute()
+
+    # -- workers ---------------------------------------------------------------------------------
+    async def heartbeat(self, worker_id: str, info: dict[str, str], ttl_ms: int) -> list[str]:
+        """Record this worker as alive and return the ids of all live workers (sorted)."""
+        now = await self.redis_time_ms()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(self.keys.workers, {worker_id: now + ttl_ms})
+        pipe.zremrangebyscore(self.keys.workers, "-inf", now)
+        if info:
+            pipe.hset(self.keys.worker(worker_id), mapping=info)  # type: ignore[arg-type]
+            pipe.pexpire(self.keys.worker(worker_id), ttl_ms)
+        pipe.zrange(self.keys.workers, 0, -1)
+        res = await pipe.execute()
+        return sorted(w.decode() for w in res[-1])
+
+    async def remove_worker(self, worker_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(self.keys.workers, worker_id)
+        pipe.delete(self.keys.worker(worker_id))
+        await pipe.execute()
+
+
+class SyncLeaseRenewer:
+    """Renews leases from a plain thread, so orchestrator code on the event loop cannot starve it."""
+
+    def __init__(self, url: str, hub: str) -> None:
+        self._client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._keys = HubKeys(hub)
+        self._renew = self._client.register_script(_scripts.RENEW)
+
+    def renew(self, leases: dict[int, str], ttl_ms: int) -> dict[int, bool]:
+        pipe = self._client.pipeline(transaction=False)
+        order = list(leases.items())
+        for index, value in order:
+            self._renew(keys=[self._keys.partition(index).lease], args=[value, ttl_ms], client=pipe)
+        res = pipe.execute()
+        return {index: bool(ok) for (index, _), ok in zip(order, res, strict=True)}
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def pack(value: Any) -> bytes:
+    """Shorthand for internal records (messages, events)."""
+    return pack_record(value)

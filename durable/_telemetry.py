@@ -1,0 +1,85 @@
+"""Feeds the Prometheus metrics of :mod:`durable._metrics` from the runtime's events.
+
+Kept apart from the loops so that they call one small method per event and never touch
+prometheus-client directly; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _metrics as m
+
+
+def _age_seconds(stream_id: str, now_ms: int) -> float:
+    try:
+        return max(0.0, (now_ms - int(stream_id.split("-", 1)[0])) / 1000)
+    except ValueError:
+        return 0.0
+
+
+class Telemetry:
+    """One per worker; the metric families themselves are process-wide."""
+
+    def duplicate_dropped(self) -> None:
+        m.REDELIVERIES.labels(kind="message").inc()
+
+    def redelivery(self, kind: str) -> None:
+        m.REDELIVERIES.labels(kind=kind).inc()
+
+    def dead_lettered(self, kind: str) -> None:
+        m.REDELIVERIES.labels(kind=f"dead_letter_{kind}").inc()
+
+    def cache_event(self, event: str) -> None:
+        m.REPLAY_CACHE_EVENTS.labels(event=event).inc()
+
+    def cache_size(self, size: int) -> None:
+        m.REPLAY_CACHE_SIZE.set(size)
+
+    def nondeterminism(self, name: str) -> None:
+        m.NONDETERMINISM_ERRORS.labels(name=name).inc()
+
+    def lease_event(self, event: str) -> None:
+        m.LEASE_EVENTS.labels(event=event).inc()
+
+    def partitions_owned(self, count: int) -> None:
+        m.PARTITIONS_OWNED.set(count)
+
+    def slots(self, used: int, total: int) -> None:
+        m.WORKER_SLOTS.labels(state="used").set(used)
+        m.WORKER_SLOTS.labels(state="available").set(max(total - used, 0))
+
+    def schedule_to_start(self, kind: str, stream_id: str, now_ms: int) -> None:
+        m.SCHEDULE_TO_START.labels(kind=kind).observe(_age_seconds(stream_id, now_ms))
+
+    def activity_done(self, name: str, status: str, seconds: float) -> None:
+        m.ACTIVITY_EXECUTIONS.labels(name=name, status=status).inc()
+        m.ACTIVITY_DURATION.labels(name=name).observe(seconds)
+        m.WORK_ITEM_DURATION.labels(kind="activity").observe(seconds)
+
+    def entity_operation(self, entity: str, status: str) -> None:
+        m.ENTITY_OPERATIONS.labels(entity=entity, status=status).inc()
+
+    def timer_fired(self, lateness_seconds: float) -> None:
+        m.TIMER_LATENESS.observe(max(lateness_seconds, 0.0))
+
+    def partition_backlog(self, index: int, backlog: int, oldest_age_seconds: float, timers: int) -> None:
+        label = str(index)
+        m.PARTITION_BACKLOG.labels(partition=label).set(backlog)
+        m.PARTITION_OLDEST_MESSAGE_AGE.labels(partition=label).set(oldest_age_seconds)
+        m.TIMERS_PENDING.labels(partition=label).set(timers)
+
+    def step_committed(self, index: int, step: Any, entries: list[tuple[str, Any]], now_ms: int) -> None:
+        """Account for one committed partition step."""
+        for eid, _ in entries:
+            m.SCHEDULE_TO_START.labels(kind="orchestration").observe(_age_seconds(eid, now_ms))
+        m.WORK_ITEM_DURATION.labels(kind="orchestration").observe(max(now_ms - step.now, 0) / 1000)
+        for inst in step.started:
+            m.ORCHESTRATIONS_STARTED.labels(name=inst.name).inc()
+        for inst, result in step.finished:
+            status = result.status.value
+            m.ORCHESTRATIONS_FINISHED.labels(name=inst.name, status=status).inc()
+            if inst.created:
+                m.ORCHESTRATION_DURATION.labels(name=inst.name, status=status).observe(
+                    max(now_ms - inst.created, 0) / 1000
+                )
