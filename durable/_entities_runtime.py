@@ -15,6 +15,9 @@ class EntityProcessor:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 
+    async def ensure_loaded(self, runner: PartitionRunner, entity_ids: list[str]) -> None:
+        return None
+
     def process(self, runner: PartitionRunner, target: str, msgs: list[dict[str, Any]], step: Any) -> None:
         raise NotImplementedError("entities")
 

@@ -17,6 +17,7 @@ from ._keys import partition_of
 from ._model import FailureDetails, OrchestrationStatus
 from ._serialization import pack_record, unpack_record
 from ._store import CommitPlan, ConflictError, FencedError, RecordWrite, StreamEntry
+from ._wire import MalformedMessage
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -33,10 +34,6 @@ _COMPLETION_MSGS = {
 }
 #: continue-as-new restarts run inline in one step up to this many times
 _MAX_INLINE_RESTARTS = 100
-
-
-class MalformedMessage(ValueError):
-    """An inbox entry that cannot be understood; it is dead-lettered with the reason."""
 
 
 @dataclass
@@ -67,7 +64,9 @@ def parse_entry(fields: dict[bytes, bytes]) -> dict[str, Any]:
     """Decode one inbox entry into a message dict with at least ``kind`` and ``target``."""
     raw = fields.get(b"m")
     if raw is None:
-        raise MalformedMessage("entry has no 'm' field (internal messages are msgpack in field 'm')")
+        from ._wire import parse_wire  # the documented wire format for other languages
+
+        return parse_wire(fields)
     try:
         msg = unpack_record(raw)
     except Exception as exc:
@@ -124,7 +123,7 @@ class PartitionRunner:
         """The partition loop; returns when stopped or when the lease is lost."""
         await self._load_state()
         failures = 0
-        while not self.stopping and self.rt.lease_valid(self.index):
+        while not (self.stopping or self.rt.draining) and self.rt.lease_valid(self.index):
             try:
                 await self._iteration()
                 failures = 0
@@ -161,7 +160,7 @@ class PartitionRunner:
             block = max(1, min(block, self.next_due - self.rt.now_ms() + 1))
         with anyio.CancelScope() as scope:
             self._read_scope = scope
-            if self.stopping:
+            if self.stopping or self.rt.draining:
                 return
             entries = await self.rt.store.read_inbox(
                 self.index, self.cursor, self.rt.config.batch_size, block
@@ -209,6 +208,7 @@ class PartitionRunner:
             groups.setdefault(msg["target"], []).append(msg)
 
         await self._ensure_loaded([t for t in groups if t not in self.cache and not t.startswith("@")])
+        await rt.entities.ensure_loaded(self, [t for t in groups if t.startswith("@")])
         for target, msgs in groups.items():
             if target.startswith("@"):
                 rt.entities.process(self, target, msgs, step)

@@ -219,6 +219,8 @@ class Runtime:
         with anyio.move_on_after(self.config.drain_timeout):
             await self.activities.drain(self.config.drain_timeout)
             while self.runners:
+                for runner in list(self.runners.values()):
+                    runner.stop()
                 await anyio.sleep(0.01)
 
     def _renew_thread(self, renewer: SyncLeaseRenewer, stop: threading.Event) -> None:
@@ -255,6 +257,8 @@ class Runtime:
             if runner is not None:
                 runner.stop()  # hand over to the worker it now belongs to
         for p, (holder, _) in enumerate(holders):
+            if self.draining:
+                break
             if holder is not None or p in owned or p in self.runners:
                 self._free_ticks.pop(p, None)
                 continue
