@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio
+from redis.exceptions import RedisError
 
 from . import _events as ev
 from ._config import resolve_hub, resolve_url
@@ -55,6 +56,13 @@ def _state_from(instance_id: str, f: dict[bytes, bytes]) -> OrchestrationState:
         scheduled_start_at=ms_to_datetime(int(scheduled)) if scheduled else None,
         parent_instance_id=unpack_record(parent_raw).get("iid") if parent_raw else None,
     )
+
+
+async def _close_quietly(pubsub: Any) -> None:
+    try:
+        await pubsub.aclose()
+    except (RedisError, OSError):
+        pass
 
 
 class AsyncClient:
@@ -152,22 +160,36 @@ class AsyncClient:
         self, instance_id: str, timeout: float, done: Callable[[OrchestrationState], bool]
     ) -> OrchestrationState:
         store = await self._get_store()
-        pubsub = await store.wait_status_change(instance_id)
+        pubsub: Any = None
+        failures = 0
         try:
             with anyio.fail_after(timeout):
                 while True:
-                    state = await self.get_orchestration_state(instance_id)
-                    if state is not None and done(state):
-                        return state
-                    # wake on a status change, or re-check periodically in case a hint is lost
-                    await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    try:
+                        if pubsub is None:
+                            pubsub = await store.wait_status_change(instance_id)
+                        state = await self.get_orchestration_state(instance_id)
+                        if state is not None and done(state):
+                            return state
+                        # wake on a status change, or re-check periodically in case a hint is lost
+                        await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                        failures = 0
+                    except (RedisError, OSError):
+                        # Redis restarting or unreachable: keep waiting until the deadline
+                        failures += 1
+                        if pubsub is not None:
+                            with anyio.CancelScope(shield=True):
+                                await _close_quietly(pubsub)
+                            pubsub = None
+                        await anyio.sleep(min(0.05 * 2**failures, 1.0))
         except TimeoutError:
             raise TimeoutError(
                 f"orchestration {instance_id!r} did not reach the expected state within {timeout}s"
-            )
+            ) from None
         finally:
-            with anyio.CancelScope(shield=True):
-                await pubsub.aclose()
+            if pubsub is not None:
+                with anyio.CancelScope(shield=True):
+                    await _close_quietly(pubsub)
 
     async def wait_for_orchestration_start(
         self, instance_id: str, *, timeout: float = 60
