@@ -60,13 +60,15 @@ def _stream_id(value: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def parse_entry(fields: dict[bytes, bytes]) -> dict[str, Any]:
+def parse_entry(
+    fields: dict[bytes, bytes], partition: int | None = None, partitions: int | None = None
+) -> dict[str, Any]:
     """Decode one inbox entry into a message dict with at least ``kind`` and ``target``."""
     raw = fields.get(b"m")
     if raw is None:
         from ._wire import parse_wire  # the documented wire format for other languages
 
-        return parse_wire(fields)
+        return parse_wire(fields, partition=partition, partitions=partitions)
     try:
         msg = unpack_record(raw)
     except Exception as exc:
@@ -200,7 +202,7 @@ class PartitionRunner:
                     continue
                 src_updates[s] = seq
             try:
-                msg = parse_entry(fields)
+                msg = parse_entry(fields, self.index, rt.store.partitions)
             except MalformedMessage as exc:
                 dead.append((eid, fields, str(exc)))
                 continue
@@ -222,7 +224,7 @@ class PartitionRunner:
                 await rt.store.dead_letter(self.index, _dlq_fields(eid, fields, reason))
                 rt.metrics.dead_lettered("malformed")
         try:
-            outbox_ids = await rt.store.commit(self.index, self.lease, step.plan)
+            forward = await rt.store.commit(self.index, self.lease, step.plan)
         except ConflictError:
             self.cache.clear()
             rt.cache_evict_partition(self.index)
@@ -242,13 +244,9 @@ class PartitionRunner:
             first = min(t[0] for t in step.plan.timers)
             self.next_due = first if self.next_due is None else min(self.next_due, first)
         rt.after_commit(self, step, entries)
-        if step.plan.outbox:
-            forward = [
-                (eid, str(m["dst"]), m["m"])  # type: ignore[misc]
-                for eid, m in zip(outbox_ids, step.plan.outbox, strict=True)
-            ]
+        if forward:
             try:
-                await rt.store.forward(self.index, forward)  # type: ignore[arg-type]
+                await rt.store.forward(self.index, forward)
             except (RedisError, OSError):
                 self.outbox_dirty = True
 
@@ -342,6 +340,7 @@ class PartitionRunner:
             self._route_actions(inst, result, step)
             restarts += 1
             data, carried = result.continue_as_new
+            self.rt.entities.on_orchestration_end(self, inst, step)
             inst.executor = self._new_executor(inst.iid)
             inst.exec = uuid.uuid4().hex
             new_execution = True
@@ -368,6 +367,7 @@ class PartitionRunner:
                 },
                 step,
             )
+            self.rt.entities.on_orchestration_end(self, inst, step)
             inst.executor = None
             inst.status = "CONTINUED_AS_NEW"
         inst.status = status.value
@@ -413,6 +413,7 @@ class PartitionRunner:
                     else (result.failure or FailureDetails("terminated", "TerminatedError")),
                     step,
                 )
+            self.rt.entities.on_orchestration_end(self, inst, step)
             inst.executor = None
 
     def _started_event(self, msg: dict[str, Any], inst: Instance) -> ev.Event:

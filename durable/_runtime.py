@@ -44,6 +44,9 @@ class WorkerConfig:
     max_deliveries: int = 5
     cache_size: int = 10_000
     drain_timeout: float = 30.0
+    #: on standalone Redis, write cross-partition messages inside the commit (no outbox hop);
+    #: False forces the outbox path that Redis Cluster always uses
+    direct_delivery: bool = True
 
 
 def _rendezvous(partition: int, workers: list[str]) -> str:
@@ -60,6 +63,7 @@ class Runtime:
 
     def __init__(self, store: Store, url: str, registry: Registry, config: WorkerConfig) -> None:
         self.store = store
+        store.direct = config.direct_delivery and not store.cluster
         self.url = url
         self.registry = registry
         self.config = config

@@ -52,7 +52,8 @@ return {#due, nd, now}
 #               nevents, events ..., index ('i' | 'e' | ''), index member, index score ('' = keep),
 #               channel ('' = none), message
 #   nself, per message: nfields, k v ...      (XADD to this partition's inbox)
-#   nout,  per message: nfields, k v ...      (XADD to the outbox)
+#   nout,  per message: dst, nfields, k v ... (dst '' = XADD to the outbox; a number n = XADD
+#                                              straight to KEYS[n], used on standalone Redis)
 #   ntimers, per timer: score, member, data
 #   ndeltimers, member ...
 #   nstate, k v ...                            (HSET state, e.g. src positions)
@@ -113,9 +114,14 @@ end
 local out = {1}
 local no = tonumber(nxt())
 for i = 1, no do
+  local dst = nxt()
   local nf = tonumber(nxt()); local f = {}
   for j = 1, nf * 2 do f[j] = nxt() end
-  out[#out + 1] = redis.call('XADD', KEYS[4], '*', unpack(f))
+  if dst == '' then
+    out[#out + 1] = redis.call('XADD', KEYS[4], '*', unpack(f))
+  else
+    redis.call('XADD', KEYS[tonumber(dst)], '*', unpack(f))
+  end
 end
 local nt = tonumber(nxt())
 for i = 1, nt do

@@ -13,10 +13,11 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from . import _scripts
 from ._keys import ACTIVITY_GROUP, DEFAULT_PARTITIONS, FORMAT_VERSION, HubKeys, PartitionKeys, partition_of
+from ._resp import pack_command
 from ._serialization import pack_record, unpack_record
 
 Fields = dict[bytes, bytes]
@@ -80,6 +81,9 @@ class Store:
         self.hub = hub
         self.keys = HubKeys(hub)
         self.partitions = partitions or 0
+        #: standalone Redis: cross-partition messages are written by the commit itself
+        self.direct = True
+        self.cluster = False
         self._acquire = client.register_script(_scripts.ACQUIRE)
         self._renew = client.register_script(_scripts.RENEW)
         self._release = client.register_script(_scripts.RELEASE)
@@ -185,8 +189,8 @@ class Store:
         return list(await pipe.execute())
 
     # -- partition writes ------------------------------------------------------------------------
-    async def commit(self, index: int, lease: str, plan: CommitPlan) -> list[str]:
-        """Apply a step atomically. Returns the outbox entry ids written."""
+    async def commit(self, index: int, lease: str, plan: CommitPlan) -> list[tuple[str, str, bytes]]:
+        """Apply a step atomically. Returns what to forward: (outbox id, destination, message)."""
         pk = self.partition_keys(index)
         keys: list[str] = [
             pk.lease,
@@ -217,8 +221,22 @@ class Store:
         for msg in plan.self_messages:
             args.extend(_flat(msg))
         args.append(len(plan.outbox))
+        via_outbox: list[tuple[str, bytes]] = []
+        direct_keys: dict[str, int] = {}
         for msg in plan.outbox:
-            args.extend(_flat(msg))
+            dst = str(msg["dst"])
+            if self.direct:
+                # standalone Redis: deliver inside the commit itself (atomic, nothing to forward)
+                slot = direct_keys.get(dst)
+                if slot is None:
+                    keys.append(dst)
+                    slot = direct_keys[dst] = len(keys)
+                args.append(slot)
+                args.extend((1, "m", msg["m"]))
+            else:
+                args.append("")
+                args.extend((2, "dst", dst, "m", msg["m"]))
+                via_outbox.append((dst, msg["m"]))  # type: ignore[arg-type]
         args.append(len(plan.timers))
         for score, member, data in plan.timers:
             args.extend((score, member, data))
@@ -226,13 +244,35 @@ class Store:
         args.extend(plan.delete_timers)
         args.extend(_flat(plan.state))
         args.append("1" if plan.trim else "0")
-        res = await self._commit(keys=keys, args=args)
+        res = await self._call_script(self._commit, keys, args)
         code = int(res[0])
         if code == -1:
             raise FencedError(f"partition {index}: lease lost")
         if code in (-2, -3):
             raise ConflictError(f"partition {index}: {'cursor' if code == -2 else 'version'} conflict")
-        return [r.decode() for r in res[1:]]
+        return [(eid.decode(), dst, m) for eid, (dst, m) in zip(res[1:], via_outbox, strict=True)]
+
+    async def _call_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA with our own protocol encoding: the commit carries many arguments, and
+        redis-py's generic encoder costs more than the script itself."""
+        if self.cluster:
+            return await script(keys=keys, args=args)
+        payload = pack_command(b"EVALSHA", script.sha, len(keys), *keys, *args)
+        pool = self.redis.connection_pool
+        conn = await pool.get_connection()
+        try:
+            try:
+                await conn.send_packed_command(payload, check_health=False)
+                return await conn.read_response()
+            except NoScriptError:
+                payload = pack_command(b"EVAL", script.script, len(keys), *keys, *args)
+                await conn.send_packed_command(payload, check_health=False)
+                return await conn.read_response()
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
 
     async def promote_timers(self, index: int, lease: str, limit: int = 500) -> tuple[int, int | None, int]:
         pk = self.partition_keys(index)

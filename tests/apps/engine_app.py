@@ -26,6 +26,7 @@ worker = Worker(
         heartbeat_ttl_ms=1500,
         activity_visibility_ms=1500,
         drain_timeout=5,
+        direct_delivery=os.environ.get("DURABLE_DIRECT_DELIVERY", "1") != "0",
     )
 )
 _ledger: redis.Redis | None = None

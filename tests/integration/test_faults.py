@@ -29,8 +29,8 @@ def _ledger_url(url: str) -> str:
 
 
 class Procs:
-    def __init__(self, url: str, hub: str, delay: float) -> None:
-        self.url, self.hub, self.delay = url, hub, delay
+    def __init__(self, url: str, hub: str, delay: float, direct: bool = True) -> None:
+        self.url, self.hub, self.delay, self.direct = url, hub, delay, direct
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(self) -> subprocess.Popen[bytes]:
@@ -40,6 +40,7 @@ class Procs:
             DURABLE_HUB=self.hub,
             LEDGER_URL=_ledger_url(self.url),
             ACTIVITY_DELAY=str(self.delay),
+            DURABLE_DIRECT_DELIVERY="1" if self.direct else "0",
             PYTHONPATH=os.pathsep.join([str(TESTS), str(REPO)]),
         )
         proc = subprocess.Popen([sys.executable, "-m", "apps.engine_app"], env=env, cwd=str(TESTS))
@@ -53,9 +54,9 @@ class Procs:
             p.wait(timeout=10)
 
 
-@pytest.fixture
-def procs(redis_url: str, hub: str) -> Iterator[Procs]:
-    p = Procs(redis_url, hub, delay=0.02)
+@pytest.fixture(params=["direct", "outbox"])
+def procs(request: pytest.FixtureRequest, redis_url: str, hub: str) -> Iterator[Procs]:
+    p = Procs(redis_url, hub, delay=0.02, direct=request.param == "direct")
     yield p
     p.close()
 

@@ -27,9 +27,11 @@ from durable import (
 FAST = dict(balance_interval_ms=100, poll_ms=200)
 
 
-@pytest.fixture
-def worker(redis_url: str, hub: str) -> Worker:
-    return Worker(redis_url, hub=hub, config=WorkerConfig(**FAST))  # type: ignore[arg-type]
+@pytest.fixture(params=["direct", "outbox"])
+def worker(request: pytest.FixtureRequest, redis_url: str, hub: str) -> Worker:
+    """Both delivery paths: inside the commit (standalone Redis) and through the outbox (Cluster)."""
+    config = WorkerConfig(direct_delivery=request.param == "direct", **FAST)  # type: ignore[arg-type]
+    return Worker(redis_url, hub=hub, config=config)
 
 
 @pytest.fixture
