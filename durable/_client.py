@@ -15,6 +15,8 @@ from redis.exceptions import RedisError
 
 from . import _events as ev
 from ._config import resolve_hub, resolve_url
+from ._entities import EntityId, EntityRecord, EntityState
+from ._entities_runtime import entity_lock_key
 from ._loop import LoopThread
 from ._model import (
     FailureDetails,
@@ -25,6 +27,7 @@ from ._model import (
     datetime_to_ms,
     ms_to_datetime,
 )
+from ._notify import StatusNotifier
 from ._registry import name_of
 from ._serialization import decode, encode, pack_record, unpack_record
 from ._store import Store
@@ -58,13 +61,6 @@ def _state_from(instance_id: str, f: dict[bytes, bytes]) -> OrchestrationState:
     )
 
 
-async def _close_quietly(pubsub: Any) -> None:
-    try:
-        await pubsub.aclose()
-    except (RedisError, OSError):
-        pass
-
-
 class AsyncClient:
     """Starts, queries and controls orchestrations (and signals entities) of one hub."""
 
@@ -72,6 +68,7 @@ class AsyncClient:
         self._redis_url = redis_url
         self.hub = resolve_hub(hub)
         self._store: Store | None = None
+        self._notifier: StatusNotifier | None = None
 
     async def _get_store(self) -> Store:
         if self._store is None:
@@ -82,6 +79,9 @@ class AsyncClient:
 
     async def close(self) -> None:
         """Close the Redis connections."""
+        if self._notifier is not None:
+            await self._notifier.close()
+            self._notifier = None
         if self._store is not None:
             await self._store.close()
             self._store = None
@@ -160,36 +160,35 @@ class AsyncClient:
         self, instance_id: str, timeout: float, done: Callable[[OrchestrationState], bool]
     ) -> OrchestrationState:
         store = await self._get_store()
-        pubsub: Any = None
+        if self._notifier is None:
+            self._notifier = StatusNotifier(store.redis)
+        channel = store.keys.status_channel(instance_id)
+        event = await self._notifier.register(channel)
         failures = 0
         try:
             with anyio.fail_after(timeout):
                 while True:
+                    event.clear()
                     try:
-                        if pubsub is None:
-                            pubsub = await store.wait_status_change(instance_id)
                         state = await self.get_orchestration_state(instance_id)
-                        if state is not None and done(state):
-                            return state
-                        # wake on a status change, or re-check periodically in case a hint is lost
-                        await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                         failures = 0
                     except (RedisError, OSError):
                         # Redis restarting or unreachable: keep waiting until the deadline
                         failures += 1
-                        if pubsub is not None:
-                            with anyio.CancelScope(shield=True):
-                                await _close_quietly(pubsub)
-                            pubsub = None
                         await anyio.sleep(min(0.05 * 2**failures, 1.0))
+                        continue
+                    if state is not None and done(state):
+                        return state
+                    # wake on a status change, or re-check periodically in case a hint is lost
+                    with anyio.move_on_after(1.0):
+                        await event.wait()
         except TimeoutError:
             raise TimeoutError(
                 f"orchestration {instance_id!r} did not reach the expected state within {timeout}s"
             ) from None
         finally:
-            if pubsub is not None:
-                with anyio.CancelScope(shield=True):
-                    await _close_quietly(pubsub)
+            with anyio.CancelScope(shield=True):
+                await self._notifier.unregister(channel, event)
 
     async def wait_for_orchestration_start(
         self, instance_id: str, *, timeout: float = 60
@@ -280,6 +279,83 @@ class AsyncClient:
                 return out
             scan *= 4
             out.clear()
+
+    # -- entities --------------------------------------------------------------------------------
+    async def signal_entity(
+        self,
+        entity_id: EntityId | str,
+        operation: str,
+        *,
+        input: Any = None,
+        signal_at: _dt.datetime | None = None,
+        signal_id: str | None = None,
+    ) -> str:
+        """Send a one-way operation to an entity (durable); returns the signal id.
+
+        The entity applies a signal id once: when a send's outcome is unknown, retry it with the
+        same ``signal_id``. ``signal_at`` delays the operation until that time (Redis clock).
+        """
+        target = str(EntityId.of(entity_id))
+        sid = signal_id or uuid.uuid4().hex
+        msg: dict[str, Any] = {
+            "kind": ev.MSG_SIGNAL,
+            "target": target,
+            "op": operation,
+            "input": encode(input, what=f"input of operation {operation!r} on {target}"),
+            "id": sid,
+        }
+        if signal_at is not None:
+            msg["at"] = datetime_to_ms(signal_at)
+        store = await self._get_store()
+        await store.send_message(target, pack_record(msg))
+        return sid
+
+    async def get_entity(self, entity_id: EntityId | str) -> EntityState | None:
+        """The entity's state, or None if it does not exist (never set, or deleted)."""
+        eid = EntityId.of(entity_id)
+        target = str(eid)
+        store = await self._get_store()
+        pk = store.keys_for(target)
+        main, side = await store.load_records(pk.index, [pk.entity(target), entity_lock_key(pk, target)])
+        return EntityRecord.from_fields(main, side).to_state(eid)
+
+    async def list_entities(self, *, name: str | None = None, limit: int = 100) -> list[EntityState]:
+        """Entities (with their state), most recently modified first, optionally of one name."""
+        store = await self._get_store()
+        prefix = f"@{name.lower()}@" if name else None
+        scan = limit if prefix is None else max(limit * 4, 1000)
+        while True:
+            pipe = store.redis.pipeline(transaction=False)
+            for i in range(store.partitions):
+                pipe.zrevrangebyscore(
+                    store.partition_keys(i).entity_index, "+inf", "-inf", start=0, num=scan, withscores=True
+                )
+            rows = await pipe.execute()
+            ids = sorted(
+                ((m.decode(), s) for part in rows for m, s in part), key=lambda r: r[1], reverse=True
+            )
+            if prefix is not None:
+                ids = [r for r in ids if r[0].startswith(prefix)]
+            out: list[EntityState] = []
+            for start in range(0, len(ids), 200):
+                chunk = [e for e, _ in ids[start : start + 200]]
+                keys: list[str] = []
+                for e in chunk:
+                    keys.extend((store.keys_for(e).entity(e), entity_lock_key(store.keys_for(e), e)))
+                records = await store.load_records(0, keys)
+                for i, target in enumerate(chunk):
+                    try:
+                        record = EntityRecord.from_fields(records[2 * i], records[2 * i + 1])
+                        state = record.to_state(EntityId.parse(target))
+                    except ValueError:
+                        continue
+                    if state is not None:
+                        out.append(state)
+                        if len(out) >= limit:
+                            return out
+            if all(len(part) < scan for part in rows) or scan >= 1_000_000:
+                return out
+            scan *= 4
 
 
 class Client:
@@ -389,3 +465,32 @@ class Client:
             created_to=created_to,
             limit=limit,
         )
+
+    def signal_entity(
+        self,
+        entity_id: EntityId | str,
+        operation: str,
+        *,
+        input: Any = None,
+        signal_at: _dt.datetime | None = None,
+        signal_id: str | None = None,
+    ) -> str:
+        """See :meth:`AsyncClient.signal_entity`."""
+        return str(
+            self._call(
+                self._async.signal_entity,
+                entity_id,
+                operation,
+                input=input,
+                signal_at=signal_at,
+                signal_id=signal_id,
+            )
+        )
+
+    def get_entity(self, entity_id: EntityId | str) -> EntityState | None:
+        """See :meth:`AsyncClient.get_entity`."""
+        return self._call(self._async.get_entity, entity_id)  # type: ignore[no-any-return]
+
+    def list_entities(self, *, name: str | None = None, limit: int = 100) -> list[EntityState]:
+        """See :meth:`AsyncClient.list_entities`."""
+        return self._call(self._async.list_entities, name=name, limit=limit)  # type: ignore[no-any-return]

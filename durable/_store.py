@@ -379,11 +379,6 @@ class Store:
         out.sort(key=lambda r: r[1], reverse=True)
         return out
 
-    async def wait_status_change(self, instance_id: str) -> aredis.client.PubSub:
-        pubsub = self.redis.pubsub()
-        await pubsub.subscribe(self.keys.status_channel(instance_id))
-        return pubsub
-
     # -- activities ------------------------------------------------------------------------------
     async def ensure_task_group(self) -> None:
         try:
