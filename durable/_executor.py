@@ -154,8 +154,13 @@ class OrchestrationExecutor:
 
     def _fail_nondeterministic(self, exc: NonDeterminismError, result: StepResult) -> StepResult:
         self._replay_error = None
+        result = self.abort(FailureDetails(str(exc), "NonDeterminismError", None), result)
+        result.nondeterminism = True
+        return result
+
+    def abort(self, details: FailureDetails, result: StepResult) -> StepResult:
+        """Fail the execution now (after the events already in ``result``), dropping new actions."""
         self._close_driver()
-        details = FailureDetails(str(exc), "NonDeterminismError", None)
         self._done = True
         self._status = OrchestrationStatus.FAILED
         self._failure = details
@@ -167,7 +172,7 @@ class OrchestrationExecutor:
         )
         result.status = OrchestrationStatus.FAILED
         result.failure = details
-        result.nondeterminism = True
+        result.continue_as_new = None
         return result
 
     def _apply(self, event: ev.Event) -> bool:

@@ -15,6 +15,7 @@ from . import _events as ev
 from ._executor import OrchestrationExecutor, StepResult
 from ._keys import partition_of
 from ._model import FailureDetails, OrchestrationStatus
+from ._poison import dead_letter_poison
 from ._serialization import pack_record, unpack_record
 from ._store import CommitPlan, ConflictError, FencedError, RecordWrite, StreamEntry
 from ._wire import MalformedMessage
@@ -107,6 +108,9 @@ class PartitionRunner:
         self.stopping = False
         self._read_scope: anyio.CancelScope | None = None
         self.steps = 0
+        #: failed attempts at the current cursor, and messages still to take one at a time
+        self.attempts = 0
+        self.isolate_left = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -121,13 +125,29 @@ class PartitionRunner:
         self.src_pos = {k[4:]: v for k, v in state.items() if k.startswith("src:")}
         self.next_due = await self.rt.store.next_timer_due(self.index)
 
+    async def _note_attempt(self) -> None:
+        cfg = self.rt.config
+        self.attempts, self.isolate_left = await self.rt.store.note_recovery(
+            self.index, self.lease, self.cursor, cfg.max_recoveries, cfg.batch_size
+        )
+
     async def run(self) -> None:
         """The partition loop; returns when stopped or when the lease is lost."""
-        await self._load_state()
+        try:
+            await self._load_state()
+            # every start counts as an attempt at this cursor: a message that kills the whole
+            # process is isolated after a bounded number of restarts, like one that raises
+            await self._note_attempt()
+        except FencedError:
+            self.rt.on_lease_lost(self.index)
+            return
         failures = 0
         while not (self.stopping or self.rt.draining) and self.rt.lease_valid(self.index):
             try:
-                await self._iteration()
+                if self.attempts > self.rt.config.max_recoveries + 1:
+                    await dead_letter_poison(self, self.attempts)
+                else:
+                    await self._iteration()
                 failures = 0
             except FencedError:
                 log.warning("partition %d: lease lost, stopping", self.index)
@@ -136,14 +156,23 @@ class PartitionRunner:
             except (RedisError, OSError, ConflictError) as exc:
                 failures += 1
                 log.warning("partition %d: step failed (%s); reloading", self.index, exc)
-                self.cache.clear()
-                self.rt.cache_evict_partition(self.index)
-                await anyio.sleep(min(0.05 * 2**failures, 2.0))
-                try:
-                    await self._load_state()
-                    self.outbox_dirty = True
-                except (RedisError, OSError):
-                    continue
+                await self._recover(failures, count=False)
+            except Exception:
+                failures += 1
+                log.exception("partition %d: step failed at %s", self.index, self.cursor)
+                await self._recover(failures, count=True)
+
+    async def _recover(self, failures: int, *, count: bool) -> None:
+        self.cache.clear()
+        self.rt.cache_evict_partition(self.index)
+        await anyio.sleep(min(0.05 * 2**failures, 2.0))
+        try:
+            await self._load_state()
+            self.outbox_dirty = True
+            if count:
+                await self._note_attempt()
+        except (RedisError, OSError):
+            pass
         if self.outbox_dirty and self.rt.lease_valid(self.index):
             try:
                 await self._forward_pending()
@@ -164,9 +193,8 @@ class PartitionRunner:
             self._read_scope = scope
             if self.stopping or self.rt.draining:
                 return
-            entries = await self.rt.store.read_inbox(
-                self.index, self.cursor, self.rt.config.batch_size, block
-            )
+            batch = 1 if self.isolate_left > 0 else self.rt.config.batch_size
+            entries = await self.rt.store.read_inbox(self.index, self.cursor, batch, block)
         self._read_scope = None
         if scope.cancelled_caught or not entries:
             return
@@ -219,6 +247,9 @@ class PartitionRunner:
         await rt.entities.flush(self, step)
         for s, seq in src_updates.items():
             step.plan.state[f"src:{s}"] = seq
+        if self.isolate_left > 0 or self.attempts:
+            left = max(self.isolate_left - 1, 0)
+            step.plan.state["recov"] = f"{step.plan.new_cursor}|0|{left}" if left else ""
         if dead:
             for eid, fields, reason in dead:
                 await rt.store.dead_letter(self.index, _dlq_fields(eid, fields, reason))
@@ -236,6 +267,9 @@ class PartitionRunner:
             raise
         self.steps += 1
         self.cursor = step.plan.new_cursor
+        if self.isolate_left > 0 or self.attempts:
+            self.isolate_left = max(self.isolate_left - 1, 0)
+            self.attempts = 0
         self.src_pos.update(src_updates)
         for inst in step.touched.values():
             inst.version += 1
@@ -349,6 +383,7 @@ class PartitionRunner:
             evs: list[ev.Event] = [self._started_event(restart, inst)]
             evs.extend({"k": ev.EVENT_RAISED, "name": n, "input": d} for n, d in carried)
             result = inst.executor.execute([{"k": ev.ORCHESTRATOR_STARTED, "ts": ts}, *evs])
+        result = self._check_history_size(inst, result)
         status = result.status
         if status == OrchestrationStatus.CONTINUED_AS_NEW:
             status = OrchestrationStatus.RUNNING  # pathological loop: keep going next step
@@ -415,6 +450,28 @@ class PartitionRunner:
                 )
             self.rt.entities.on_orchestration_end(self, inst, step)
             inst.executor = None
+
+    def _check_history_size(self, inst: Instance, result: StepResult) -> StepResult:
+        executor = inst.executor
+        if executor is None or result.status.is_terminal:
+            return result
+        cfg = self.rt.config
+        size = len(executor.history)
+        if size > cfg.history_max_events:
+            details = FailureDetails(
+                f"orchestration {inst.iid!r} has {size} history events, more than the limit of "
+                f"{cfg.history_max_events}; long-running loops must call ctx.continue_as_new() "
+                "to start over with a fresh history",
+                "HistoryLimitExceededError",
+            )
+            result.actions.clear()
+            return executor.abort(details, result)
+        if size - len(result.new_events) <= cfg.history_warn_events < size:
+            log.warning(
+                "orchestration %r has %d history events (warning threshold %d); consider "
+                "ctx.continue_as_new() to keep replay cheap", inst.iid, size, cfg.history_warn_events,
+            )
+        return result
 
     def _started_event(self, msg: dict[str, Any], inst: Instance) -> ev.Event:
         return {

@@ -47,6 +47,13 @@ class WorkerConfig:
     #: on standalone Redis, write cross-partition messages inside the commit (no outbox hop);
     #: False forces the outbox path that Redis Cluster always uses
     direct_delivery: bool = True
+    #: a step that fails (or whose worker dies) this many times at one inbox position is retried
+    #: one message at a time; the message that still fails alone is dead-lettered
+    max_recoveries: int = 3
+    #: past this many history events an instance is warned about (use continue_as_new) ...
+    history_warn_events: int = 10_000
+    #: ... and past this many it is failed with a clear reason
+    history_max_events: int = 100_000
 
 
 def _rendezvous(partition: int, workers: list[str]) -> str:

@@ -180,3 +180,21 @@ redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
 return 1
 """
+
+# Count a (re)start of a partition's step at a cursor, for poison isolation.
+# KEYS: lease, state ; ARGV: lease, cursor, max_recoveries, isolation_window
+# state field 'recov' = "<cursor>|<attempts>|<isolated messages left>"  ->  {attempts, left} | {-1}
+NOTE_RECOVERY = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, 0} end
+local cur, n, left = ARGV[2], 0, 0
+local v = redis.call('HGET', KEYS[2], 'recov')
+if v and v ~= '' then
+  local c, a, l = string.match(v, '^(.*)|(%d+)|(%d+)$')
+  left = tonumber(l or '0')
+  if c == cur then n = tonumber(a) end
+end
+n = n + 1
+if n > tonumber(ARGV[3]) and left == 0 then left = tonumber(ARGV[4]) end
+redis.call('HSET', KEYS[2], 'recov', cur .. '|' .. n .. '|' .. left)
+return {n, left}
+"""

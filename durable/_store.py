@@ -92,6 +92,7 @@ class Store:
         self._start = client.register_script(_scripts.START)
         self._send = client.register_script(_scripts.SEND_TO_INSTANCE)
         self._purge = client.register_script(_scripts.PURGE)
+        self._note_recovery = client.register_script(_scripts.NOTE_RECOVERY)
 
     @classmethod
     def from_url(cls, url: str, hub: str) -> Store:
@@ -273,6 +274,27 @@ class Store:
             raise
         finally:
             await pool.release(conn)
+
+    async def note_recovery(
+        self, index: int, lease: str, cursor: str, max_recoveries: int, window: int
+    ) -> tuple[int, int]:
+        """Count one more attempt at ``cursor``; returns (attempts, messages still to isolate)."""
+        pk = self.partition_keys(index)
+        attempts, left = await self._note_recovery(
+            keys=[pk.lease, pk.state], args=[lease, cursor, max_recoveries, window]
+        )
+        if int(attempts) < 0:
+            raise FencedError(f"partition {index}: lease lost")
+        return int(attempts), int(left)
+
+    async def instance_brief(self, index: int, instance_id: str) -> tuple[int, str | None, int, bytes | None]:
+        """(version, status, history length, parent) without loading the history."""
+        pk = self.partition_keys(index)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(pk.instance(instance_id), "v", "status", "parent")
+        pipe.llen(pk.history(instance_id))
+        (v, status, parent), length = await pipe.execute()
+        return int(v or 0), status.decode() if status else None, int(length), parent or None
 
     async def promote_timers(self, index: int, lease: str, limit: int = 500) -> tuple[int, int | None, int]:
         pk = self.partition_keys(index)

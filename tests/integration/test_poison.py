@@ -1,0 +1,106 @@
+"""Poison and bad input: isolated, dead-lettered with the reason, and the partition keeps flowing."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+import redis
+
+from durable import Client, OrchestrationStatus, PayloadTooLargeError, Worker, WorkerConfig
+from durable._keys import HubKeys, partition_of
+from durable._serialization import pack_record
+
+FAST = dict(balance_interval_ms=100, poll_ms=200)
+
+
+def _same_partition(iid: str, prefix: str, partitions: int = 32) -> str:
+    target = partition_of(iid, partitions)
+    return next(f"{prefix}-{i}" for i in range(10_000) if partition_of(f"{prefix}-{i}", partitions) == target)
+
+
+def test_message_that_crashes_the_step_is_dead_lettered(redis_url: str, hub: str) -> None:
+    worker = Worker(redis_url, hub=hub, config=WorkerConfig(max_recoveries=2, **FAST))  # type: ignore[arg-type]
+
+    @worker.orchestrator
+    def waits(ctx: Any, _: Any) -> Any:
+        return (yield ctx.wait_for_external_event("go"))
+
+    r = redis.Redis.from_url(redis_url)
+    with worker, Client(redis_url, hub=hub) as client:
+        victim = client.schedule_new_orchestration(waits, instance_id="victim")
+        client.wait_for_orchestration_start(victim, timeout=20)
+        pk = HubKeys(hub).partition(partition_of(victim, 32))
+        # an event whose payload is not valid msgpack: decoding it blows up inside the step
+        bomb = pack_record({"kind": "event", "target": victim, "name": "go", "input": b"\xc1"})
+        r.xadd(pk.inbox, {"m": bomb})
+        neighbour = client.schedule_new_orchestration(waits, instance_id=_same_partition(victim, "n"))
+        client.raise_orchestration_event(neighbour, "go", data="fine")
+        state = client.wait_for_orchestration_completion(victim, timeout=30)
+        assert state.runtime_status == OrchestrationStatus.FAILED
+        assert state.failure_details is not None
+        assert state.failure_details.error_type == "PoisonMessageError"
+        assert client.wait_for_orchestration_completion(neighbour, timeout=30).output == "fine"
+    dead = r.xrange(pk.dlq)
+    assert len(dead) == 1
+    assert b"dead-lettered" in dead[0][1][b"dlq_reason"]
+    assert dead[0][1][b"m"] == bomb
+
+
+def test_malformed_entries_are_dead_lettered_without_blocking(redis_url: str, hub: str) -> None:
+    worker = Worker(redis_url, hub=hub, config=WorkerConfig(**FAST))  # type: ignore[arg-type]
+
+    @worker.orchestrator
+    def hello(ctx: Any, name: str) -> str:
+        return f"hi {name}"
+        yield  # pragma: no cover
+
+    r = redis.Redis.from_url(redis_url)
+    with worker, Client(redis_url, hub=hub) as client:
+        iid = "after-garbage"
+        pk = HubKeys(hub).partition(partition_of(iid, 32))
+        r.xadd(pk.inbox, {"m": b"\xc1\xc1not msgpack"})
+        r.xadd(pk.inbox, {"m": pack_record(["not", "a", "map"])})
+        assert client.wait_for_orchestration_completion(
+            client.schedule_new_orchestration(hello, input="x", instance_id=iid), timeout=20
+        ).output == "hi x"
+    reasons = [e[1][b"dlq_reason"].decode() for e in r.xrange(pk.dlq)]
+    assert len(reasons) == 2
+    assert "cannot decode" in reasons[0]
+    assert "must be a map" in reasons[1]
+
+
+def test_payload_over_the_cap_is_rejected_at_the_call_site(redis_url: str, hub: str) -> None:
+    worker = Worker(redis_url, hub=hub, config=WorkerConfig(**FAST))  # type: ignore[arg-type]
+
+    @worker.activity
+    def echo(ctx: Any, data: Any) -> Any:
+        return data
+
+    @worker.orchestrator
+    def too_big(ctx: Any, _: Any) -> Any:
+        yield ctx.call_activity(echo, input="x" * (3 * 1024 * 1024))
+
+    with worker, Client(redis_url, hub=hub) as client:
+        with pytest.raises(PayloadTooLargeError, match="exceeds the limit"):
+            client.schedule_new_orchestration(too_big, input=b"y" * (3 * 1024 * 1024))
+        state = client.wait_for_orchestration_completion(client.schedule_new_orchestration(too_big), timeout=20)
+    assert state.runtime_status == OrchestrationStatus.FAILED
+    assert state.failure_details is not None and state.failure_details.error_type == "PayloadTooLargeError"
+
+
+def test_history_limit_fails_with_a_clear_reason(redis_url: str, hub: str) -> None:
+    config = WorkerConfig(history_warn_events=20, history_max_events=40, **FAST)  # type: ignore[arg-type]
+    worker = Worker(redis_url, hub=hub, config=config)
+
+    @worker.orchestrator
+    def endless(ctx: Any, _: Any) -> Any:
+        while True:
+            yield ctx.create_timer(ctx.current_utc_datetime + dt.timedelta(milliseconds=1))
+
+    with worker, Client(redis_url, hub=hub) as client:
+        state = client.wait_for_orchestration_completion(client.schedule_new_orchestration(endless), timeout=30)
+    assert state.runtime_status == OrchestrationStatus.FAILED
+    assert state.failure_details is not None
+    assert "history" in state.failure_details.message and "continue_as_new" in state.failure_details.message
