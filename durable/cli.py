@@ -1,0 +1,524 @@
+"""The ``durable`` command line.
+
+``durable worker MODULE:ATTR``
+    Run a :class:`~durable.Worker` defined by an application until SIGTERM/SIGINT, then drain:
+    stop taking work, finish (or hand back) what is in flight, release the partition leases
+    and exit 0. A second signal stops at once (exit 1).
+
+``durable demo``
+    Run the sample patterns of the repository's ``orchestrations/`` folder against an embedded
+    (or the given) Redis, with live progress and a summary.
+
+Exit codes: 0 success, 1 failure, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+from anyio.abc import TaskStatus
+
+from . import __version__
+from ._client import AsyncClient
+from ._config import resolve_hub, resolve_url
+from ._worker import Worker
+
+log = logging.getLogger("durable.cli")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+ENV_REDIS_URL = "DURABLE_REDIS_URL"
+ENV_HUB = "DURABLE_HUB"
+ENV_CONCURRENCY = "DURABLE_CONCURRENCY"
+ENV_PARTITIONS = "DURABLE_PARTITIONS"
+ENV_DRAIN_TIMEOUT = "DURABLE_DRAIN_TIMEOUT"
+ENV_LOG_LEVEL = "DURABLE_LOG_LEVEL"
+ENV_OPS_PORT = "DURABLE_OPS_PORT"
+ENV_OPS_HOST = "DURABLE_OPS_HOST"
+ENV_OPS_TOKEN = "DURABLE_OPS_TOKEN"
+
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class UsageError(Exception):
+    """A bad command line or environment: reported on stderr, exit code 2."""
+
+
+# ------------------------------------------------------------------------------------------------
+# argument parsing
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number (0-65535), got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number of seconds, got {text!r}")
+    return value
+
+
+def _env(name: str, parse: Callable[[str], Any]) -> Any:
+    """The parsed value of an environment variable, None when unset or empty."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return parse(raw)
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        raise UsageError(f"invalid ${name}: {exc}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``durable`` command."""
+    parser = argparse.ArgumentParser(
+        prog="durable",
+        description="Durable orchestrations and durable entities on Redis.",
+        epilog="Run 'durable COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"durable {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    worker = commands.add_parser(
+        "worker",
+        help="run a worker of an application until SIGTERM/SIGINT",
+        description=(
+            "Import MODULE (the current directory is on the import path), take its attribute ATTR "
+            "(a durable.Worker, or a function returning one; default 'worker') and run it. On "
+            "SIGTERM or SIGINT the worker drains: it stops taking work, finishes what is in flight "
+            "(up to the drain timeout), releases its partition leases and exits 0. A second "
+            "signal stops it at once (exit 1)."
+        ),
+        epilog=(
+            f"Environment: ${ENV_REDIS_URL}, ${ENV_HUB}, ${ENV_CONCURRENCY}, ${ENV_PARTITIONS}, "
+            f"${ENV_DRAIN_TIMEOUT}, ${ENV_LOG_LEVEL}, ${ENV_OPS_PORT}, ${ENV_OPS_HOST}, ${ENV_OPS_TOKEN} "
+            "provide defaults for the options (the ops API bearer token only comes from the "
+            "environment)."
+        ),
+    )
+    worker.add_argument("--version", action="version", version=f"durable {__version__}")
+    worker.add_argument(
+        "app", metavar="MODULE:ATTR", help="the worker to run, e.g. orchestrations.patterns:worker"
+    )
+    _add_redis_options(worker, default_hub=None)
+    worker.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        metavar="N",
+        help=f"concurrent activity executions (default: ${ENV_CONCURRENCY}, else the worker's setting)",
+    )
+    worker.add_argument(
+        "--partitions",
+        type=_positive_int,
+        metavar="N",
+        help=f"partition count used if this worker creates the hub (default: ${ENV_PARTITIONS}, else 32)",
+    )
+    worker.add_argument(
+        "--drain-timeout",
+        type=_seconds,
+        metavar="S",
+        help=f"seconds to finish in-flight work after a stop signal (default: ${ENV_DRAIN_TIMEOUT}, else 30)",
+    )
+    worker.add_argument(
+        "--log-level",
+        choices=_LOG_LEVELS,
+        type=str.lower,
+        help=f"logging threshold (default: ${ENV_LOG_LEVEL}, else info)",
+    )
+    worker.add_argument(
+        "--ops-port",
+        type=_port,
+        metavar="PORT",
+        help=f"serve the ops HTTP endpoint (metrics, health) on this port (default: ${ENV_OPS_PORT}; 0: off)",
+    )
+    worker.add_argument(
+        "--ops-host",
+        metavar="HOST",
+        help=f"address of the ops HTTP endpoint (default: ${ENV_OPS_HOST}, else 0.0.0.0)",
+    )
+    worker.set_defaults(handler=_cmd_worker)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the sample orchestration patterns with live progress",
+        description=(
+            "Run the sample patterns of the repository's orchestrations/ folder (function chaining, "
+            "fan-out/fan-in, human interaction, monitor, sub-orchestrations, retries) with an "
+            "in-process worker, show their progress and a summary. Uses an embedded Redis unless "
+            f"--redis-url or ${ENV_REDIS_URL} is given. Run it from the repository root."
+        ),
+    )
+    demo.add_argument("--version", action="version", version=f"durable {__version__}")
+    _add_redis_options(demo, default_hub="demo")
+    demo.add_argument(
+        "--fan-out",
+        type=_positive_int,
+        default=200,
+        metavar="N",
+        help="number of parallel activities of the fan-out/fan-in pattern (default: 200)",
+    )
+    demo.add_argument("--quiet", action="store_true", help="no live progress, only the summary")
+    demo.add_argument(
+        "--keep", action="store_true", help="keep the demo's orchestration instances (default: purge them)"
+    )
+    demo.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=120.0,
+        metavar="S",
+        help="give up when the patterns have not finished after S seconds (default: 120)",
+    )
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def _add_redis_options(parser: argparse.ArgumentParser, default_hub: str | None) -> None:
+    parser.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help=f"Redis to use (default: ${ENV_REDIS_URL}, else an embedded Redis in ./.durable/redis)",
+    )
+    hub_default = f"'{default_hub}'" if default_hub else f"${ENV_HUB}, else the worker's hub"
+    parser.add_argument(
+        "--hub", metavar="NAME", default=default_hub, help=f"task hub name (default: {hub_default})"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``durable`` command; returns the process exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return handler(args)
+    except UsageError as exc:
+        print(f"durable {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"durable {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+# ------------------------------------------------------------------------------------------------
+# durable worker
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def load_worker(spec: str) -> Worker:
+    """Import ``MODULE:ATTR`` (ATTR defaults to ``worker``) and return the Worker it names.
+
+    ATTR may be a dotted path and may name a zero-argument callable that returns a Worker. The
+    current directory is put on the import path first, as ``python -m`` does.
+    """
+    module_name, _, attr = spec.partition(":")
+    module_name, attr = module_name.strip(), (attr.strip() or "worker")
+    if not module_name or spec.count(":") > 1:
+        raise UsageError(f"expected MODULE:ATTR (e.g. orchestrations.patterns:worker), got {spec!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (module_name == missing or module_name.startswith(missing + ".")):
+            raise UsageError(
+                f"cannot import {module_name!r}: no module named {missing!r} "
+                f"(looked in {cwd} and on PYTHONPATH)"
+            ) from None
+        raise
+    target: Any = module
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise UsageError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(target, Worker) and callable(target):
+        target = target()
+    if not isinstance(target, Worker):
+        raise UsageError(f"{spec!r} is a {type(target).__qualname__}, not a durable.Worker")
+    return target
+
+
+@contextmanager
+def _environment(updates: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of the block."""
+    saved = {name: os.environ.get(name) for name in updates}
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@dataclass
+class OpsSettings:
+    """Where the ops HTTP endpoint listens."""
+
+    host: str
+    port: int
+    token: str | None
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    level = args.log_level or _env(ENV_LOG_LEVEL, _log_level) or "info"
+    _configure_logging(level)
+    concurrency = args.concurrency or _env(ENV_CONCURRENCY, _positive_int)
+    partitions = args.partitions or _env(ENV_PARTITIONS, _positive_int)
+    drain_timeout = (
+        args.drain_timeout if args.drain_timeout is not None else _env(ENV_DRAIN_TIMEOUT, _seconds)
+    )
+    ops_port = args.ops_port if args.ops_port is not None else _env(ENV_OPS_PORT, _port)
+    ops_host = args.ops_host or os.environ.get(ENV_OPS_HOST, "").strip() or "0.0.0.0"
+    ops_token = os.environ.get(ENV_OPS_TOKEN, "").strip() or None
+    env: dict[str, str] = {}
+    if args.redis_url:
+        env[ENV_REDIS_URL] = args.redis_url
+    if args.hub:
+        try:
+            env[ENV_HUB] = resolve_hub(args.hub)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    with _environment(env):
+        # the application sees the chosen Redis and hub while it is imported and while it runs
+        worker = load_worker(args.app)
+        if args.redis_url:
+            worker._redis_url = args.redis_url
+        if args.hub:
+            worker.hub = args.hub
+        if concurrency is not None:
+            worker.config.concurrency = concurrency
+        if partitions is not None:
+            worker.config.partitions = partitions
+        if drain_timeout is not None:
+            worker.config.drain_timeout = drain_timeout
+        ops = OpsSettings(ops_host, ops_port, ops_token) if ops_port else None
+        try:
+            return anyio.run(_serve_worker, worker, ops)
+        except Exception as exc:
+            errors = leaf_exceptions(exc)
+            for error in errors:
+                log.debug("worker failed", exc_info=error)
+            message = "; ".join(f"{type(e).__name__}: {e}" for e in errors)
+            log.error("worker failed: %s", message)
+            return EXIT_FAILURE
+
+
+def _log_level(text: str) -> str:
+    value = text.lower()
+    if value not in _LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(_LOG_LEVELS)}, got {text!r}")
+    return value
+
+
+def leaf_exceptions(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or ``[exc]``."""
+    if isinstance(exc, BaseExceptionGroup):
+        out: list[BaseException] = []
+        for inner in exc.exceptions:
+            out.extend(leaf_exceptions(inner))
+        return out
+    return [exc]
+
+
+OPS_SERVER_MODULE = "durable._ops_server"
+
+
+def _load_ops_server() -> Callable[..., Awaitable[None]] | None:
+    """``serve_ops`` of :data:`OPS_SERVER_MODULE` when this build has the ops server, else None."""
+    try:
+        module = importlib.import_module(OPS_SERVER_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name == OPS_SERVER_MODULE:
+            return None
+        raise
+    serve: Callable[..., Awaitable[None]] | None = getattr(module, "serve_ops", None)
+    return serve
+
+
+async def _serve_worker(worker: Worker, ops: OpsSettings | None) -> int:
+    """Run ``worker`` until a stop signal, then let it drain; returns the exit code."""
+    if not worker._redis_url and not os.environ.get(ENV_REDIS_URL, "").strip():
+        log.info("no Redis configured (--redis-url, $%s): using the embedded Redis", ENV_REDIS_URL)
+    url = await anyio.to_thread.run_sync(resolve_url, worker._redis_url)
+    worker._redis_url = url
+    exit_code = EXIT_OK
+    started = False
+    stopping = False
+
+    with signal_receiver() as signals:
+        async with anyio.create_task_group() as tg:
+
+            def stop(reason: str) -> None:
+                nonlocal stopping, exit_code
+                runtime = worker._runtime
+                if stopping or not started or runtime is None:
+                    if stopping:
+                        log.warning("%s again: stopping without waiting for in-flight work", reason)
+                        exit_code = EXIT_FAILURE
+                    tg.cancel_scope.cancel()
+                    return
+                stopping = True
+                log.info(
+                    "%s: draining (up to %gs; signal again to stop at once)",
+                    reason,
+                    worker.config.drain_timeout,
+                )
+                runtime.request_stop()
+
+            async def run_worker(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+                await worker.run(task_status=task_status)
+                tg.cancel_scope.cancel()  # the worker is done: so are the helpers (an error does the same)
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    stop(signal.Signals(signum).name)
+
+            async def run_ops(settings: OpsSettings) -> None:
+                nonlocal exit_code
+                serve = _load_ops_server()
+                if serve is None:
+                    log.warning("this build has no ops server; ignoring the ops port %d", settings.port)
+                    return
+                client = AsyncClient(url, worker.hub)
+                try:
+                    await serve(worker._runtime, client, settings.host, settings.port, settings.token)
+                except Exception as exc:
+                    log.error("ops server on %s:%d failed: %s", settings.host, settings.port, exc)
+                    exit_code = EXIT_FAILURE
+                    stop("ops server failure")
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await client.close()
+
+            tg.start_soon(watch_signals)
+            await tg.start(run_worker)
+            started = True
+            log.info(
+                "worker %s started: hub=%s redis=%s concurrency=%d drain-timeout=%gs",
+                worker.worker_id,
+                worker.hub,
+                redact_url(url),
+                worker.config.concurrency,
+                worker.config.drain_timeout,
+            )
+            if ops is not None:
+                tg.start_soon(run_ops, ops)
+    if not started:
+        log.info("worker stopped before it started")
+    elif exit_code == EXIT_OK:
+        log.info("worker stopped: in-flight work drained and partition leases released")
+    return exit_code
+
+
+@contextmanager
+def signal_receiver() -> Iterator[Any]:
+    """SIGTERM/SIGINT as an async iterator (one that never yields when signals cannot be caught)."""
+    with ExitStack() as stack:
+        signals: Any
+        try:
+            signals = stack.enter_context(anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT))
+        except (NotImplementedError, ValueError, RuntimeError):  # not the main thread / platform
+            signals = _NoSignals()
+        yield signals
+
+
+class _NoSignals:
+    def __aiter__(self) -> _NoSignals:
+        return self
+
+    async def __anext__(self) -> int:
+        await anyio.sleep_forever()
+        raise StopAsyncIteration  # pragma: no cover
+
+
+# ------------------------------------------------------------------------------------------------
+# durable demo
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import DemoOptions, run_demo
+
+    if args.hub:
+        try:
+            resolve_hub(args.hub)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    options = DemoOptions(
+        redis_url=args.redis_url,
+        hub=args.hub,
+        fan_out=args.fan_out,
+        quiet=args.quiet,
+        keep=args.keep,
+        timeout=args.timeout,
+    )
+    return run_demo(options)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
