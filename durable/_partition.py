@@ -111,6 +111,7 @@ class PartitionRunner:
         #: failed attempts at the current cursor, and messages still to take one at a time
         self.attempts = 0
         self.isolate_left = 0
+        self._counted = False
 
     # -- lifecycle -------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -135,9 +136,6 @@ class PartitionRunner:
         """The partition loop; returns when stopped or when the lease is lost."""
         try:
             await self._load_state()
-            # every start counts as an attempt at this cursor: a message that kills the whole
-            # process is isolated after a bounded number of restarts, like one that raises
-            await self._note_attempt()
         except FencedError:
             self.rt.on_lease_lost(self.index)
             return
@@ -170,6 +168,7 @@ class PartitionRunner:
             await self._load_state()
             self.outbox_dirty = True
             if count:
+                self._counted = True
                 await self._note_attempt()
         except (RedisError, OSError):
             pass
@@ -198,6 +197,17 @@ class PartitionRunner:
         self._read_scope = None
         if scope.cancelled_caught or not entries:
             return
+        if not self._counted:
+            # The first batch an owner takes on counts as an attempt at this cursor, so a message
+            # that kills the whole process is isolated after a bounded number of restarts, like one
+            # that raises. Idle partitions changing hands never count.
+            self._counted = True
+            await self._note_attempt()
+            if self.attempts > self.rt.config.max_recoveries + 1:
+                await dead_letter_poison(self, self.attempts)
+                return
+        if self.isolate_left > 0:
+            entries = entries[:1]
         await self._step(entries)
 
     async def _forward_pending(self) -> None:

@@ -178,6 +178,7 @@ class Runtime:
     async def run(self, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until :meth:`request_stop`; then drain and release."""
         await self.store.ensure_hub(self.config.partitions)
+        self.store.direct = self.config.direct_delivery and not self.store.cluster
         await self.store.ensure_task_group()
         try:
             sec, usec = await self.store.redis.time()
@@ -185,7 +186,7 @@ class Runtime:
         except RedisError:
             pass
         stop_renewing = threading.Event()
-        renewer = SyncLeaseRenewer(self.url, self.store.hub)
+        renewer = SyncLeaseRenewer(self.url, self.store.hub, cluster=self.store.cluster)
         thread = threading.Thread(
             target=self._renew_thread,
             args=(renewer, stop_renewing),

@@ -24,6 +24,11 @@ Fields = dict[bytes, bytes]
 StreamEntry = tuple[str, Fields]
 
 
+#: a worker holds one blocking read per owned partition plus its pipelines and activities; redis-py
+#: would otherwise cap a pool at 100 connections and fail the next command
+_MAX_CONNECTIONS = 4096
+
+
 class FencedError(Exception):
     """The commit was refused: this worker no longer holds the partition's lease."""
 
@@ -84,6 +89,11 @@ class Store:
         #: standalone Redis: cross-partition messages are written by the commit itself
         self.direct = True
         self.cluster = False
+        self._url: str | None = None
+        self._detected = False
+        self._register(client)
+
+    def _register(self, client: Any) -> None:
         self._acquire = client.register_script(_scripts.ACQUIRE)
         self._renew = client.register_script(_scripts.RENEW)
         self._release = client.register_script(_scripts.RELEASE)
@@ -96,8 +106,29 @@ class Store:
 
     @classmethod
     def from_url(cls, url: str, hub: str) -> Store:
-        client = aredis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
-        return cls(client, hub)
+        """A store for ``url``; a Redis Cluster node's URL is detected on first use."""
+        client = aredis.Redis.from_url(
+            url, decode_responses=False, health_check_interval=30, max_connections=_MAX_CONNECTIONS
+        )
+        store = cls(client, hub)
+        store._url = url
+        return store
+
+    async def _detect_cluster(self) -> None:
+        if self._detected or self._url is None:
+            return
+        info = await self.redis.info("cluster")
+        self._detected = True
+        if int(info.get("cluster_enabled", 0)) != 1:
+            return
+        standalone = self.redis
+        self.redis = aredis.RedisCluster.from_url(
+            self._url, decode_responses=False, max_connections=_MAX_CONNECTIONS
+        )
+        await standalone.aclose()
+        self._register(self.redis)
+        self.cluster = True
+        self.direct = False  # partitions live on different nodes: the outbox carries messages
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -105,6 +136,7 @@ class Store:
     # -- hub -------------------------------------------------------------------------------------
     async def ensure_hub(self, partitions: int | None = None) -> int:
         """Create the hub's metadata if absent (atomically) and return its partition count."""
+        await self._detect_cluster()
         if self.partitions:
             return self.partitions
         want = partitions or DEFAULT_PARTITIONS
@@ -509,14 +541,21 @@ class Store:
 class SyncLeaseRenewer:
     """Renews leases from a plain thread, so orchestrator code on the event loop cannot starve it."""
 
-    def __init__(self, url: str, hub: str) -> None:
-        self._client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    def __init__(self, url: str, hub: str, cluster: bool = False) -> None:
+        client_type: Any = redis.RedisCluster if cluster else redis.Redis
+        self._client = client_type.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._cluster = cluster
         self._keys = HubKeys(hub)
         self._renew = self._client.register_script(_scripts.RENEW)
 
     def renew(self, leases: dict[int, str], ttl_ms: int) -> dict[int, bool]:
-        pipe = self._client.pipeline(transaction=False)
         order = list(leases.items())
+        if self._cluster:  # redis-py refuses scripts in cluster pipelines: one call per lease
+            return {
+                index: bool(self._renew(keys=[self._keys.partition(index).lease], args=[value, ttl_ms]))
+                for index, value in order
+            }
+        pipe = self._client.pipeline(transaction=False)
         for index, value in order:
             self._renew(keys=[self._keys.partition(index).lease], args=[value, ttl_ms], client=pipe)
         res = pipe.execute()

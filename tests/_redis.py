@@ -46,6 +46,7 @@ class RedisServer:
         appendfsync: str = "everysec",
         startup_timeout: float = 10.0,
         binary: str | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -55,6 +56,7 @@ class RedisServer:
         self.startup_timeout = startup_timeout
         self.binary = binary or find_redis_server()
         self.log_path = self.data_dir / "redis.log"
+        self.extra_args = list(extra_args or [])
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- info
@@ -110,6 +112,7 @@ class RedisServer:
             "noeviction",
             "--logfile",
             str(self.log_path),
+            *self.extra_args,
         ]
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
@@ -209,3 +212,23 @@ class RedisServer:
 
     def __repr__(self) -> str:
         return f"RedisServer(port={self.port}, pid={self.pid}, data_dir={str(self.data_dir)!r})"
+
+
+def connect(url: str) -> Any:
+    """A synchronous client for ``url``: a RedisCluster client when the server is a cluster node."""
+    probe = redis.Redis.from_url(url)
+    try:
+        enabled = int(probe.info("cluster").get("cluster_enabled", 0))
+    finally:
+        probe.close()
+    if enabled:
+        return redis.RedisCluster.from_url(url)
+    return redis.Redis.from_url(url)
+
+
+def is_cluster(url: str) -> bool:
+    client = connect(url)
+    try:
+        return isinstance(client, redis.RedisCluster)
+    finally:
+        client.close()

@@ -28,6 +28,8 @@ for _path in (str(_TESTS_DIR.parent), str(_TESTS_DIR)):
 from _redis import RedisServer  # noqa: E402
 
 ENV_TEST_REDIS_URL = "DURABLE_TEST_REDIS_URL"
+#: "1": the shared ``redis_url`` is a three-node Redis Cluster started by the fixtures
+ENV_TEST_CLUSTER = "DURABLE_TEST_CLUSTER"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -61,12 +63,31 @@ def redis_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     if external:
         yield str(external)
         return
+    if os.environ.get(ENV_TEST_CLUSTER) == "1":
+        from _cluster import RedisClusterServers
+
+        cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")).start()
+        try:
+            yield cluster.url
+        finally:
+            cluster.kill()
+        return
     server = RedisServer(tmp_path_factory.mktemp("redis-session"))
     server.start()
     try:
         yield server.url
     finally:
         server.kill()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In the Redis Cluster run, only tests that use the shared ``redis_url`` are repeated."""
+    if os.environ.get(ENV_TEST_CLUSTER) != "1":
+        return
+    skip = pytest.mark.skip(reason="runs against its own standalone redis-server; covered by the main run")
+    for item in items:
+        if "redis_url" not in getattr(item, "fixturenames", ()) or item.get_closest_marker("standalone_only"):
+            item.add_marker(skip)
 
 
 @pytest.fixture

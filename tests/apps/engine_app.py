@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import redis
+from _redis import connect
 
 from durable import ActivityContext, Worker, WorkerConfig, when_all
 
@@ -35,7 +36,7 @@ _ledger: redis.Redis | None = None
 def ledger() -> redis.Redis:
     global _ledger
     if _ledger is None:
-        _ledger = redis.Redis.from_url(os.environ["LEDGER_URL"])
+        _ledger = connect(os.environ["LEDGER_URL"])
     return _ledger
 
 

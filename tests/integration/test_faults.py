@@ -14,8 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
-import redis
-from _redis import RedisServer
+from _redis import RedisServer, connect, is_cluster
 
 from durable import Client, OrchestrationStatus, Worker, WorkerConfig, when_all
 from durable._store import CommitPlan, FencedError, RecordWrite, Store
@@ -25,7 +24,8 @@ REPO = TESTS.parent
 
 
 def _ledger_url(url: str) -> str:
-    return url.rsplit("/", 1)[0] + "/1"
+    """The side-effect ledger lives apart from the engine's data (database 1; a cluster has only 0)."""
+    return url if is_cluster(url) else url.rsplit("/", 1)[0] + "/1"
 
 
 class Procs:
@@ -100,7 +100,7 @@ def _check_results(client: Client, iids: list[str], n: int, timeout: float) -> N
 
 
 def test_sigkill_worker_mid_run_another_finishes(procs: Procs, redis_url: str, hub: str) -> None:
-    ledger = redis.Redis.from_url(_ledger_url(redis_url))
+    ledger = connect(_ledger_url(redis_url))
     first = procs.spawn()
     with Client(redis_url, hub=hub) as client:
         iids = _run_workload(client, 20, 5)
@@ -117,10 +117,10 @@ def test_sigkill_worker_mid_run_another_finishes(procs: Procs, redis_url: str, h
 
 
 def test_two_worker_processes_share_partitions(procs: Procs, redis_url: str, hub: str) -> None:
-    ledger = redis.Redis.from_url(_ledger_url(redis_url))
+    ledger = connect(_ledger_url(redis_url))
     procs.spawn()
     procs.spawn()
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)
     # both workers heartbeat and split the partitions between them
     _poll(lambda: r.zcard(f"durable:{{{hub}}}:workers") == 2, 30, "two live workers")
 
@@ -170,7 +170,7 @@ def test_zombie_commit_is_refused_after_lease_moved(redis_url: str, hub: str) ->
 
 def test_paused_worker_loses_partitions_and_cannot_commit(procs: Procs, redis_url: str, hub: str) -> None:
     first = procs.spawn()
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)
     _poll(lambda: all(r.exists(f"durable:{{{hub}:{i:02d}}}:lease") for i in range(32)), 30, "leases")
     with Client(redis_url, hub=hub) as client:
         iids = _run_workload(client, 10, 4)

@@ -6,7 +6,8 @@ import datetime as dt
 from typing import Any
 
 import pytest
-import redis
+import redis  # noqa: F401
+from _redis import connect
 
 from durable import Client, OrchestrationStatus, PayloadTooLargeError, Worker, WorkerConfig
 from durable._keys import HubKeys, partition_of
@@ -27,7 +28,7 @@ def test_message_that_crashes_the_step_is_dead_lettered(redis_url: str, hub: str
     def waits(ctx: Any, _: Any) -> Any:
         return (yield ctx.wait_for_external_event("go"))
 
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)
     with worker, Client(redis_url, hub=hub) as client:
         victim = client.schedule_new_orchestration(waits, instance_id="victim")
         client.wait_for_orchestration_start(victim, timeout=20)
@@ -56,7 +57,7 @@ def test_malformed_entries_are_dead_lettered_without_blocking(redis_url: str, hu
         return f"hi {name}"
         yield  # pragma: no cover
 
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)
     with worker, Client(redis_url, hub=hub) as client:
         iid = "after-garbage"
         pk = HubKeys(hub).partition(partition_of(iid, 32))
