@@ -211,6 +211,8 @@ class PartitionRunner:
         await self._step(entries)
 
     async def _forward_pending(self) -> None:
+        # strict: what is in the outbox may not have reached the replicas yet (a wait timed out)
+        await self.rt.store.sync_barrier(self.index)
         while True:
             pending = await self.rt.store.read_outbox(self.index, 500)
             if not pending:

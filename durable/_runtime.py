@@ -11,7 +11,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -47,6 +47,13 @@ class WorkerConfig:
     #: on standalone Redis, write cross-partition messages inside the commit (no outbox hop);
     #: False forces the outbox path that Redis Cluster always uses
     direct_delivery: bool = True
+    #: 'fast' (the server's own persistence settings) or 'strict' (after every commit, wait until
+    #: ``replicas`` replicas have it before anything leaves the partition; WAITAOF on Redis 7.2+,
+    #: WAIT before). Default: $DURABLE_DURABILITY, else 'fast'.
+    durability: str = field(default_factory=lambda: os.environ.get("DURABLE_DURABILITY", "fast"))
+    #: replicas to wait for in 'strict'; None: those connected when the worker starts
+    replicas: int | None = None
+    replication_timeout_ms: int = 5_000
     #: a step that fails (or whose worker dies) this many times at one inbox position is retried
     #: one message at a time; the message that still fails alone is dead-lettered
     max_recoveries: int = 3
@@ -179,6 +186,11 @@ class Runtime:
         """Run until :meth:`request_stop`; then drain and release."""
         await self.store.ensure_hub(self.config.partitions)
         self.store.direct = self.config.direct_delivery and not self.store.cluster
+        if self.config.durability == "strict":
+            waited = await self.store.enable_strict(self.config.replicas, self.config.replication_timeout_ms)
+            log.info("durability 'strict': every commit waits for %d replica(s)", waited)
+        elif self.config.durability != "fast":
+            raise ValueError(f"durability must be 'fast' or 'strict', not {self.config.durability!r}")
         await self.store.ensure_task_group()
         try:
             sec, usec = await self.store.redis.time()

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from . import _scripts
 from ._keys import ACTIVITY_GROUP, DEFAULT_PARTITIONS, FORMAT_VERSION, HubKeys, PartitionKeys, partition_of
@@ -31,6 +31,10 @@ _MAX_CONNECTIONS = 4096
 
 class FencedError(Exception):
     """The commit was refused: this worker no longer holds the partition's lease."""
+
+
+class ReplicationTimeoutError(RedisError):
+    """Strict profile: the replicas did not confirm a write in time (it may still arrive)."""
 
 
 class ConflictError(Exception):
@@ -91,6 +95,10 @@ class Store:
         self.cluster = False
         self._url: str | None = None
         self._detected = False
+        #: durability 'strict': (replicas, timeout ms) to wait for after every write that others
+        #: may act on; None for 'fast'
+        self.strict_wait: tuple[int, int] | None = None
+        self._waitaof = False
         self._register(client)
 
     def _register(self, client: Any) -> None:
@@ -240,6 +248,7 @@ class Store:
             keys.append(rec.hash_key)
             keys.append(rec.list_key)
             args.append(rec.expected_version)
+        publish: list[tuple[str, str]] = []
         for rec in plan.records:
             args.append(rec.mode)
             args.extend(_flat(rec.fields))
@@ -248,8 +257,12 @@ class Store:
             args.append(rec.index)
             args.append(rec.index_member)
             args.append("" if rec.index_score is None else rec.index_score)
-            args.append(rec.channel)
-            args.append(rec.message)
+            if self.strict_wait is not None and rec.channel:
+                publish.append((rec.channel, rec.message))  # announced only once replicated
+                args.extend(("", ""))
+            else:
+                args.append(rec.channel)
+                args.append(rec.message)
         args.append(len(plan.self_messages))
         for msg in plan.self_messages:
             args.extend(_flat(msg))
@@ -277,7 +290,7 @@ class Store:
         args.extend(plan.delete_timers)
         args.extend(_flat(plan.state))
         args.append("1" if plan.trim else "0")
-        res = await self._call_script(self._commit, keys, args)
+        res = await self._call_script(self._commit, keys, args, publish)
         code = int(res[0])
         if code == -1:
             raise FencedError(f"partition {index}: lease lost")
@@ -285,27 +298,91 @@ class Store:
             raise ConflictError(f"partition {index}: {'cursor' if code == -2 else 'version'} conflict")
         return [(eid.decode(), dst, m) for eid, (dst, m) in zip(res[1:], via_outbox, strict=True)]
 
-    async def _call_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        """EVALSHA with our own protocol encoding: the commit carries many arguments, and
-        redis-py's generic encoder costs more than the script itself."""
+    async def enable_strict(self, replicas: int | None, timeout_ms: int) -> int:
+        """Switch to the 'strict' profile; returns the number of replicas waited for."""
         if self.cluster:
-            return await script(keys=keys, args=args)
-        payload = pack_command(b"EVALSHA", script.sha, len(keys), *keys, *args)
+            raise ValueError("the strict durability profile needs a standalone primary (with replicas)")
+        info = await self.redis.info("replication")
+        server = await self.redis.info("server")
+        if replicas is None:
+            replicas = int(info.get("connected_slaves", 0))
+        major, minor, *_ = (int(x) for x in str(server.get("redis_version", "0.0")).split(".")[:2] + ["0"])
+        self._waitaof = (major, minor) >= (7, 2)
+        self.strict_wait = (replicas, timeout_ms)
+        self.direct = False  # nothing leaves a partition before the wait: messages use the outbox
+        return replicas
+
+    def _wait_command(self) -> bytes:
+        assert self.strict_wait is not None
+        replicas, timeout = self.strict_wait
+        if self._waitaof:  # Redis 7.2+: local fsync and replicas' AOF
+            return pack_command(b"WAITAOF", 1, replicas, timeout)
+        return pack_command(b"WAIT", replicas, timeout)
+
+    def _check_wait(self, reply: Any) -> None:
+        assert self.strict_wait is not None
+        replicas = self.strict_wait[0]
+        acked = int(reply[1]) if isinstance(reply, list) else int(reply)
+        if acked < replicas:
+            raise ReplicationTimeoutError(
+                f"only {acked} of {replicas} replicas confirmed the write within {self.strict_wait[1]} ms"
+            )
+
+    async def _call_script(
+        self, script: Any, keys: list[str], args: list[Any], publish: Sequence[tuple[str, str]] = ()
+    ) -> Any:
+        """EVALSHA with our own protocol encoding (the commit carries many arguments, and redis-py's
+        generic encoder costs more than the script itself). In the strict profile a WAIT (or
+        WAITAOF) follows on the same connection in the same round trip, then the publishes."""
+        if self.cluster:
+            res = await script(keys=keys, args=args)
+            for channel, message in publish:
+                await self.redis.publish(channel, message)
+            return res
+        tail = b"".join(pack_command(b"PUBLISH", ch, msg) for ch, msg in publish)
+        strict = self.strict_wait is not None
+        if strict:
+            tail = self._wait_command() + tail
+        replies = len(publish) + (1 if strict else 0)
         pool = self.redis.connection_pool
         conn = await pool.get_connection()
         try:
+            payload = pack_command(b"EVALSHA", script.sha, len(keys), *keys, *args)
+            await conn.send_packed_command(payload + tail, check_health=False)
             try:
-                await conn.send_packed_command(payload, check_health=False)
-                return await conn.read_response()
+                res = await conn.read_response()
             except NoScriptError:
+                for _ in range(replies):
+                    await conn.read_response()
                 payload = pack_command(b"EVAL", script.script, len(keys), *keys, *args)
-                await conn.send_packed_command(payload, check_health=False)
-                return await conn.read_response()
+                await conn.send_packed_command(payload + tail, check_health=False)
+                res = await conn.read_response()
+            if strict:
+                self._check_wait(await conn.read_response())
+            for _ in publish:
+                await conn.read_response()
+            return res
         except BaseException:
             await conn.disconnect()
             raise
         finally:
             await pool.release(conn)
+
+    async def sync_barrier(self, index: int) -> None:
+        """Strict profile: wait until everything written so far reached the replicas (a marker
+        write plus WAIT on one connection: replication is one ordered stream)."""
+        if self.strict_wait is None:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(f"{self.partition_keys(index).tag}:sync", int(time.time() * 1000))
+        pipe.execute_command(*self._wait_args())
+        _, reply = await pipe.execute()
+        self._check_wait(reply)
+
+    def _wait_args(self) -> list[Any]:
+        assert self.strict_wait is not None
+        replicas, timeout = self.strict_wait
+        return ["WAITAOF", 1, replicas, timeout] if self._waitaof else ["WAIT", replicas, timeout]
 
     async def note_recovery(
         self, index: int, lease: str, cursor: str, max_recoveries: int, window: int
@@ -367,9 +444,10 @@ class Store:
         execution_id: str,
     ) -> bool:
         pk = self.keys_for(instance_id)
-        res = await self._start(
-            keys=[pk.instance(instance_id), pk.inbox, pk.timers, pk.timer_data, pk.instances],
-            args=[
+        res = await self._call_script(
+            self._start,
+            [pk.instance(instance_id), pk.inbox, pk.timers, pk.timer_data, pk.instances],
+            [
                 message,
                 created_ms,
                 name,
@@ -384,7 +462,7 @@ class Store:
 
     async def send_to_instance(self, instance_id: str, message: bytes) -> bool:
         pk = self.keys_for(instance_id)
-        return bool(await self._send(keys=[pk.instance(instance_id), pk.inbox], args=[message]))
+        return bool(await self._call_script(self._send, [pk.instance(instance_id), pk.inbox], [message]))
 
     async def send_message(self, target_id: str, message: bytes) -> str:
         """XADD an internal message to the inbox of the partition that owns ``target_id``."""
@@ -411,8 +489,8 @@ class Store:
 
     async def purge_instance(self, instance_id: str) -> int:
         pk = self.keys_for(instance_id)
-        res = await self._purge(
-            keys=[pk.instance(instance_id), pk.history(instance_id), pk.instances], args=[instance_id]
+        res = await self._call_script(
+            self._purge, [pk.instance(instance_id), pk.history(instance_id), pk.instances], [instance_id]
         )
         return int(res)
 
@@ -487,6 +565,10 @@ class Store:
         if ids:
             pipe.xack(self.keys.tasks, ACTIVITY_GROUP, *ids)
             pipe.xdel(self.keys.tasks, *ids)
+        if self.strict_wait is not None:
+            pipe.execute_command(*self._wait_args())
+            self._check_wait((await pipe.execute())[-1])
+            return
         await pipe.execute()
 
     async def ack_tasks(self, task_ids: Sequence[str]) -> None:
