@@ -105,3 +105,45 @@ def test_history_limit_fails_with_a_clear_reason(redis_url: str, hub: str) -> No
     assert state.runtime_status == OrchestrationStatus.FAILED
     assert state.failure_details is not None
     assert "history" in state.failure_details.message and "continue_as_new" in state.failure_details.message
+
+
+@pytest.mark.standalone_only
+def test_redis_oom_and_read_only_give_clear_errors_and_no_partial_state(tmp_path: Any, hub: str) -> None:
+    from _redis import RedisServer
+    from redis.exceptions import OutOfMemoryError, ReadOnlyError
+
+    server = RedisServer(tmp_path / "r").start()
+    try:
+        worker = Worker(server.url, hub=hub, config=WorkerConfig(**FAST))  # type: ignore[arg-type]
+
+        @worker.orchestrator
+        def waits(ctx: Any, _: Any) -> Any:
+            return (yield ctx.wait_for_external_event("go"))
+
+        with server.client() as admin, worker, Client(server.url, hub=hub) as client:
+            iid = client.schedule_new_orchestration(waits, instance_id="oom-victim")
+            client.wait_for_orchestration_start(iid, timeout=20)
+            history_before = client.get_orchestration_history(iid)
+            used = int(admin.info("memory")["used_memory"])
+            admin.config_set("maxmemory", used // 2)  # Redis is now out of memory
+            with pytest.raises(OutOfMemoryError):
+                client.schedule_new_orchestration(waits, instance_id="never-started")
+            assert client.get_orchestration_state("never-started") is None
+            # an event accepted before the OOM cannot be committed while Redis is full ...
+            admin.config_set("maxmemory", 0)
+            client.raise_orchestration_event(iid, "go", data=1)
+            admin.config_set("maxmemory", used // 2)
+            assert client.get_orchestration_history(iid)[: len(history_before)] == history_before
+            # ... and goes through once memory is available again, exactly once
+            admin.config_set("maxmemory", 0)
+            assert client.wait_for_orchestration_completion(iid, timeout=30).output == 1
+            assert sum(1 for e in client.get_orchestration_history(iid) if e["k"] == "EventRaised") == 1
+            # a read-only replica refuses writes with a clear error and keeps nothing
+            admin.config_set("replica-read-only", "yes")
+            admin.execute_command("REPLICAOF", "127.0.0.1", "1")  # a primary that does not exist
+            with pytest.raises(ReadOnlyError):
+                client.schedule_new_orchestration(waits, instance_id="read-only")
+            admin.execute_command("REPLICAOF", "NO", "ONE")
+            assert client.get_orchestration_state("read-only") is None
+    finally:
+        server.kill()
