@@ -173,7 +173,7 @@ class ActivityRunner:
             fn = self.rt.registry.activities.get(name)
             if fn is None:
                 raise LookupError(f"no activity named {name!r} is registered with this worker")
-            value = decode(msg.get("input"))
+            value = decode(await self.rt.store.resolve(msg.get("input")))
             if inspect.iscoroutinefunction(fn):
                 result = await fn(ctx, value)
             else:

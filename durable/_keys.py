@@ -132,6 +132,14 @@ class PartitionKeys:
         """List: the history events of the instance's current execution."""
         return f"{self.tag}:h:{instance_id}"
 
+    def blob(self, instance_id: str, digest: str) -> str:
+        """String: one large payload of an instance, stored once under its content hash."""
+        return f"{self.tag}:b:{instance_id}:{digest}"
+
+    def blobs(self, instance_id: str) -> str:
+        """Set: the blob keys of an instance (so purge removes them all)."""
+        return f"{self.tag}:bs:{instance_id}"
+
     def entity(self, entity_id: str) -> str:
         """Hash: one entity's state snapshot, lock owner and queue."""
         return f"{self.tag}:e:{entity_id}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from ._executor import OrchestrationExecutor, StepResult
 from ._keys import partition_of
 from ._model import FailureDetails, OrchestrationStatus
 from ._poison import dead_letter_poison
-from ._serialization import pack_record, unpack_record
+from ._serialization import BLOB_REF_PREFIX, LARGE_PAYLOAD_BYTES, is_blob_ref, pack_record, unpack_record
 from ._store import CommitPlan, ConflictError, FencedError, RecordWrite, StreamEntry
 from ._wire import MalformedMessage
 
@@ -33,6 +34,8 @@ _COMPLETION_MSGS = {
     ev.MSG_SUB_COMPLETED: ev.SUB_COMPLETED,
     ev.MSG_SUB_FAILED: ev.SUB_FAILED,
 }
+#: history event fields that carry (encoded) user payloads
+_PAYLOAD_FIELDS = ("input", "result", "output")
 #: continue-as-new restarts run inline in one step up to this many times
 _MAX_INLINE_RESTARTS = 100
 
@@ -300,11 +303,26 @@ class PartitionRunner:
         if not ids:
             return
         loaded = await self.rt.store.load_instances(self.index, ids)
-        for iid, (fields, history) in zip(ids, loaded, strict=True):
-            self.cache[iid] = self._instance_from(iid, fields, history)
+        histories = [[unpack_record(h) for h in history] for _, history in loaded]
+        refs = [
+            e[f][len(BLOB_REF_PREFIX) :].decode()
+            for events in histories
+            for e in events
+            for f in _PAYLOAD_FIELDS
+            if is_blob_ref(e.get(f))
+        ]
+        if refs:  # large payloads live beside the history
+            blobs = await self.rt.store.get_blobs(refs)
+            for events in histories:
+                for e in events:
+                    for f in _PAYLOAD_FIELDS:
+                        if is_blob_ref(e.get(f)):
+                            e[f] = blobs[e[f][len(BLOB_REF_PREFIX) :].decode()]
+        for iid, (fields, _), events in zip(ids, loaded, histories, strict=True):
+            self.cache[iid] = self._instance_from(iid, fields, events)
             self.rt.metrics.cache_event("miss")
 
-    def _instance_from(self, iid: str, fields: dict[bytes, bytes], history: list[bytes]) -> Instance:
+    def _instance_from(self, iid: str, fields: dict[bytes, bytes], history: list[ev.Event]) -> Instance:
         inst = Instance(iid)
         if not fields:
             return inst
@@ -319,7 +337,7 @@ class PartitionRunner:
         inst.parent = unpack_record(parent) if parent else None
         if inst.status in ("RUNNING", "SUSPENDED") and history:
             executor = self._new_executor(iid)
-            executor.replay([unpack_record(h) for h in history])
+            executor.replay(history)
             inst.executor = executor
         return inst
 
@@ -423,8 +441,9 @@ class PartitionRunner:
             list_key=self.keys.history(inst.iid),
             expected_version=inst.version,
             mode="r" if new_execution else "a",
-            events=[pack_record(e) for e in result.new_events],
+
         )
+        rec.events = [self._persisted(inst.iid, e, rec) for e in result.new_events]
         f = rec.fields
         f["status"] = status.value
         f["updated"] = ts
@@ -432,14 +451,14 @@ class PartitionRunner:
             f.update(
                 name=inst.name, exec=inst.exec, created=inst.created, output=b"", failure=b"", custom=b""
             )
-            f["input"] = start_input or b""
+            f["input"] = self._offload(inst.iid, start_input, rec) or b""
             f["parent"] = pack_record(inst.parent) if inst.parent else b""
             rec.index, rec.index_member, rec.index_score = "i", inst.iid, inst.created
             step.started.append(inst)
         if result.custom_status_set:
-            f["custom"] = result.custom_status or b""
+            f["custom"] = self._offload(inst.iid, result.custom_status, rec) or b""
         if status.is_terminal:
-            f["output"] = result.output or b""
+            f["output"] = self._offload(inst.iid, result.output, rec) or b""
             f["failure"] = pack_record(result.failure.to_record()) if result.failure else b""
             if result.nondeterminism:
                 self.rt.metrics.nondeterminism(inst.name)
@@ -448,7 +467,7 @@ class PartitionRunner:
             rec.message = status.value
         step.plan.records.append(rec)
         step.touched[inst.iid] = inst
-        self._route_actions(inst, result, step)
+        self._route_actions(inst, result, step, rec)
         if status.is_terminal:
             step.finished.append((inst, result))
             if inst.parent:
@@ -519,7 +538,27 @@ class PartitionRunner:
             msg["failure"] = failure.to_record()
         self._route(parent["iid"], msg, step)
 
-    def _route_actions(self, inst: Instance, result: StepResult, step: _StepState) -> None:
+    def _offload(self, iid: str, data: bytes | None, rec: RecordWrite | None) -> bytes | None:
+        """A large payload is stored once (content hash) beside the history and referenced."""
+        if rec is None or data is None or len(data) <= LARGE_PAYLOAD_BYTES or is_blob_ref(data):
+            return data
+        key = self.keys.blob(iid, hashlib.sha256(data).hexdigest()[:40])
+        rec.blobs[key] = data
+        rec.blob_set = self.keys.blobs(iid)
+        return BLOB_REF_PREFIX + key.encode()
+
+    def _persisted(self, iid: str, event: ev.Event, rec: RecordWrite) -> bytes:
+        copy: ev.Event | None = None
+        for f in _PAYLOAD_FIELDS:
+            value = event.get(f)
+            if isinstance(value, bytes) and len(value) > LARGE_PAYLOAD_BYTES:
+                copy = copy or dict(event)  # the cached history keeps the payload itself
+                copy[f] = self._offload(iid, value, rec)
+        return pack_record(copy or event)
+
+    def _route_actions(
+        self, inst: Instance, result: StepResult, step: _StepState, rec: RecordWrite | None = None
+    ) -> None:
         for action in result.actions:
             kind = action["k"]
             if kind == ev.TASK_SCHEDULED:
@@ -529,7 +568,7 @@ class PartitionRunner:
                     "exec": inst.exec,
                     "tid": action["tid"],
                     "name": action["name"],
-                    "input": action.get("input"),
+                    "input": self._offload(inst.iid, action.get("input"), rec),
                 }
                 step.plan.outbox.append({"dst": self.rt.store.keys.tasks, "m": pack_record(body)})
             elif kind == ev.TIMER_CREATED:

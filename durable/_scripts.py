@@ -50,7 +50,8 @@ return {#due, nd, now}
 #   lease, prev_cursor, new_cursor, n, then n expected versions,
 #   per record: mode ('a' append | 'r' replace history | 'd' delete record), nfields, k v ...,
 #               nevents, events ..., index ('i' | 'e' | ''), index member, index score ('' = keep),
-#               channel ('' = none), message
+#               channel ('' = none), message,
+#               nblobs, [blob set key index, then per blob: key index, data]   (large payloads)
 #   nself, per message: nfields, k v ...      (XADD to this partition's inbox)
 #   nout,  per message: dst, nfields, k v ... (dst '' = XADD to the outbox; a number n = XADD
 #                                              straight to KEYS[n], used on standalone Redis)
@@ -104,6 +105,15 @@ for i = 1, n do
   end
   local ch = nxt(); local msg = nxt()
   if ch ~= '' then redis.call('PUBLISH', ch, msg) end
+  local nb = tonumber(nxt())
+  if nb > 0 then
+    local set = KEYS[tonumber(nxt())]
+    for j = 1, nb do
+      local bk = KEYS[tonumber(nxt())]; local data = nxt()
+      redis.call('SET', bk, data)
+      redis.call('SADD', set, bk)
+    end
+  end
 end
 local ns = tonumber(nxt())
 for i = 1, ns do
@@ -170,13 +180,19 @@ redis.call('XADD', KEYS[2], '*', 'm', ARGV[1])
 return 1
 """
 
-# Client purge. KEYS: instance hash, history, index ; ARGV: instance id -> 1 purged, 0 not found,
-# -1 not terminal
+# Client purge. KEYS: instance hash, history, index, blob set, then the blobs the caller read from
+# the set ; ARGV: instance id, number of blobs  ->  1 purged, 0 not found, -1 not terminal,
+# -2 the blob set changed (read it again)
 PURGE = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 0 end
 if st ~= 'COMPLETED' and st ~= 'FAILED' and st ~= 'TERMINATED' then return -1 end
-redis.call('DEL', KEYS[1], KEYS[2])
+if redis.call('SCARD', KEYS[4]) ~= tonumber(ARGV[2]) then return -2 end
+for i = 5, #KEYS do
+  if redis.call('SISMEMBER', KEYS[4], KEYS[i]) == 0 then return -2 end
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
+for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
 redis.call('ZREM', KEYS[3], ARGV[1])
 return 1
 """

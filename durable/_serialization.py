@@ -22,6 +22,17 @@ _EXT_TUPLE = 3
 MAX_PAYLOAD_BYTES = 2 * 1024 * 1024
 
 
+#: Payloads larger than this are stored once outside the history and referenced from it.
+LARGE_PAYLOAD_BYTES = 64 * 1024
+#: A reference to such a payload: 0xc1 is never valid msgpack, so no payload can start like this.
+BLOB_REF_PREFIX = b"\xc1blob:"
+
+
+def is_blob_ref(data: object) -> bool:
+    """True for a stored reference to a large payload (see :data:`BLOB_REF_PREFIX`)."""
+    return isinstance(data, bytes) and data.startswith(BLOB_REF_PREFIX)
+
+
 class SerializationError(TypeError):
     """A value could not be encoded (or decoded) as a durable payload."""
 

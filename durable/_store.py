@@ -18,7 +18,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from . import _scripts
 from ._keys import ACTIVITY_GROUP, DEFAULT_PARTITIONS, FORMAT_VERSION, HubKeys, PartitionKeys, partition_of
 from ._resp import pack_command
-from ._serialization import pack_record, unpack_record
+from ._serialization import BLOB_REF_PREFIX, is_blob_ref, pack_record, unpack_record
 
 Fields = dict[bytes, bytes]
 StreamEntry = tuple[str, Fields]
@@ -56,6 +56,9 @@ class RecordWrite:
     index_score: int | None = None
     channel: str = ""
     message: str = ""
+    #: large payloads to store beside the record: blob key -> data, and the record's blob set
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    blob_set: str = ""
 
 
 @dataclass
@@ -263,6 +266,14 @@ class Store:
             else:
                 args.append(rec.channel)
                 args.append(rec.message)
+            args.append(len(rec.blobs))
+            if rec.blobs:
+                keys.append(rec.blob_set)
+                args.append(len(keys))
+                for bkey, data in rec.blobs.items():
+                    keys.append(bkey)
+                    args.append(len(keys))
+                    args.append(data)
         args.append(len(plan.self_messages))
         for msg in plan.self_messages:
             args.extend(_flat(msg))
@@ -489,10 +500,33 @@ class Store:
 
     async def purge_instance(self, instance_id: str) -> int:
         pk = self.keys_for(instance_id)
-        res = await self._call_script(
-            self._purge, [pk.instance(instance_id), pk.history(instance_id), pk.instances], [instance_id]
-        )
-        return int(res)
+        blob_set = pk.blobs(instance_id)
+        while True:
+            blobs = sorted(b.decode() for b in await self.redis.smembers(blob_set))
+            keys = [pk.instance(instance_id), pk.history(instance_id), pk.instances, blob_set, *blobs]
+            res = int(await self._call_script(self._purge, keys, [instance_id, len(blobs)]))
+            if res != -2:
+                return res
+
+    async def get_blobs(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """Large payloads by key (missing ones are absent from the result)."""
+        if not keys:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        return {k: v for k, v in zip(keys, await pipe.execute(), strict=True) if v is not None}
+
+    async def resolve(self, data: bytes | None) -> bytes | None:
+        """The payload behind a blob reference (or ``data`` itself)."""
+        if not is_blob_ref(data):
+            return data
+        assert data is not None
+        key = data[len(BLOB_REF_PREFIX) :].decode()
+        value = await self.redis.get(key)
+        if value is None:
+            raise LookupError(f"large payload {key} is missing (purged?)")
+        return value  # type: ignore[no-any-return]
 
     async def index_range(
         self, created_from_ms: int | None, created_to_ms: int | None, limit: int

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -33,11 +34,15 @@ worker = Worker(
 _ledger: redis.Redis | None = None
 
 
+_ledger_lock = threading.Lock()
+
+
 def ledger() -> redis.Redis:
     global _ledger
-    if _ledger is None:
-        _ledger = connect(os.environ["LEDGER_URL"])
-    return _ledger
+    with _ledger_lock:  # activities run on several threads: create the client exactly once
+        if _ledger is None:
+            _ledger = connect(os.environ["LEDGER_URL"])
+        return _ledger
 
 
 @worker.activity

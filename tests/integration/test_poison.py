@@ -147,3 +147,41 @@ def test_redis_oom_and_read_only_give_clear_errors_and_no_partial_state(tmp_path
             assert client.get_orchestration_state("read-only") is None
     finally:
         server.kill()
+
+
+def test_large_payloads_are_stored_once_outside_history_and_purged(redis_url: str, hub: str) -> None:
+    worker = Worker(redis_url, hub=hub, config=WorkerConfig(**FAST))  # type: ignore[arg-type]
+
+    @worker.activity
+    def size(ctx: Any, data: bytes) -> int:
+        return len(data)
+
+    @worker.activity
+    def make(ctx: Any, n: int) -> bytes:
+        return b"z" * n
+
+    @worker.orchestrator
+    def big(ctx: Any, data: bytes) -> Any:
+        first = yield ctx.call_activity(size, input=data)
+        again = yield ctx.call_activity(size, input=data)  # the same payload: one stored copy
+        made = yield ctx.call_activity(make, input=300_000)
+        ctx.set_custom_status(made)
+        return [first, again, len(made), made[:3]]
+
+    payload = b"p" * 1_500_000  # near the 2 MB cap
+    r = connect(redis_url)
+    with worker, Client(redis_url, hub=hub) as client:
+        iid = client.schedule_new_orchestration(big, input=payload, instance_id="big-1")
+        state = client.wait_for_orchestration_completion(iid, timeout=60)
+        assert state.output == [1_500_000, 1_500_000, 300_000, b"zzz"]
+        assert state.input == payload and state.custom_status == b"z" * 300_000
+        pk = HubKeys(hub).partition(partition_of(iid, 32))
+        history_bytes = sum(len(x) for x in r.lrange(pk.history(iid), 0, -1))
+        assert history_bytes < 10_000, "large payloads must not be inlined in the history"
+        blobs = r.smembers(pk.blobs(iid))
+        assert len(blobs) == 2  # the input once (used three times) and the activity's result once
+        assert len(r.hget(pk.instance(iid), "input")) < 200
+        events = client.get_orchestration_history(iid)
+        assert next(e for e in events if e["k"] == "ExecutionStarted")["input"] == payload
+        assert client.purge_orchestration(iid)
+        assert not any(r.exists(b) for b in blobs) and not r.exists(pk.blobs(iid))
