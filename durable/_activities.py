@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
@@ -68,10 +69,8 @@ class ActivityRunner:
         with anyio.move_on_after(5, shield=True):
             await self._flush()
             if leftover:
-                try:
+                with contextlib.suppress(RedisError, OSError):
                     await self.rt.store.hand_back_tasks(leftover, self.rt.config.activity_visibility_ms)
-                except (RedisError, OSError):
-                    pass
         self._done.set()
 
     async def _read_loop(self, tg: anyio.abc.TaskGroup) -> None:

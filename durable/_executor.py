@@ -8,6 +8,7 @@ match the action the code produces at that point, or :class:`NonDeterminismError
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections import deque
 from collections.abc import Callable
@@ -295,8 +296,9 @@ class OrchestrationExecutor:
             self._finish(OrchestrationStatus.FAILED, None, FailureDetails.from_exception(exc))
             return
         if inspect.isgenerator(out) or inspect.iscoroutine(out):
-            self._driver = out
-            self._step(lambda: out.send(None))
+            driver: Any = out
+            self._driver = driver
+            self._step(driver.send, None)
         else:
             self._complete_with(out)
 
@@ -305,13 +307,13 @@ class OrchestrationExecutor:
             task, driver = self._current, self._driver
             self._current = None
             if task.is_failed:
-                self._step(lambda: driver.throw(task.get_exception()))
+                self._step(driver.throw, task.get_exception())
             else:
-                self._step(lambda: driver.send(task._result))
+                self._step(driver.send, task._result)
 
-    def _step(self, advance: Callable[[], Any]) -> None:
+    def _step(self, advance: Callable[[Any], Any], value: Any) -> None:
         try:
-            yielded = advance()
+            yielded = advance(value)
         except StopIteration as stop:
             self._driver = None
             self._complete_with(stop.value)
@@ -363,10 +365,8 @@ class OrchestrationExecutor:
 
     def _close_driver(self) -> None:
         if self._driver is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._driver.close()
-            except Exception:
-                pass
             self._driver = None
 
 

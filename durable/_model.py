@@ -8,11 +8,11 @@ from __future__ import annotations
 import datetime as _dt
 import traceback
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class OrchestrationStatus(str, Enum):
+class OrchestrationStatus(StrEnum):
     """The runtime status of an orchestration instance."""
 
     PENDING = "PENDING"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import uuid
@@ -176,10 +177,8 @@ class PartitionRunner:
         except (RedisError, OSError):
             pass
         if self.outbox_dirty and self.rt.lease_valid(self.index):
-            try:
+            with contextlib.suppress(RedisError, OSError):
                 await self._forward_pending()
-            except (RedisError, OSError):
-                pass
 
     async def _iteration(self) -> None:
         if self.outbox_dirty:

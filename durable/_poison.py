@@ -37,13 +37,13 @@ async def dead_letter_poison(runner: PartitionRunner, attempts: int) -> None:
     target: str | None = None
     try:
         target = parse_entry(fields)["target"]
-    except (MalformedMessage, Exception):  # noqa: BLE001 - the message is broken by definition
+    except (MalformedMessage, Exception):
         target = None
     if target and not target.startswith("@"):
         await _fail_instance(runner, target, reason, step)
-    dlq = {k.decode(errors="replace"): v for k, v in fields.items()}
+    dlq: dict[str, bytes | str] = {k.decode(errors="replace"): v for k, v in fields.items()}
     dlq.update(dlq_reason=reason, dlq_source_id=eid)
-    await rt.store.dead_letter(index, dlq)  # type: ignore[arg-type]
+    await rt.store.dead_letter(index, dlq)
     forward = await rt.store.commit(index, runner.lease, step.plan)
     rt.metrics.dead_lettered("poison")
     runner.cursor = eid

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,10 +55,8 @@ class Registry:
             raise ValueError(f"a different {kind} named {key!r} is already registered")
         table[key] = fn
         if name:
-            try:
+            with contextlib.suppress(AttributeError, TypeError):
                 setattr(fn, _NAME_ATTR, name)
-            except (AttributeError, TypeError):
-                pass
         return key
 
     def add_orchestrator(self, fn: Callable[..., Any], name: str | None = None) -> str:

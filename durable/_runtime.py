@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -97,6 +98,7 @@ class Runtime:
         self.activities = ActivityRunner(self)
         self._free_ticks: dict[int, int] = {}
         self.last_balance = time.monotonic()
+        self._started_ms = str(int(time.time() * 1000))
 
     # -- clock -----------------------------------------------------------------------------------
     def now_ms(self) -> int:
@@ -219,11 +221,12 @@ class Runtime:
             stop_renewing.set()
             thread.join(timeout=5)
             renewer.close()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(3):
-                try:
-                    await self.store.remove_worker(self.worker_id)
-                except (RedisError, OSError):
-                    pass
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(3),
+                contextlib.suppress(RedisError, OSError),
+            ):
+                await self.store.remove_worker(self.worker_id)
             self.stopped.set()
 
     _stop_requested: anyio.Event
@@ -268,7 +271,8 @@ class Runtime:
             "slots": str(self.config.concurrency),
             "slots_used": str(self.activities.slots_used),
             "partitions": ",".join(str(p) for p in self.owned_partitions()),
-            "started": str(int(time.time() * 1000)),
+            "started": self._started_ms,
+            "heartbeat": str(int(time.time() * 1000)),
         }
         live = await self.store.heartbeat(self.worker_id, info, self.config.heartbeat_ttl_ms)
         if self.worker_id not in live:

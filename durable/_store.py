@@ -317,7 +317,7 @@ class Store:
         server = await self.redis.info("server")
         if replicas is None:
             replicas = int(info.get("connected_slaves", 0))
-        major, minor, *_ = (int(x) for x in str(server.get("redis_version", "0.0")).split(".")[:2] + ["0"])
+        major, minor, *_ = (int(x) for x in [*str(server.get("redis_version", "0.0")).split(".")[:2], "0"])
         self._waitaof = (major, minor) >= (7, 2)
         self.strict_wait = (replicas, timeout_ms)
         self.direct = False  # nothing leaves a partition before the wait: messages use the outbox
@@ -481,7 +481,7 @@ class Store:
         return eid.decode()  # type: ignore[no-any-return]
 
     async def xadd_raw(self, index: int, fields: dict[str, str | bytes]) -> str:
-        eid = await self.redis.xadd(self.partition_keys(index).inbox, fields)  # type: ignore[arg-type]
+        eid = await self.redis.xadd(self.partition_keys(index).inbox, fields)
         return eid.decode()  # type: ignore[no-any-return]
 
     async def get_instance(self, instance_id: str) -> Fields | None:
@@ -630,7 +630,7 @@ class Store:
         data: dict[bytes, bytes] = dict(fields)
         data[b"reason"] = reason.encode()
         data[b"task_id"] = task_id.encode()
-        pipe.xadd(self.keys.tasks_dlq, data, maxlen=10000, approximate=True)  # type: ignore[arg-type]
+        pipe.xadd(self.keys.tasks_dlq, data, maxlen=10000, approximate=True)
         await pipe.execute()
 
     # -- workers ---------------------------------------------------------------------------------
@@ -641,7 +641,7 @@ class Store:
         pipe.zadd(self.keys.workers, {worker_id: now + ttl_ms})
         pipe.zremrangebyscore(self.keys.workers, "-inf", now)
         if info:
-            pipe.hset(self.keys.worker(worker_id), mapping=info)  # type: ignore[arg-type]
+            pipe.hset(self.keys.worker(worker_id), mapping=info)
             pipe.pexpire(self.keys.worker(worker_id), ttl_ms)
         pipe.zrange(self.keys.workers, 0, -1)
         res = await pipe.execute()

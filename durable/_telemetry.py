@@ -63,12 +63,6 @@ class Telemetry:
     def timer_fired(self, lateness_seconds: float) -> None:
         m.TIMER_LATENESS.observe(max(lateness_seconds, 0.0))
 
-    def partition_backlog(self, index: int, backlog: int, oldest_age_seconds: float, timers: int) -> None:
-        label = str(index)
-        m.PARTITION_BACKLOG.labels(partition=label).set(backlog)
-        m.PARTITION_OLDEST_MESSAGE_AGE.labels(partition=label).set(oldest_age_seconds)
-        m.TIMERS_PENDING.labels(partition=label).set(timers)
-
     def step_committed(self, index: int, step: Any, entries: list[tuple[str, Any]], now_ms: int) -> None:
         """Account for one committed partition step."""
         for eid, _ in entries:

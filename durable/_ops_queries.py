@@ -1,0 +1,351 @@
+"""Read-only Redis queries behind the ops HTTP API (partitions, workers, scaling, entities).
+
+Every helper takes a :class:`~durable._store.Store` and only reads; nothing here changes a key.
+Multi-key reads are pipelined (never transactions), so they also work on Redis Cluster, where
+the keys of different partitions live in different slots.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from ._keys import ACTIVITY_GROUP
+from ._store import Store
+
+#: Timers due within this many seconds count as imminent work when recommending a worker count.
+TIMER_HORIZON_SECONDS = 30
+#: Default number of waiting work items one worker is expected to keep up with.
+DEFAULT_TARGET_PER_WORKER = 100
+#: When a partition's inbox was not trimmed, at most this many consumed entries are counted.
+_CONSUMED_SCAN_LIMIT = 1000
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _stream_ms(stream_id: str) -> int | None:
+    try:
+        return int(stream_id.split("-", 1)[0])
+    except ValueError:
+        return None
+
+
+def parse_lease(value: str | None) -> tuple[int | None, str | None]:
+    """Split a lease value ``epoch|worker|nonce`` into (epoch, worker id)."""
+    if not value:
+        return None, None
+    parts = value.split("|")
+    if len(parts) < 3:
+        return None, value
+    try:
+        epoch: int | None = int(parts[0])
+    except ValueError:
+        epoch = None
+    # worker ids never contain '|', but be lenient: everything between epoch and nonce
+    return epoch, "|".join(parts[1:-1])
+
+
+@dataclass
+class PartitionInfo:
+    """What the ops API reports about one partition."""
+
+    partition: int
+    owner: str | None
+    epoch: int | None
+    lease_ttl_ms: int | None
+    cursor: str
+    inbox_length: int
+    backlog: int
+    oldest_message_id: str | None
+    oldest_age_seconds: float
+    timers: int
+    timers_due_soon: int
+    instances: int
+    entities: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ActivityQueueInfo:
+    """The hub's activity task stream as seen by the consumer group."""
+
+    length: int
+    pending: int
+    lag: int
+    consumers: int
+    group_exists: bool
+
+    @property
+    def backlog(self) -> int:
+        """Tasks not finished yet: waiting for a worker (lag) plus running or unacked (pending)."""
+        return self.lag + self.pending
+
+
+@dataclass
+class ScaleRecommendation:
+    """Inputs and result of the worker-count recommendation of ``GET /v1/scale``."""
+
+    partitions: int
+    live_workers: int
+    inbox_backlog: int
+    activity_lag: int
+    activity_pending: int
+    timers_due_soon: int
+    timer_horizon_seconds: int
+    total_backlog: int
+    target_per_worker: int
+    recommended_workers: int
+    per_partition_backlog: list[int] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def partition_count(store: Store) -> int:
+    """The hub's partition count, read from its metadata (0 when the hub does not exist yet)."""
+    if store.partitions:
+        return store.partitions
+    value = await store.redis.hget(store.keys.meta, "partitions")
+    return int(value) if value else 0
+
+
+async def redis_now_ms(store: Store) -> int:
+    """The Redis server clock in milliseconds (timers are scored by it)."""
+    return await store.redis_time_ms()
+
+
+async def ping(store: Store) -> bool:
+    """True when Redis answers PING."""
+    return bool(await store.redis.ping())
+
+
+async def partitions_info(
+    store: Store,
+    horizon_seconds: int = TIMER_HORIZON_SECONDS,
+    only: Iterable[int] | None = None,
+) -> list[PartitionInfo]:
+    """Owner, lease TTL, inbox backlog, oldest waiting message and timers of every partition
+    (or of the partitions in ``only``).
+
+    ``inbox_length`` is the stream's XLEN; ``backlog`` counts only the entries after the
+    partition's committed cursor: a step trims the inbox up to (and keeping) the last consumed
+    entry, so that entry is not counted.
+    """
+    total = await partition_count(store)
+    indices = list(range(total)) if only is None else sorted(i for i in set(only) if 0 <= i < total)
+    count = len(indices)
+    now = await store.redis_time_ms()
+    due_until = now + horizon_seconds * 1000
+    pipe = store.redis.pipeline(transaction=False)
+    for i in indices:
+        pk = store.partition_keys(i)
+        pipe.get(pk.lease)
+        pipe.pttl(pk.lease)
+        pipe.hget(pk.state, "cursor")
+        pipe.xlen(pk.inbox)
+        pipe.zcard(pk.timers)
+        pipe.zcount(pk.timers, "-inf", due_until)
+        pipe.zcard(pk.instances)
+        pipe.zcard(pk.entity_index)
+    raw = await pipe.execute() if count else []
+    per = 8
+    cursors = [_text(raw[i * per + 2]) or "0-0" for i in range(count)]
+    pipe = store.redis.pipeline(transaction=False)
+    for n, i in enumerate(indices):
+        pk = store.partition_keys(i)
+        # consumed entries still in the stream, and the oldest unconsumed one
+        pipe.xrange(pk.inbox, "-", cursors[n], count=_CONSUMED_SCAN_LIMIT + 1)
+        pipe.xrange(pk.inbox, f"({cursors[n]}", "+", count=1)
+    ranges = await pipe.execute() if count else []
+    out: list[PartitionInfo] = []
+    for n, i in enumerate(indices):
+        lease, ttl, _, xlen, timers, due, instances, entities = raw[n * per : (n + 1) * per]
+        epoch, owner = parse_lease(_text(lease) or None)
+        consumed = 0 if cursors[n] == "0-0" else len(ranges[2 * n])
+        backlog = max(int(xlen) - consumed, 0)
+        first = ranges[2 * n + 1]
+        oldest_id = _text(first[0][0]) if first else None
+        oldest_ms = _stream_ms(oldest_id) if oldest_id else None
+        age = max((now - oldest_ms) / 1000, 0.0) if oldest_ms is not None else 0.0
+        out.append(
+            PartitionInfo(
+                partition=i,
+                owner=owner,
+                epoch=epoch,
+                lease_ttl_ms=int(ttl) if owner is not None and int(ttl) >= 0 else None,
+                cursor=cursors[n],
+                inbox_length=int(xlen),
+                backlog=backlog,
+                oldest_message_id=oldest_id,
+                oldest_age_seconds=round(age, 3),
+                timers=int(timers),
+                timers_due_soon=int(due),
+                instances=int(instances),
+                entities=int(entities),
+            )
+        )
+    return out
+
+
+async def activity_queue(store: Store) -> ActivityQueueInfo:
+    """Length, pending count and lag of the activity task stream's consumer group.
+
+    Redis reports ``lag`` only from 7.0 on, and not at all once entries were deleted in a way
+    it cannot account for; finished tasks are deleted from the stream, so the stream length
+    minus the pending entries is then the number of tasks no worker has received yet.
+    """
+    key = store.keys.tasks
+    pipe = store.redis.pipeline(transaction=False)
+    pipe.xlen(key)
+    pipe.xinfo_groups(key)
+    try:
+        length, groups = await pipe.execute()
+    except ResponseError:
+        # no such key: the stream does not exist yet (no worker ever started)
+        return ActivityQueueInfo(length=0, pending=0, lag=0, consumers=0, group_exists=False)
+    for raw_group in groups:
+        group = {_text(k): v for k, v in raw_group.items()}
+        name = _text(group.get("name"))
+        if name != ACTIVITY_GROUP:
+            continue
+        pending = int(group.get("pending") or 0)
+        lag_raw = group.get("lag")
+        lag = int(lag_raw) if lag_raw is not None else max(int(length) - pending, 0)
+        return ActivityQueueInfo(
+            length=int(length),
+            pending=pending,
+            lag=lag,
+            consumers=int(group.get("consumers") or 0),
+            group_exists=True,
+        )
+    return ActivityQueueInfo(length=int(length), pending=0, lag=int(length), consumers=0, group_exists=False)
+
+
+async def live_workers(store: Store) -> list[dict[str, Any]]:
+    """Workers whose heartbeat has not expired, with the facts they published (newest first)."""
+    now = await store.redis_time_ms()
+    rows = await store.redis.zrangebyscore(store.keys.workers, f"({now}", "+inf", withscores=True)
+    ids = [(_text(member), int(score)) for member, score in rows]
+    pipe = store.redis.pipeline(transaction=False)
+    for worker_id, _ in ids:
+        pipe.hgetall(store.keys.worker(worker_id))
+    hashes = await pipe.execute() if ids else []
+    out: list[dict[str, Any]] = []
+    for (worker_id, expires), fields in zip(ids, hashes, strict=True):
+        facts = {_text(k): _text(v) for k, v in fields.items()}
+        partitions = [int(p) for p in facts.get("partitions", "").split(",") if p.strip().isdigit()]
+        out.append(
+            {
+                "worker_id": worker_id,
+                "expires_at_ms": expires,
+                "expires_in_ms": max(expires - now, 0),
+                "host": facts.get("host"),
+                "pid": _int_or_none(facts.get("pid")),
+                "slots": _int_or_none(facts.get("slots")),
+                "slots_used": _int_or_none(facts.get("slots_used")),
+                "partitions": sorted(partitions),
+                "heartbeat_at_ms": _int_or_none(facts.get("started")),
+                "facts": facts,
+            }
+        )
+    return out
+
+
+async def is_worker_registered(store: Store, worker_id: str) -> bool:
+    """True when ``worker_id`` has a live heartbeat entry (it has balanced at least once)."""
+    score = await store.redis.zscore(store.keys.workers, worker_id)
+    if score is None:
+        return False
+    return int(score) > await store.redis_time_ms()
+
+
+def _int_or_none(value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def recommend_workers(total_backlog: int, target_per_worker: int, partitions: int) -> int:
+    """clamp(ceil(total_backlog / target_per_worker), 1, partitions)."""
+    if target_per_worker < 1:
+        raise ValueError("target_per_worker must be at least 1")
+    wanted = math.ceil(total_backlog / target_per_worker)
+    return max(1, min(wanted, max(partitions, 1)))
+
+
+async def scale_recommendation(
+    store: Store,
+    target_per_worker: int = DEFAULT_TARGET_PER_WORKER,
+    horizon_seconds: int = TIMER_HORIZON_SECONDS,
+) -> ScaleRecommendation:
+    """Recommend a worker count from inbox backlog, activity lag and imminent timers."""
+    parts = await partitions_info(store, horizon_seconds)
+    queue = await activity_queue(store)
+    workers = await live_workers(store)
+    inbox = sum(p.backlog for p in parts)
+    due = sum(p.timers_due_soon for p in parts)
+    total = inbox + queue.lag + queue.pending + due
+    return ScaleRecommendation(
+        partitions=len(parts),
+        live_workers=len(workers),
+        inbox_backlog=inbox,
+        activity_lag=queue.lag,
+        activity_pending=queue.pending,
+        timers_due_soon=due,
+        timer_horizon_seconds=horizon_seconds,
+        total_backlog=total,
+        target_per_worker=target_per_worker,
+        recommended_workers=recommend_workers(total, target_per_worker, len(parts)),
+        per_partition_backlog=[p.backlog for p in parts],
+    )
+
+
+def split_entity_id(entity_id: str) -> tuple[str, str]:
+    """``@name@key`` -> (name, key); raises ValueError for anything else."""
+    if not entity_id.startswith("@") or "@" not in entity_id[1:]:
+        raise ValueError(f"not an entity id: {entity_id!r}")
+    name, key = entity_id[1:].split("@", 1)
+    return name, key
+
+
+async def list_entities(store: Store, name: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    """Entity ids from every partition's entity index, most recently modified first."""
+    count = await partition_count(store)
+    pipe = store.redis.pipeline(transaction=False)
+    for i in range(count):
+        # an entity name filter needs more candidates, the index is scored by time only
+        scan = limit if name is None else max(limit * 4, 1000)
+        pipe.zrevrangebyscore(
+            store.partition_keys(i).entity_index, "+inf", "-inf", start=0, num=scan, withscores=True
+        )
+    rows: list[tuple[str, int]] = []
+    for result in await pipe.execute():
+        rows.extend((_text(member), int(score)) for member, score in result)
+    rows.sort(key=lambda r: r[1], reverse=True)
+    out: list[dict[str, Any]] = []
+    for entity_id, modified in rows:
+        try:
+            ent_name, key = split_entity_id(entity_id)
+        except ValueError:
+            continue
+        if name is not None and ent_name != name.lower():
+            continue
+        out.append({"entity_id": entity_id, "name": ent_name, "key": key, "last_modified_at_ms": modified})
+        if len(out) >= limit:
+            break
+    return out
