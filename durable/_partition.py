@@ -249,6 +249,8 @@ class PartitionRunner:
                 dead.append((eid, fields, str(exc)))
                 continue
             msg["_eid"] = eid
+            if msg["kind"] == ev.MSG_TIMER_FIRED and isinstance(msg.get("fire_at"), int):
+                rt.metrics.timer_fired((now - msg["fire_at"]) / 1000)
             groups.setdefault(msg["target"], []).append(msg)
 
         await self._ensure_loaded([t for t in groups if t not in self.cache and not t.startswith("@")])

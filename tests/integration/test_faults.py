@@ -222,3 +222,38 @@ def test_redis_restart_under_load(tmp_path: Path, hub: str) -> None:
         assert restarted
     finally:
         server.kill()
+
+
+def test_graceful_stop_hands_partitions_over_without_waiting_for_lease_expiry(redis_url: str, hub: str) -> None:
+    """A worker stopping on purpose releases its leases, so the other one takes over at once."""
+    config = dict(balance_interval_ms=100, poll_ms=200, lease_ttl_ms=60_000, renew_interval_ms=5_000)
+    first = Worker(redis_url, hub=hub, config=WorkerConfig(**config))  # type: ignore[arg-type]
+    second = Worker(redis_url, hub=hub, config=WorkerConfig(**config))  # type: ignore[arg-type]
+    for w in (first, second):
+        w.add_activity(lambda ctx, x: x + 1, name="inc")
+        w.add_orchestrator(_inc_twice, name="inc_twice")
+    r = connect(redis_url)
+    leases = [f"durable:{{{hub}:{i:02d}}}:lease" for i in range(32)]
+    first.start()
+    try:
+        _poll(lambda: len(first.owned_partitions) == 32, 30, "the first worker to own every partition")
+        second.start()
+        _poll(lambda: len(second.owned_partitions) > 0, 30, "the second worker to take its share")
+        started = time.monotonic()
+        first.stop()
+        _poll(lambda: len(second.owned_partitions) == 32, 30, "the second worker to own everything")
+        took = time.monotonic() - started
+        assert took < 10, f"takeover took {took:.1f}s; it must not wait for the 60 s lease expiry"
+        owners = {v.decode().split("|")[1] for v in (r.get(k) for k in leases) if v}
+        assert owners == {second.worker_id}
+        with Client(redis_url, hub=hub) as client:
+            iid = client.schedule_new_orchestration("inc_twice", input=1)
+            assert client.wait_for_orchestration_completion(iid, timeout=30).output == 3
+    finally:
+        first.stop()
+        second.stop()
+
+
+def _inc_twice(ctx: Any, x: int) -> Any:
+    x = yield ctx.call_activity("inc", input=x)
+    return (yield ctx.call_activity("inc", input=x))
