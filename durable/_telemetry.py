@@ -67,7 +67,10 @@ class Telemetry:
         """Account for one committed partition step."""
         for eid, _ in entries:
             m.SCHEDULE_TO_START.labels(kind="orchestration").observe(_age_seconds(eid, now_ms))
-        m.WORK_ITEM_DURATION.labels(kind="orchestration").observe(max(now_ms - step.now, 0) / 1000)
+        seconds = max(now_ms - step.now, 0) / 1000
+        kinds = {"entity" if r.index == "e" else "orchestration" for r in step.plan.records}
+        for kind in kinds or ("orchestration",):
+            m.WORK_ITEM_DURATION.labels(kind=kind).observe(seconds)
         for inst in step.started:
             m.ORCHESTRATIONS_STARTED.labels(name=inst.name).inc()
         for inst, result in step.finished:
