@@ -6,7 +6,8 @@ over any number of workers.
 """
 
 from ._client import AsyncClient, Client
-from ._context import OrchestrationContext
+from ._context import EntityLock, OrchestrationContext
+from ._entities import Entity, EntityContext, EntityId, EntityState
 from ._model import (
     FailureDetails,
     NonDeterminismError,
@@ -27,6 +28,11 @@ __all__ = [
     "ActivityContext",
     "AsyncClient",
     "Client",
+    "Entity",
+    "EntityContext",
+    "EntityId",
+    "EntityLock",
+    "EntityState",
     "FailureDetails",
     "NonDeterminismError",
     "OrchestrationAlreadyExistsError",

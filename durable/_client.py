@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from redis.exceptions import RedisError
 from . import _events as ev
 from ._config import resolve_hub, resolve_url
 from ._entities import EntityId, EntityRecord, EntityState
-from ._entities_runtime import entity_lock_key
+from ._entities_runtime import entity_control_key
 from ._loop import LoopThread
 from ._model import (
     FailureDetails,
@@ -29,10 +30,18 @@ from ._model import (
 )
 from ._notify import StatusNotifier
 from ._registry import name_of
-from ._serialization import decode, encode, pack_record, unpack_record
+from ._serialization import decode, encode, is_blob_ref, pack_record, unpack_record
 from ._store import Store
 
 T = TypeVar("T")
+
+
+async def _resolved(store: Store, fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """Replace references to large payloads by the payloads."""
+    for key in (b"input", b"output", b"custom"):
+        if is_blob_ref(fields.get(key)):
+            fields[key] = await store.resolve(fields[key]) or b""
+    return fields
 
 
 def _state_from(instance_id: str, f: dict[bytes, bytes]) -> OrchestrationState:
@@ -64,9 +73,14 @@ def _state_from(instance_id: str, f: dict[bytes, bytes]) -> OrchestrationState:
 class AsyncClient:
     """Starts, queries and controls orchestrations (and signals entities) of one hub."""
 
-    def __init__(self, redis_url: str | None = None, hub: str | None = None) -> None:
+    def __init__(
+        self, redis_url: str | None = None, hub: str | None = None, *, durability: str | None = None
+    ) -> None:
         self._redis_url = redis_url
         self.hub = resolve_hub(hub)
+        self.durability = durability or os.environ.get("DURABLE_DURABILITY", "fast")
+        if self.durability not in ("fast", "strict"):
+            raise ValueError(f"durability must be 'fast' or 'strict', not {self.durability!r}")
         self._store: Store | None = None
         self._notifier: StatusNotifier | None = None
 
@@ -74,6 +88,9 @@ class AsyncClient:
         if self._store is None:
             store = Store.from_url(resolve_url(self._redis_url), self.hub)
             await store.ensure_hub()
+            if self.durability == "strict":
+                # starts, events and purges return once the replicas have them
+                await store.enable_strict(None, 5_000)
             self._store = store
         return self._store
 
@@ -144,7 +161,7 @@ class AsyncClient:
         fields = await store.get_instance(instance_id)
         if not fields or b"status" not in fields:
             return None
-        return _state_from(instance_id, fields)
+        return _state_from(instance_id, await _resolved(store, fields))
 
     async def get_orchestration_history(self, instance_id: str) -> list[dict[str, Any]]:
         """The recorded history events of the instance's current execution (payloads decoded)."""
@@ -153,7 +170,7 @@ class AsyncClient:
         for e in events:
             for key in ("input", "result", "output"):
                 if isinstance(e.get(key), bytes):
-                    e[key] = decode(e[key])
+                    e[key] = decode(await store.resolve(e[key]))
         return events
 
     async def _wait(
@@ -267,7 +284,7 @@ class AsyncClient:
                 for (iid, _), fields in zip(chunk, rows, strict=True):
                     if not fields or b"status" not in fields:
                         continue
-                    state = _state_from(iid, fields)
+                    state = _state_from(iid, await _resolved(store, fields))
                     if wanted is not None and state.runtime_status.value not in wanted:
                         continue
                     if name is not None and state.name != name:
@@ -316,7 +333,7 @@ class AsyncClient:
         target = str(eid)
         store = await self._get_store()
         pk = store.keys_for(target)
-        main, side = await store.load_records(pk.index, [pk.entity(target), entity_lock_key(pk, target)])
+        main, side = await store.load_records(pk.index, [pk.entity(target), entity_control_key(pk, target)])
         return EntityRecord.from_fields(main, side).to_state(eid)
 
     async def list_entities(self, *, name: str | None = None, limit: int = 100) -> list[EntityState]:
@@ -341,7 +358,7 @@ class AsyncClient:
                 chunk = [e for e, _ in ids[start : start + 200]]
                 keys: list[str] = []
                 for e in chunk:
-                    keys.extend((store.keys_for(e).entity(e), entity_lock_key(store.keys_for(e), e)))
+                    keys.extend((store.keys_for(e).entity(e), entity_control_key(store.keys_for(e), e)))
                 records = await store.load_records(0, keys)
                 for i, target in enumerate(chunk):
                     try:
@@ -361,8 +378,10 @@ class AsyncClient:
 class Client:
     """Synchronous client; the same methods as :class:`AsyncClient`, blocking."""
 
-    def __init__(self, redis_url: str | None = None, hub: str | None = None) -> None:
-        self._async = AsyncClient(redis_url, hub)
+    def __init__(
+        self, redis_url: str | None = None, hub: str | None = None, *, durability: str | None = None
+    ) -> None:
+        self._async = AsyncClient(redis_url, hub, durability=durability)
         self.hub = self._async.hub
         self._thread: LoopThread | None = LoopThread("durable-client")
 

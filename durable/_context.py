@@ -9,12 +9,14 @@ from __future__ import annotations
 import datetime as _dt
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from types import TracebackType
 from typing import Any
 
 from . import _events as ev
-from ._model import RetryPolicy, datetime_to_ms, ms_to_datetime
-from ._serialization import decode, encode
+from ._entities import EntityId, sort_entities
+from ._model import FailureDetails, RetryPolicy, datetime_to_ms, ms_to_datetime
+from ._serialization import SerializationError, decode, encode
 from ._tasks import CompletableTask, RetryableTask, Task
 
 _UUID_NAMESPACE = uuid.UUID("9e952958-5e33-4daf-827f-2fa12937b875")
@@ -161,3 +163,143 @@ class OrchestrationContext:
         name = f"{self._instance_id}_{self._now_ms}_{self._uuid_counter}"
         self._uuid_counter += 1
         return str(uuid.uuid5(_UUID_NAMESPACE, name))
+
+    # -- entities --------------------------------------------------------------------------------
+    def _entity_calls(self) -> _EntityCalls:
+        calls = self._extensions.get("entities")
+        if calls is None:
+            calls = self._extensions["entities"] = _EntityCalls(self)
+            self._extensions["deliver"] = calls.deliver
+        return calls
+
+    def signal_entity(self, entity_id: EntityId | str, operation: str, *, input: Any = None) -> None:
+        """Send a one-way operation to an entity (durable; applied once, in the order sent)."""
+        self._entity_calls().send(ev.ENTITY_SIGNALED, EntityId.of(entity_id), operation, input)
+
+    def call_entity(self, entity_id: EntityId | str, operation: str, *, input: Any = None) -> Task[Any]:
+        """Apply an operation on an entity; the task completes with the operation's return value,
+        or fails with TaskFailedError carrying the operation's failure details."""
+        task = self._entity_calls().send(ev.ENTITY_CALLED, EntityId.of(entity_id), operation, input)
+        assert task is not None
+        return task
+
+    def lock_entities(self, *entity_ids: EntityId | str | Iterable[EntityId | str]) -> Task[EntityLock]:
+        """Lock entities for a critical section: ``with (yield ctx.lock_entities(a, b)):``.
+
+        Locks are taken in one global order, so overlapping sections never deadlock; while the
+        section lasts the orchestration may call only the locked entities, and nobody else can.
+        They are released when the ``with`` block ends, or when the orchestration ends.
+        """
+        flat: list[EntityId | str] = []
+        for item in entity_ids:
+            flat.extend([item] if isinstance(item, (EntityId, str)) else item)
+        return self._entity_calls().lock(sort_entities(flat))
+
+
+class EntityLock:
+    """The entity locks of a critical section; leaving ``with lock:`` releases them."""
+
+    def __init__(self, calls: _EntityCalls, rid: str, entities: list[str]) -> None:
+        self._calls = calls
+        self._rid = rid
+        self._targets = tuple(entities)
+
+    @property
+    def entities(self) -> tuple[EntityId, ...]:
+        """The locked entities, in lock order."""
+        return tuple(EntityId.parse(e) for e in self._targets)
+
+    def release(self) -> None:
+        """Release the locks now (idempotent)."""
+        self._calls.release(self)
+
+    def __enter__(self) -> EntityLock:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+class _EntityCalls:
+    """An orchestration's entity requests and critical section (rebuilt identically by replay)."""
+
+    def __init__(self, ctx: OrchestrationContext) -> None:
+        self.ctx = ctx
+        #: requests waiting for an answer, by task id: (task, action)
+        self.open: dict[int, tuple[CompletableTask[Any], ev.Event]] = {}
+        self.held: EntityLock | None = None
+        self.pending: list[str] | None = None
+
+    def _add(self, action: ev.Event, task: CompletableTask[Any] | None) -> None:
+        ctx = self.ctx
+        tid = ctx._add_action(action, None)
+        if task is not None:
+            action["rid"] = f"{ctx.instance_id}:{ctx._now_ms:x}:{tid}"
+            self.open[tid] = (task, action)
+
+    def send(self, kind: str, entity: EntityId, operation: str, value: Any) -> CompletableTask[Any] | None:
+        target = str(entity)
+        held = self.held
+        if kind == ev.ENTITY_CALLED:
+            if held is not None and target not in held._targets:
+                raise RuntimeError(
+                    f"inside a critical section an orchestration may only call the locked entities "
+                    f"({', '.join(held._targets)}); {target} is not locked"
+                )
+            if self.pending is not None and target in self.pending:
+                raise RuntimeError(f"cannot call {target} while a lock request for it is pending")
+        data = encode(value, what=f"input of operation {operation!r} on {target}")
+        action: ev.Event = {"k": kind, "name": operation, "entity": target, "input": data}
+        if held is not None and target in held._targets:
+            action["cs"] = held._rid
+        task: CompletableTask[Any] | None = None
+        if kind == ev.ENTITY_CALLED:
+            task = CompletableTask(f"operation {operation!r} on {target}")
+        self._add(action, task)
+        return task
+
+    def lock(self, targets: list[str]) -> Task[EntityLock]:
+        if not targets:
+            raise ValueError("lock_entities needs at least one entity")
+        if self.held is not None or self.pending is not None:
+            raise RuntimeError(
+                "critical sections cannot be nested: this orchestration already holds "
+                "or waits for entity locks"
+            )
+        task: CompletableTask[EntityLock] = CompletableTask(f"lock on {', '.join(targets)}")
+        self._add({"k": ev.ENTITY_LOCK_REQUESTED, "entities": targets}, task)
+        self.pending = targets
+        return task
+
+    def release(self, lock: EntityLock) -> None:
+        if self.held is lock:
+            self.held = None
+            self._add({"k": ev.ENTITY_UNLOCKED, "entities": list(lock._targets), "rid": lock._rid}, None)
+
+    def deliver(self, event: ev.Event) -> bool:
+        """The executor's hook for entity responses; True when the event completed a request."""
+        if event.get("k") != ev.ENTITY_RESPONDED:
+            return False
+        rid = event.get("rid")
+        found = next((tid for tid, (_, a) in self.open.items() if a.get("rid") == rid), None)
+        if found is None:
+            return False
+        task, action = self.open.pop(found)
+        if action["k"] == ev.ENTITY_LOCK_REQUESTED:
+            self.pending = None
+            self.held = EntityLock(self, str(rid), list(action["entities"]))
+            task._set_result(self.held)
+            return True
+        failure = event.get("failure")
+        if failure is None:
+            try:
+                task._set_result(decode(event.get("result")))
+                return True
+            except SerializationError as exc:
+                failure = FailureDetails.from_exception(exc).to_record()
+        details = FailureDetails.from_record(failure) or FailureDetails("failed", "Error")
+        assert isinstance(task, CompletableTask)
+        task.fail(f"{task.description} failed: {details.message}", details)
+        return True

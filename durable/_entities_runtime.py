@@ -1,30 +1,255 @@
-"""Entity processing inside a partition step (filled in by the entities feature)."""
+"""Entity processing inside a partition step.
+
+For every step that has entity messages: load each target entity's hash once
+(:meth:`EntityProcessor.ensure_loaded`), apply its messages with the pure batch executor
+(:meth:`EntityProcessor.process`), and add one record write per changed entity to the step's
+commit (:meth:`EntityProcessor.flush`). Messages produced along the way (call responses, lock
+requests forwarded along the chain, signals, orchestration starts) leave through the same commit,
+so an operation's effects and its consumption of the inbox happen together or not at all.
+"""
 
 from __future__ import annotations
 
+import logging
+import weakref
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import _events as ev
+from ._entities import (
+    DEFAULT_DEDUP_SECONDS,
+    DEFAULT_DEDUP_WINDOW,
+    MSG_SWEEP,
+    EntityBatch,
+    EntityId,
+    EntityRecord,
+    held_locks,
+)
+from ._keys import partition_of
+from ._partition import _dlq_fields
+from ._serialization import pack_record
+from ._store import RecordWrite
+
 if TYPE_CHECKING:
+    from ._keys import PartitionKeys
     from ._partition import Instance, PartitionRunner
     from ._runtime import Runtime
+
+log = logging.getLogger("durable.entities")
+
+_ACTIONS = {ev.ENTITY_SIGNALED: ev.MSG_SIGNAL, ev.ENTITY_CALLED: ev.MSG_CALL}
+
+
+def entity_control_key(keys: PartitionKeys, entity_id: str) -> str:
+    """Hash: an entity's lock holder, waiting queue and recent request ids (see EntityRecord);
+    exists only while the entity is locked or has seen request ids recently."""
+    return f"{keys.tag}:ec:{entity_id}"
+
+
+@dataclass
+class _Loaded:
+    record: EntityRecord
+    raw: dict[bytes, bytes]
+    raw_control: dict[bytes, bytes]
+    dirty: bool = False
+    deleted: bool = False
+
+
+@dataclass
+class _StepEntities:
+    """The entities of one partition step."""
+
+    entities: dict[str, _Loaded] = field(default_factory=dict)
+    #: (message, reason, metric kind)
+    dead: list[tuple[dict[str, Any], str, str]] = field(default_factory=list)
+    #: releases of orchestrations that ended in this step, sent after all of the step's actions
+    releases: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 class EntityProcessor:
     """Applies entity operations for the partitions of one worker."""
 
+    #: each entity remembers up to this many request ids to recognise repeated deliveries ...
+    dedup_window = DEFAULT_DEDUP_WINDOW
+    #: ... for this long
+    dedup_seconds = DEFAULT_DEDUP_SECONDS
+
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self._steps: weakref.WeakKeyDictionary[PartitionRunner, _StepEntities] = weakref.WeakKeyDictionary()
+
+    def _step(self, runner: PartitionRunner) -> _StepEntities:
+        st = self._steps.get(runner)
+        if st is None:
+            st = self._steps[runner] = _StepEntities()
+        return st
 
     async def ensure_loaded(self, runner: PartitionRunner, entity_ids: list[str]) -> None:
-        return None
+        """Start a step: read the hashes of the entities it addresses (one round trip)."""
+        st = self._steps[runner] = _StepEntities()
+        if not entity_ids:
+            return
+        keys: list[str] = []
+        for target in entity_ids:
+            keys.append(runner.keys.entity(target))
+            keys.append(entity_control_key(runner.keys, target))
+        rows = await self.rt.store.load_records(runner.index, keys)
+        for i, target in enumerate(entity_ids):
+            raw, raw_control = rows[2 * i], rows[2 * i + 1]
+            st.entities[target] = _Loaded(EntityRecord.from_fields(raw, raw_control), raw, raw_control)
 
     def process(self, runner: PartitionRunner, target: str, msgs: list[dict[str, Any]], step: Any) -> None:
-        raise NotImplementedError("entities")
+        """Apply the step's messages for one entity, in inbox order."""
+        st = self._step(runner)
+        try:
+            entity_id = EntityId.parse(target)
+        except ValueError as exc:
+            st.dead.extend((m, str(exc), "bad_target") for m in msgs)
+            return
+        if str(entity_id) != target:
+            reason = f"entity id {target!r} is not normalised: names are lower-case ({entity_id})"
+            st.dead.extend((m, reason, "bad_target") for m in msgs)
+            return
+        owner = partition_of(target, self.rt.store.partitions)
+        if owner != runner.index:
+            reason = f"{target} belongs to partition {owner}, not {runner.index}"
+            st.dead.extend((m, reason, "wrong_partition") for m in msgs)
+            return
+        loaded = st.entities.get(target)
+        if loaded is None:  # not announced to ensure_loaded: treat as new (the version check guards it)
+            loaded = st.entities[target] = _Loaded(EntityRecord(), {}, {})
+        impl = self.rt.registry.entities.get(entity_id.name)
+        batch = EntityBatch(entity_id, impl, loaded.record, step.now, self.dedup_window, self.dedup_seconds)
+        result = batch.run(msgs)
+        loaded.dirty = True
+        loaded.deleted = result.deleted
+        for msg in result.out:
+            runner._route(str(msg["target"]), msg, step)
+        for at, member, msg in result.timers:
+            step.plan.timers.append((at, member, pack_record(msg)))
+        st.dead.extend(result.dead)
+        for _ in range(result.duplicates):
+            self.rt.metrics.duplicate_dropped()
+        if impl is not None:
+            for _ in range(result.completed):
+                self.rt.metrics.entity_operation(entity_id.name, "completed")
+            for _ in range(result.failed):
+                self.rt.metrics.entity_operation(entity_id.name, "failed")
+        for op, details in result.signal_failures:
+            log.warning(
+                "%s: signalled operation %r failed: %s: %s", target, op, details.error_type, details.message
+            )
 
     async def flush(self, runner: PartitionRunner, step: Any) -> None:
-        return None
+        """Add the step's entity writes to its commit and dead-letter what was rejected."""
+        st = self._steps.pop(runner, None)
+        if st is None:
+            return
+        for target, loaded in st.entities.items():
+            if loaded.dirty:
+                for write in self._record_writes(runner, target, loaded, step):
+                    step.plan.records.append(write)
+        for target, msg in st.releases:
+            runner._route(target, msg, step)
+        for msg, reason, kind in st.dead:
+            fields = msg.get("_wire") or {
+                b"m": pack_record({k: v for k, v in msg.items() if not k.startswith("_")})
+            }
+            await self.rt.store.dead_letter(
+                runner.index, _dlq_fields(str(msg.get("_eid", "")), fields, reason)
+            )
+            self.rt.metrics.dead_lettered(kind)
+            log.warning(
+                "partition %d: dead-lettered a message for %s: %s", runner.index, msg.get("target"), reason
+            )
 
+    def _record_writes(
+        self, runner: PartitionRunner, target: str, loaded: _Loaded, step: Any
+    ) -> list[RecordWrite]:
+        rec = loaded.record
+        writes: list[RecordWrite] = []
+        key = runner.keys.entity(target)
+        control_key = entity_control_key(runner.keys, target)
+        control = rec.control_fields()
+        if any(control.values()):
+            write = RecordWrite(control_key, control_key, rec.control_version)
+            write.fields.update(_changed(control, loaded.raw_control))
+            if write.fields:
+                writes.append(write)
+            if "r" in write.fields and control["r"]:  # forget the ids once they expire
+                due = step.now + self.dedup_seconds * 1000 + 1000
+                sweep = pack_record({"kind": MSG_SWEEP, "target": target})
+                step.plan.timers.append((due, f"d|{target}", sweep))
+        elif loaded.raw_control:
+            writes.append(RecordWrite(control_key, control_key, rec.control_version, mode="d"))
+        if loaded.deleted and rec.state is None:
+            if loaded.raw:
+                write = RecordWrite(key, key, rec.version, mode="d")
+                write.index, write.index_member = "e", target
+                writes.append(write)
+            return writes
+        write = RecordWrite(key, key, rec.version)
+        write.fields.update(_changed(rec.main_fields(), loaded.raw))
+        if write.fields:
+            write.fields["t"] = step.now
+            if rec.state is not None:
+                write.index, write.index_member, write.index_score = "e", target, step.now
+            writes.append(write)
+        return writes
+
+    # -- orchestrations ----------------------------------------------------------------------------
     def route_action(
         self, runner: PartitionRunner, inst: Instance, action: dict[str, Any], step: Any
     ) -> None:
-        raise NotImplementedError(f"unsupported action {action.get('k')}")
+        """Turn an orchestration's entity action into the message(s) it sends."""
+        kind = action["k"]
+        if kind in _ACTIONS:
+            target = str(action["entity"])
+            msg: dict[str, Any] = {
+                "kind": _ACTIONS[kind],
+                "target": target,
+                "op": action.get("name"),
+                "input": action.get("input"),
+            }
+            if kind == ev.ENTITY_CALLED:
+                msg["rid"], msg["orch"] = action["rid"], inst.iid
+            if action.get("cs"):
+                msg["cs"] = action["cs"]
+            runner._route(target, msg, step)
+        elif kind == ev.ENTITY_LOCK_REQUESTED:
+            locks = list(action["entities"])
+            runner._route(locks[0], _lock_message(ev.MSG_LOCK, inst.iid, str(action["rid"]), locks), step)
+        elif kind == ev.ENTITY_UNLOCKED:
+            for target in action["entities"]:
+                runner._route(target, _unlock_message(target, str(action["rid"]), inst.iid), step)
+        else:
+            raise NotImplementedError(f"unsupported action {kind}")
+
+    def on_orchestration_end(self, runner: PartitionRunner, inst: Instance, step: Any) -> None:
+        """Release the locks an ending execution still holds or waits for (sent at flush, after the
+        step's other messages, so a release never overtakes its own lock request)."""
+        executor = inst.executor
+        if executor is None:
+            return
+        st = self._step(runner)
+        for rid, locks, granted in held_locks(executor.history):
+            if not locks:
+                continue
+            if granted:  # every entity holds the lock: release them all at once
+                st.releases.extend((target, _unlock_message(target, rid, inst.iid)) for target in locks)
+            else:  # the request may still travel the chain: the release follows it
+                msg = _lock_message(ev.MSG_UNLOCK, inst.iid, rid, locks)
+                msg["chain"] = True
+                st.releases.append((locks[0], msg))
+
+
+def _changed(fields: dict[str, bytes], raw: dict[bytes, bytes]) -> dict[str, bytes]:
+    return {k: v for k, v in fields.items() if raw.get(k.encode(), b"") != v}
+
+
+def _unlock_message(target: str, rid: str, orch: str) -> dict[str, Any]:
+    return {"kind": ev.MSG_UNLOCK, "target": target, "rid": rid, "orch": orch}
+
+
+def _lock_message(kind: str, orch: str, rid: str, locks: list[str]) -> dict[str, Any]:
+    return {"kind": kind, "target": locks[0], "rid": rid, "orch": orch, "locks": locks, "pos": 0}
