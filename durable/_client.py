@@ -17,7 +17,6 @@ from redis.exceptions import RedisError
 from . import _events as ev
 from ._config import resolve_hub, resolve_url
 from ._entities import EntityId, EntityRecord, EntityState
-from ._entities_runtime import entity_control_key
 from ._loop import LoopThread
 from ._model import (
     FailureDetails,
@@ -333,7 +332,7 @@ class AsyncClient:
         target = str(eid)
         store = await self._get_store()
         pk = store.keys_for(target)
-        main, side = await store.load_records(pk.index, [pk.entity(target), entity_control_key(pk, target)])
+        main, side = await store.load_records(pk.index, [pk.entity(target), pk.entity_control(target)])
         return EntityRecord.from_fields(main, side).to_state(eid)
 
     async def list_entities(self, *, name: str | None = None, limit: int = 100) -> list[EntityState]:
@@ -358,7 +357,7 @@ class AsyncClient:
                 chunk = [e for e, _ in ids[start : start + 200]]
                 keys: list[str] = []
                 for e in chunk:
-                    keys.extend((store.keys_for(e).entity(e), entity_control_key(store.keys_for(e), e)))
+                    keys.extend((store.keys_for(e).entity(e), store.keys_for(e).entity_control(e)))
                 records = await store.load_records(0, keys)
                 for i, target in enumerate(chunk):
                     try:

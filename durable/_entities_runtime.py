@@ -31,7 +31,6 @@ from ._serialization import pack_record
 from ._store import RecordWrite
 
 if TYPE_CHECKING:
-    from ._keys import PartitionKeys
     from ._partition import Instance, PartitionRunner
     from ._runtime import Runtime
 
@@ -40,10 +39,6 @@ log = logging.getLogger("durable.entities")
 _ACTIONS = {ev.ENTITY_SIGNALED: ev.MSG_SIGNAL, ev.ENTITY_CALLED: ev.MSG_CALL}
 
 
-def entity_control_key(keys: PartitionKeys, entity_id: str) -> str:
-    """Hash: an entity's lock holder, waiting queue and recent request ids (see EntityRecord);
-    exists only while the entity is locked or has seen request ids recently."""
-    return f"{keys.tag}:ec:{entity_id}"
 
 
 @dataclass
@@ -92,7 +87,7 @@ class EntityProcessor:
         keys: list[str] = []
         for target in entity_ids:
             keys.append(runner.keys.entity(target))
-            keys.append(entity_control_key(runner.keys, target))
+            keys.append(runner.keys.entity_control(target))
         rows = await self.rt.store.load_records(runner.index, keys)
         for i, target in enumerate(entity_ids):
             raw, raw_control = rows[2 * i], rows[2 * i + 1]
@@ -169,7 +164,7 @@ class EntityProcessor:
         rec = loaded.record
         writes: list[RecordWrite] = []
         key = runner.keys.entity(target)
-        control_key = entity_control_key(runner.keys, target)
+        control_key = runner.keys.entity_control(target)
         control = rec.control_fields()
         if any(control.values()):
             write = RecordWrite(control_key, control_key, rec.control_version)

@@ -140,6 +140,11 @@ class PartitionKeys:
         """Set: the blob keys of an instance (so purge removes them all)."""
         return f"{self.tag}:bs:{instance_id}"
 
+    def entity_control(self, entity_id: str) -> str:
+        """Hash: an entity's lock holder, waiting queue and recent request ids; exists only while
+        the entity is locked or has seen request ids recently."""
+        return f"{self.tag}:ec:{entity_id}"
+
     def entity(self, entity_id: str) -> str:
         """Hash: one entity's state snapshot, lock owner and queue."""
         return f"{self.tag}:e:{entity_id}"

@@ -1,4 +1,4 @@
-"""A real Redis Cluster for tests: three primaries on loopback ports, joined by ``redis-cli --cluster create``."""
+"""A real Redis Cluster for tests: three primaries on loopback, joined by ``redis-cli --cluster create``."""
 
 from __future__ import annotations
 
@@ -49,8 +49,14 @@ class RedisClusterServers:
                 data_dir / f"node{i}",
                 port=_cluster_port(),
                 appendfsync=appendfsync,
-                extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                            "--cluster-node-timeout", "5000"],
+                extra_args=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                ],
             )
             for i in range(nodes)
         ]
@@ -65,7 +71,9 @@ class RedisClusterServers:
         addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
         subprocess.run(
             [find_redis_cli(), "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, capture_output=True, timeout=60,
+            check=True,
+            capture_output=True,
+            timeout=60,
         )
         self.wait_ok()
         return self

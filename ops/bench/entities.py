@@ -23,7 +23,7 @@ import redis
 
 from durable import AsyncClient, EntityContext, Worker, WorkerConfig
 from durable._embedded import EmbeddedRedis
-from durable._entities_runtime import EntityProcessor, entity_control_key
+from durable._entities_runtime import EntityProcessor
 from durable._keys import HubKeys, partition_of
 from durable._serialization import decode
 
@@ -82,7 +82,7 @@ def _bytes(r: redis.Redis, hub: str, targets: list[str]) -> tuple[float, float]:
     for t in targets:
         pk = keys.partition(partition_of(t, 32))
         pipe.memory_usage(pk.entity(t), samples=0)
-        pipe.memory_usage(entity_control_key(pk, t), samples=0)
+        pipe.memory_usage(pk.entity_control(t), samples=0)
     own = sum(v or 0 for v in pipe.execute()) / len(targets)
     pipe = r.pipeline(transaction=False)
     for i in range(32):

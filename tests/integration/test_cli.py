@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-import redis
-from _redis import free_port
+from _redis import connect, free_port
 
 from durable import Client, OrchestrationStatus, Worker, WorkerConfig
 from durable.cli import main
@@ -47,7 +46,7 @@ def _durable(*args: str, cwd: Path = REPO_ROOT, timeout: float = 60) -> subproce
 
 
 def _keys(redis_url: str, pattern: str) -> list[bytes]:
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)
     try:
         return list(r.scan_iter(match=pattern, count=1000))
     finally:
@@ -314,7 +313,7 @@ worker = Worker()
 
 @worker.activity
 def slow_step(ctx, keys):
-    r = redis.Redis.from_url(keys["url"])
+    r = connect(keys["url"])
     try:
         r.rpush(keys["started"], ctx.orchestration_id)
         # blocks until the test releases it: the activity is in flight while the worker drains
@@ -346,7 +345,7 @@ def test_sigterm_waits_for_in_flight_activities(tmp_path: Path, redis_url: str, 
     )
     assert proc.stderr is not None
     lines = _Lines(proc.stderr)
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)
     try:
         lines.wait_for(r"worker \S+ started")
         with Client(redis_url, hub) as client:

@@ -19,17 +19,25 @@ def _wait_replica_online(primary: RedisServer, replica: RedisServer) -> None:
     """Poll until the replica has synced (replication state has no event to wait on)."""
     deadline = time.monotonic() + 30
     with primary.client() as p, replica.client() as r:
-        while not (int(p.info("replication").get("connected_slaves", 0)) == 1
-                   and r.info("replication").get("master_link_status") == "up"):
+        while not (
+            int(p.info("replication").get("connected_slaves", 0)) == 1
+            and r.info("replication").get("master_link_status") == "up"
+        ):
             if time.monotonic() > deadline:
                 raise AssertionError("replica did not come online")
             time.sleep(0.05)
 
 
 def _app(url: str, hub: str, durability: str) -> Worker:
-    config = WorkerConfig(durability=durability, replicas=1 if durability == "strict" else None,
-                          balance_interval_ms=100, poll_ms=200, drain_timeout=2, lease_ttl_ms=3000,
-                          renew_interval_ms=500)
+    config = WorkerConfig(
+        durability=durability,
+        replicas=1 if durability == "strict" else None,
+        balance_interval_ms=100,
+        poll_ms=200,
+        drain_timeout=2,
+        lease_ttl_ms=3000,
+        renew_interval_ms=500,
+    )
     worker = Worker(url, hub=hub, config=config)
 
     @worker.activity
@@ -48,16 +56,18 @@ def _app(url: str, hub: str, durability: str) -> Worker:
 
 def test_strict_failover_to_replica_loses_no_acknowledged_work(tmp_path: Path, hub: str) -> None:
     primary = RedisServer(tmp_path / "primary", appendfsync="always").start()
-    replica = RedisServer(tmp_path / "replica", appendfsync="always",
-                          extra_args=["--replicaof", "127.0.0.1", str(primary.port)]).start()
+    replica = RedisServer(
+        tmp_path / "replica", appendfsync="always", extra_args=["--replicaof", "127.0.0.1", str(primary.port)]
+    ).start()
     try:
         _wait_replica_online(primary, replica)
         acknowledged: list[str] = []
         observed: dict[str, Any] = {}
         with _app(primary.url, hub, "strict"), Client(primary.url, hub=hub, durability="strict") as client:
             for i in range(30):
-                acknowledged.append(client.schedule_new_orchestration("summing", input=3 + i % 5,
-                                                                      instance_id=f"job-{i}"))
+                acknowledged.append(
+                    client.schedule_new_orchestration("summing", input=3 + i % 5, instance_id=f"job-{i}")
+                )
             for iid in acknowledged[:5]:
                 state = client.wait_for_orchestration_completion(iid, timeout=30)
                 observed[iid] = state.output

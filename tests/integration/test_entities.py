@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
-import redis
+from _redis import connect
 
 from durable import (
     AsyncClient,
@@ -29,7 +29,7 @@ from durable import (
     Worker,
     WorkerConfig,
 )
-from durable._entities_runtime import EntityProcessor, entity_control_key
+from durable._entities_runtime import EntityProcessor
 from durable._keys import HubKeys, partition_of
 from durable._metrics import REGISTRY
 from durable._store import Store
@@ -178,7 +178,7 @@ def test_delete_removes_the_entity(worker: Worker, client: Client, redis_url: st
         client.signal_entity("@counter@gone", "delete")
         wait_until(lambda: client.get_entity("@counter@gone") is None, 20, "the entity to be deleted")
         assert client.list_entities(name="counter") == []
-        r = redis.Redis.from_url(redis_url)
+        r = connect(redis_url)
         for pattern in (":e:*", ":entities"):  # the hash and its index entry are gone
             assert r.keys(f"durable:{{{hub}:*}}{pattern}") == []
         # what is left is the control hash with the recent signal ids (until they expire)
@@ -193,8 +193,8 @@ def test_duplicate_signal_ids_apply_once_then_expire(
 ) -> None:
     monkeypatch.setattr(EntityProcessor, "dedup_seconds", 1)
     target = "@counter@dup"
-    control = entity_control_key(HubKeys(hub).partition(partition_of(target, 32)), target)
-    r = redis.Redis.from_url(redis_url)
+    control = HubKeys(hub).partition(partition_of(target, 32)).entity_control(target)
+    r = connect(redis_url)
     with worker:
         for i in range(20):
             sid = client.signal_entity(target, "add", input=1, signal_id=f"sig-{i}")
@@ -244,7 +244,7 @@ def test_unknown_entity_is_dead_lettered(worker: Worker, client: Client, redis_u
         client.signal_entity("@counter@after", "add", input=1)
         wait_until(lambda: _value(client, "@counter@after") == 1, 20, "the next signal")
         dlq = HubKeys(hub).partition(partition_of("@nobody@k", 32)).dlq
-        r = redis.Redis.from_url(redis_url)
+        r = connect(redis_url)
         [(_, fields)] = wait_until(lambda: r.xrange(dlq), 20, "the dead letter")
     assert b"no entity named 'nobody' is registered" in fields[b"dlq_reason"]
     assert (REGISTRY.get_sample_value("durable_redeliveries_total", metric) or 0) >= before + 1
@@ -297,7 +297,7 @@ def test_concurrent_transfers_in_critical_sections_conserve_the_total(
         balances = [_value(client, a) for a in accounts]
     assert sum(balances) == 400 and min(balances) >= 0
     assert any(r.output == "moved" for r in results)
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)
     for control in r.keys(f"durable:{{{hub}:*}}:ec:*"):  # every lock released, no queue left behind
         assert r.hget(control, "l") in (None, b"") and r.hget(control, "q") in (None, b"")
     assert all(s.locked_by is None and s.backlog == 0 for s in client.list_entities(name="account"))

@@ -75,10 +75,20 @@ def _poll(cond: Any, timeout: float, what: str) -> None:
 def check_history(events: list[dict[str, Any]]) -> None:
     """An independent validator: dense ids, one completion per scheduled task, nothing after the end."""
     assert [e["eid"] for e in events] == list(range(len(events)))
-    scheduled = [e["tid"] for e in events if e["k"] in ("TaskScheduled", "TimerCreated", "SubOrchestrationCreated")]
+    scheduled = [
+        e["tid"] for e in events if e["k"] in ("TaskScheduled", "TimerCreated", "SubOrchestrationCreated")
+    ]
     completions = Counter(
-        e["tid"] for e in events if e["k"] in ("TaskCompleted", "TaskFailed", "TimerFired",
-                                                 "SubOrchestrationCompleted", "SubOrchestrationFailed")
+        e["tid"]
+        for e in events
+        if e["k"]
+        in (
+            "TaskCompleted",
+            "TaskFailed",
+            "TimerFired",
+            "SubOrchestrationCompleted",
+            "SubOrchestrationFailed",
+        )
     )
     assert len(scheduled) == len(set(scheduled))
     assert all(n == 1 for n in completions.values()), completions
@@ -128,8 +138,11 @@ def test_two_worker_processes_share_partitions(procs: Procs, redis_url: str, hub
         values = [r.get(f"durable:{{{hub}:{i:02d}}}:lease") for i in range(32)]
         return {v.decode().split("|")[1] for v in values if v}
 
-    _poll(lambda: len(owners()) == 2 and all(
-        r.exists(f"durable:{{{hub}:{i:02d}}}:lease") for i in range(32)), 30, "partitions split over both")
+    _poll(
+        lambda: len(owners()) == 2 and all(r.exists(f"durable:{{{hub}:{i:02d}}}:lease") for i in range(32)),
+        30,
+        "partitions split over both",
+    )
     with Client(redis_url, hub=hub) as client:
         iids = _run_workload(client, 30, 3)
         _check_results(client, iids, 3, timeout=60)
@@ -144,13 +157,17 @@ def test_zombie_commit_is_refused_after_lease_moved(redis_url: str, hub: str) ->
             pk = store.partition_keys(0)
             zombie = await store.acquire_lease(0, "zombie", "u1", 60_000)
             assert zombie is not None
-            rec = RecordWrite(pk.instance("x"), pk.history("x"), 0, fields={"status": "RUNNING"}, events=[b"e0"])
+            rec = RecordWrite(
+                pk.instance("x"), pk.history("x"), 0, fields={"status": "RUNNING"}, events=[b"e0"]
+            )
             await store.commit(0, zombie, CommitPlan("0-0", "0-0", records=[rec]))
             # split brain: the lease disappears under the live owner and someone else takes it
             await store.redis.delete(pk.lease)
             owner = await store.acquire_lease(0, "owner", "u2", 60_000)
             assert owner is not None and owner != zombie
-            late = RecordWrite(pk.instance("x"), pk.history("x"), 1, fields={"status": "COMPLETED"}, events=[b"e1"])
+            late = RecordWrite(
+                pk.instance("x"), pk.history("x"), 1, fields={"status": "COMPLETED"}, events=[b"e1"]
+            )
             with pytest.raises(FencedError):
                 await store.commit(0, zombie, CommitPlan("0-0", "1-0", records=[late]))
             with pytest.raises(FencedError):
@@ -210,8 +227,9 @@ def test_redis_restart_under_load(tmp_path: Path, hub: str) -> None:
 
         with worker, Client(server.url, hub=hub) as client:
             iids = [client.schedule_new_orchestration(steps, input=8) for _ in range(20)]
-            _poll(lambda: sum(
-                len(client.get_orchestration_history(i)) > 6 for i in iids) >= 5, 30, "progress")
+            _poll(
+                lambda: sum(len(client.get_orchestration_history(i)) > 6 for i in iids) >= 5, 30, "progress"
+            )
             server.restart(kill=True)  # kill -9; AOF with fsync always loses nothing acknowledged
             restarted = True
             for iid in iids:
@@ -224,7 +242,9 @@ def test_redis_restart_under_load(tmp_path: Path, hub: str) -> None:
         server.kill()
 
 
-def test_graceful_stop_hands_partitions_over_without_waiting_for_lease_expiry(redis_url: str, hub: str) -> None:
+def test_graceful_stop_hands_partitions_over_without_waiting_for_lease_expiry(
+    redis_url: str, hub: str
+) -> None:
     """A worker stopping on purpose releases its leases, so the other one takes over at once."""
     config = dict(balance_interval_ms=100, poll_ms=200, lease_ttl_ms=60_000, renew_interval_ms=5_000)
     first = Worker(redis_url, hub=hub, config=WorkerConfig(**config))  # type: ignore[arg-type]

@@ -121,7 +121,6 @@ def test_retries_failure_details_and_caught_failures(worker: Worker, client: Cli
     assert isinstance(details, FailureDetails)
     assert details.error_type == "TaskFailedError"
     assert "bad value" in details.message
-    assert details.stack_trace and "always_fails" not in (details.stack_trace or "") or True
     with pytest.raises(TaskFailedError):
         s_failed.raise_if_failed()
     # three attempts for the caught one: three TaskScheduled in its history, two retry timers
@@ -152,9 +151,13 @@ def test_timers_fire_not_early_and_when_any(worker: Worker, client: Client) -> N
         start = ctx.current_utc_datetime
         yield ctx.create_timer(dt.timedelta(milliseconds=300))
         after = ctx.current_utc_datetime
-        winner = yield when_any([ctx.create_timer(dt.timedelta(milliseconds=100)),
-                                 ctx.wait_for_external_event("never")])
-        return {"elapsed_ms": (after - start).total_seconds() * 1000, "winner_is_timer": winner.get_result() is None}
+        winner = yield when_any(
+            [ctx.create_timer(dt.timedelta(milliseconds=100)), ctx.wait_for_external_event("never")]
+        )
+        return {
+            "elapsed_ms": (after - start).total_seconds() * 1000,
+            "winner_is_timer": winner.get_result() is None,
+        }
 
     with worker:
         iid = client.schedule_new_orchestration(timed)
@@ -307,10 +310,14 @@ def test_sub_orchestrations_and_continue_as_new(worker: Worker, client: Client) 
         n = state["n"]
         if n >= 5:
             return state
-        extra = yield ctx.wait_for_external_event("tick") if n == 2 else ctx.create_timer(
-            dt.timedelta(milliseconds=10))
-        ctx.continue_as_new({"n": n + 1, "seen": state["seen"] + ([extra] if extra else [])},
-                            save_events=True)
+        extra = (
+            yield ctx.wait_for_external_event("tick")
+            if n == 2
+            else ctx.create_timer(dt.timedelta(milliseconds=10))
+        )
+        ctx.continue_as_new(
+            {"n": n + 1, "seen": state["seen"] + ([extra] if extra else [])}, save_events=True
+        )
 
     with worker:
         p = client.schedule_new_orchestration(parent, input=[1, 2, 3])
@@ -443,7 +450,9 @@ def test_fan_out_500(worker: Worker, client: Client) -> None:
 
 
 def _wait_status(client: Client, iid: str, status: OrchestrationStatus, timeout: float = 20) -> None:
-    _poll(lambda: (s := client.get_orchestration_state(iid)) is not None and s.runtime_status == status, timeout)
+    _poll(
+        lambda: (s := client.get_orchestration_state(iid)) is not None and s.runtime_status == status, timeout
+    )
 
 
 def _wait_history(client: Client, iid: str, cond: Any, timeout: float = 20) -> None:

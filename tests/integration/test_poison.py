@@ -63,9 +63,12 @@ def test_malformed_entries_are_dead_lettered_without_blocking(redis_url: str, hu
         pk = HubKeys(hub).partition(partition_of(iid, 32))
         r.xadd(pk.inbox, {"m": b"\xc1\xc1not msgpack"})
         r.xadd(pk.inbox, {"m": pack_record(["not", "a", "map"])})
-        assert client.wait_for_orchestration_completion(
-            client.schedule_new_orchestration(hello, input="x", instance_id=iid), timeout=20
-        ).output == "hi x"
+        assert (
+            client.wait_for_orchestration_completion(
+                client.schedule_new_orchestration(hello, input="x", instance_id=iid), timeout=20
+            ).output
+            == "hi x"
+        )
     reasons = [e[1][b"dlq_reason"].decode() for e in r.xrange(pk.dlq)]
     assert len(reasons) == 2
     assert "cannot decode" in reasons[0]
@@ -86,7 +89,9 @@ def test_payload_over_the_cap_is_rejected_at_the_call_site(redis_url: str, hub: 
     with worker, Client(redis_url, hub=hub) as client:
         with pytest.raises(PayloadTooLargeError, match="exceeds the limit"):
             client.schedule_new_orchestration(too_big, input=b"y" * (3 * 1024 * 1024))
-        state = client.wait_for_orchestration_completion(client.schedule_new_orchestration(too_big), timeout=20)
+        state = client.wait_for_orchestration_completion(
+            client.schedule_new_orchestration(too_big), timeout=20
+        )
     assert state.runtime_status == OrchestrationStatus.FAILED
     assert state.failure_details is not None and state.failure_details.error_type == "PayloadTooLargeError"
 
@@ -101,7 +106,9 @@ def test_history_limit_fails_with_a_clear_reason(redis_url: str, hub: str) -> No
             yield ctx.create_timer(ctx.current_utc_datetime + dt.timedelta(milliseconds=1))
 
     with worker, Client(redis_url, hub=hub) as client:
-        state = client.wait_for_orchestration_completion(client.schedule_new_orchestration(endless), timeout=30)
+        state = client.wait_for_orchestration_completion(
+            client.schedule_new_orchestration(endless), timeout=30
+        )
     assert state.runtime_status == OrchestrationStatus.FAILED
     assert state.failure_details is not None
     assert "history" in state.failure_details.message and "continue_as_new" in state.failure_details.message

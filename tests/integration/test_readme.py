@@ -18,7 +18,8 @@ def test_readme_example_runs(redis_url: str, hub: str, tmp_path: Path) -> None:
     script = tmp_path / "example.py"
     script.write_text(example)
     env = dict(os.environ, DURABLE_REDIS_URL=redis_url, DURABLE_HUB=hub, PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120,
-                         cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     assert "'approved': True" in out.stdout and "charged 42" in out.stdout
