@@ -202,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up when the patterns have not finished after S seconds (default: 120)",
     )
     demo.set_defaults(handler=_cmd_demo)
+
+    # operator commands: orchestration, entity, partitions, workers, doctor (and the exit codes)
+    from ._cli_ops import register_commands
+
+    register_commands(parser, commands)
     return parser
 
 
