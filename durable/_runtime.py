@@ -234,6 +234,7 @@ class Runtime:
     def prepare(self) -> None:
         """Create loop-bound primitives (call inside the event loop that will run the worker)."""
         self._stop_requested = anyio.Event()
+        self._balance_done = anyio.Event()
 
     def request_stop(self) -> None:
         self.draining = True
@@ -241,6 +242,10 @@ class Runtime:
 
     async def _drain(self) -> None:
         self.draining = True
+        # Let the balancer finish its pass rather than cancel it: a lease acquisition cancelled
+        # after Redis ran it would leave a lease nobody releases until it expires.
+        with anyio.move_on_after(10):
+            await self._balance_done.wait()
         for runner in list(self.runners.values()):
             runner.stop()
         with anyio.move_on_after(self.config.drain_timeout):
@@ -256,13 +261,17 @@ class Runtime:
             self.renew_all(renewer)
 
     async def _balance_loop(self, tg: anyio.abc.TaskGroup) -> None:
-        while not self.draining:
-            try:
-                await self._balance_once(tg)
-            except (RedisError, OSError) as exc:
-                log.warning("balancing failed: %s", exc)
-            self.last_balance = time.monotonic()
-            await anyio.sleep(self.config.balance_interval_ms / 1000)
+        try:
+            while not self.draining:
+                try:
+                    await self._balance_once(tg)
+                except (RedisError, OSError) as exc:
+                    log.warning("balancing failed: %s", exc)
+                self.last_balance = time.monotonic()
+                with anyio.move_on_after(self.config.balance_interval_ms / 1000):
+                    await self._stop_requested.wait()
+        finally:
+            self._balance_done.set()
 
     async def _balance_once(self, tg: anyio.abc.TaskGroup) -> None:
         info = {

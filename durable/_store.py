@@ -27,6 +27,9 @@ StreamEntry = tuple[str, Fields]
 #: a worker holds one blocking read per owned partition plus its pipelines and activities; redis-py
 #: would otherwise cap a pool at 100 connections and fail the next command
 _MAX_CONNECTIONS = 4096
+#: longer than any blocking read the engine issues (those block for at most poll_ms, 1 s by
+#: default), short enough to notice a server that stopped answering
+_SOCKET_TIMEOUT = 30.0
 
 
 class FencedError(Exception):
@@ -119,7 +122,11 @@ class Store:
     def from_url(cls, url: str, hub: str) -> Store:
         """A store for ``url``; a Redis Cluster node's URL is detected on first use."""
         client = aredis.Redis.from_url(
-            url, decode_responses=False, health_check_interval=30, max_connections=_MAX_CONNECTIONS
+            url,
+            decode_responses=False,
+            health_check_interval=30,
+            max_connections=_MAX_CONNECTIONS,
+            socket_timeout=_SOCKET_TIMEOUT,
         )
         store = cls(client, hub)
         store._url = url
@@ -134,7 +141,10 @@ class Store:
             return
         standalone = self.redis
         self.redis = aredis.RedisCluster.from_url(
-            self._url, decode_responses=False, max_connections=_MAX_CONNECTIONS
+            self._url,
+            decode_responses=False,
+            max_connections=_MAX_CONNECTIONS,
+            socket_timeout=_SOCKET_TIMEOUT,
         )
         await standalone.aclose()
         self._register(self.redis)

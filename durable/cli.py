@@ -203,6 +203,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=_cmd_demo)
 
+    serve = commands.add_parser(
+        "serve",
+        help="run the ops HTTP server (API, dashboard, metrics) without a worker",
+        description=(
+            "Serve the ops HTTP endpoint (/v1 API, dashboard, /metrics, /healthz, /readyz) for a hub "
+            "without running a worker in this process. Stops on SIGTERM/SIGINT."
+        ),
+    )
+    _add_redis_options(serve, default_hub=None)
+    serve.add_argument(
+        "--ops-port",
+        type=_port,
+        metavar="PORT",
+        help=f"port to listen on (default: ${ENV_OPS_PORT}, else 9464)",
+    )
+    serve.add_argument(
+        "--ops-host",
+        metavar="HOST",
+        help=f"address to listen on (default: ${ENV_OPS_HOST}, else 0.0.0.0)",
+    )
+    serve.add_argument("--log-level", choices=_LOG_LEVELS, type=str.lower, help="logging threshold")
+    serve.set_defaults(handler=_cmd_serve)
+
     # operator commands: orchestration, entity, partitions, workers, doctor (and the exit codes)
     from ._cli_ops import register_commands
 
@@ -504,6 +527,29 @@ class _NoSignals:
 
 # ------------------------------------------------------------------------------------------------
 # durable demo
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    _configure_logging(args.log_level or _env(ENV_LOG_LEVEL, _log_level) or "info")
+    port = args.ops_port if args.ops_port is not None else (_env(ENV_OPS_PORT, _port) or 9464)
+    host = args.ops_host or os.environ.get(ENV_OPS_HOST, "").strip() or "0.0.0.0"
+    token = os.environ.get(ENV_OPS_TOKEN, "").strip() or None
+
+    async def serve() -> int:
+        from ._ops_server import serve_ops
+
+        url = await anyio.to_thread.run_sync(resolve_url, args.redis_url)
+        async with AsyncClient(url, args.hub) as client, anyio.create_task_group() as tg:
+            bound = await tg.start(serve_ops, None, client, host, port, token)
+            log.info("ops server for hub %s on %s:%d (no worker)", client.hub, host, bound)
+            with signal_receiver() as signals:
+                async for signum in signals:
+                    log.info("%s: stopping", signal.Signals(signum).name)
+                    break
+            tg.cancel_scope.cancel()
+        return EXIT_OK
+
+    return anyio.run(serve)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

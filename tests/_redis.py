@@ -221,9 +221,10 @@ def connect(url: str) -> Any:
         enabled = int(probe.info("cluster").get("cluster_enabled", 0))
     finally:
         probe.close()
+    # redis-py 8 reads with a 5 s socket timeout by default: too short for tests' blocking pops
     if enabled:
-        return redis.RedisCluster.from_url(url)
-    return redis.Redis.from_url(url)
+        return redis.RedisCluster.from_url(url, socket_timeout=120)
+    return redis.Redis.from_url(url, socket_timeout=120)
 
 
 def is_cluster(url: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -313,7 +314,7 @@ worker = Worker()
 
 @worker.activity
 def slow_step(ctx, keys):
-    r = connect(keys["url"])
+    r = redis.Redis.from_url(keys["url"], socket_timeout=120)
     try:
         r.rpush(keys["started"], ctx.orchestration_id)
         # blocks until the test releases it: the activity is in flight while the worker drains
@@ -469,3 +470,51 @@ def test_worker_loads_app_from_cwd_and_starts_the_ops_hook(
     assert "DURABLE_REDIS_URL" not in os.environ and "DURABLE_HUB" not in os.environ
     assert _lease_keys(redis_url, hub) == []
     monkeypatch.delitem(sys.modules, "my_cli_app")
+
+
+def test_serve_runs_the_ops_server_without_a_worker(redis_url: str, hub: str) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "durable",
+            "serve",
+            "--redis-url",
+            redis_url,
+            "--hub",
+            hub,
+            "--ops-port",
+            str(port),
+            "--ops-host",
+            "127.0.0.1",
+        ],
+        cwd=REPO_ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines = _Lines(proc.stdout)
+    try:
+        lines.wait_for(r"ops server listening")
+        body = json.dumps({"amount": 1}).encode()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/orchestrations/anything",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 202
+            iid = json.loads(resp.read())["instance_id"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/orchestrations/{iid}", timeout=10) as resp:
+            assert json.loads(resp.read())["runtime_status"] == "PENDING"  # no worker runs it
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as resp:
+            assert resp.status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, lines.rest()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
