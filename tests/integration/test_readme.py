@@ -23,3 +23,41 @@ def test_readme_example_runs(redis_url: str, hub: str, tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "'approved': True" in out.stdout and "charged 42" in out.stdout
+
+
+_ENTITY_DRIVER = """
+import time
+with worker:
+    for n in ("a", "b"):
+        client.signal_entity(f"@account@{n}", "deposit", input=10)
+    ok = client.schedule_new_orchestration(transfer, input={"from": "a", "to": "b", "amount": 4})
+    print(client.wait_for_orchestration_completion(ok, timeout=30).runtime_status)
+    bad = client.schedule_new_orchestration(transfer, input={"from": "a", "to": "b", "amount": 100})
+    print(client.wait_for_orchestration_completion(bad, timeout=30).runtime_status)
+    deadline = time.monotonic() + 30
+    while client.get_entity("@counter@visits") is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # a signal has no completion to wait for
+    print("balances", client.get_entity("@account@a").state, client.get_entity("@account@b").state)
+    print("visits", client.get_entity("@counter@visits").state)
+client.close()
+"""
+
+
+def test_readme_entity_example_runs(redis_url: str, hub: str, tmp_path: Path) -> None:
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    example = next(b for b in blocks if "lock_entities" in b)
+    # the snippet's last line reads the counter right after signalling it; the driver below waits
+    example = "\n".join(line for line in example.splitlines() if not line.startswith("client.get_entity("))
+    script = tmp_path / "entities.py"
+    script.write_text(
+        "from durable import Client, Worker\nworker = Worker()\nclient = Client()\n"
+        + example
+        + _ENTITY_DRIVER
+    )
+    env = dict(os.environ, DURABLE_REDIS_URL=redis_url, DURABLE_HUB=hub, PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:4] == ["COMPLETED", "FAILED", "balances 6 14", "visits 1"]
