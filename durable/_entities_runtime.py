@@ -31,14 +31,12 @@ from ._serialization import pack_record
 from ._store import RecordWrite
 
 if TYPE_CHECKING:
-    from ._partition import Instance, PartitionRunner
+    from ._orchestration_step import Instance, OrchestrationSteps
     from ._runtime import Runtime
 
 log = logging.getLogger("durable.entities")
 
 _ACTIONS = {ev.ENTITY_SIGNALED: ev.MSG_SIGNAL, ev.ENTITY_CALLED: ev.MSG_CALL}
-
-
 
 
 @dataclass
@@ -71,15 +69,17 @@ class EntityProcessor:
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self._steps: weakref.WeakKeyDictionary[PartitionRunner, _StepEntities] = weakref.WeakKeyDictionary()
+        self._steps: weakref.WeakKeyDictionary[OrchestrationSteps, _StepEntities] = (
+            weakref.WeakKeyDictionary()
+        )
 
-    def _step(self, runner: PartitionRunner) -> _StepEntities:
+    def _step(self, runner: OrchestrationSteps) -> _StepEntities:
         st = self._steps.get(runner)
         if st is None:
             st = self._steps[runner] = _StepEntities()
         return st
 
-    async def ensure_loaded(self, runner: PartitionRunner, entity_ids: list[str]) -> None:
+    async def ensure_loaded(self, runner: OrchestrationSteps, entity_ids: list[str]) -> None:
         """Start a step: read the hashes of the entities it addresses (one round trip)."""
         st = self._steps[runner] = _StepEntities()
         if not entity_ids:
@@ -93,7 +93,7 @@ class EntityProcessor:
             raw, raw_control = rows[2 * i], rows[2 * i + 1]
             st.entities[target] = _Loaded(EntityRecord.from_fields(raw, raw_control), raw, raw_control)
 
-    def process(self, runner: PartitionRunner, target: str, msgs: list[dict[str, Any]], step: Any) -> None:
+    def process(self, runner: OrchestrationSteps, target: str, msgs: list[dict[str, Any]], step: Any) -> None:
         """Apply the step's messages for one entity, in inbox order."""
         st = self._step(runner)
         try:
@@ -135,7 +135,7 @@ class EntityProcessor:
                 "%s: signalled operation %r failed: %s: %s", target, op, details.error_type, details.message
             )
 
-    async def flush(self, runner: PartitionRunner, step: Any) -> None:
+    async def flush(self, runner: OrchestrationSteps, step: Any) -> None:
         """Add the step's entity writes to its commit and dead-letter what was rejected."""
         st = self._steps.pop(runner, None)
         if st is None:
@@ -159,7 +159,7 @@ class EntityProcessor:
             )
 
     def _record_writes(
-        self, runner: PartitionRunner, target: str, loaded: _Loaded, step: Any
+        self, runner: OrchestrationSteps, target: str, loaded: _Loaded, step: Any
     ) -> list[RecordWrite]:
         rec = loaded.record
         writes: list[RecordWrite] = []
@@ -194,7 +194,7 @@ class EntityProcessor:
 
     # -- orchestrations ----------------------------------------------------------------------------
     def route_action(
-        self, runner: PartitionRunner, inst: Instance, action: dict[str, Any], step: Any
+        self, runner: OrchestrationSteps, inst: Instance, action: dict[str, Any], step: Any
     ) -> None:
         """Turn an orchestration's entity action into the message(s) it sends."""
         kind = action["k"]
@@ -220,7 +220,7 @@ class EntityProcessor:
         else:
             raise NotImplementedError(f"unsupported action {kind}")
 
-    def on_orchestration_end(self, runner: PartitionRunner, inst: Instance, step: Any) -> None:
+    def on_orchestration_end(self, runner: OrchestrationSteps, inst: Instance, step: Any) -> None:
         """Release the locks an ending execution still holds or waits for (sent at flush, after the
         step's other messages, so a release never overtakes its own lock request)."""
         executor = inst.executor

@@ -7,19 +7,20 @@ from typing import TYPE_CHECKING, Any
 
 from . import _events as ev
 from ._model import FailureDetails
+from ._orchestration_step import StepState
 from ._serialization import pack_record, unpack_record
 from ._store import CommitPlan, RecordWrite
 from ._wire import MalformedMessage
 
 if TYPE_CHECKING:
-    from ._partition import PartitionRunner, _StepState
+    from ._partition import PartitionRunner
 
 log = logging.getLogger("durable.partition")
 
 
 async def dead_letter_poison(runner: PartitionRunner, attempts: int) -> None:
     """Move the message at the runner's cursor to the dead-letter stream and fail its instance."""
-    from ._partition import _StepState, parse_entry
+    from ._partition import parse_entry
 
     rt, index = runner.rt, runner.index
     entries = await rt.store.read_inbox(index, runner.cursor, 1, None)
@@ -32,7 +33,7 @@ async def dead_letter_poison(runner: PartitionRunner, attempts: int) -> None:
     )
     log.error("partition %d: %s", index, reason)
     now = rt.now_ms()
-    step = _StepState(now=now, plan=CommitPlan(prev_cursor=runner.cursor, new_cursor=eid))
+    step = StepState(now=now, plan=CommitPlan(prev_cursor=runner.cursor, new_cursor=eid))
     step.plan.state["recov"] = ""
     target: str | None = None
     try:
@@ -54,7 +55,7 @@ async def dead_letter_poison(runner: PartitionRunner, attempts: int) -> None:
         await rt.store.forward(index, forward)
 
 
-async def _fail_instance(runner: PartitionRunner, iid: str, reason: str, step: _StepState) -> None:
+async def _fail_instance(runner: PartitionRunner, iid: str, reason: str, step: StepState) -> None:
     version, status, length, parent = await runner.rt.store.instance_brief(runner.index, iid)
     if status not in ("PENDING", "RUNNING", "SUSPENDED"):
         return
@@ -64,8 +65,14 @@ async def _fail_instance(runner: PartitionRunner, iid: str, reason: str, step: _
     rec.fields.update(status="FAILED", updated=step.now, failure=pack_record(failure.to_record()), output=b"")
     rec.events = [
         pack_record(
-            {"k": ev.EXECUTION_COMPLETED, "eid": length, "ts": step.now, "status": "FAILED", "result": None,
-             "failure": failure.to_record()}
+            {
+                "k": ev.EXECUTION_COMPLETED,
+                "eid": length,
+                "ts": step.now,
+                "status": "FAILED",
+                "result": None,
+                "failure": failure.to_record(),
+            }
         )
     ]
     rec.channel, rec.message = runner.rt.store.keys.status_channel(iid), "FAILED"
