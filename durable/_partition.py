@@ -202,6 +202,11 @@ class PartitionRunner(OrchestrationSteps):
             except MalformedMessage as exc:
                 dead.append((eid, fields, str(exc)))
                 continue
+            if msg["kind"] == "wake":  # a timer was added from outside (a scheduled start)
+                due = msg.get("due")
+                if isinstance(due, int):
+                    self.next_due = due if self.next_due is None else min(self.next_due, due)
+                continue
             msg["_eid"] = eid
             if msg["kind"] == ev.MSG_TIMER_FIRED and isinstance(msg.get("fire_at"), int):
                 rt.metrics.timer_fired((now - msg["fire_at"]) / 1000)

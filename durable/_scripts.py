@@ -154,7 +154,8 @@ return out
 """
 
 # Client start. KEYS: instance hash, inbox, timers, timer_data, index
-# ARGV: message, created_ms, name, input, scheduled_ms ('' = now), timer member, instance id, execution id
+# ARGV: message, created_ms, name, input, scheduled_ms ('' = now), timer member, instance id, execution id,
+#       timer wake-up message
 # -> 1 started, 0 already exists and not terminal
 START = """
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -166,6 +167,8 @@ if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'scheduled', ARGV[5])
   redis.call('ZADD', KEYS[3], tonumber(ARGV[5]), ARGV[6])
   redis.call('HSET', KEYS[4], ARGV[6], ARGV[1])
+  -- tell the partition's owner about the new timer (it only tracks timers it wrote itself)
+  redis.call('XADD', KEYS[2], '*', 'm', ARGV[9])
 else
   redis.call('XADD', KEYS[2], '*', 'm', ARGV[1])
 end

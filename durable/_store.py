@@ -477,6 +477,7 @@ class Store:
                 f"start|{instance_id}|{execution_id}",
                 instance_id,
                 execution_id,
+                pack_record({"kind": "wake", "target": "", "due": scheduled_ms or 0}),
             ],
         )
         return bool(res)

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -331,6 +330,7 @@ def slow(ctx, keys):
 """
 
 
+@pytest.mark.standalone_only  # the app's activity talks to one standalone Redis
 def test_sigterm_waits_for_in_flight_activities(tmp_path: Path, redis_url: str, hub: str) -> None:
     (tmp_path / "slow_app.py").write_text(_SLOW_APP)
     keys = {"url": redis_url, "started": f"{hub}-started", "release": f"{hub}-release"}
@@ -428,9 +428,9 @@ def test_worker_loads_app_from_cwd_and_starts_the_ops_hook(
         )
         runtime.request_stop()  # as if SIGTERM arrived: the worker drains and main() returns
 
-    fake = types.ModuleType("durable._ops_server")
-    fake.serve_ops = serve_ops  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "durable._ops_server", fake)
+    import durable.cli
+
+    monkeypatch.setattr(durable.cli, "_load_ops_server", lambda: serve_ops)
     monkeypatch.setenv("DURABLE_OPS_TOKEN", "s3cret")
     monkeypatch.syspath_prepend(str(REPO_ROOT))
 

@@ -298,6 +298,7 @@ def test_redis_server_without_aof(tmp_path: Path) -> None:
         assert not server.running
 
 
+@pytest.mark.standalone_only
 def test_shared_redis_url_and_hub(redis_url: str, hub: str) -> None:
     assert re.fullmatch(r"t-[0-9a-f]{8}", hub)
     client = _client(redis_url)

@@ -180,9 +180,9 @@ def test_delete_removes_the_entity(worker: Worker, client: Client, redis_url: st
         assert client.list_entities(name="counter") == []
         r = connect(redis_url)
         for pattern in (":e:*", ":entities"):  # the hash and its index entry are gone
-            assert r.keys(f"durable:{{{hub}:*}}{pattern}") == []
+            assert list(r.scan_iter(match=f"durable:{{{hub}:*}}{pattern}")) == []
         # what is left is the control hash with the recent signal ids (until they expire)
-        [control] = r.keys(f"durable:{{{hub}:*}}:ec:*")
+        [control] = list(r.scan_iter(match=f"durable:{{{hub}:*}}:ec:*"))
         assert set(r.hkeys(control)) == {b"r", b"v"}
         client.signal_entity("@counter@gone", "add", input=1)  # and it can be created again
         wait_until(lambda: _value(client, "@counter@gone") == 1, 20, "the entity to be recreated")
@@ -298,7 +298,7 @@ def test_concurrent_transfers_in_critical_sections_conserve_the_total(
     assert sum(balances) == 400 and min(balances) >= 0
     assert any(r.output == "moved" for r in results)
     r = connect(redis_url)
-    for control in r.keys(f"durable:{{{hub}:*}}:ec:*"):  # every lock released, no queue left behind
+    for control in list(r.scan_iter(match=f"durable:{{{hub}:*}}:ec:*")):  # every lock released, no queue left behind
         assert r.hget(control, "l") in (None, b"") and r.hget(control, "q") in (None, b"")
     assert all(s.locked_by is None and s.backlog == 0 for s in client.list_entities(name="account"))
 
