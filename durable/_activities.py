@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import inspect
 import logging
 import time
@@ -14,7 +17,7 @@ from redis.exceptions import RedisError
 from . import _events as ev
 from ._model import FailureDetails
 from ._registry import ActivityContext
-from ._serialization import decode, encode, pack_record, unpack_record
+from ._serialization import decode, encode, is_blob_ref, pack_record, unpack_record
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -30,7 +33,10 @@ class ActivityRunner:
         self.consumer = rt.worker_id
         self.concurrency = rt.config.concurrency
         self.in_flight: dict[str, float] = {}
-        self._thread_limiter = anyio.CapacityLimiter(self.concurrency)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.concurrency, thread_name_prefix="durable-activity"
+        )
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by run()
         self._results: list[tuple[str, str, bytes]] = []
         self._results_ready = anyio.Event()
         self._slot_freed = anyio.Event()
@@ -49,14 +55,18 @@ class ActivityRunner:
             self._read_scope.cancel()
 
     async def run(self, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        self._loop = asyncio.get_running_loop()
         await self.rt.store.ensure_task_group()
         task_status.started()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._flush_loop)
-            tg.start_soon(self._maintenance_loop, tg)
-            tg.start_soon(self._read_loop, tg)
-            await self._done.wait()
-            tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._flush_loop)
+                tg.start_soon(self._maintenance_loop, tg)
+                tg.start_soon(self._read_loop, tg)
+                await self._done.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def drain(self, timeout: float) -> None:
         """Stop taking tasks; wait for in-flight ones; hand back what did not finish."""
@@ -98,7 +108,7 @@ class ActivityRunner:
             self._read_scope = None
             for eid, fields in entries:
                 self.in_flight[eid] = time.monotonic()
-                tg.start_soon(self._execute, eid, fields, 1)
+                self._dispatch(tg, eid, fields, 1)
 
     async def _maintenance_loop(self, tg: anyio.abc.TaskGroup) -> None:
         """Keep our in-flight tasks fresh and reclaim tasks of consumers that went quiet."""
@@ -125,7 +135,7 @@ class ActivityRunner:
                     await self._dead_letter(eid, fields, delivered)
                     continue
                 self.in_flight[eid] = time.monotonic()
-                tg.start_soon(self._execute, eid, fields, delivered)
+                self._dispatch(tg, eid, fields, delivered)
 
     async def _dead_letter(self, eid: str, fields: dict[bytes, bytes], delivered: int) -> None:
         reason = f"activity task delivered {delivered} times without completing (poison); dead-lettered"
@@ -145,18 +155,17 @@ class ActivityRunner:
         except Exception as exc:
             log.error("cannot dead-letter task %s: %s", eid, exc)
 
-    async def _execute(self, eid: str, fields: dict[bytes, bytes], delivered: int) -> None:
+    def _dispatch(
+        self, tg: anyio.abc.TaskGroup, eid: str, fields: dict[bytes, bytes], delivered: int
+    ) -> None:
+        """Start one work item: plain functions go straight to the thread pool (no task per
+        activity), coroutines and the rare cases that need I/O first run as tasks."""
         started = time.monotonic()
         try:
             msg = unpack_record(fields[b"m"])
             target, tid, name = str(msg["target"]), int(msg["tid"]), str(msg["name"])
         except Exception as exc:
-            log.error("malformed activity task %s dropped to the dead-letter stream: %s", eid, exc)
-            try:
-                await self.rt.store.dead_letter_task(eid, fields, f"malformed task: {exc}")
-                await self.rt.store.ack_tasks([eid])
-            finally:
-                self._release(eid)
+            tg.start_soon(self._reject_malformed, eid, fields, exc)
             return
         self.rt.metrics.schedule_to_start("activity", eid, self.rt.now_ms())
         ctx = ActivityContext(
@@ -166,26 +175,75 @@ class ActivityRunner:
             idempotency_key=f"{target}:{msg.get('exec')}:{tid}",
             name=name,
         )
-        reply: dict[str, Any] = {"target": target, "exec": msg.get("exec"), "tid": tid}
-        status = "completed"
+        fn = self.rt.registry.activities.get(name)
+        raw = msg.get("input")
+        if fn is None or inspect.iscoroutinefunction(fn) or is_blob_ref(raw):
+            tg.start_soon(self._execute_async, eid, msg, fn, ctx, started)
+            return
         try:
-            fn = self.rt.registry.activities.get(name)
+            value = decode(raw)
+        except Exception as exc:
+            self._complete(eid, msg, ctx, started, None, exc)
+            return
+        future = self._loop.run_in_executor(self._pool, fn, ctx, value)
+        future.add_done_callback(functools.partial(self._sync_done, eid, msg, ctx, started))
+
+    def _sync_done(
+        self, eid: str, msg: dict[str, Any], ctx: ActivityContext, started: float, future: Any
+    ) -> None:
+        if future.cancelled():
+            return  # the worker is shutting down; the task stays pending and is handed back
+        exc = future.exception()
+        self._complete(eid, msg, ctx, started, None if exc else future.result(), exc)
+
+    async def _execute_async(
+        self, eid: str, msg: dict[str, Any], fn: Any, ctx: ActivityContext, started: float
+    ) -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
             if fn is None:
-                raise LookupError(f"no activity named {name!r} is registered with this worker")
+                raise LookupError(f"no activity named {ctx.name!r} is registered with this worker")
             value = decode(await self.rt.store.resolve(msg.get("input")))
             if inspect.iscoroutinefunction(fn):
                 result = await fn(ctx, value)
             else:
-                result = await anyio.to_thread.run_sync(fn, ctx, value, limiter=self._thread_limiter)
-            reply["kind"] = ev.MSG_TASK_COMPLETED
-            reply["result"] = encode(result, what=f"result of activity {name!r}")
+                result = await self._loop.run_in_executor(self._pool, fn, ctx, value)
         except Exception as exc:
-            status = "failed"
+            error = exc
+        self._complete(eid, msg, ctx, started, result, error)
+
+    def _complete(
+        self,
+        eid: str,
+        msg: dict[str, Any],
+        ctx: ActivityContext,
+        started: float,
+        result: Any,
+        error: BaseException | None,
+    ) -> None:
+        reply: dict[str, Any] = {"target": ctx.orchestration_id, "exec": msg.get("exec"), "tid": ctx.task_id}
+        if error is None:
+            try:
+                reply["result"] = encode(result, what=f"result of activity {ctx.name!r}")
+                reply["kind"] = ev.MSG_TASK_COMPLETED
+            except Exception as exc:
+                error = exc
+        if error is not None:
             reply["kind"] = ev.MSG_TASK_FAILED
-            reply["failure"] = FailureDetails.from_exception(exc).to_record()
-        self.rt.metrics.activity_done(name, status, time.monotonic() - started)
-        self._results.append((target, eid, pack_record(reply)))
+            reply["failure"] = FailureDetails.from_exception(error).to_record()
+        status = "completed" if error is None else "failed"
+        self.rt.metrics.activity_done(ctx.name, status, time.monotonic() - started)
+        self._results.append((ctx.orchestration_id, eid, pack_record(reply)))
         self._results_ready.set()
+
+    async def _reject_malformed(self, eid: str, fields: dict[bytes, bytes], exc: BaseException) -> None:
+        log.error("malformed activity task %s dropped to the dead-letter stream: %s", eid, exc)
+        try:
+            await self.rt.store.dead_letter_task(eid, fields, f"malformed task: {exc}")
+            await self.rt.store.ack_tasks([eid])
+        finally:
+            self._release(eid)
 
     def _release(self, eid: str) -> None:
         self.in_flight.pop(eid, None)

@@ -10,15 +10,18 @@ def pack_command(*args: Any) -> bytes:
     parts: list[bytes] = [b"*%d\r\n" % len(args)]
     append = parts.append
     for arg in args:
-        if isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, str):
+        cls = arg.__class__
+        if cls is bytes:
+            append(b"$%d\r\n%b\r\n" % (len(arg), arg))
+        elif cls is str:
             data = arg.encode()
-        elif isinstance(arg, int | float):
-            data = repr(arg).encode()
+            append(b"$%d\r\n%b\r\n" % (len(data), data))
+        elif cls is int:
+            data = b"%d" % arg
+            append(b"$%d\r\n%b\r\n" % (len(data), data))
+        elif isinstance(arg, bytes | str | int | float):
+            data = arg.encode() if isinstance(arg, str) else arg if isinstance(arg, bytes) else repr(arg).encode()
+            append(b"$%d\r\n%b\r\n" % (len(data), data))
         else:
             raise TypeError(f"cannot encode {type(arg).__qualname__} as a Redis argument")
-        append(b"$%d\r\n" % len(data))
-        append(data)
-        append(b"\r\n")
     return b"".join(parts)

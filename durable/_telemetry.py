@@ -19,7 +19,20 @@ def _age_seconds(stream_id: str, now_ms: int) -> float:
 
 
 class Telemetry:
-    """One per worker; the metric families themselves are process-wide."""
+    """One per worker; the metric families themselves are process-wide.
+
+    Labelled children are looked up once and kept: ``labels()`` takes a lock and builds a key on
+    every call, which showed up in profiles of the hot path."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (id(metric), *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def duplicate_dropped(self) -> None:
         m.REDELIVERIES.labels(kind="message").inc()
@@ -31,7 +44,7 @@ class Telemetry:
         m.REDELIVERIES.labels(kind=f"dead_letter_{kind}").inc()
 
     def cache_event(self, event: str) -> None:
-        m.REPLAY_CACHE_EVENTS.labels(event=event).inc()
+        self._child(m.REPLAY_CACHE_EVENTS, event).inc()
 
     def cache_size(self, size: int) -> None:
         m.REPLAY_CACHE_SIZE.set(size)
@@ -50,29 +63,30 @@ class Telemetry:
         m.WORKER_SLOTS.labels(state="available").set(max(total - used, 0))
 
     def schedule_to_start(self, kind: str, stream_id: str, now_ms: int) -> None:
-        m.SCHEDULE_TO_START.labels(kind=kind).observe(_age_seconds(stream_id, now_ms))
+        self._child(m.SCHEDULE_TO_START, kind).observe(_age_seconds(stream_id, now_ms))
 
     def activity_done(self, name: str, status: str, seconds: float) -> None:
-        m.ACTIVITY_EXECUTIONS.labels(name=name, status=status).inc()
-        m.ACTIVITY_DURATION.labels(name=name).observe(seconds)
-        m.WORK_ITEM_DURATION.labels(kind="activity").observe(seconds)
+        self._child(m.ACTIVITY_EXECUTIONS, name, status).inc()
+        self._child(m.ACTIVITY_DURATION, name).observe(seconds)
+        self._child(m.WORK_ITEM_DURATION, "activity").observe(seconds)
 
     def entity_operation(self, entity: str, status: str) -> None:
-        m.ENTITY_OPERATIONS.labels(entity=entity, status=status).inc()
+        self._child(m.ENTITY_OPERATIONS, entity, status).inc()
 
     def timer_fired(self, lateness_seconds: float) -> None:
         m.TIMER_LATENESS.observe(max(lateness_seconds, 0.0))
 
     def step_committed(self, index: int, step: Any, entries: list[tuple[str, Any]], now_ms: int) -> None:
         """Account for one committed partition step."""
+        to_start = self._child(m.SCHEDULE_TO_START, "orchestration")
         for eid, _ in entries:
-            m.SCHEDULE_TO_START.labels(kind="orchestration").observe(_age_seconds(eid, now_ms))
+            to_start.observe(_age_seconds(eid, now_ms))
         seconds = max(now_ms - step.now, 0) / 1000
         kinds = {"entity" if r.index == "e" else "orchestration" for r in step.plan.records}
         for kind in kinds or ("orchestration",):
-            m.WORK_ITEM_DURATION.labels(kind=kind).observe(seconds)
+            self._child(m.WORK_ITEM_DURATION, kind).observe(seconds)
         for inst in step.started:
-            m.ORCHESTRATIONS_STARTED.labels(name=inst.name).inc()
+            self._child(m.ORCHESTRATIONS_STARTED, inst.name).inc()
         for inst, result in step.finished:
             status = result.status.value
             m.ORCHESTRATIONS_FINISHED.labels(name=inst.name, status=status).inc()

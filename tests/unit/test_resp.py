@@ -1,0 +1,17 @@
+"""The small RESP encoder matches redis-py's for every argument type the store sends."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.connection import Connection
+
+from durable._resp import pack_command
+
+args = st.lists(st.one_of(st.binary(max_size=100), st.text(max_size=50), st.integers(-(2**62), 2**62)), max_size=30)
+
+
+@given(args)
+def test_matches_redis_py(values: list[bytes | str | int]) -> None:
+    reference = b"".join(Connection().pack_command(b"EVALSHA", *values))
+    assert pack_command(b"EVALSHA", *values) == reference
