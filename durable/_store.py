@@ -602,19 +602,51 @@ class Store:
 
     async def finish_tasks(self, results: Iterable[tuple[str, str, bytes]]) -> None:
         """Deliver activity results (target id, task entry id, message) and ack their tasks."""
-        pipe = self.redis.pipeline(transaction=False)
+        commands: list[bytes] = []
         ids: list[str] = []
         for target, task_id, message in results:
-            pipe.xadd(self.keys_for(target).inbox, {b"m": message})
+            commands.append(pack_command(b"XADD", self.keys_for(target).inbox, b"*", b"m", message))
             ids.append(task_id)
         if ids:
-            pipe.xack(self.keys.tasks, ACTIVITY_GROUP, *ids)
-            pipe.xdel(self.keys.tasks, *ids)
+            commands.append(pack_command(b"XACK", self.keys.tasks, ACTIVITY_GROUP, *ids))
+            commands.append(pack_command(b"XDEL", self.keys.tasks, *ids))
         if self.strict_wait is not None:
-            pipe.execute_command(*self._wait_args())
-            self._check_wait((await pipe.execute())[-1])
+            commands.append(pack_command(*self._wait_args()))
+        if not commands:
             return
-        await pipe.execute()
+        replies = await self._pipeline_raw(commands)
+        if self.strict_wait is not None:
+            self._check_wait(replies[-1])
+
+    async def _pipeline_raw(self, commands: list[bytes]) -> list[Any]:
+        """Send pre-encoded commands on one connection and read their replies (a pipeline without
+        redis-py's per-command encoding). On Cluster the commands go through redis-py instead."""
+        if self.cluster:
+            pipe = self.redis.pipeline(transaction=False)
+            for raw in commands:
+                name, *rest = _unpack_command(raw)
+                pipe.execute_command(name.decode(), *rest)
+            return list(await pipe.execute())
+        pool = self.redis.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(b"".join(commands), check_health=False)
+            replies = []
+            error: Exception | None = None
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:  # keep reading: the other replies are on the wire
+                    error = error or exc
+                    replies.append(exc)
+            if error is not None:
+                raise error
+            return replies
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
 
     async def ack_tasks(self, task_ids: Sequence[str]) -> None:
         if task_ids:
@@ -695,3 +727,16 @@ class SyncLeaseRenewer:
 def pack(value: Any) -> bytes:
     """Shorthand for internal records (messages, events)."""
     return pack_record(value)
+
+
+def _unpack_command(raw: bytes) -> list[bytes]:
+    """Inverse of :func:`pack_command` (for the Cluster path of :meth:`Store._pipeline_raw`)."""
+    out: list[bytes] = []
+    pos = raw.index(b"\r\n") + 2
+    while pos < len(raw):
+        end = raw.index(b"\r\n", pos)
+        size = int(raw[pos + 1 : end])
+        start = end + 2
+        out.append(raw[start : start + size])
+        pos = start + size + 2
+    return out
