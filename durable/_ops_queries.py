@@ -1,8 +1,13 @@
-"""Read-only Redis queries behind the ops HTTP API (partitions, workers, scaling, entities).
+"""Read-only Redis queries of the ops HTTP API and the operator CLI.
 
-Every helper takes a :class:`~durable._store.Store` and only reads; nothing here changes a key.
-Multi-key reads are pipelined (never transactions), so they also work on Redis Cluster, where
-the keys of different partitions live in different slots.
+The hub's state (partitions, workers, scaling, entities, metadata) is read through a
+:class:`~durable._store.Store`; nothing here changes a key. Multi-key reads are pipelined (never
+transactions), so they also work on Redis Cluster, where the keys of different partitions live in
+different slots.
+
+Facts about the Redis server(s) themselves (for ``durable doctor``) are read over a plain
+connection to one server (never a cluster client, which cannot route keyless commands such as
+INFO), with short timeouts and no retries.
 """
 
 from __future__ import annotations
@@ -11,8 +16,13 @@ import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from redis.exceptions import ResponseError
+import anyio
+import redis.asyncio as aredis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
 
 from ._keys import ACTIVITY_GROUP
 from ._store import Store
@@ -23,14 +33,15 @@ TIMER_HORIZON_SECONDS = 30
 DEFAULT_TARGET_PER_WORKER = 100
 #: When a partition's inbox was not trimmed, at most this many consumed entries are counted.
 _CONSUMED_SCAN_LIMIT = 1000
+#: Seconds allowed to connect to a server, and for each reply (plain connections of the CLI).
+CONNECT_TIMEOUT_SECONDS = 5.0
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
+def text(value: Any) -> str:
+    """A Redis reply value as text (bytes decoded, None as "")."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    return str(value)
+    return "" if value is None else str(value)
 
 
 def _stream_ms(stream_id: str) -> int | None:
@@ -121,6 +132,12 @@ async def partition_count(store: Store) -> int:
     return int(value) if value else 0
 
 
+async def hub_meta(store: Store) -> dict[str, str]:
+    """The hub's metadata hash (partitions, format, created); empty when the hub does not exist."""
+    raw = await store.redis.hgetall(store.keys.meta)
+    return {text(k): text(v) for k, v in raw.items()}
+
+
 async def redis_now_ms(store: Store) -> int:
     """The Redis server clock in milliseconds (timers are scored by it)."""
     return await store.redis_time_ms()
@@ -161,7 +178,7 @@ async def partitions_info(
         pipe.zcard(pk.entity_index)
     raw = await pipe.execute() if count else []
     per = 8
-    cursors = [_text(raw[i * per + 2]) or "0-0" for i in range(count)]
+    cursors = [text(raw[i * per + 2]) or "0-0" for i in range(count)]
     pipe = store.redis.pipeline(transaction=False)
     for n, i in enumerate(indices):
         pk = store.partition_keys(i)
@@ -172,11 +189,11 @@ async def partitions_info(
     out: list[PartitionInfo] = []
     for n, i in enumerate(indices):
         lease, ttl, _, xlen, timers, due, instances, entities = raw[n * per : (n + 1) * per]
-        epoch, owner = parse_lease(_text(lease) or None)
+        epoch, owner = parse_lease(text(lease) or None)
         consumed = 0 if cursors[n] == "0-0" else len(ranges[2 * n])
         backlog = max(int(xlen) - consumed, 0)
         first = ranges[2 * n + 1]
-        oldest_id = _text(first[0][0]) if first else None
+        oldest_id = text(first[0][0]) if first else None
         oldest_ms = _stream_ms(oldest_id) if oldest_id else None
         age = max((now - oldest_ms) / 1000, 0.0) if oldest_ms is not None else 0.0
         out.append(
@@ -216,8 +233,8 @@ async def activity_queue(store: Store) -> ActivityQueueInfo:
         # no such key: the stream does not exist yet (no worker ever started)
         return ActivityQueueInfo(length=0, pending=0, lag=0, consumers=0, group_exists=False)
     for raw_group in groups:
-        group = {_text(k): v for k, v in raw_group.items()}
-        name = _text(group.get("name"))
+        group = {text(k): v for k, v in raw_group.items()}
+        name = text(group.get("name"))
         if name != ACTIVITY_GROUP:
             continue
         pending = int(group.get("pending") or 0)
@@ -237,14 +254,14 @@ async def live_workers(store: Store) -> list[dict[str, Any]]:
     """Workers whose heartbeat has not expired, with the facts they published (newest first)."""
     now = await store.redis_time_ms()
     rows = await store.redis.zrangebyscore(store.keys.workers, f"({now}", "+inf", withscores=True)
-    ids = [(_text(member), int(score)) for member, score in rows]
+    ids = [(text(member), int(score)) for member, score in rows]
     pipe = store.redis.pipeline(transaction=False)
     for worker_id, _ in ids:
         pipe.hgetall(store.keys.worker(worker_id))
     hashes = await pipe.execute() if ids else []
     out: list[dict[str, Any]] = []
     for (worker_id, expires), fields in zip(ids, hashes, strict=True):
-        facts = {_text(k): _text(v) for k, v in fields.items()}
+        facts = {text(k): text(v) for k, v in fields.items()}
         partitions = [int(p) for p in facts.get("partitions", "").split(",") if p.strip().isdigit()]
         out.append(
             {
@@ -335,7 +352,7 @@ async def list_entities(store: Store, name: str | None = None, limit: int = 100)
         )
     rows: list[tuple[str, int]] = []
     for result in await pipe.execute():
-        rows.extend((_text(member), int(score)) for member, score in result)
+        rows.extend((text(member), int(score)) for member, score in result)
     rows.sort(key=lambda r: r[1], reverse=True)
     out: list[dict[str, Any]] = []
     for entity_id, modified in rows:
@@ -349,3 +366,98 @@ async def list_entities(store: Store, name: str | None = None, limit: int = 100)
         if len(out) >= limit:
             break
     return out
+
+
+# -- the Redis servers themselves (durable doctor) ----------------------------------------------
+def plain_client(url: str) -> Any:
+    """A client of the one server at ``url`` (never a cluster client): short timeouts, no retries."""
+    return aredis.Redis.from_url(
+        url,
+        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        socket_timeout=CONNECT_TIMEOUT_SECONDS,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+async def cluster_overview(url: str) -> tuple[str, list[str]]:
+    """``CLUSTER INFO`` text and the healthy primaries (``host:port``) seen by the node at ``url``."""
+    probe = plain_client(url)
+    try:
+        info = text(await probe.execute_command("CLUSTER", "INFO"))
+        primaries = cluster_primaries(text(await probe.execute_command("CLUSTER", "NODES")))
+    finally:
+        with anyio.CancelScope(shield=True):
+            await probe.aclose()
+    return info, primaries
+
+
+@dataclass
+class NodeFacts:
+    """What doctor reads from one Redis server (a cluster primary, or the standalone server)."""
+
+    address: str
+    info: dict[str, Any] = field(default_factory=dict)
+    appendfsync: str | None = None
+    error: str | None = None
+
+    @property
+    def version(self) -> tuple[int, ...]:
+        return version_tuple(text(self.info.get("redis_version")))
+
+
+def version_tuple(value: str) -> tuple[int, ...]:
+    """``"7.2.4"`` -> ``(7, 2, 4)``; stops at the first part without digits."""
+    out: list[int] = []
+    for part in value.split("."):
+        digits = "".join(c for c in part if c.isdigit())
+        if not digits:
+            break
+        out.append(int(digits))
+    return tuple(out)
+
+
+def node_url(url: str, address: str) -> str:
+    """``url`` pointed at ``host:port`` (credentials, scheme and database kept)."""
+    parts = urlsplit(url)
+    host, _, port = address.rpartition(":")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    auth = parts.netloc.rpartition("@")[0]
+    netloc = f"{auth}@{host}:{port}" if auth else f"{host}:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def cluster_primaries(nodes_text: str) -> list[str]:
+    """``host:port`` of the healthy primaries in ``CLUSTER NODES`` output."""
+    out: list[str] = []
+    for line in nodes_text.splitlines():
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        flags = fields[2].split(",")
+        if "master" not in flags or "fail" in flags or "noaddr" in flags:
+            continue
+        address = fields[1].split("@", 1)[0]
+        if address.rpartition(":")[0]:
+            out.append(address)
+    return sorted(out)
+
+
+async def read_node(url: str, address: str) -> NodeFacts:
+    """INFO and ``appendfsync`` of the server at ``url``; a failure is recorded, not raised."""
+    facts = NodeFacts(address)
+    client = plain_client(url)
+    try:
+        facts.info = dict(await client.info())
+        try:
+            config: Any = await client.config_get("appendfsync")
+            value = config.get("appendfsync", config.get(b"appendfsync"))
+            facts.appendfsync = text(value) or None
+        except RedisError:
+            facts.appendfsync = None  # CONFIG renamed or not permitted (managed Redis)
+    except (RedisError, OSError) as exc:
+        facts.error = str(exc) or type(exc).__name__
+    finally:
+        with anyio.CancelScope(shield=True):
+            await client.aclose()
+    return facts
