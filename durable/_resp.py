@@ -20,7 +20,13 @@ def pack_command(*args: Any) -> bytes:
             data = b"%d" % arg
             append(b"$%d\r\n%b\r\n" % (len(data), data))
         elif isinstance(arg, bytes | str | int | float):
-            data = arg.encode() if isinstance(arg, str) else arg if isinstance(arg, bytes) else repr(arg).encode()
+            data = (
+                arg.encode()
+                if isinstance(arg, str)
+                else arg
+                if isinstance(arg, bytes)
+                else repr(arg).encode()
+            )
             append(b"$%d\r\n%b\r\n" % (len(data), data))
         else:
             raise TypeError(f"cannot encode {type(arg).__qualname__} as a Redis argument")
