@@ -30,6 +30,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from . import __version__
+from ._cli_ops import positive_int_arg
 from ._client import AsyncClient
 from ._config import resolve_hub, resolve_url
 from ._worker import Worker
@@ -59,16 +60,6 @@ class UsageError(Exception):
 
 # ------------------------------------------------------------------------------------------------
 # argument parsing
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _port(text: str) -> int:
@@ -136,13 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_redis_options(worker, default_hub=None)
     worker.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=positive_int_arg,
         metavar="N",
         help=f"concurrent activity executions (default: ${ENV_CONCURRENCY}, else the worker's setting)",
     )
     worker.add_argument(
         "--partitions",
-        type=_positive_int,
+        type=positive_int_arg,
         metavar="N",
         help=f"partition count used if this worker creates the hub (default: ${ENV_PARTITIONS}, else 32)",
     )
@@ -185,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_redis_options(demo, default_hub="demo")
     demo.add_argument(
         "--fan-out",
-        type=_positive_int,
+        type=positive_int_arg,
         default=200,
         metavar="N",
         help="number of parallel activities of the fan-out/fan-in pattern (default: 200)",
@@ -356,8 +347,8 @@ def _configure_logging(level: str) -> None:
 def _cmd_worker(args: argparse.Namespace) -> int:
     level = args.log_level or _env(ENV_LOG_LEVEL, _log_level) or "info"
     _configure_logging(level)
-    concurrency = args.concurrency or _env(ENV_CONCURRENCY, _positive_int)
-    partitions = args.partitions or _env(ENV_PARTITIONS, _positive_int)
+    concurrency = args.concurrency or _env(ENV_CONCURRENCY, positive_int_arg)
+    partitions = args.partitions or _env(ENV_PARTITIONS, positive_int_arg)
     drain_timeout = (
         args.drain_timeout if args.drain_timeout is not None else _env(ENV_DRAIN_TIMEOUT, _seconds)
     )
