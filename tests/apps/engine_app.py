@@ -17,7 +17,7 @@ import anyio
 import redis
 from _redis import connect
 
-from durable import ActivityContext, Worker, WorkerConfig, when_all
+from durable import ActivityContext, TaskFailedError, Worker, WorkerConfig, when_all
 
 worker = Worker(
     config=WorkerConfig(
@@ -29,6 +29,7 @@ worker = Worker(
         activity_visibility_ms=1500,
         drain_timeout=5,
         direct_delivery=os.environ.get("DURABLE_DIRECT_DELIVERY", "1") != "0",
+        max_deliveries=int(os.environ.get("MAX_DELIVERIES", "5")),
     )
 )
 _ledger: redis.Redis | None = None
@@ -56,6 +57,22 @@ def record(ctx: ActivityContext, value: int) -> int:
     pipe.sadd(f"pids:{hub}", os.getpid())
     pipe.execute()
     return value + 1
+
+
+@worker.activity
+def poison(ctx: ActivityContext, value: str) -> str:
+    if value == "die":
+        os._exit(17)  # takes the whole worker process down, on every delivery
+    return value
+
+
+@worker.orchestrator
+def survives_poison(ctx: Any, _: Any) -> Any:
+    try:
+        yield ctx.call_activity(poison, input="die")
+    except TaskFailedError as exc:
+        return exc.details.error_type
+    return "not reached"
 
 
 @worker.orchestrator

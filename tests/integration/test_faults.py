@@ -277,3 +277,34 @@ def test_graceful_stop_hands_partitions_over_without_waiting_for_lease_expiry(
 def _inc_twice(ctx: Any, x: int) -> Any:
     x = yield ctx.call_activity("inc", input=x)
     return (yield ctx.call_activity("inc", input=x))
+
+
+def test_activity_that_kills_its_worker_is_dead_lettered(redis_url: str, hub: str) -> None:
+    """Each delivery kills the worker process; after a bounded number of deliveries the task is
+    dead-lettered and fails in its orchestration, which catches it. Other work goes on."""
+    procs = Procs(redis_url, hub, delay=0.0)
+    try:
+        os.environ["MAX_DELIVERIES"] = "3"
+        procs.spawn()
+        with Client(redis_url, hub=hub) as client:
+            victim = client.schedule_new_orchestration("survives_poison")
+            others = _run_workload(client, 5, 3)
+            deadline = time.monotonic() + 120
+            while (
+                state := client.get_orchestration_state(victim)
+            ) is None or not state.runtime_status.is_terminal:
+                assert time.monotonic() < deadline, "the poison task was never dead-lettered"
+                if all(p.poll() is not None for p in procs.procs):  # the worker died: start another
+                    assert procs.procs[-1].returncode == 17
+                    procs.spawn()
+                time.sleep(0.1)
+            assert state.runtime_status == OrchestrationStatus.COMPLETED
+            assert state.output == "ActivityDeadLetteredError"
+            _check_results(client, others, 3, timeout=60)
+        deaths = sum(1 for p in procs.procs if p.returncode == 17)
+        assert 3 <= deaths <= 4, deaths
+        dead = connect(redis_url).xrange(f"durable:{{{hub}}}:tasks:dlq")
+        assert len(dead) == 1 and b"poison" in dead[0][1][b"reason"]
+    finally:
+        os.environ.pop("MAX_DELIVERIES", None)
+        procs.close()
