@@ -82,8 +82,15 @@ class AsyncClient:
             raise ValueError(f"durability must be 'fast' or 'strict', not {self.durability!r}")
         self._store: Store | None = None
         self._notifier: StatusNotifier | None = None
+        self._store_lock = anyio.Lock()
 
     async def _get_store(self) -> Store:
+        if self._store is not None:
+            return self._store
+        async with self._store_lock:  # concurrent first calls share one store (and one pool)
+            return await self._create_store()
+
+    async def _create_store(self) -> Store:
         if self._store is None:
             store = Store.from_url(resolve_url(self._redis_url), self.hub)
             await store.ensure_hub()

@@ -16,6 +16,7 @@ import redis.asyncio as aredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from . import _scripts
+from ._autopipe import AutoPipeline
 from ._keys import ACTIVITY_GROUP, DEFAULT_PARTITIONS, FORMAT_VERSION, HubKeys, PartitionKeys, partition_of
 from ._resp import pack_command
 from ._serialization import BLOB_REF_PREFIX, is_blob_ref, pack_record, unpack_record
@@ -105,6 +106,7 @@ class Store:
         #: may act on; None for 'fast'
         self.strict_wait: tuple[int, int] | None = None
         self._waitaof = False
+        self._auto = AutoPipeline(self._send_batch)
         self._register(client)
 
     def _register(self, client: Any) -> None:
@@ -389,6 +391,21 @@ class Store:
         finally:
             await pool.release(conn)
 
+    async def _send_batch(self, commands: list[bytes]) -> list[Any]:
+        """Send an automatic-pipelining batch; in 'strict' one WAIT after it covers all of it."""
+        if self.strict_wait is None:
+            return await self._pipeline_raw(commands, raise_errors=False)
+        replies = await self._pipeline_raw([*commands, pack_command(*self._wait_args())], raise_errors=False)
+        self._check_wait(replies[-1])
+        return replies[:-1]
+
+    async def _client_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """A client's script call, pipelined with its concurrent siblings."""
+        try:
+            return await self._auto.call(pack_command(b"EVALSHA", script.sha, len(keys), *keys, *args))
+        except NoScriptError:  # first use on this server: EVAL loads it
+            return await self._call_script(script, keys, args)
+
     async def sync_barrier(self, index: int) -> None:
         """Strict profile: wait until everything written so far reached the replicas (a marker
         write plus WAIT on one connection: replication is one ordered stream)."""
@@ -465,7 +482,7 @@ class Store:
         execution_id: str,
     ) -> bool:
         pk = self.keys_for(instance_id)
-        res = await self._call_script(
+        res = await self._client_script(
             self._start,
             [pk.instance(instance_id), pk.inbox, pk.timers, pk.timer_data, pk.instances],
             [
@@ -484,11 +501,13 @@ class Store:
 
     async def send_to_instance(self, instance_id: str, message: bytes) -> bool:
         pk = self.keys_for(instance_id)
-        return bool(await self._call_script(self._send, [pk.instance(instance_id), pk.inbox], [message]))
+        return bool(await self._client_script(self._send, [pk.instance(instance_id), pk.inbox], [message]))
 
     async def send_message(self, target_id: str, message: bytes) -> str:
         """XADD an internal message to the inbox of the partition that owns ``target_id``."""
-        eid = await self.redis.xadd(self.keys_for(target_id).inbox, {b"m": message})
+        eid = await self._auto.call(
+            pack_command(b"XADD", self.keys_for(target_id).inbox, b"*", b"m", message)
+        )
         return eid.decode()  # type: ignore[no-any-return]
 
     async def xadd_raw(self, index: int, fields: dict[str, str | bytes]) -> str:
@@ -618,15 +637,16 @@ class Store:
         if self.strict_wait is not None:
             self._check_wait(replies[-1])
 
-    async def _pipeline_raw(self, commands: list[bytes]) -> list[Any]:
+    async def _pipeline_raw(self, commands: list[bytes], *, raise_errors: bool = True) -> list[Any]:
         """Send pre-encoded commands on one connection and read their replies (a pipeline without
-        redis-py's per-command encoding). On Cluster the commands go through redis-py instead."""
+        redis-py's per-command encoding). On Cluster the commands go through redis-py instead.
+        With ``raise_errors=False`` error replies are returned in place."""
         if self.cluster:
             pipe = self.redis.pipeline(transaction=False)
             for raw in commands:
                 name, *rest = _unpack_command(raw)
                 pipe.execute_command(name.decode(), *rest)
-            return list(await pipe.execute())
+            return list(await pipe.execute(raise_on_error=raise_errors))
         pool = self.redis.connection_pool
         conn = await pool.get_connection()
         try:
@@ -639,7 +659,7 @@ class Store:
                 except ResponseError as exc:  # keep reading: the other replies are on the wire
                     error = error or exc
                     replies.append(exc)
-            if error is not None:
+            if error is not None and raise_errors:
                 raise error
             return replies
         except BaseException:
