@@ -1,0 +1,206 @@
+"""The durable worker app of the benchmark, run as a subprocess by ``durable_bench.py``.
+
+``python ops/bench/durable_app.py worker`` runs a worker until SIGTERM; configured from the
+environment: ``DURABLE_REDIS_URL``, ``DURABLE_HUB``, ``BENCH_CACHE_SIZE`` (instance cache size,
+default: the engine's) and ``BENCH_STATUS_FILE`` (where a thread writes the worker's RSS and a few
+of its Prometheus gauges every 0.2 s, so the driver knows when the worker is ready or idle).
+
+``python ops/bench/durable_app.py signal ...`` is one W4 client process: it connects, prints
+``ready``, waits for a line on stdin, sends its share of entity signals and prints ``done``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+import durable
+from durable import AsyncClient, Client, Worker, WorkerConfig, when_all
+
+HAS_ENTITIES = hasattr(Client, "signal_entity")
+
+
+# -- the code under test -----------------------------------------------------------------------
+def noop(ctx: Any, x: Any) -> Any:
+    return x
+
+
+async def anoop(ctx: Any, x: Any) -> Any:
+    return x
+
+
+if os.environ.get("BENCH_ASYNC_ACTIVITY"):  # for experiments; the benchmark uses the plain def
+    noop = anoop  # type: ignore[assignment]
+    noop.__name__ = "noop"
+
+
+def chain(ctx: Any, n: int) -> Any:
+    for i in range(n):
+        yield ctx.call_activity(noop, input=i)
+    return n
+
+
+def fan(ctx: Any, n: int) -> Any:
+    results = yield when_all([ctx.call_activity(noop, input=i) for i in range(n)])
+    return len(results)
+
+
+def waiter(ctx: Any, _: Any) -> Any:
+    value = yield ctx.wait_for_external_event("go")
+    return value
+
+
+def counter(ctx: Any, amount: Any = None) -> Any:
+    """A counter entity (function form): ``add`` adds its input, ``get`` returns the value."""
+    if ctx.operation == "add":
+        ctx.set_state(ctx.get_state(0) + int(amount if amount is not None else 1))
+        return None
+    return ctx.get_state(0)
+
+
+def entity_id(key: int | str) -> Any:
+    """The id of counter ``key``."""
+    return durable.EntityId("counter", str(key))
+
+
+def entity_value(state: Any) -> int | None:
+    """The counter value in what ``get_entity`` returned (None: no such entity yet)."""
+    return None if state is None else int(state.state or 0)
+
+
+def build_worker() -> Worker:
+    config = WorkerConfig()
+    if os.environ.get("BENCH_CACHE_SIZE"):
+        config.cache_size = int(os.environ["BENCH_CACHE_SIZE"])
+    if os.environ.get("BENCH_CONCURRENCY"):  # for experiments; the benchmark uses the default
+        config.concurrency = int(os.environ["BENCH_CONCURRENCY"])
+    w = Worker(os.environ["DURABLE_REDIS_URL"], hub=os.environ["DURABLE_HUB"], config=config)
+    w.add_activity(noop)
+    w.add_orchestrator(chain)
+    w.add_orchestrator(fan)
+    w.add_orchestrator(waiter)
+    if HAS_ENTITIES:
+        w.add_entity(counter, name="counter")
+    return w
+
+
+# -- status reporting ----------------------------------------------------------------------------
+def _gauge(name: str) -> float:
+    from durable._metrics import REGISTRY  # the engine's own registry
+
+    value = REGISTRY.get_sample_value(name)
+    return float(value) if value is not None else 0.0
+
+
+def _counter_sum(name: str) -> float:
+    from durable._metrics import REGISTRY
+
+    total = 0.0
+    for metric in REGISTRY.collect():
+        for sample in metric.samples:
+            if sample.name == name:
+                total += sample.value
+    return total
+
+
+def _rss() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _report_loop(path: Path, stop: threading.Event) -> None:
+    while not stop.wait(0.2):
+        try:
+            data = {
+                "pid": os.getpid(),
+                "time": time.time(),
+                "rss": _rss(),
+                "partitions_owned": _gauge("durable_partitions_owned"),
+                "cache_size": _gauge("durable_replay_cache_size"),
+                "started": _counter_sum("durable_orchestrations_started_total"),
+                "finished": _counter_sum("durable_orchestrations_finished_total"),
+            }
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, path)
+        except Exception as exc:  # the reporter must never kill the worker
+            print(f"status report failed: {exc}", file=sys.stderr)
+
+
+def run_worker() -> None:
+    worker = build_worker()
+    stop = threading.Event()
+    status = os.environ.get("BENCH_STATUS_FILE")
+    if status:
+        threading.Thread(target=_report_loop, args=(Path(status), stop), daemon=True).start()
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    runtime = worker._runtime  # the documented way to stop is request_stop on it
+                    if runtime is not None:
+                        runtime.request_stop()
+                    break
+
+    try:
+        anyio.run(main)
+    finally:
+        stop.set()
+
+
+# -- W4 client process ---------------------------------------------------------------------------
+async def _signal(url: str, hub: str, first: int, count: int, entities: int, concurrency: int) -> None:
+    client = AsyncClient(url, hub=hub)
+    # connect and touch the hub before the start line, so the timing covers signalling only
+    await client.get_orchestration_state("warm-up")
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    started = time.perf_counter()
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await client.signal_entity(entity_id(i % entities), "add", input=1)
+
+    await asyncio.gather(*(one(i) for i in range(first, first + count)))
+    print(f"done {time.perf_counter() - started:.6f}", flush=True)
+    await client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("worker")
+    sig = sub.add_parser("signal")
+    sig.add_argument("--url", required=True)
+    sig.add_argument("--hub", required=True)
+    sig.add_argument("--first", type=int, required=True)
+    sig.add_argument("--count", type=int, required=True)
+    sig.add_argument("--entities", type=int, required=True)
+    sig.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args()
+    if args.cmd == "worker":
+        run_worker()
+    else:
+        asyncio.run(_signal(args.url, args.hub, args.first, args.count, args.entities, args.concurrency))
+
+
+if __name__ == "__main__":
+    main()
