@@ -92,11 +92,17 @@ class PartitionRunner(OrchestrationSteps):
 
     async def run(self) -> None:
         """The partition loop; returns when stopped or when the lease is lost."""
-        try:
-            await self._load_state()
-        except FencedError:
-            self.rt.on_lease_lost(self.index)
-            return
+        failures = 0
+        while True:
+            try:
+                await self._load_state()
+                break
+            except (RedisError, OSError) as exc:  # Redis restarting: retry while the lease lasts
+                failures += 1
+                if self.stopping or self.rt.draining or not self.rt.lease_valid(self.index):
+                    return
+                log.warning("partition %d: loading its state failed (%s); retrying", self.index, exc)
+                await anyio.sleep(min(0.05 * 2**failures, 2.0))
         failures = 0
         while not (self.stopping or self.rt.draining) and self.rt.lease_valid(self.index):
             try:

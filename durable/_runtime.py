@@ -55,6 +55,8 @@ class WorkerConfig:
     #: replicas to wait for in 'strict'; None: those connected when the worker starts
     replicas: int | None = None
     replication_timeout_ms: int = 5_000
+    #: attempts to reach Redis at startup (Redis restarting or loading) before giving up
+    startup_retries: int = 20
     #: a step that fails (or whose worker dies) this many times at one inbox position is retried
     #: one message at a time; the message that still fails alone is dead-lettered
     max_recoveries: int = 3
@@ -186,7 +188,17 @@ class Runtime:
     # -- loops -----------------------------------------------------------------------------------
     async def run(self, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until :meth:`request_stop`; then drain and release."""
-        await self.store.ensure_hub(self.config.partitions)
+        failures = 0
+        while True:  # Redis may be down or still loading its data when a worker starts
+            try:
+                await self.store.ensure_hub(self.config.partitions)
+                break
+            except (RedisError, OSError) as exc:
+                failures += 1
+                if failures >= self.config.startup_retries:
+                    raise
+                log.warning("cannot reach Redis yet (%s); retrying", exc)
+                await anyio.sleep(min(0.1 * 2**failures, 2.0))
         self.store.direct = self.config.direct_delivery and not self.store.cluster
         if self.config.durability == "strict":
             waited = await self.store.enable_strict(self.config.replicas, self.config.replication_timeout_ms)

@@ -59,11 +59,13 @@ return {#due, nd, now}
 #   ndeltimers, member ...
 #   nstate, k v ...                            (HSET state, e.g. src positions)
 #   trim ('1' to XTRIM the inbox up to new_cursor)
+#   audit ('1': XADD lease, prev and new cursor to the last key, the partition's audit stream)
 # Returns {1, outbox ids...} | {-1} fenced | {-2, cursor} cursor moved | {-3, i} version conflict
 COMMIT = """
 local pos = 1
 local function nxt() local v = ARGV[pos]; pos = pos + 1; return v end
-if redis.call('GET', KEYS[1]) ~= nxt() then return {-1} end
+local lease = nxt()
+if redis.call('GET', KEYS[1]) ~= lease then return {-1} end
 local prev = nxt(); local newc = nxt()
 local cur = redis.call('HGET', KEYS[2], 'cursor') or '0-0'
 if cur ~= prev then return {-2, cur} end
@@ -150,6 +152,9 @@ local st = {'cursor', newc}
 for j = 1, nst * 2 do st[#st + 1] = nxt() end
 redis.call('HSET', KEYS[2], unpack(st))
 if nxt() == '1' then redis.call('XTRIM', KEYS[3], 'MINID', newc) end
+if nxt() == '1' then  -- test builds: an audit trail of every accepted commit (last key)
+  redis.call('XADD', KEYS[#KEYS], '*', 'lease', lease, 'prev', prev, 'new', newc)
+end
 return out
 """
 

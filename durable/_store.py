@@ -6,6 +6,7 @@ keys of one partition (one hash tag), so the same code runs on Redis Cluster.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -106,6 +107,8 @@ class Store:
         #: may act on; None for 'fast'
         self.strict_wait: tuple[int, int] | None = None
         self._waitaof = False
+        #: test builds: every accepted commit is recorded in the partition's audit stream
+        self.audit = os.environ.get("DURABLE_AUDIT") == "1"
         self._auto = AutoPipeline(self._send_batch)
         self._register(client)
 
@@ -313,6 +316,9 @@ class Store:
         args.extend(plan.delete_timers)
         args.extend(_flat(plan.state))
         args.append("1" if plan.trim else "0")
+        args.append("1" if self.audit else "0")
+        if self.audit:
+            keys.append(f"{pk.tag}:audit")
         res = await self._call_script(self._commit, keys, args, publish)
         code = int(res[0])
         if code == -1:
