@@ -39,7 +39,10 @@ class ActivityRunner:
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by run()
         self._results: list[tuple[str, str, bytes]] = []
         self._results_ready = anyio.Event()
-        self._slot_freed = anyio.Event()
+        self._changed = anyio.Event()  # set (and replaced) whenever a slot frees or reading stops
+        #: redelivered tasks run one at a time with nothing else in flight, so a task that kills
+        #: its process takes no innocent tasks with it (their delivery counts would grow too)
+        self._isolating = False
         self._reading = True
         self._read_scope: anyio.CancelScope | None = None
         self._done = anyio.Event()
@@ -48,9 +51,16 @@ class ActivityRunner:
     def slots_used(self) -> int:
         return len(self.in_flight)
 
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+
+    async def _wait_change(self) -> None:
+        await self._changed.wait()
+
     def stop_reading(self) -> None:
         self._reading = False
-        self._slot_freed.set()
+        self._notify()
         if self._read_scope is not None:
             self._read_scope.cancel()
 
@@ -73,8 +83,7 @@ class ActivityRunner:
         self.stop_reading()
         with anyio.move_on_after(timeout):
             while self.in_flight:
-                self._slot_freed = anyio.Event()
-                await self._slot_freed.wait()
+                await self._wait_change()
         leftover = list(self.in_flight)
         with anyio.move_on_after(5, shield=True):
             await self._flush()
@@ -87,9 +96,8 @@ class ActivityRunner:
         failures = 0
         while self._reading:
             free = self.concurrency - len(self.in_flight)
-            if free <= 0:
-                self._slot_freed = anyio.Event()
-                await self._slot_freed.wait()
+            if free <= 0 or self._isolating:
+                await self._wait_change()
                 continue
             entries: list[Any] = []
             with anyio.CancelScope() as scope:
@@ -118,24 +126,55 @@ class ActivityRunner:
             try:
                 if self.in_flight:
                     await self.rt.store.touch_tasks(self.consumer, list(self.in_flight))
-                if not self._reading:
+                if not self._reading or self._isolating:
                     continue
                 free = self.concurrency - len(self.in_flight)
                 if free <= 0:
                     continue
-                claimed = await self.rt.store.claim_stale_tasks(self.consumer, vis, free)
+                # one stale task at a time: see _run_isolated
+                claimed = await self.rt.store.claim_stale_tasks(self.consumer, vis, 1)
             except (RedisError, OSError) as exc:
                 log.warning("activity maintenance failed: %s", exc)
                 continue
-            for eid, fields, delivered in claimed:
-                if eid in self.in_flight:
-                    continue
-                self.rt.metrics.redelivery("activity")
-                if delivered > self.rt.config.max_deliveries:
-                    await self._dead_letter(eid, fields, delivered)
-                    continue
-                self.in_flight[eid] = time.monotonic()
-                self._dispatch(tg, eid, fields, delivered)
+            if claimed:
+                self._isolating = True
+                tg.start_soon(self._run_isolated, tg, claimed[0])
+
+    async def _run_isolated(
+        self, tg: anyio.abc.TaskGroup, first: tuple[str, dict[bytes, bytes], int]
+    ) -> None:
+        """Run tasks reclaimed from consumers that went quiet, one at a time and each with nothing
+        else in flight. A task that kills its process then takes no innocent task with it, so
+        only its own delivery count grows until it is dead-lettered; the others stay pending on
+        the dead consumer until they are reclaimed, one by one, and simply run."""
+        item: tuple[str, dict[bytes, bytes], int] | None = first
+        vis = self.rt.config.activity_visibility_ms
+        try:
+            while item is not None and self._reading:
+                eid, fields, delivered = item
+                if eid not in self.in_flight:
+                    self.rt.metrics.redelivery("activity")
+                    if delivered > self.rt.config.max_deliveries:
+                        await self._dead_letter(eid, fields, delivered)
+                    else:
+                        self.in_flight[eid] = time.monotonic()  # kept fresh by the maintenance loop
+                        while self._reading and not set(self.in_flight) <= {eid}:
+                            await self._wait_change()
+                        if not self._reading:  # stopping: hand it back at once
+                            self.in_flight.pop(eid, None)
+                            with anyio.CancelScope(shield=True), contextlib.suppress(RedisError, OSError):
+                                await self.rt.store.hand_back_tasks([eid], vis)
+                            break
+                        self._dispatch(tg, eid, fields, delivered)
+                        while eid in self.in_flight:
+                            await self._wait_change()
+                claimed = await self.rt.store.claim_stale_tasks(self.consumer, vis, 1)
+                item = claimed[0] if claimed else None
+        except (RedisError, OSError) as exc:
+            log.warning("reclaiming activity tasks failed: %s", exc)
+        finally:
+            self._isolating = False
+            self._notify()
 
     async def _dead_letter(self, eid: str, fields: dict[bytes, bytes], delivered: int) -> None:
         reason = f"activity task delivered {delivered} times without completing (poison); dead-lettered"
@@ -247,7 +286,7 @@ class ActivityRunner:
 
     def _release(self, eid: str) -> None:
         self.in_flight.pop(eid, None)
-        self._slot_freed.set()
+        self._notify()
 
     async def _flush_loop(self) -> None:
         while True:
