@@ -308,3 +308,59 @@ def test_activity_that_kills_its_worker_is_dead_lettered(redis_url: str, hub: st
     finally:
         os.environ.pop("MAX_DELIVERIES", None)
         procs.close()
+
+
+def test_ambiguous_commits_and_lost_replies_are_harmless(
+    redis_url: str, hub: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis client wrapper injects connection errors before a write was sent and *after* it ran
+    (the reply is lost: did it commit?). Steps, timer promotions and activity results all recover,
+    with every result applied exactly once."""
+    import random
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from durable._store import Store
+
+    rng = random.Random(4)
+    injected = {"before": 0, "after": 0}
+
+    def wrap(method: Any) -> Any:
+        async def flaky(self: Store, *args: Any, **kwargs: Any) -> Any:
+            roll = rng.random()
+            if roll < 0.15:
+                injected["before"] += 1
+                raise RedisConnectionError("injected: connection lost before the command")
+            result = await method(self, *args, **kwargs)
+            if roll > 0.85:
+                injected["after"] += 1
+                raise RedisConnectionError("injected: connection lost after the command ran")
+            return result
+
+        return flaky
+
+    for name in ("commit", "finish_tasks", "promote_timers"):
+        monkeypatch.setattr(Store, name, wrap(getattr(Store, name)))
+    worker = Worker(redis_url, hub=hub, config=WorkerConfig(balance_interval_ms=100, poll_ms=100))
+
+    @worker.activity
+    def inc(ctx: Any, n: int) -> int:
+        return n + 1
+
+    @worker.orchestrator
+    def mixed(ctx: Any, n: int) -> Any:
+        value = 0
+        for _ in range(n):
+            value = yield ctx.call_activity(inc, input=value)
+            yield ctx.create_timer(ctx.current_utc_datetime)
+        fanned = yield when_all([ctx.call_activity(inc, input=i) for i in range(n)])
+        return value + sum(fanned)
+
+    with worker, Client(redis_url, hub=hub) as client:
+        iids = [client.schedule_new_orchestration(mixed, input=4) for _ in range(20)]
+        for iid in iids:
+            state = client.wait_for_orchestration_completion(iid, timeout=120)
+            assert state.runtime_status == OrchestrationStatus.COMPLETED, state.failure_details
+            assert state.output == 4 + sum(range(1, 5))
+            check_history(client.get_orchestration_history(iid))
+    assert injected["before"] > 5 and injected["after"] > 5, injected
