@@ -240,10 +240,28 @@ class ActivityRunner:
     ) -> None:
         result: Any = None
         error: BaseException | None = None
+        raw = msg.get("input")
+        failures = 0
+        while is_blob_ref(raw):  # a large input lives beside the history: fetch it first
+            try:
+                raw = await self.rt.store.resolve(raw)
+            except (RedisError, OSError) as exc:
+                # Redis trouble is not the activity's failure: retry, else leave the task pending
+                # (unacknowledged) so it is delivered again after the visibility timeout
+                failures += 1
+                if not self._reading or failures > 10:
+                    log.warning("cannot fetch the input of task %s (%s); it will be redelivered", eid, exc)
+                    self._release(eid)
+                    return
+                await anyio.sleep(min(0.05 * 2**failures, 2.0))
+            except LookupError as exc:
+                raw, error = None, exc
         try:
+            if error is not None:
+                raise error
             if fn is None:
                 raise LookupError(f"no activity named {ctx.name!r} is registered with this worker")
-            value = decode(await self.rt.store.resolve(msg.get("input")))
+            value = decode(raw)
             if inspect.iscoroutinefunction(fn):
                 result = await fn(ctx, value)
             else:

@@ -192,3 +192,37 @@ def test_large_payloads_are_stored_once_outside_history_and_purged(redis_url: st
         assert next(e for e in events if e["k"] == "ExecutionStarted")["input"] == payload
         assert client.purge_orchestration(iid)
         assert not any(r.exists(b) for b in blobs) and not r.exists(pk.blobs(iid))
+
+
+def test_redis_trouble_while_fetching_a_large_input_is_not_the_activitys_failure(
+    redis_url: str, hub: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from durable._store import Store
+
+    real = Store.resolve
+    failures = {"left": 3}
+
+    async def flaky(self: Store, data: Any) -> Any:
+        if failures["left"] > 0 and data is not None and data.startswith(b"\xc1blob:"):
+            failures["left"] -= 1
+            raise RedisConnectionError("Connection closed by server.")
+        return await real(self, data)
+
+    monkeypatch.setattr(Store, "resolve", flaky)
+    worker = Worker(redis_url, hub=hub, config=WorkerConfig(**FAST))  # type: ignore[arg-type]
+
+    @worker.activity
+    def size(ctx: Any, data: bytes) -> int:
+        return len(data)
+
+    @worker.orchestrator
+    def big_input(ctx: Any, data: bytes) -> Any:
+        return (yield ctx.call_activity(size, input=data))
+
+    with worker, Client(redis_url, hub=hub) as client:
+        iid = client.schedule_new_orchestration(big_input, input=b"q" * 200_000)
+        state = client.wait_for_orchestration_completion(iid, timeout=60)
+    assert state.runtime_status == OrchestrationStatus.COMPLETED, state.failure_details
+    assert state.output == 200_000 and failures["left"] == 0
