@@ -110,6 +110,7 @@ class Store:
         #: test builds: every accepted commit is recorded in the partition's audit stream
         self.audit = os.environ.get("DURABLE_AUDIT") == "1"
         self._auto = AutoPipeline(self._send_batch)
+        self._claim_cursor = "0-0"
         self._register(client)
 
     def _register(self, client: Any) -> None:
@@ -470,6 +471,11 @@ class Store:
         src = str(index)
         for eid, dst, message in entries:
             pipe.xadd(dst, {b"m": message, b"src": src, b"seq": eid})
+        if self.cluster:
+            # A cluster pipeline groups commands by node and does not keep their order across
+            # nodes: the deliveries must be acknowledged before the outbox entries go.
+            await pipe.execute()
+            pipe = self.redis.pipeline(transaction=False)
         pipe.xdel(self.partition_keys(index).outbox, *[eid for eid, _, _ in entries])
         await pipe.execute()
 
@@ -600,14 +606,31 @@ class Store:
     async def claim_stale_tasks(
         self, consumer: str, min_idle_ms: int, count: int
     ) -> list[tuple[str, Fields, int]]:
-        """Take over tasks whose consumer went quiet; returns (id, fields, times delivered)."""
-        resp = await self.redis.xautoclaim(
-            self.keys.tasks, ACTIVITY_GROUP, consumer, min_idle_ms, start_id="0-0", count=count
-        )
-        claimed = [(eid.decode(), fields) for eid, fields in resp[1] if fields]
-        deleted = resp[2] if len(resp) > 2 else []
-        if deleted:
-            await self.redis.xack(self.keys.tasks, ACTIVITY_GROUP, *deleted)
+        """Take over tasks whose consumer went quiet; returns (id, fields, times delivered).
+
+        XAUTOCLAIM examines only about ten pending entries per requested one, so a small count on
+        a long pending list (a busy worker's own fresh tasks first) would never reach the stale
+        ones: the scan resumes where the previous call stopped, and goes on until it claims
+        something or has covered the whole list once."""
+        claimed: list[tuple[str, Fields]] = []
+        for _ in range(1000):
+            resp = await self.redis.xautoclaim(
+                self.keys.tasks,
+                ACTIVITY_GROUP,
+                consumer,
+                min_idle_ms,
+                start_id=self._claim_cursor,
+                count=count,
+            )
+            cursor = resp[0].decode() if isinstance(resp[0], bytes) else str(resp[0])
+            claimed = [(eid.decode(), fields) for eid, fields in resp[1] if fields]
+            deleted = resp[2] if len(resp) > 2 else []
+            if deleted:
+                await self.redis.xack(self.keys.tasks, ACTIVITY_GROUP, *deleted)
+            wrapped = cursor == "0-0"
+            self._claim_cursor = cursor
+            if claimed or wrapped:
+                break
         if not claimed:
             return []
         pending = await self.redis.xpending_range(
@@ -632,6 +655,11 @@ class Store:
         for target, task_id, message in results:
             commands.append(pack_command(b"XADD", self.keys_for(target).inbox, b"*", b"m", message))
             ids.append(task_id)
+        if self.cluster and commands:
+            # across cluster nodes a pipeline's order is not kept: the results must be stored
+            # before their tasks are acknowledged, or a crash in between would lose them
+            await self._pipeline_raw(commands)
+            commands = []
         if ids:
             commands.append(pack_command(b"XACK", self.keys.tasks, ACTIVITY_GROUP, *ids))
             commands.append(pack_command(b"XDEL", self.keys.tasks, *ids))
