@@ -218,7 +218,8 @@ class EntityProcessor:
             for target in action["entities"]:
                 runner._route(target, _unlock_message(target, str(action["rid"]), inst.iid), step)
         else:
-            raise NotImplementedError(f"unsupported action {kind}")
+            # every action kind the executor can produce is routed above or by the partition
+            raise ValueError(f"no route for orchestration action {kind!r}")
 
     def on_orchestration_end(self, runner: OrchestrationSteps, inst: Instance, step: Any) -> None:
         """Release the locks an ending execution still holds or waits for (sent at flush, after the

@@ -7,6 +7,7 @@ executor drives both the same way (``send``/``throw``), so no event loop is invo
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Generator, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -90,7 +91,7 @@ class RetryableTask(CompletableTask[T]):
         self.first_attempt_ms = first_attempt_ms
 
 
-class CompositeTask(Task[T]):
+class CompositeTask(Task[T], abc.ABC):
     """A task made of child tasks."""
 
     def __init__(self, children: Sequence[Task[Any]]) -> None:
@@ -101,8 +102,9 @@ class CompositeTask(Task[T]):
                 raise TypeError(f"expected durable tasks, got {type(child).__qualname__}")
             child._parents.append(self)
 
+    @abc.abstractmethod
     def _on_child_completed(self, child: Task[Any]) -> None:
-        raise NotImplementedError  # pragma: no cover - subclasses decide
+        """Called when one of the children completes (when_all and when_any decide differently)."""
 
 
 class WhenAllTask(CompositeTask[list[Any]]):
