@@ -6,9 +6,11 @@ over any number of workers.
 """
 
 from ._client import AsyncClient, Client
-from ._context import EntityLock, OrchestrationContext
-from ._entities import Entity, EntityContext, EntityId, EntityState
-from ._model import (
+from ._config import VERSION as __version__
+from ._config import WorkerConfig
+from ._core.context import EntityLock, OrchestrationContext
+from ._core.entities import Entity, EntityContext, EntityId, EntityState
+from ._core.model import (
     FailureDetails,
     NonDeterminismError,
     OrchestrationAlreadyExistsError,
@@ -18,10 +20,9 @@ from ._model import (
     RetryPolicy,
     TaskFailedError,
 )
-from ._registry import ActivityContext
-from ._runtime import WorkerConfig
-from ._serialization import PayloadTooLargeError, SerializationError
-from ._tasks import Task, when_all, when_any
+from ._core.registry import ActivityContext
+from ._core.serialization import PayloadTooLargeError, SerializationError
+from ._core.tasks import Task, when_all, when_any
 from ._worker import Worker
 
 __all__ = [
@@ -47,8 +48,7 @@ __all__ = [
     "TaskFailedError",
     "Worker",
     "WorkerConfig",
+    "__version__",
     "when_all",
     "when_any",
 ]
-
-__version__ = "0.1.0"

@@ -9,16 +9,15 @@ import time
 import uuid
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from redis.exceptions import RedisError
 
-from . import _events as ev
-from ._config import resolve_hub, resolve_url
-from ._entities import EntityId, EntityRecord, EntityState
-from ._loop import LoopThread
-from ._model import (
+from ._config import ENV_DURABILITY, resolve_hub, resolve_url
+from ._core import events as ev
+from ._core.entities import EntityId, EntityRecord, EntityState
+from ._core.model import (
     FailureDetails,
     OrchestrationAlreadyExistsError,
     OrchestrationNotFoundError,
@@ -27,10 +26,13 @@ from ._model import (
     datetime_to_ms,
     ms_to_datetime,
 )
-from ._notify import StatusNotifier
-from ._registry import name_of
-from ._serialization import decode, encode, is_blob_ref, pack_record, unpack_record
-from ._store import Store
+from ._core.registry import name_of
+from ._core.serialization import decode, encode, is_blob_ref, pack_record, unpack_record
+from ._loop import LoopThread
+from ._store.store import Store
+
+if TYPE_CHECKING:
+    from ._store.notify import StatusNotifier
 
 T = TypeVar("T")
 
@@ -77,7 +79,7 @@ class AsyncClient:
     ) -> None:
         self._redis_url = redis_url
         self.hub = resolve_hub(hub)
-        self.durability = durability or os.environ.get("DURABLE_DURABILITY", "fast")
+        self.durability = durability or os.environ.get(ENV_DURABILITY, "fast")
         if self.durability not in ("fast", "strict"):
             raise ValueError(f"durability must be 'fast' or 'strict', not {self.durability!r}")
         self._store: Store | None = None
@@ -184,7 +186,7 @@ class AsyncClient:
     ) -> OrchestrationState:
         store = await self._get_store()
         if self._notifier is None:
-            self._notifier = StatusNotifier(store.redis)
+            self._notifier = store.status_notifier()
         channel = store.keys.status_channel(instance_id)
         event = await self._notifier.register(channel)
         failures = 0
@@ -348,15 +350,7 @@ class AsyncClient:
         prefix = f"@{name.lower()}@" if name else None
         scan = limit if prefix is None else max(limit * 4, 1000)
         while True:
-            pipe = store.redis.pipeline(transaction=False)
-            for i in range(store.partitions):
-                pipe.zrevrangebyscore(
-                    store.partition_keys(i).entity_index, "+inf", "-inf", start=0, num=scan, withscores=True
-                )
-            rows = await pipe.execute()
-            ids = sorted(
-                ((m.decode(), s) for part in rows for m, s in part), key=lambda r: r[1], reverse=True
-            )
+            ids, complete = await store.recent_entities(scan)
             if prefix is not None:
                 ids = [r for r in ids if r[0].startswith(prefix)]
             out: list[EntityState] = []
@@ -376,7 +370,7 @@ class AsyncClient:
                         out.append(state)
                         if len(out) >= limit:
                             return out
-            if all(len(part) < scan for part in rows) or scan >= 1_000_000:
+            if complete or scan >= 1_000_000:
                 return out
             scan *= 4
 

@@ -8,11 +8,11 @@ from typing import Any, TypeVar, overload
 
 import anyio
 
-from ._config import resolve_hub, resolve_url
+from ._config import WorkerConfig, resolve_hub, resolve_url
+from ._core.registry import Registry
 from ._loop import LoopThread
-from ._registry import Registry
-from ._runtime import Runtime, WorkerConfig
-from ._store import Store
+from ._runtime.runtime import Runtime
+from ._store.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -97,13 +97,41 @@ class Worker:
         return self._runtime.worker_id if self._runtime else None
 
     @property
+    def redis_url(self) -> str | None:
+        """The Redis this worker uses: the URL it was given (None: ``$DURABLE_REDIS_URL``, else an
+        embedded Redis), and once it runs, the URL that was resolved. Set it before the worker
+        starts to point it elsewhere."""
+        return self._redis_url
+
+    @redis_url.setter
+    def redis_url(self, url: str | None) -> None:
+        if self._runtime is not None:
+            raise RuntimeError("the worker is running: set redis_url before it starts")
+        self._redis_url = url
+
+    @property
     def owned_partitions(self) -> list[int]:
         """Partitions whose lease this worker holds right now."""
         return self._runtime.owned_partitions() if self._runtime else []
 
     # -- async lifecycle -------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Ask a running worker to drain and stop, as SIGTERM does under ``durable worker``: it stops
+        taking work, finishes (or hands back) what is in flight and releases its leases. Returns at
+        once; :meth:`run` returns (or the ``with`` block's exit completes) when the drain is done.
+        Call it from the worker's event loop, or from any thread when it runs in the background
+        (:meth:`start`). Does nothing when the worker is not running."""
+        rt = self._runtime
+        if rt is None:
+            return
+        if self._thread is not None:
+            self._thread.call_soon(rt.request_stop)
+        else:
+            rt.request_stop()
+
     def _make_runtime(self) -> Runtime:
         url = resolve_url(self._redis_url)
+        self._redis_url = url
         store = Store.from_url(url, self.hub)
         rt = Runtime(store, url, self.registry, self.config)
         self._runtime = rt
@@ -133,8 +161,7 @@ class Worker:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._runtime is not None:
-            self._runtime.request_stop()
+        self.request_stop()
         await self._tg.__aexit__(exc_type, exc, tb)
 
     # -- sync lifecycle --------------------------------------------------------------------------
@@ -163,9 +190,7 @@ class Worker:
         """Drain and stop the background worker started by :meth:`start`."""
         if self._thread is None:
             return
-        rt = self._runtime
-        if rt is not None:
-            self._thread.call_soon(rt.request_stop)
+        self.request_stop()
         try:
             self._future.result(timeout if timeout is not None else self.config.drain_timeout + 30)
         finally:

@@ -21,35 +21,45 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 from anyio.abc import TaskStatus
 
-from . import __version__
-from ._cli_ops import positive_int_arg
+from ._cli import doctor, entity, hub, orchestration
+from ._cli.common import (
+    EXIT_CODES_HELP,
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    Commands,
+    leaf,
+    leaf_exceptions,
+    positive_int_arg,
+    redact_url,
+    signal_receiver,
+)
 from ._client import AsyncClient
-from ._config import resolve_hub, resolve_url
+from ._config import (
+    ENV_CONCURRENCY,
+    ENV_DRAIN_TIMEOUT,
+    ENV_HUB,
+    ENV_LOG_LEVEL,
+    ENV_OPS_HOST,
+    ENV_OPS_PORT,
+    ENV_OPS_TOKEN,
+    ENV_PARTITIONS,
+    ENV_REDIS_URL,
+    VERSION,
+    resolve_hub,
+    resolve_url,
+)
 from ._worker import Worker
 
 log = logging.getLogger("durable.cli")
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-
-ENV_REDIS_URL = "DURABLE_REDIS_URL"
-ENV_HUB = "DURABLE_HUB"
-ENV_CONCURRENCY = "DURABLE_CONCURRENCY"
-ENV_PARTITIONS = "DURABLE_PARTITIONS"
-ENV_DRAIN_TIMEOUT = "DURABLE_DRAIN_TIMEOUT"
-ENV_LOG_LEVEL = "DURABLE_LOG_LEVEL"
-ENV_OPS_PORT = "DURABLE_OPS_PORT"
-ENV_OPS_HOST = "DURABLE_OPS_HOST"
-ENV_OPS_TOKEN = "DURABLE_OPS_TOKEN"
 
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -100,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Durable orchestrations and durable entities on Redis.",
         epilog="Run 'durable COMMAND --help' for the options of a command.",
     )
-    parser.add_argument("--version", action="version", version=f"durable {__version__}")
+    parser.add_argument("--version", action="version", version=f"durable {VERSION}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     worker = commands.add_parser(
@@ -120,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
             "environment)."
         ),
     )
-    worker.add_argument("--version", action="version", version=f"durable {__version__}")
+    worker.add_argument("--version", action="version", version=f"durable {VERSION}")
     worker.add_argument(
         "app", metavar="MODULE:ATTR", help="the worker to run, e.g. orchestrations.patterns:worker"
     )
@@ -172,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
             f"--redis-url or ${ENV_REDIS_URL} is given. Run it from the repository root."
         ),
     )
-    demo.add_argument("--version", action="version", version=f"durable {__version__}")
+    demo.add_argument("--version", action="version", version=f"durable {VERSION}")
     _add_redis_options(demo, default_hub="demo")
     demo.add_argument(
         "--fan-out",
@@ -218,10 +228,33 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_cmd_serve)
 
     # operator commands: orchestration, entity, partitions, workers, doctor (and the exit codes)
-    from ._cli_ops import register_commands
-
-    register_commands(parser, commands)
+    _register_operator_commands(parser, commands)
     return parser
+
+
+def _register_operator_commands(parser: argparse.ArgumentParser, commands: Commands) -> None:
+    """Add the operator commands to the ``durable`` parser and its sub-command action."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = f"{parser.epilog or ''}\n\n{EXIT_CODES_HELP}".lstrip()
+    orchestration.register(commands)
+    entity.register(commands)
+    leaf(
+        commands,
+        "partitions",
+        hub.partitions,
+        "show the partitions: owner, lease, backlog, timers",
+        "Show every partition of the hub: the worker holding its lease and when the lease "
+        "expires, the inbox backlog and the age of its oldest waiting message, timers, "
+        "instances and entities.",
+    )
+    leaf(
+        commands,
+        "workers",
+        hub.workers,
+        "show the live workers",
+        "Show the workers with a live heartbeat: host, pid, activity slots in use, owned partitions.",
+    )
+    doctor.register(commands)
 
 
 def _add_redis_options(parser: argparse.ArgumentParser, default_hub: str | None) -> None:
@@ -259,21 +292,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # ------------------------------------------------------------------------------------------------
 # durable worker
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for logs)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def load_worker(spec: str) -> Worker:
@@ -367,7 +385,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         # the application sees the chosen Redis and hub while it is imported and while it runs
         worker = load_worker(args.app)
         if args.redis_url:
-            worker._redis_url = args.redis_url
+            worker.redis_url = args.redis_url
         if args.hub:
             worker.hub = args.hub
         if concurrency is not None:
@@ -395,17 +413,7 @@ def _log_level(text: str) -> str:
     return value
 
 
-def leaf_exceptions(exc: BaseException) -> list[BaseException]:
-    """The exceptions inside (nested) exception groups, or ``[exc]``."""
-    if isinstance(exc, BaseExceptionGroup):
-        out: list[BaseException] = []
-        for inner in exc.exceptions:
-            out.extend(leaf_exceptions(inner))
-        return out
-    return [exc]
-
-
-OPS_SERVER_MODULE = "durable._ops_server"
+OPS_SERVER_MODULE = "durable._ops.server"
 
 
 def _load_ops_server() -> Callable[..., Awaitable[None]] | None:
@@ -422,10 +430,10 @@ def _load_ops_server() -> Callable[..., Awaitable[None]] | None:
 
 async def _serve_worker(worker: Worker, ops: OpsSettings | None) -> int:
     """Run ``worker`` until a stop signal, then let it drain; returns the exit code."""
-    if not worker._redis_url and not os.environ.get(ENV_REDIS_URL, "").strip():
+    if not worker.redis_url and not os.environ.get(ENV_REDIS_URL, "").strip():
         log.info("no Redis configured (--redis-url, $%s): using the embedded Redis", ENV_REDIS_URL)
-    url = await anyio.to_thread.run_sync(resolve_url, worker._redis_url)
-    worker._redis_url = url
+    url = await anyio.to_thread.run_sync(resolve_url, worker.redis_url)
+    worker.redis_url = url
     exit_code = EXIT_OK
     started = False
     stopping = False
@@ -435,8 +443,7 @@ async def _serve_worker(worker: Worker, ops: OpsSettings | None) -> int:
 
             def stop(reason: str) -> None:
                 nonlocal stopping, exit_code
-                runtime = worker._runtime
-                if stopping or not started or runtime is None:
+                if stopping or not started or worker.worker_id is None:
                     if stopping:
                         log.warning("%s again: stopping without waiting for in-flight work", reason)
                         exit_code = EXIT_FAILURE
@@ -448,7 +455,7 @@ async def _serve_worker(worker: Worker, ops: OpsSettings | None) -> int:
                     reason,
                     worker.config.drain_timeout,
                 )
-                runtime.request_stop()
+                worker.request_stop()
 
             async def run_worker(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
                 await worker.run(task_status=task_status)
@@ -495,27 +502,6 @@ async def _serve_worker(worker: Worker, ops: OpsSettings | None) -> int:
     return exit_code
 
 
-@contextmanager
-def signal_receiver() -> Iterator[Any]:
-    """SIGTERM/SIGINT as an async iterator (one that never yields when signals cannot be caught)."""
-    with ExitStack() as stack:
-        signals: Any
-        try:
-            signals = stack.enter_context(anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT))
-        except (NotImplementedError, ValueError, RuntimeError):  # not the main thread / platform
-            signals = _NoSignals()
-        yield signals
-
-
-class _NoSignals:
-    def __aiter__(self) -> _NoSignals:
-        return self
-
-    async def __anext__(self) -> int:
-        await anyio.sleep_forever()
-        raise StopAsyncIteration  # pragma: no cover
-
-
 # ------------------------------------------------------------------------------------------------
 # durable demo
 
@@ -527,7 +513,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     token = os.environ.get(ENV_OPS_TOKEN, "").strip() or None
 
     async def serve() -> int:
-        from ._ops_server import serve_ops
+        from ._ops.server import serve_ops
 
         url = await anyio.to_thread.run_sync(resolve_url, args.redis_url)
         async with AsyncClient(url, args.hub) as client, anyio.create_task_group() as tg:
@@ -544,7 +530,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ._demo import DemoOptions, run_demo
+    from ._cli.demo import DemoOptions, run_demo
 
     if args.hub:
         try:

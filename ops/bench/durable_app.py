@@ -96,14 +96,14 @@ def build_worker() -> Worker:
 
 # -- status reporting ----------------------------------------------------------------------------
 def _gauge(name: str) -> float:
-    from durable._metrics import REGISTRY  # the engine's own registry
+    from durable._runtime.metrics import REGISTRY  # the engine's own registry
 
     value = REGISTRY.get_sample_value(name)
     return float(value) if value is not None else 0.0
 
 
 def _counter_sum(name: str) -> float:
-    from durable._metrics import REGISTRY
+    from durable._runtime.metrics import REGISTRY
 
     total = 0.0
     for metric in REGISTRY.collect():

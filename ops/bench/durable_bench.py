@@ -27,7 +27,7 @@ from benchlib import Results, latency_stats, log, rss_bytes, spawn, stop
 
 from durable import AsyncClient, Client, OrchestrationStatus, WorkerConfig
 from durable._embedded import EmbeddedRedis
-from durable._keys import HubKeys, partition_of
+from durable._store.keys import HubKeys, partition_of
 
 HERE = Path(__file__).resolve().parent
 APP = HERE / "durable_app.py"

@@ -22,10 +22,10 @@ import anyio
 import redis
 
 from durable import AsyncClient, EntityContext, Worker, WorkerConfig
+from durable._core.serialization import decode
 from durable._embedded import EmbeddedRedis
-from durable._entities_runtime import EntityProcessor
-from durable._keys import HubKeys, partition_of
-from durable._serialization import decode
+from durable._runtime.entity_step import EntityProcessor
+from durable._store.keys import HubKeys, partition_of
 
 
 def counter(ctx: EntityContext, value: Any) -> Any:

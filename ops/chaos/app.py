@@ -4,6 +4,8 @@ Configured from the environment: ``DURABLE_REDIS_URL``, ``DURABLE_HUB``, ``CHAOS
 ``LEDGER_URL`` (a Redis the harness never kills) and ``CHAOS_ENTITIES`` ("1" registers the bank
 accounts). Lease and visibility timings are short so faults heal within seconds.
 
+Run by the harness as ``python -m durable worker ops.chaos.app:worker``.
+
 Every activity execution appends one line to the side-effect ledger *before* it returns:
 ``idempotency_key <TAB> logical id <TAB> attempt <TAB> pid``. The harness reads the ledger to
 count real executions without trusting anything the engine records.
@@ -11,16 +13,13 @@ count real executions without trusting anything the engine records.
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
 import sys
 import time
 import zlib
 from pathlib import Path
 from typing import Any
 
-import anyio
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -95,25 +94,3 @@ if os.environ.get("CHAOS_ENTITIES") == "1":
         return state
 
     worker.add_entity(account, name=workload.ACCOUNT)
-
-
-def main() -> None:
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
-    )
-
-    async def run() -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(worker.run)
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    rt = worker._runtime
-                    if rt is not None:
-                        rt.request_stop()
-                    break
-
-    anyio.run(run)
-
-
-if __name__ == "__main__":
-    main()

@@ -49,8 +49,12 @@ from oracles import TERMINAL, Auditor, Finding, Keys  # noqa: E402
 from procs import RedisProc, WorkerPool, worker_env  # noqa: E402
 from verdict import FAULT_KINDS, Verdict  # noqa: E402
 
-from durable import AsyncClient, OrchestrationAlreadyExistsError, OrchestrationNotFoundError  # noqa: E402
-from durable._store import Store  # noqa: E402
+from durable import (  # noqa: E402
+    AsyncClient,
+    OrchestrationAlreadyExistsError,
+    OrchestrationNotFoundError,
+)
+from durable._store.store import Store  # noqa: E402
 
 LEASE_TTL_S = 2.0  # the app's lease TTL
 FAULT_WEIGHTS = dict(zip(FAULT_KINDS, (30, 20, 20, 8, 8, 8), strict=True))

@@ -112,7 +112,7 @@ class WorkerPool:
         log = self.log_dir / f"worker-{self.spawned:03d}.log"
         with open(log, "ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, str(HERE / "app.py")],
+                [sys.executable, "-m", "durable", "worker", "ops.chaos.app:worker", "--log-level", "info"],
                 env=self.env,
                 cwd=str(ROOT),
                 stdin=subprocess.DEVNULL,
@@ -178,17 +178,16 @@ class WorkerPool:
 
 def _redis_unreachable(log: Path) -> bool:
     """True when the process died at startup of a Redis connection error (it started while
-    Redis was down or loading): its last traceback names one, raised while joining the hub."""
+    Redis was down or loading): ``durable worker`` logged no start and then a connection error."""
     try:
         tail = log.read_bytes()[-30000:].decode(errors="replace")
     except OSError:
         return False
-    if "Traceback" not in tail:
+    failed = tail.rfind("worker failed: ")
+    if failed < 0 or " started: hub=" in tail:
         return False
-    tail = tail[tail.rindex("Traceback") :]  # the traceback the process died of
-    markers = ("exceptions.ConnectionError", "exceptions.BusyLoadingError", "exceptions.TimeoutError")
-    startup = ("in ensure_hub", "in ensure_task_group")
-    return any(m in tail for m in markers) and any(f in tail for f in startup)
+    markers = ("ConnectionError", "BusyLoadingError", "TimeoutError")
+    return any(tail.startswith(m, failed + len("worker failed: ")) for m in markers)
 
 
 def worker_env(redis_url: str, hub: str, ledger_url: str, partitions: int, entities: bool) -> dict[str, str]:

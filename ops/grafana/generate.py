@@ -2,7 +2,7 @@
 """Generate the Grafana dashboard ``ops/grafana/durable-overview.json``.
 
 The dashboard is built from code so that every PromQL expression is checked
-against :data:`durable._metrics.METRIC_DEFINITIONS` at generation time, and
+against :data:`durable._runtime.metrics.METRIC_DEFINITIONS` at generation time, and
 panel descriptions reuse the metrics' HELP strings. CI regenerates it and
 fails when the committed JSON differs, so a renamed metric cannot silently
 leave a dashboard panel empty.
@@ -27,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # allow running the script without installing durable
     sys.path.insert(0, str(REPO_ROOT))
 
-from durable._metrics import METRIC_DEFINITIONS, MetricDefinition  # noqa: E402
+from durable._runtime.metrics import METRIC_DEFINITIONS, MetricDefinition  # noqa: E402
 
 OUTPUT = Path(__file__).resolve().with_name("durable-overview.json")
 

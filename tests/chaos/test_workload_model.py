@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from durable import _events as ev
-from durable._executor import OrchestrationExecutor
-from durable._registry import name_of
-from durable._serialization import decode, encode
+from durable._core import events as ev
+from durable._core.executor import OrchestrationExecutor
+from durable._core.registry import name_of
+from durable._core.serialization import decode, encode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "ops" / "chaos"))
 

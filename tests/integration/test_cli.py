@@ -169,7 +169,7 @@ def test_demo_quiet_prints_only_the_summary(redis_url: str, hub: str) -> None:
 def test_demo_without_samples_explains_where_to_run_it(tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "import durable._demo as demo\n"
+        "import durable._cli.demo as demo\n"
         "demo._sample_roots = lambda: []\n"
         "sys.exit(demo.run_demo(demo.DemoOptions(redis_url='redis://127.0.0.1:1/0')))\n"
     )
@@ -380,7 +380,7 @@ def _slow_orchestrator(ctx: Any, keys: Any) -> Any:
 def test_worker_serves_the_ops_endpoint(
     worker_process: tuple[subprocess.Popen[str], _Lines, int], redis_url: str, hub: str
 ) -> None:
-    pytest.importorskip("durable._ops_server")
+    pytest.importorskip("durable._ops.server")
     proc, lines, port = worker_process
     lines.wait_for(r"ops server listening")
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as resp:

@@ -3,7 +3,7 @@
 One worker (and one hub) serves the whole module, so the tests stay fast; each test uses its own
 instance ids and keys. The CLI runs through ``durable.cli.main`` with stdout captured, and as a
 real ``python -m durable`` subprocess. The JSON output is compared with the ops HTTP API's
-(``OpsApp`` from ``durable._ops_server``, called without a socket).
+(``OpsApp`` from ``durable._ops.server``, called without a socket).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pytest
 from _redis import RedisServer, free_port
 
 from durable import AsyncClient, Worker, WorkerConfig
-from durable._ops_server import OpsApp, Request
+from durable._ops.server import OpsApp, Request
 from durable.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ import anyio
 import pytest
 
 from durable import AsyncClient, OrchestrationStatus, Worker, WorkerConfig
-from durable._ops_server import serve_ops
+from durable._ops.server import serve_ops
 
 pytestmark = pytest.mark.anyio
 

@@ -29,10 +29,10 @@ from durable import (
     Worker,
     WorkerConfig,
 )
-from durable._entities_runtime import EntityProcessor
-from durable._keys import HubKeys, partition_of
-from durable._metrics import REGISTRY
-from durable._store import Store
+from durable._runtime.entity_step import EntityProcessor
+from durable._runtime.metrics import REGISTRY
+from durable._store.keys import HubKeys, partition_of
+from durable._store.store import Store
 
 TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
@@ -298,7 +298,9 @@ def test_concurrent_transfers_in_critical_sections_conserve_the_total(
     assert sum(balances) == 400 and min(balances) >= 0
     assert any(r.output == "moved" for r in results)
     r = connect(redis_url)
-    for control in list(r.scan_iter(match=f"durable:{{{hub}:*}}:ec:*")):  # every lock released, no queue left behind
+    for control in list(
+        r.scan_iter(match=f"durable:{{{hub}:*}}:ec:*")
+    ):  # every lock released, no queue left behind
         assert r.hget(control, "l") in (None, b"") and r.hget(control, "q") in (None, b"")
     assert all(s.locked_by is None and s.backlog == 0 for s in client.list_entities(name="account"))
 
@@ -426,7 +428,19 @@ class _Workers:
             DURABLE_HUB=self.hub,
             PYTHONPATH=os.pathsep.join([str(TESTS), str(REPO)]),
         )
-        proc = subprocess.Popen([sys.executable, "-m", "apps.entity_app"], env=env, cwd=str(TESTS))
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "durable",
+                "worker",
+                "fixtures.entity_app:worker",
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            cwd=str(TESTS),
+        )
         self.procs.append(proc)
         return proc
 

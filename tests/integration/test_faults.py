@@ -17,7 +17,7 @@ import pytest
 from _redis import RedisServer, connect, is_cluster
 
 from durable import Client, OrchestrationStatus, Worker, WorkerConfig, when_all
-from durable._store import CommitPlan, FencedError, RecordWrite, Store
+from durable._store.store import CommitPlan, FencedError, RecordWrite, Store
 
 TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
@@ -43,7 +43,19 @@ class Procs:
             DURABLE_DIRECT_DELIVERY="1" if self.direct else "0",
             PYTHONPATH=os.pathsep.join([str(TESTS), str(REPO)]),
         )
-        proc = subprocess.Popen([sys.executable, "-m", "apps.engine_app"], env=env, cwd=str(TESTS))
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "durable",
+                "worker",
+                "fixtures.engine_app:worker",
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            cwd=str(TESTS),
+        )
         self.procs.append(proc)
         return proc
 
@@ -323,7 +335,7 @@ def test_ambiguous_commits_and_lost_replies_are_harmless(
 
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from durable._store import Store
+    from durable._store.store import Store
 
     rng = random.Random(4)
     injected = {"before": 0, "after": 0}

@@ -11,9 +11,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from durable import AsyncClient, RetryPolicy, TaskFailedError, Worker, WorkerConfig, when_all
-from durable import _metrics as metrics
-from durable._metrics import METRIC_DEFINITIONS
-from durable._ops_server import serve_ops
+from durable._ops.server import serve_ops
+from durable._runtime import metrics
+from durable._runtime.metrics import METRIC_DEFINITIONS
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

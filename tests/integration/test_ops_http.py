@@ -28,9 +28,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from durable import AsyncClient, OrchestrationStatus, Worker, WorkerConfig
-from durable import _metrics as metrics
-from durable._ops_server import MAX_BODY_BYTES, serve_ops
-from durable._runtime import Runtime
+from durable._ops.server import MAX_BODY_BYTES, serve_ops
+from durable._runtime import metrics
+from durable._runtime.runtime import Runtime
 
 pytestmark = pytest.mark.anyio
 

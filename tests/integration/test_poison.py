@@ -10,8 +10,8 @@ import redis  # noqa: F401
 from _redis import connect
 
 from durable import Client, OrchestrationStatus, PayloadTooLargeError, Worker, WorkerConfig
-from durable._keys import HubKeys, partition_of
-from durable._serialization import pack_record
+from durable._core.serialization import pack_record
+from durable._store.keys import HubKeys, partition_of
 
 FAST = dict(balance_interval_ms=100, poll_ms=200)
 
@@ -199,7 +199,7 @@ def test_redis_trouble_while_fetching_a_large_input_is_not_the_activitys_failure
 ) -> None:
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from durable._store import Store
+    from durable._store.store import Store
 
     real = Store.resolve
     failures = {"left": 3}

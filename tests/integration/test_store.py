@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import anyio
 
-from durable._keys import ACTIVITY_GROUP
-from durable._store import Store
+from durable._store.keys import ACTIVITY_GROUP
+from durable._store.store import Store
 
 
 def test_stale_task_behind_many_fresh_ones_is_reclaimed(redis_url: str, hub: str) -> None:

@@ -17,17 +17,17 @@ import pytest
 from _redis import connect
 
 from durable import Client, EntityContext, OrchestrationStatus, Worker, WorkerConfig
-from durable import _events as ev
-from durable._keys import HubKeys, partition_of
-from durable._metrics import REGISTRY
-from durable._serialization import decode, encode
-from durable._wire import MAX_ENTRY_BYTES, MalformedMessage, parse_wire
+from durable._core import events as ev
+from durable._core.serialization import decode, encode
+from durable._runtime.inbox import MAX_ENTRY_BYTES, MalformedMessage, parse_wire
+from durable._runtime.metrics import REGISTRY
+from durable._store.keys import HubKeys, partition_of
 
 # the producers speak to one standalone Redis (a Cluster client would follow MOVED redirects)
 pytestmark = pytest.mark.standalone_only
 
 REPO = Path(__file__).resolve().parents[2]
-WIRE = REPO / "tests" / "wire"
+WIRE = REPO / "tests" / "fixtures"
 DOC = REPO / "docs" / "wire-format.md"
 
 

@@ -2,7 +2,7 @@
 
 Every PromQL expression in the Grafana dashboard, ops/prometheus/alerts.yaml,
 the chart's PrometheusRule and the KEDA Prometheus trigger is checked against
-``durable._metrics.METRIC_DEFINITIONS``: metric names (histograms through their
+``durable._runtime.metrics.METRIC_DEFINITIONS``: metric names (histograms through their
 ``_bucket``/``_count``/``_sum`` series) and the label names used in matchers,
 ``by (...)`` clauses, legends and alert annotations. The committed dashboard
 JSON must also be exactly what ops/grafana/generate.py produces.
@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from durable._metrics import METRIC_DEFINITIONS, MetricDefinition
+from durable._runtime.metrics import METRIC_DEFINITIONS, MetricDefinition
 
 yaml = pytest.importorskip("yaml")
 

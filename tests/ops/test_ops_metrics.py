@@ -1,4 +1,4 @@
-"""durable._metrics: names, types, labels and HELP match the fixed metric contract."""
+"""durable._runtime.metrics: names, types, labels and HELP match the fixed metric contract."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import durable._metrics as metrics
+import durable._runtime.metrics as metrics
 
 METRICS_FILE = Path(metrics.__file__)
 
@@ -71,7 +71,7 @@ FORBIDDEN_LABELS = {"instance_id", "instance", "key", "entity_key", "execution_i
 
 @pytest.fixture
 def isolated() -> Iterator[ModuleType]:
-    """A private copy of durable._metrics with its own registry, safe to mutate."""
+    """A private copy of durable._runtime.metrics with its own registry, safe to mutate."""
     name = "durable_metrics_isolated_copy"
     spec = importlib.util.spec_from_file_location(name, METRICS_FILE)
     assert spec is not None and spec.loader is not None

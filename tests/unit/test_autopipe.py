@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from durable._autopipe import AutoPipeline
+from durable._store.autopipe import AutoPipeline
 
 
 def test_concurrent_calls_share_a_batch_and_errors_stay_per_call() -> None:

@@ -7,17 +7,17 @@ from typing import Any
 import pytest
 
 from durable import Entity, EntityContext, EntityId, OrchestrationStatus
-from durable import _events as ev
-from durable._entities import (
+from durable._core import events as ev
+from durable._core.entities import (
     MSG_SWEEP,
     EntityBatch,
     EntityRecord,
     held_locks,
     sort_entities,
 )
-from durable._executor import OrchestrationExecutor
-from durable._registry import name_of
-from durable._serialization import decode, encode
+from durable._core.executor import OrchestrationExecutor
+from durable._core.registry import name_of
+from durable._core.serialization import decode, encode
 
 NOW = 1_700_000_000_000
 

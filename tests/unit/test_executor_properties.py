@@ -61,11 +61,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from durable import RetryPolicy, TaskFailedError, when_all, when_any
-from durable import _events as ev
-from durable._executor import OrchestrationExecutor, StepResult
-from durable._model import OrchestrationStatus
-from durable._registry import name_of
-from durable._serialization import decode, encode, pack_record
+from durable._core import events as ev
+from durable._core.executor import OrchestrationExecutor, StepResult
+from durable._core.model import OrchestrationStatus
+from durable._core.registry import name_of
+from durable._core.serialization import decode, encode, pack_record
 
 INSTANCE = "inst-1"
 T0 = 1_700_000_000_000

@@ -6,9 +6,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.connection import Connection
 
-from durable._resp import pack_command
+from durable._store.resp import pack_command
 
-args = st.lists(st.one_of(st.binary(max_size=100), st.text(max_size=50), st.integers(-(2**62), 2**62)), max_size=30)
+args = st.lists(
+    st.one_of(st.binary(max_size=100), st.text(max_size=50), st.integers(-(2**62), 2**62)), max_size=30
+)
 
 
 @given(args)

@@ -12,15 +12,21 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import _events as ev
-from ._executor import OrchestrationExecutor, StepResult
-from ._keys import PartitionKeys, partition_of
-from ._model import FailureDetails, OrchestrationStatus
-from ._serialization import BLOB_REF_PREFIX, LARGE_PAYLOAD_BYTES, is_blob_ref, pack_record, unpack_record
-from ._store import CommitPlan, RecordWrite
+from .._core import events as ev
+from .._core.executor import OrchestrationExecutor, StepResult
+from .._core.model import FailureDetails, OrchestrationStatus
+from .._core.serialization import (
+    BLOB_REF_PREFIX,
+    LARGE_PAYLOAD_BYTES,
+    is_blob_ref,
+    pack_record,
+    unpack_record,
+)
+from .._store.keys import PartitionKeys, partition_of
+from .._store.store import CommitPlan, RecordWrite
 
 if TYPE_CHECKING:
-    from ._runtime import Runtime
+    from .runtime import Runtime
 
 log = logging.getLogger("durable.partition")
 

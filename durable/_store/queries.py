@@ -24,8 +24,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
-from ._keys import ACTIVITY_GROUP
-from ._store import Store
+from .keys import ACTIVITY_GROUP
+from .store import Store
 
 #: Timers due within this many seconds count as imminent work when recommending a worker count.
 TIMER_HORIZON_SECONDS = 30

@@ -5,22 +5,22 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from . import _events as ev
-from ._model import FailureDetails
-from ._orchestration_step import StepState
-from ._serialization import pack_record, unpack_record
-from ._store import CommitPlan, RecordWrite
-from ._wire import MalformedMessage
+from .._core import events as ev
+from .._core.model import FailureDetails
+from .._core.serialization import pack_record, unpack_record
+from .._store.store import CommitPlan, RecordWrite
+from .inbox import MalformedMessage
+from .orchestration_step import StepState
 
 if TYPE_CHECKING:
-    from ._partition import PartitionRunner
+    from .partition import PartitionRunner
 
 log = logging.getLogger("durable.partition")
 
 
 async def dead_letter_poison(runner: PartitionRunner, attempts: int) -> None:
     """Move the message at the runner's cursor to the dead-letter stream and fail its instance."""
-    from ._partition import parse_entry
+    from .partition import parse_entry
 
     rt, index = runner.rt, runner.index
     entries = await rt.store.read_inbox(index, runner.cursor, 1, None)

@@ -29,10 +29,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _events as ev
-from ._model import FailureDetails, datetime_to_ms, ms_to_datetime
-from ._registry import name_of
-from ._serialization import decode, encode, pack_record, unpack_record
+from . import events as ev
+from .model import FailureDetails, datetime_to_ms, ms_to_datetime
+from .registry import name_of
+from .serialization import decode, encode, pack_record, unpack_record
 
 #: How many recent request ids an entity remembers (to drop repeated deliveries) ...
 DEFAULT_DEDUP_WINDOW = 1000

@@ -25,7 +25,8 @@ import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from ._ops_views import to_json_value
+from .._config import ENV_OPS_TOKEN
+from .views import to_json_value
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -42,7 +43,7 @@ __all__ = [
 log = logging.getLogger("durable.ops")
 
 #: Environment variable holding the bearer token when ``serve_ops(token=None)``.
-TOKEN_ENV = "DURABLE_OPS_TOKEN"
+TOKEN_ENV = ENV_OPS_TOKEN
 #: Largest accepted request body (the payload cap of the engine).
 MAX_BODY_BYTES = 2 * 1024 * 1024
 #: Largest accepted request line plus headers.

@@ -12,58 +12,21 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 from redis.exceptions import RedisError
 
-from ._activities import ActivityRunner
-from ._context import OrchestrationContext
-from ._entities_runtime import EntityProcessor
-from ._partition import PartitionRunner
-from ._registry import Registry, name_of
-from ._store import Store, SyncLeaseRenewer
-from ._telemetry import Telemetry
+from .._config import WorkerConfig
+from .._core.context import OrchestrationContext
+from .._core.registry import Registry, name_of
+from .._store.store import Store, SyncLeaseRenewer
+from .activities import ActivityRunner
+from .entity_step import EntityProcessor
+from .partition import PartitionRunner
+from .telemetry import Telemetry
 
 log = logging.getLogger("durable.worker")
-
-
-@dataclass
-class WorkerConfig:
-    """Tuning knobs of a worker; the defaults suit production, tests shorten the timings."""
-
-    partitions: int | None = None
-    concurrency: int = 16
-    lease_ttl_ms: int = 15_000
-    renew_interval_ms: int = 3_000
-    balance_interval_ms: int = 1_000
-    heartbeat_ttl_ms: int = 10_000
-    poll_ms: int = 1_000
-    batch_size: int = 200
-    activity_visibility_ms: int = 30_000
-    max_deliveries: int = 5
-    cache_size: int = 10_000
-    drain_timeout: float = 30.0
-    #: on standalone Redis, write cross-partition messages inside the commit (no outbox hop);
-    #: False forces the outbox path that Redis Cluster always uses
-    direct_delivery: bool = True
-    #: 'fast' (the server's own persistence settings) or 'strict' (after every commit, wait until
-    #: ``replicas`` replicas have it before anything leaves the partition; WAITAOF on Redis 7.2+,
-    #: WAIT before). Default: $DURABLE_DURABILITY, else 'fast'.
-    durability: str = field(default_factory=lambda: os.environ.get("DURABLE_DURABILITY", "fast"))
-    #: replicas to wait for in 'strict'; None: those connected when the worker starts
-    replicas: int | None = None
-    replication_timeout_ms: int = 5_000
-    #: attempts to reach Redis at startup (Redis restarting or loading) before giving up
-    startup_retries: int = 20
-    #: a step that fails (or whose worker dies) this many times at one inbox position is retried
-    #: one message at a time; the message that still fails alone is dead-lettered
-    max_recoveries: int = 3
-    #: past this many history events an instance is warned about (use continue_as_new) ...
-    history_warn_events: int = 10_000
-    #: ... and past this many it is failed with a clear reason
-    history_max_events: int = 100_000
 
 
 def _rendezvous(partition: int, workers: list[str]) -> str:
@@ -206,11 +169,8 @@ class Runtime:
         elif self.config.durability != "fast":
             raise ValueError(f"durability must be 'fast' or 'strict', not {self.config.durability!r}")
         await self.store.ensure_task_group()
-        try:
-            sec, usec = await self.store.redis.time()
-            self.observe_clock(int(sec) * 1000 + int(usec) // 1000)
-        except RedisError:
-            pass
+        with contextlib.suppress(RedisError):
+            self.observe_clock(await self.store.redis_time_ms())
         stop_renewing = threading.Event()
         renewer = SyncLeaseRenewer(self.url, self.store.hub, cluster=self.store.cluster)
         thread = threading.Thread(

@@ -16,11 +16,13 @@ import redis
 import redis.asyncio as aredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from . import _scripts
-from ._autopipe import AutoPipeline
-from ._keys import ACTIVITY_GROUP, DEFAULT_PARTITIONS, FORMAT_VERSION, HubKeys, PartitionKeys, partition_of
-from ._resp import pack_command
-from ._serialization import BLOB_REF_PREFIX, is_blob_ref, pack_record, unpack_record
+from .._config import ENV_AUDIT
+from .._core.serialization import BLOB_REF_PREFIX, is_blob_ref, pack_record, unpack_record
+from . import scripts as _scripts
+from .autopipe import AutoPipeline
+from .keys import ACTIVITY_GROUP, DEFAULT_PARTITIONS, FORMAT_VERSION, HubKeys, PartitionKeys, partition_of
+from .notify import StatusNotifier
+from .resp import pack_command
 
 Fields = dict[bytes, bytes]
 StreamEntry = tuple[str, Fields]
@@ -108,7 +110,7 @@ class Store:
         self.strict_wait: tuple[int, int] | None = None
         self._waitaof = False
         #: test builds: every accepted commit is recorded in the partition's audit stream
-        self.audit = os.environ.get("DURABLE_AUDIT") == "1"
+        self.audit = os.environ.get(ENV_AUDIT) == "1"
         self._auto = AutoPipeline(self._send_batch)
         self._claim_cursor = "0-0"
         self._register(client)
@@ -185,6 +187,28 @@ class Store:
     async def redis_time_ms(self) -> int:
         sec, usec = await self.redis.time()
         return int(sec) * 1000 + int(usec) // 1000
+
+    def status_notifier(self) -> StatusNotifier:
+        """A subscriber to instance status channels on this store's connection pool."""
+        return StatusNotifier(self.redis)
+
+    async def recent_entities(self, per_partition: int) -> tuple[list[tuple[str, float]], bool]:
+        """Entity ids with their last-modified time (ms), newest first: at most ``per_partition``
+        from each partition's entity index (one pipelined round trip); and whether that was all of
+        them (no partition had more)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for i in range(self.partitions):
+            pipe.zrevrangebyscore(
+                self.partition_keys(i).entity_index,
+                "+inf",
+                "-inf",
+                start=0,
+                num=per_partition,
+                withscores=True,
+            )
+        rows = await pipe.execute()
+        ids = sorted(((m.decode(), s) for part in rows for m, s in part), key=lambda r: r[1], reverse=True)
+        return ids, all(len(part) < per_partition for part in rows)
 
     # -- leases ----------------------------------------------------------------------------------
     async def acquire_lease(self, index: int, worker_id: str, nonce: str, ttl_ms: int) -> str | None:
@@ -776,11 +800,6 @@ class SyncLeaseRenewer:
 
     def close(self) -> None:
         self._client.close()
-
-
-def pack(value: Any) -> bytes:
-    """Shorthand for internal records (messages, events)."""
-    return pack_record(value)
 
 
 def _unpack_command(raw: bytes) -> list[bytes]:

@@ -12,8 +12,17 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from . import _ops_queries as q
-from ._cli_ops import (
+from .._client import AsyncClient
+from .._core.model import (
+    OrchestrationAlreadyExistsError,
+    OrchestrationNotFoundError,
+    OrchestrationState,
+    OrchestrationStatus,
+)
+from .._core.serialization import PayloadTooLargeError, SerializationError
+from .._ops.views import history_event_json, state_json
+from .._store import queries as q
+from .common import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
@@ -35,15 +44,6 @@ from ._cli_ops import (
     render_fields,
     render_table,
 )
-from ._client import AsyncClient
-from ._model import (
-    OrchestrationAlreadyExistsError,
-    OrchestrationNotFoundError,
-    OrchestrationState,
-    OrchestrationStatus,
-)
-from ._ops_views import history_event_json, state_json
-from ._serialization import PayloadTooLargeError, SerializationError
 
 __all__ = ["register"]
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import _cli_ops as cli
-from . import _ops_queries as q
-from . import _ops_views as views
-from ._entities import EntityId
-from ._serialization import PayloadTooLargeError, SerializationError
+from .._core.entities import EntityId
+from .._core.serialization import PayloadTooLargeError, SerializationError
+from .._ops import views as views
+from .._store import queries as q
+from . import common as cli
 
 __all__ = ["register"]
 

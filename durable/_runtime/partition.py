@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from redis.exceptions import RedisError
 
-from . import _events as ev
-from ._orchestration_step import Instance, OrchestrationSteps, StepState
-from ._poison import dead_letter_poison
-from ._serialization import unpack_record
-from ._store import CommitPlan, ConflictError, FencedError, StreamEntry
-from ._wire import MalformedMessage
+from .._core import events as ev
+from .._core.serialization import unpack_record
+from .._store.store import CommitPlan, ConflictError, FencedError, StreamEntry
+from .inbox import MalformedMessage
+from .orchestration_step import Instance, OrchestrationSteps, StepState
+from .poison import dead_letter_poison
 
 if TYPE_CHECKING:
-    from ._runtime import Runtime
+    from .runtime import Runtime
 
 log = logging.getLogger("durable.partition")
 
@@ -34,7 +34,7 @@ def parse_entry(
     """Decode one inbox entry into a message dict with at least ``kind`` and ``target``."""
     raw = fields.get(b"m")
     if raw is None:
-        from ._wire import parse_wire  # the documented wire format for other languages
+        from .inbox import parse_wire  # the documented wire format for other languages
 
         return parse_wire(fields, partition=partition, partitions=partitions)
     try:

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from redis.exceptions import RedisError
 
-from . import _events as ev
-from ._model import FailureDetails
-from ._registry import ActivityContext
-from ._serialization import decode, encode, is_blob_ref, pack_record, unpack_record
+from .._core import events as ev
+from .._core.model import FailureDetails
+from .._core.registry import ActivityContext
+from .._core.serialization import decode, encode, is_blob_ref, pack_record, unpack_record
 
 if TYPE_CHECKING:
-    from ._runtime import Runtime
+    from .runtime import Runtime
 
 log = logging.getLogger("durable.activities")
 

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _events as ev
-from ._context import NameOf, OrchestrationContext
-from ._model import FailureDetails, NonDeterminismError, OrchestrationStatus, ms_to_datetime
-from ._serialization import SerializationError, decode, encode
-from ._tasks import CompletableTask, RetryableTask, Task
+from . import events as ev
+from .context import NameOf, OrchestrationContext
+from .model import FailureDetails, NonDeterminismError, OrchestrationStatus, ms_to_datetime
+from .serialization import SerializationError, decode, encode
+from .tasks import CompletableTask, RetryableTask, Task
 
 OrchestratorFn = Callable[..., Any]
 

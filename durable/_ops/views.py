@@ -21,9 +21,9 @@ import uuid
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from . import _ops_queries as q
-from ._model import OrchestrationState, ms_to_datetime
-from ._store import Store
+from .._core.model import OrchestrationState, ms_to_datetime
+from .._store import queries as q
+from .._store.store import Store
 
 __all__ = [
     "EntitiesUnavailableError",

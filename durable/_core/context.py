@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
-from . import _events as ev
-from ._entities import EntityId, sort_entities
-from ._model import FailureDetails, RetryPolicy, datetime_to_ms, ms_to_datetime
-from ._serialization import SerializationError, decode, encode
-from ._tasks import CompletableTask, RetryableTask, Task
+from . import events as ev
+from .entities import EntityId, sort_entities
+from .model import FailureDetails, RetryPolicy, datetime_to_ms, ms_to_datetime
+from .serialization import SerializationError, decode, encode
+from .tasks import CompletableTask, RetryableTask, Task
 
 _UUID_NAMESPACE = uuid.UUID("9e952958-5e33-4daf-827f-2fa12937b875")
 

@@ -58,12 +58,15 @@ import anyio.abc
 from prometheus_client.exposition import generate_latest
 from redis.exceptions import RedisError
 
-from . import _metrics
-from . import _ops_queries as q
-from . import _ops_views as views
-from ._client import AsyncClient
-from ._model import OrchestrationAlreadyExistsError, OrchestrationNotFoundError, OrchestrationStatus
-from ._ops_http import (
+from .._client import AsyncClient
+from .._core.model import OrchestrationAlreadyExistsError, OrchestrationNotFoundError, OrchestrationStatus
+from .._core.serialization import PayloadTooLargeError, SerializationError
+from .._runtime import metrics as _metrics
+from .._runtime.runtime import Runtime
+from .._store import queries as q
+from .._store.store import Store
+from . import views as views
+from .http import (
     MAX_BODY_BYTES,
     TOKEN_ENV,
     Handler,
@@ -82,10 +85,7 @@ from ._ops_http import (
     serve,
     unauthorized,
 )
-from ._ops_views import history_event_json, state_json, to_json_value
-from ._runtime import Runtime
-from ._serialization import PayloadTooLargeError, SerializationError
-from ._store import Store
+from .views import history_event_json, state_json, to_json_value
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -213,7 +213,7 @@ class OpsApp:
     # -- static and probes -----------------------------------------------------------------------
     async def dashboard(self, request: Request, params: list[str]) -> Response:
         if self._dashboard is None:
-            resource = importlib.resources.files("durable").joinpath("static/dashboard.html")
+            resource = importlib.resources.files("durable._ops").joinpath("static/dashboard.html")
             self._dashboard = resource.read_bytes()
         return Response(200, self._dashboard, "text/html; charset=utf-8", {"Content-Security-Policy": _CSP})
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _metrics as m
+from . import metrics as m
 
 
 def _age_seconds(stream_id: str, now_ms: int) -> float:

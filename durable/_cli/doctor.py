@@ -10,9 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from . import _ops_queries as q
-from ._cli_ops import (
-    ENV_HUB,
+from .._config import ENV_HUB
+from .._core.model import ms_to_datetime
+from .._store import queries as q
+from .._store.keys import FORMAT_VERSION
+from .._store.queries import NodeFacts
+from .._store.store import Store
+from .common import (
     EXIT_FAILURE,
     EXIT_OK,
     Commands,
@@ -25,10 +29,6 @@ from ._cli_ops import (
     redact,
     render_table,
 )
-from ._keys import FORMAT_VERSION
-from ._model import ms_to_datetime
-from ._ops_queries import NodeFacts
-from ._store import Store
 
 __all__ = ["Check", "doctor_checks", "register"]
 

@@ -15,8 +15,8 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import _events as ev
-from ._entities import (
+from .._core import events as ev
+from .._core.entities import (
     DEFAULT_DEDUP_SECONDS,
     DEFAULT_DEDUP_WINDOW,
     MSG_SWEEP,
@@ -25,14 +25,14 @@ from ._entities import (
     EntityRecord,
     held_locks,
 )
-from ._keys import partition_of
-from ._partition import _dlq_fields
-from ._serialization import pack_record
-from ._store import RecordWrite
+from .._core.serialization import pack_record
+from .._store.keys import partition_of
+from .._store.store import RecordWrite
+from .partition import _dlq_fields
 
 if TYPE_CHECKING:
-    from ._orchestration_step import Instance, OrchestrationSteps
-    from ._runtime import Runtime
+    from .orchestration_step import Instance, OrchestrationSteps
+    from .runtime import Runtime
 
 log = logging.getLogger("durable.entities")
 

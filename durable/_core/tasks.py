@@ -11,7 +11,7 @@ import abc
 from collections.abc import Generator, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
-from ._model import FailureDetails, TaskFailedError
+from .model import FailureDetails, TaskFailedError
 
 T = TypeVar("T")
 

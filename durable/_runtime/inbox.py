@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from . import _events as ev
-from ._entities import EntityId
-from ._keys import partition_of
-from ._serialization import MAX_PAYLOAD_BYTES, PayloadTooLargeError, SerializationError, decode, encode
+from .._core import events as ev
+from .._core.entities import EntityId
+from .._core.serialization import MAX_PAYLOAD_BYTES, PayloadTooLargeError, SerializationError, decode, encode
+from .._store.keys import partition_of
 
 WIRE_VERSION = "1"
 #: the largest entry accepted, all field names and values together

@@ -24,38 +24,45 @@ import argparse
 import datetime as _dt
 import functools
 import json
+import signal
 import sys
 import textwrap
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeAlias
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import _ops_queries as q
-from . import _ops_views as views
-from ._client import AsyncClient
-from ._config import resolve_hub, resolve_url
-from ._ops_views import to_json_value
-from ._store import Store
+from .._client import AsyncClient
+from .._config import ENV_HUB, ENV_REDIS_URL, resolve_hub, resolve_url
+from .._ops import views as views
+from .._ops.views import to_json_value
+from .._store import queries as q
+from .._store.store import Store
 
 __all__ = [
     "EXIT_CODES_HELP",
     "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
-    "register_commands",
+    "leaf_exceptions",
+    "redact_url",
     "render_table",
+    "signal_receiver",
 ]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = (
     "exit codes:\n"
@@ -66,8 +73,6 @@ EXIT_CODES_HELP = (
     "  3  Redis unreachable"
 )
 
-ENV_REDIS_URL = "DURABLE_REDIS_URL"
-ENV_HUB = "DURABLE_HUB"
 
 #: Width of the wrapped command descriptions in --help.
 HELP_WIDTH = 90
@@ -230,11 +235,53 @@ def positive_int_arg(text: str) -> int:
 # connection
 
 
-def redact(url: str) -> str:
-    """``url`` without its password."""
-    from .cli import redact_url  # the CLI module imports this one: import it when used
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs and messages)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
-    return redact_url(url)
+
+redact = redact_url
+
+
+def leaf_exceptions(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or ``[exc]``."""
+    if isinstance(exc, BaseExceptionGroup):
+        out: list[BaseException] = []
+        for inner in exc.exceptions:
+            out.extend(leaf_exceptions(inner))
+        return out
+    return [exc]
+
+
+@contextmanager
+def signal_receiver() -> Iterator[Any]:
+    """SIGTERM/SIGINT as an async iterator (one that never yields when signals cannot be caught)."""
+    with ExitStack() as stack:
+        signals: Any
+        try:
+            signals = stack.enter_context(anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT))
+        except (NotImplementedError, ValueError, RuntimeError):  # not the main thread / platform
+            signals = _NoSignals()
+        yield signals
+
+
+class _NoSignals:
+    def __aiter__(self) -> _NoSignals:
+        return self
+
+    async def __anext__(self) -> int:
+        await anyio.sleep_forever()
+        raise StopAsyncIteration  # pragma: no cover
 
 
 class Session:
@@ -435,83 +482,3 @@ def command_group(commands: Commands, name: str, summary: str, description: str)
     )
     group.set_defaults(handler=functools.partial(_group_help, group))
     return group.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
-
-
-def register_commands(parser: argparse.ArgumentParser, commands: Commands) -> None:
-    """Add the operator commands to the ``durable`` parser and its sub-command action."""
-    # the command groups import this module: import them when used
-    from . import _cli_doctor, _cli_entity, _cli_orchestration
-
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = f"{parser.epilog or ''}\n\n{EXIT_CODES_HELP}".lstrip()
-    _cli_orchestration.register(commands)
-    _cli_entity.register(commands)
-    leaf(
-        commands,
-        "partitions",
-        partitions,
-        "show the partitions: owner, lease, backlog, timers",
-        "Show every partition of the hub: the worker holding its lease and when the lease "
-        "expires, the inbox backlog and the age of its oldest waiting message, timers, "
-        "instances and entities.",
-    )
-    leaf(
-        commands,
-        "workers",
-        workers,
-        "show the live workers",
-        "Show the workers with a live heartbeat: host, pid, activity slots in use, owned partitions.",
-    )
-    _cli_doctor.register(commands)
-
-
-# ------------------------------------------------------------------------------------------------
-# hub state
-
-
-async def partitions(session: Session, args: argparse.Namespace) -> Outcome:
-    if not session.hub_exists:
-        raise HubMissingError(f"hub {session.hub!r} does not exist (no metadata): no partitions")
-    data = await views.partitions_view(session.store)  # the CLI is no worker: owns none
-    rows = [
-        [
-            str(p["partition"]),
-            fmt_cell(p["owner"], 50),
-            q.text(p["epoch"]) or "-",
-            fmt_seconds(p["lease_ttl_ms"] / 1000) if p["lease_ttl_ms"] is not None else "-",
-            str(p["backlog"]),
-            fmt_seconds(p["oldest_age_seconds"]) if p["oldest_message_id"] else "-",
-            f"{p['timers']} ({p['timers_due_soon']} due soon)" if p["timers"] else "0",
-            str(p["instances"]),
-            str(p["entities"]),
-        ]
-        for p in data
-    ]
-    headers = ["partition", "owner", "epoch", "lease expires in", "backlog", "oldest age", "timers"]
-    text = render_table([*headers, "instances", "entities"], rows)
-    return Outcome(data, text)
-
-
-async def workers(session: Session, args: argparse.Namespace) -> Outcome:
-    data = await views.workers_view(session.store)  # the CLI is no worker: this_worker is false
-    rows = []
-    for r in data:
-        slots = "-"
-        if r["slots"] is not None:
-            used = r["slots_used"] if r["slots_used"] is not None else "?"
-            slots = f"{used}/{r['slots']}"
-        owned: list[int] = r["partitions"]
-        rows.append(
-            [
-                fmt_cell(r["worker_id"], 50),
-                fmt_cell(r["host"], 30),
-                q.text(r["pid"]) or "-",
-                slots,
-                f"{len(owned)}: {fmt_ranges(owned)}" if owned else "0",
-                fmt_seconds(r["expires_in_ms"] / 1000),
-            ]
-        )
-    if not rows:
-        return Outcome(data, "", note=f"no live workers in hub {session.hub!r}")
-    headers = ["worker id", "host", "pid", "slots used", "partitions", "heartbeat expires in"]
-    return Outcome(data, render_table(headers, rows))

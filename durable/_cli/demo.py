@@ -20,16 +20,11 @@ from typing import Any, TextIO
 
 import anyio
 
-from ._client import AsyncClient
-from ._config import resolve_url
-from ._model import OrchestrationState, OrchestrationStatus
-from ._runtime import WorkerConfig
-from ._worker import Worker
-from .cli import leaf_exceptions, redact_url, signal_receiver
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_INTERRUPTED = 130
+from .._client import AsyncClient
+from .._config import ENV_REDIS_URL, WorkerConfig, resolve_url
+from .._core.model import OrchestrationState, OrchestrationStatus
+from .._worker import Worker
+from .common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, leaf_exceptions, redact_url, signal_receiver
 
 _SAMPLES_PACKAGE = "orchestrations"
 _SAMPLES_MODULE = "orchestrations.patterns"
@@ -266,7 +261,7 @@ def build_cases(patterns: Any, fan_out: int) -> list[Case]:
 
 def _counter_total(counter_name: str, **labels: str) -> float | None:
     try:
-        from . import _metrics
+        from .._runtime import metrics as _metrics
 
         counter = getattr(_metrics, counter_name)
         total = 0.0
@@ -457,7 +452,7 @@ def run_demo(options: DemoOptions) -> int:
         print(f"durable demo: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     hub = options.hub or "demo"
-    url = options.redis_url or os.environ.get("DURABLE_REDIS_URL", "").strip()
+    url = options.redis_url or os.environ.get(ENV_REDIS_URL, "").strip()
     if url:
         where = "the given Redis"
     else:
