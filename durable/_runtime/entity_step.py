@@ -1,10 +1,11 @@
 """Entity processing inside a partition step.
 
-For every step that has entity messages: load each target entity's hash once
-(:meth:`EntityProcessor.ensure_loaded`), apply its messages with the pure batch executor
-(:meth:`EntityProcessor.process`), and add one record write per changed entity to the step's
-commit (:meth:`EntityProcessor.flush`). Messages produced along the way (call responses, lock
-requests forwarded along the chain, signals, orchestration starts) leave through the same commit,
+The entity half of a partition step (the same shape as the orchestration half): load each target
+entity's hash once (:meth:`EntityHalf.load`), apply its messages with the pure batch executor
+(:meth:`EntityHalf.process`), and add one record write per changed entity, and the dead letters of
+rejected messages, to the step's commit (:meth:`EntityHalf.flush`). Messages produced along the
+way (call responses, lock requests forwarded along the chain, signals, orchestration starts) leave
+through the same commit,
 so an operation's effects and its consumption of the inbox happen together or not at all.
 """
 
@@ -28,11 +29,14 @@ from .._core.entities import (
 from .._core.serialization import pack_record
 from .._store.keys import partition_of
 from .._store.store import RecordWrite
-from .partition import _dlq_fields
+from .inbox import dlq_fields
+from .step import Message, StepState
 
 if TYPE_CHECKING:
-    from .orchestration_step import Instance, OrchestrationSteps
-    from .runtime import Runtime
+    from .._core.registry import Registry
+    from .._store.store import Store
+    from .orchestration_step import Instance
+    from .telemetry import Telemetry
 
 log = logging.getLogger("durable.entities")
 
@@ -59,7 +63,7 @@ class _StepEntities:
     releases: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
-class EntityProcessor:
+class EntityHalf:
     """Applies entity operations for the partitions of one worker."""
 
     #: each entity remembers up to this many request ids to recognise repeated deliveries ...
@@ -67,35 +71,38 @@ class EntityProcessor:
     #: ... for this long
     dedup_seconds = DEFAULT_DEDUP_SECONDS
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self._steps: weakref.WeakKeyDictionary[OrchestrationSteps, _StepEntities] = (
-            weakref.WeakKeyDictionary()
-        )
+    def __init__(self, *, store: Store, registry: Registry, metrics: Telemetry) -> None:
+        self.store = store
+        self.registry = registry
+        self.metrics = metrics
+        self._steps: weakref.WeakKeyDictionary[StepState, _StepEntities] = weakref.WeakKeyDictionary()
 
-    def _step(self, runner: OrchestrationSteps) -> _StepEntities:
-        st = self._steps.get(runner)
+    def _step(self, step: StepState) -> _StepEntities:
+        st = self._steps.get(step)
         if st is None:
-            st = self._steps[runner] = _StepEntities()
+            st = self._steps[step] = _StepEntities()
         return st
 
-    async def ensure_loaded(self, runner: OrchestrationSteps, entity_ids: list[str]) -> None:
+    def owns(self, target: str) -> bool:
+        return target.startswith("@")
+
+    async def load(self, step: StepState, entity_ids: list[str]) -> None:
         """Start a step: read the hashes of the entities it addresses (one round trip)."""
-        st = self._steps[runner] = _StepEntities()
+        st = self._step(step)
         if not entity_ids:
             return
         keys: list[str] = []
         for target in entity_ids:
-            keys.append(runner.keys.entity(target))
-            keys.append(runner.keys.entity_control(target))
-        rows = await self.rt.store.load_records(runner.index, keys)
+            keys.append(step.keys.entity(target))
+            keys.append(step.keys.entity_control(target))
+        rows = await self.store.load_records(step.index, keys)
         for i, target in enumerate(entity_ids):
             raw, raw_control = rows[2 * i], rows[2 * i + 1]
             st.entities[target] = _Loaded(EntityRecord.from_fields(raw, raw_control), raw, raw_control)
 
-    def process(self, runner: OrchestrationSteps, target: str, msgs: list[dict[str, Any]], step: Any) -> None:
+    def process(self, step: StepState, target: str, msgs: list[Message]) -> None:
         """Apply the step's messages for one entity, in inbox order."""
-        st = self._step(runner)
+        st = self._step(step)
         try:
             entity_id = EntityId.parse(target)
         except ValueError as exc:
@@ -105,66 +112,62 @@ class EntityProcessor:
             reason = f"entity id {target!r} is not normalised: names are lower-case ({entity_id})"
             st.dead.extend((m, reason, "bad_target") for m in msgs)
             return
-        owner = partition_of(target, self.rt.store.partitions)
-        if owner != runner.index:
-            reason = f"{target} belongs to partition {owner}, not {runner.index}"
+        owner = partition_of(target, step.partitions)
+        if owner != step.index:
+            reason = f"{target} belongs to partition {owner}, not {step.index}"
             st.dead.extend((m, reason, "wrong_partition") for m in msgs)
             return
         loaded = st.entities.get(target)
         if loaded is None:  # not announced to ensure_loaded: treat as new (the version check guards it)
             loaded = st.entities[target] = _Loaded(EntityRecord(), {}, {})
-        impl = self.rt.registry.entities.get(entity_id.name)
+        impl = self.registry.entities.get(entity_id.name)
         batch = EntityBatch(entity_id, impl, loaded.record, step.now, self.dedup_window, self.dedup_seconds)
         result = batch.run(msgs)
         loaded.dirty = True
         loaded.deleted = result.deleted
         for msg in result.out:
-            runner._route(str(msg["target"]), msg, step)
+            step.route(str(msg["target"]), msg)
         for at, member, msg in result.timers:
             step.plan.timers.append((at, member, pack_record(msg)))
         st.dead.extend(result.dead)
         for _ in range(result.duplicates):
-            self.rt.metrics.duplicate_dropped()
+            self.metrics.duplicate_dropped()
         if impl is not None:
             for _ in range(result.completed):
-                self.rt.metrics.entity_operation(entity_id.name, "completed")
+                self.metrics.entity_operation(entity_id.name, "completed")
             for _ in range(result.failed):
-                self.rt.metrics.entity_operation(entity_id.name, "failed")
+                self.metrics.entity_operation(entity_id.name, "failed")
         for op, details in result.signal_failures:
             log.warning(
                 "%s: signalled operation %r failed: %s: %s", target, op, details.error_type, details.message
             )
 
-    async def flush(self, runner: OrchestrationSteps, step: Any) -> None:
-        """Add the step's entity writes to its commit and dead-letter what was rejected."""
-        st = self._steps.pop(runner, None)
+    def flush(self, step: StepState) -> None:
+        """Add the step's entity writes to its commit, and dead letters for what was rejected."""
+        st = self._steps.pop(step, None)
         if st is None:
             return
         for target, loaded in st.entities.items():
             if loaded.dirty:
-                for write in self._record_writes(runner, target, loaded, step):
+                for write in self._record_writes(step, target, loaded):
                     step.plan.records.append(write)
         for target, msg in st.releases:
-            runner._route(target, msg, step)
+            step.route(target, msg)
         for msg, reason, kind in st.dead:
             fields = msg.get("_wire") or {
                 b"m": pack_record({k: v for k, v in msg.items() if not k.startswith("_")})
             }
-            await self.rt.store.dead_letter(
-                runner.index, _dlq_fields(str(msg.get("_eid", "")), fields, reason)
-            )
-            self.rt.metrics.dead_lettered(kind)
+            step.plan.dead_letters.append(dlq_fields(str(msg.get("_eid", "")), fields, reason))
+            step.dead_lettered.append(kind)
             log.warning(
-                "partition %d: dead-lettered a message for %s: %s", runner.index, msg.get("target"), reason
+                "partition %d: dead-lettered a message for %s: %s", step.index, msg.get("target"), reason
             )
 
-    def _record_writes(
-        self, runner: OrchestrationSteps, target: str, loaded: _Loaded, step: Any
-    ) -> list[RecordWrite]:
+    def _record_writes(self, step: StepState, target: str, loaded: _Loaded) -> list[RecordWrite]:
         rec = loaded.record
         writes: list[RecordWrite] = []
-        key = runner.keys.entity(target)
-        control_key = runner.keys.entity_control(target)
+        key = step.keys.entity(target)
+        control_key = step.keys.entity_control(target)
         control = rec.control_fields()
         if any(control.values()):
             write = RecordWrite(control_key, control_key, rec.control_version)
@@ -193,9 +196,7 @@ class EntityProcessor:
         return writes
 
     # -- orchestrations ----------------------------------------------------------------------------
-    def route_action(
-        self, runner: OrchestrationSteps, inst: Instance, action: dict[str, Any], step: Any
-    ) -> None:
+    def route_action(self, step: StepState, inst: Instance, action: dict[str, Any]) -> None:
         """Turn an orchestration's entity action into the message(s) it sends."""
         kind = action["k"]
         if kind in _ACTIONS:
@@ -210,24 +211,24 @@ class EntityProcessor:
                 msg["rid"], msg["orch"] = action["rid"], inst.iid
             if action.get("cs"):
                 msg["cs"] = action["cs"]
-            runner._route(target, msg, step)
+            step.route(target, msg)
         elif kind == ev.ENTITY_LOCK_REQUESTED:
             locks = list(action["entities"])
-            runner._route(locks[0], _lock_message(ev.MSG_LOCK, inst.iid, str(action["rid"]), locks), step)
+            step.route(locks[0], _lock_message(ev.MSG_LOCK, inst.iid, str(action["rid"]), locks))
         elif kind == ev.ENTITY_UNLOCKED:
             for target in action["entities"]:
-                runner._route(target, _unlock_message(target, str(action["rid"]), inst.iid), step)
+                step.route(target, _unlock_message(target, str(action["rid"]), inst.iid))
         else:
             # every action kind the executor can produce is routed above or by the partition
             raise ValueError(f"no route for orchestration action {kind!r}")
 
-    def on_orchestration_end(self, runner: OrchestrationSteps, inst: Instance, step: Any) -> None:
+    def on_orchestration_end(self, step: StepState, inst: Instance) -> None:
         """Release the locks an ending execution still holds or waits for (sent at flush, after the
         step's other messages, so a release never overtakes its own lock request)."""
         executor = inst.executor
         if executor is None:
             return
-        st = self._step(runner)
+        st = self._step(step)
         for rid, locks, granted in held_locks(executor.history):
             if not locks:
                 continue

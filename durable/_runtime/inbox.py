@@ -1,18 +1,34 @@
-"""The wire format other languages use to signal entities, raise events and start orchestrations.
+"""Decoding of partition inbox entries: the engine's own messages and the public wire format.
 
-One ``XADD`` of flat string fields onto the inbox stream of the target's partition; see
-``docs/wire-format.md``. Parsing is strict: anything this module rejects is dead-lettered by the
-partition with the reason given here, and the partition carries on.
+An inbox entry is one of two kinds, told apart by its fields:
+
+* **wire** (has ``v``): the documented format other languages use to signal entities, raise events
+  and start orchestrations, one ``XADD`` of flat string fields; see ``docs/wire-format.md``.
+  Unknown fields are ignored, including the names the engine uses for its own messages.
+* **internal** (no ``v``, has ``m``): a msgpack message written by the engine. One forwarded from
+  another partition's outbox also carries ``src`` (that partition) and ``seq`` (its outbox entry
+  id), which de-duplicate repeated forwarding; both are validated.
+
+Parsing is strict: anything this module rejects is dead-lettered by the partition with the reason
+given here (inside the step's commit), and the partition carries on.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from .._core import events as ev
 from .._core.entities import EntityId
-from .._core.serialization import MAX_PAYLOAD_BYTES, PayloadTooLargeError, SerializationError, decode, encode
+from .._core.serialization import (
+    MAX_PAYLOAD_BYTES,
+    PayloadTooLargeError,
+    SerializationError,
+    decode,
+    encode,
+    unpack_record,
+)
 from .._store.keys import partition_of
 
 WIRE_VERSION = "1"
@@ -50,6 +66,8 @@ def _payload(enc: str, data: bytes | None) -> bytes | None:
     if enc == "json":
         try:
             value = json.loads(data, parse_constant=_reject_constant)
+        except RecursionError:
+            raise MalformedMessage("field 'data' is not valid JSON (enc=json): nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise MalformedMessage(f"field 'data' is not valid JSON (enc=json): {exc}") from None
         try:
@@ -135,3 +153,72 @@ def parse_wire(
         msg["traceparent"] = traceparent
     msg["_wire"] = fields
     return msg
+
+
+_STREAM_ID = re.compile(rb"^[0-9]{1,20}-[0-9]{1,20}$")
+
+
+def stream_id(value: str) -> tuple[int, int]:
+    """A stream entry id ``"<ms>-<seq>"`` as a sortable pair."""
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def is_wire(fields: dict[bytes, bytes]) -> bool:
+    """Whether an inbox entry is in the public wire format (it has the version field ``v``)."""
+    return b"v" in fields
+
+
+def forwarded_position(fields: dict[bytes, bytes], partitions: int | None = None) -> tuple[str, str] | None:
+    """``(source partition, outbox entry id)`` of an internal message forwarded from another
+    partition's outbox, else None. Wire entries never have one, whatever fields they carry.
+    Raises :class:`MalformedMessage` for an internal entry whose ``src``/``seq`` are invalid."""
+    if is_wire(fields):
+        return None
+    src = fields.get(b"src")
+    if src is None:
+        return None
+    seq = fields.get(b"seq")
+    if not src.isdigit() or (partitions is not None and int(src) >= partitions):
+        raise MalformedMessage(f"forwarded message has an invalid source partition {src[:40]!r}")
+    if seq is None or not _STREAM_ID.match(seq):
+        raise MalformedMessage(f"forwarded message has an invalid sequence {(seq or b'')[:60]!r}")
+    return src.decode(), seq.decode()
+
+
+def parse_entry(
+    fields: dict[bytes, bytes], partition: int | None = None, partitions: int | None = None
+) -> dict[str, Any]:
+    """Decode one inbox entry into a message dict with at least ``kind`` and ``target``."""
+    raw = fields.get(b"m")
+    if raw is None or is_wire(fields):
+        return parse_wire(fields, partition=partition, partitions=partitions)
+    try:
+        msg = unpack_record(raw)
+    except Exception as exc:
+        raise MalformedMessage(f"cannot decode message: {exc}") from None
+    if (
+        not isinstance(msg, dict)
+        or not isinstance(msg.get("kind"), str)
+        or not isinstance(msg.get("target"), str)
+    ):
+        raise MalformedMessage("message must be a map with string 'kind' and 'target'")
+    return msg
+
+
+#: a dead-letter entry keeps at most this many of the original entry's fields
+MAX_DLQ_FIELDS = 256
+
+
+def dlq_fields(eid: str, fields: dict[bytes, bytes], reason: str) -> dict[str, bytes | str]:
+    """A dead-letter entry: the original fields (the first :data:`MAX_DLQ_FIELDS`), the reason and
+    the source entry id."""
+    out: dict[str, bytes | str] = {}
+    for k, v in fields.items():
+        if len(out) >= MAX_DLQ_FIELDS:
+            out["dlq_truncated"] = str(len(fields))
+            break
+        out[k.decode(errors="replace")] = v
+    out["dlq_reason"] = reason
+    out["dlq_source_id"] = eid
+    return out

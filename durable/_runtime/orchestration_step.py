@@ -1,14 +1,15 @@
-"""Orchestration semantics of a partition step: turn an instance's messages into history events,
+"""The orchestration half of a partition step: turn an instance's messages into history events,
 run the replay executor, and express the outcome as the records, timers and messages of the commit.
 
-The partition loop (``_partition.py``) owns I/O and the commit; this mixin only builds the plan
-(its one read is loading instances missing from the cache)."""
+The partition loop (``partition.py``) owns the commit; this half only builds the plan (its one
+read is loading the instances missing from the replay cache)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,15 +23,20 @@ from .._core.serialization import (
     pack_record,
     unpack_record,
 )
-from .._store.keys import PartitionKeys, partition_of
-from .._store.store import CommitPlan, RecordWrite
+from .._store.store import RecordWrite
+from .step import Message, StepState
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from .._config import WorkerConfig
+    from .._core.context import OrchestrationContext
+    from .._core.registry import Registry
+    from .._store.store import Store
+    from .cache import InstanceCache
+    from .entity_step import EntityHalf
+    from .telemetry import Telemetry
 
 log = logging.getLogger("durable.partition")
 
-_TERMINAL = {"COMPLETED", "FAILED", "TERMINATED"}
 _COMPLETION_MSGS = {
     ev.MSG_TASK_COMPLETED: ev.TASK_COMPLETED,
     ev.MSG_TASK_FAILED: ev.TASK_FAILED,
@@ -50,7 +56,7 @@ class Instance:
 
     iid: str
     version: int = 0
-    status: str | None = None
+    status: OrchestrationStatus | None = None
     name: str = ""
     exec: str = ""
     created: int = 0
@@ -64,26 +70,50 @@ class Instance:
 
 
 @dataclass
-class StepState:
-    now: int
-    plan: CommitPlan
-    touched: dict[str, Instance] = field(default_factory=dict)
-    finished: list[tuple[Instance, StepResult]] = field(default_factory=list)
-    started: list[Instance] = field(default_factory=list)
+class _Incoming:
+    """An instance's messages of one step, as history events (and what a start carried)."""
+
+    events: list[ev.Event] = field(default_factory=list)
+    start: Message | None = None
+    start_input: bytes | None = None
+    #: a start that never ran and was terminated: its record (no executor runs)
+    terminated_pending: RecordWrite | None = None
 
 
-class OrchestrationSteps:
-    """Mixin of :class:`~durable._partition.PartitionRunner`: the orchestration half of a step."""
+class OrchestrationHalf:
+    """Orchestration semantics of a partition step (the counterpart of the entity half)."""
 
-    rt: Runtime
-    index: int
-    keys: PartitionKeys
-    cache: dict[str, Instance]
+    def __init__(
+        self,
+        *,
+        store: Store,
+        registry: Registry,
+        config: WorkerConfig,
+        metrics: Telemetry,
+        cache: InstanceCache[Instance],
+        entities: EntityHalf,
+        context_factory: Callable[[str, Any], OrchestrationContext],
+        name_of: Callable[[Any, str], str],
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.config = config
+        self.metrics = metrics
+        self.cache = cache
+        self.entities = entities
+        self.context_factory = context_factory
+        self.name_of = name_of
 
-    async def _ensure_loaded(self, ids: list[str]) -> None:
+    # -- the StepHalf shape --------------------------------------------------------------------
+    def owns(self, target: str) -> bool:
+        return not target.startswith("@")
+
+    async def load(self, step: StepState, targets: list[str]) -> None:
+        cached = self.cache.partition(step.index)
+        ids = [t for t in targets if t not in cached]
         if not ids:
             return
-        loaded = await self.rt.store.load_instances(self.index, ids)
+        loaded = await self.store.load_instances(step.index, ids)
         histories = [[unpack_record(h) for h in history] for _, history in loaded]
         refs = [
             e[f][len(BLOB_REF_PREFIX) :].decode()
@@ -93,180 +123,157 @@ class OrchestrationSteps:
             if is_blob_ref(e.get(f))
         ]
         if refs:  # large payloads live beside the history
-            blobs = await self.rt.store.get_blobs(refs)
+            blobs = await self.store.get_blobs(refs)
             for events in histories:
                 for e in events:
                     for f in _PAYLOAD_FIELDS:
                         if is_blob_ref(e.get(f)):
                             e[f] = blobs[e[f][len(BLOB_REF_PREFIX) :].decode()]
         for iid, (fields, _), events in zip(ids, loaded, histories, strict=True):
-            self.cache[iid] = self._instance_from(iid, fields, events)
-            self.rt.metrics.cache_event("miss")
+            cached[iid] = self._instance_from(iid, fields, events)
+            self.metrics.cache_event("miss")
 
-    def _instance_from(self, iid: str, fields: dict[bytes, bytes], history: list[ev.Event]) -> Instance:
-        inst = Instance(iid)
-        if not fields:
-            return inst
-        get = fields.get
-        inst.version = int(get(b"v", b"0"))
-        inst.status = get(b"status", b"").decode() or None
-        inst.name = get(b"name", b"").decode()
-        inst.exec = get(b"exec", b"").decode()
-        inst.created = int(get(b"created", b"0"))
-        inst.last_ts = int(get(b"updated", b"0"))
-        parent = get(b"parent")
-        inst.parent = unpack_record(parent) if parent else None
-        if inst.status in ("RUNNING", "SUSPENDED") and history:
-            executor = self._new_executor(iid)
-            executor.replay(history)
-            inst.executor = executor
-        return inst
-
-    def _new_executor(self, iid: str) -> OrchestrationExecutor:
-        return OrchestrationExecutor(
-            iid, self.rt.registry.orchestrators.get, self.rt.name_of, self.rt.context_factory
-        )
-
-    # -- orchestrations --------------------------------------------------------------------------
-    def _process_orchestration(self, inst: Instance, msgs: list[dict[str, Any]], step: StepState) -> None:
-        events: list[ev.Event] = []
-        start: dict[str, Any] | None = None
-        start_input: bytes | None = None
-        record = None
-        for msg in msgs:
-            kind = msg["kind"]
-            if kind == ev.MSG_START:
-                if inst.running:
-                    if msg.get("exec") != inst.exec and msg.get("parent"):
-                        self._reply_to_parent(
-                            msg["parent"],
-                            None,
-                            FailureDetails(
-                                f"an orchestration with id {inst.iid!r} is already running",
-                                "OrchestrationAlreadyExistsError",
-                            ),
-                            step,
-                        )
-                    continue
-                started_before = inst.status not in (None, "PENDING")
-                if msg.get("exec") == inst.exec and started_before:
-                    continue  # duplicate delivery of a start we already applied
-                start = msg
-                start_input = msg.get("input")
-                inst.executor = self._new_executor(inst.iid)
-                inst.exec = str(msg.get("exec") or uuid.uuid4().hex)
-                inst.name = str(msg["name"])
-                inst.parent = msg.get("parent")
-                inst.created = int(msg.get("created") or step.now)
-                events = [self._started_event(msg, inst)]
-                continue
-            if kind == ev.MSG_TERMINATE and not inst.running and inst.status == "PENDING":
-                # terminated before it started (e.g. a scheduled start): it never runs
-                record = self._terminate_pending(inst, msg, step)
-                continue
-            if not inst.running:
-                continue
-            event = _to_event(msg, inst.exec)
-            if event is not None:
-                events.append(event)
-        if not events:
-            if record is not None:
-                step.plan.records.append(record)
+    def process(self, step: StepState, target: str, msgs: list[Message]) -> None:
+        inst = self.cache.partition(step.index)[target]
+        incoming = self._incoming(inst, msgs, step)
+        if not incoming.events:
+            if incoming.terminated_pending is not None:
+                step.plan.records.append(incoming.terminated_pending)
                 step.touched[inst.iid] = inst
             return
         assert inst.executor is not None
         ts = max(step.now, inst.last_ts)
         inst.last_ts = ts
         prev_status = inst.status
-        new_execution = start is not None
-        result = inst.executor.execute([{"k": ev.ORCHESTRATOR_STARTED, "ts": ts}, *events])
+        result, new_execution, start_input = self._execute(inst, incoming, ts, step)
+        result = self._check_history_size(inst, result)
+        status = result.status
+        if status == OrchestrationStatus.CONTINUED_AS_NEW:
+            status = self._continue_next_step(inst, result, step)
+        inst.status = status
+        rec = self._record(inst, result, status, ts, new_execution, start_input, prev_status, step)
+        step.plan.records.append(rec)
+        step.touched[inst.iid] = inst
+        self._route_actions(inst, result, step, rec)
+        if status.is_terminal:
+            self._finish(inst, result, status, step)
+
+    def flush(self, step: StepState) -> None:
+        """Nothing is left over: every orchestration record is planned by :meth:`process`."""
+
+    # -- loading -------------------------------------------------------------------------------
+    def _instance_from(self, iid: str, fields: dict[bytes, bytes], history: list[ev.Event]) -> Instance:
+        inst = Instance(iid)
+        if not fields:
+            return inst
+        get = fields.get
+        inst.version = int(get(b"v", b"0"))
+        status = get(b"status", b"").decode()
+        inst.status = OrchestrationStatus(status) if status else None
+        inst.name = get(b"name", b"").decode()
+        inst.exec = get(b"exec", b"").decode()
+        inst.created = int(get(b"created", b"0"))
+        inst.last_ts = int(get(b"updated", b"0"))
+        parent = get(b"parent")
+        inst.parent = unpack_record(parent) if parent else None
+        if inst.status in (OrchestrationStatus.RUNNING, OrchestrationStatus.SUSPENDED) and history:
+            executor = self._new_executor(iid)
+            executor.replay(history)
+            inst.executor = executor
+        return inst
+
+    def _new_executor(self, iid: str) -> OrchestrationExecutor:
+        return OrchestrationExecutor(iid, self.registry.orchestrators.get, self.name_of, self.context_factory)
+
+    # -- one instance's step, along its seams ---------------------------------------------------
+    def _incoming(self, inst: Instance, msgs: list[Message], step: StepState) -> _Incoming:
+        """Turn the messages into history events: a start (re)creates the executor."""
+        incoming = _Incoming()
+        for msg in msgs:
+            kind = msg["kind"]
+            if kind == ev.MSG_START:
+                if self._accept_start(inst, msg, step):
+                    incoming.start = msg
+                    incoming.start_input = msg.get("input")
+                    incoming.events = [_started_event(msg, inst)]
+                continue
+            if kind == ev.MSG_TERMINATE and not inst.running and inst.status == OrchestrationStatus.PENDING:
+                # terminated before it started (e.g. a scheduled start): it never runs
+                incoming.terminated_pending = self._terminate_pending(inst, msg, step)
+                continue
+            if not inst.running:
+                continue
+            event = _to_event(msg, inst.exec)
+            if event is not None:
+                incoming.events.append(event)
+        return incoming
+
+    def _accept_start(self, inst: Instance, msg: Message, step: StepState) -> bool:
+        if inst.running:
+            if msg.get("exec") != inst.exec and msg.get("parent"):
+                failure = FailureDetails(
+                    f"an orchestration with id {inst.iid!r} is already running",
+                    "OrchestrationAlreadyExistsError",
+                )
+                reply_to_parent(step, msg["parent"], None, failure)
+            return False
+        started_before = inst.status not in (None, OrchestrationStatus.PENDING)
+        if msg.get("exec") == inst.exec and started_before:
+            return False  # duplicate delivery of a start we already applied
+        inst.executor = self._new_executor(inst.iid)
+        inst.exec = str(msg.get("exec") or uuid.uuid4().hex)
+        inst.name = str(msg["name"])
+        inst.parent = msg.get("parent")
+        inst.created = int(msg.get("created") or step.now)
+        return True
+
+    def _execute(
+        self, inst: Instance, incoming: _Incoming, ts: int, step: StepState
+    ) -> tuple[StepResult, bool, bytes | None]:
+        """Run the executor; continue-as-new restarts run inline (bounded)."""
+        assert inst.executor is not None
+        new_execution = incoming.start is not None
+        start_input = incoming.start_input
+        result = inst.executor.execute([{"k": ev.ORCHESTRATOR_STARTED, "ts": ts}, *incoming.events])
         restarts = 0
         while result.continue_as_new is not None and restarts < _MAX_INLINE_RESTARTS:
             self._route_actions(inst, result, step)
             restarts += 1
             data, carried = result.continue_as_new
-            self.rt.entities.on_orchestration_end(self, inst, step)
+            self.entities.on_orchestration_end(step, inst)
             inst.executor = self._new_executor(inst.iid)
             inst.exec = uuid.uuid4().hex
             new_execution = True
             start_input = data
             restart = {"name": inst.name, "input": data, "exec": inst.exec, "parent": inst.parent}
-            evs: list[ev.Event] = [self._started_event(restart, inst)]
+            evs: list[ev.Event] = [_started_event(restart, inst)]
             evs.extend({"k": ev.EVENT_RAISED, "name": n, "input": d} for n, d in carried)
             result = inst.executor.execute([{"k": ev.ORCHESTRATOR_STARTED, "ts": ts}, *evs])
-        result = self._check_history_size(inst, result)
-        status = result.status
-        if status == OrchestrationStatus.CONTINUED_AS_NEW:
-            status = OrchestrationStatus.RUNNING  # pathological loop: keep going next step
-            assert result.continue_as_new is not None
-            data, carried = result.continue_as_new
-            self._route(
-                inst.iid,
-                {
-                    "kind": ev.MSG_START,
-                    "target": inst.iid,
-                    "name": inst.name,
-                    "input": data,
-                    "exec": uuid.uuid4().hex,
-                    "parent": inst.parent,
-                    "events": carried,
-                },
-                step,
-            )
-            self.rt.entities.on_orchestration_end(self, inst, step)
-            inst.executor = None
-            inst.status = "CONTINUED_AS_NEW"
-        inst.status = status.value
-        rec = RecordWrite(
-            hash_key=self.keys.instance(inst.iid),
-            list_key=self.keys.history(inst.iid),
-            expected_version=inst.version,
-            mode="r" if new_execution else "a",
-        )
-        rec.events = [self._persisted(inst.iid, e, rec) for e in result.new_events]
-        f = rec.fields
-        f["status"] = status.value
-        f["updated"] = ts
-        if new_execution:
-            f.update(
-                name=inst.name, exec=inst.exec, created=inst.created, output=b"", failure=b"", custom=b""
-            )
-            f["input"] = self._offload(inst.iid, start_input, rec) or b""
-            f["parent"] = pack_record(inst.parent) if inst.parent else b""
-            rec.index, rec.index_member, rec.index_score = "i", inst.iid, inst.created
-            step.started.append(inst)
-        if result.custom_status_set:
-            f["custom"] = self._offload(inst.iid, result.custom_status, rec) or b""
-        if status.is_terminal:
-            f["output"] = self._offload(inst.iid, result.output, rec) or b""
-            f["failure"] = pack_record(result.failure.to_record()) if result.failure else b""
-            if result.nondeterminism:
-                self.rt.metrics.nondeterminism(inst.name)
-        if status.value != prev_status or new_execution:
-            rec.channel = self.rt.store.keys.status_channel(inst.iid)
-            rec.message = status.value
-        step.plan.records.append(rec)
-        step.touched[inst.iid] = inst
-        self._route_actions(inst, result, step, rec)
-        if status.is_terminal:
-            step.finished.append((inst, result))
-            if inst.parent:
-                self._reply_to_parent(
-                    inst.parent,
-                    result.output if status == OrchestrationStatus.COMPLETED else None,
-                    None
-                    if status == OrchestrationStatus.COMPLETED
-                    else (result.failure or FailureDetails("terminated", "TerminatedError")),
-                    step,
-                )
-            self.rt.entities.on_orchestration_end(self, inst, step)
-            inst.executor = None
+        return result, new_execution, start_input
+
+    def _continue_next_step(self, inst: Instance, result: StepResult, step: StepState) -> OrchestrationStatus:
+        """A pathological continue-as-new loop: start the next execution in a later step."""
+        assert result.continue_as_new is not None
+        data, carried = result.continue_as_new
+        start = {
+            "kind": ev.MSG_START,
+            "target": inst.iid,
+            "name": inst.name,
+            "input": data,
+            "exec": uuid.uuid4().hex,
+            "parent": inst.parent,
+            "events": carried,
+        }
+        step.route(inst.iid, start)
+        self.entities.on_orchestration_end(step, inst)
+        inst.executor = None
+        return OrchestrationStatus.RUNNING
 
     def _check_history_size(self, inst: Instance, result: StepResult) -> StepResult:
         executor = inst.executor
         if executor is None or result.status.is_terminal:
             return result
-        cfg = self.rt.config
+        cfg = self.config
         size = len(executor.history)
         if size > cfg.history_max_events:
             details = FailureDetails(
@@ -287,58 +294,94 @@ class OrchestrationSteps:
             )
         return result
 
-    def _started_event(self, msg: dict[str, Any], inst: Instance) -> ev.Event:
-        return {
-            "k": ev.EXECUTION_STARTED,
-            "name": inst.name,
-            "input": msg.get("input"),
-            "exec": inst.exec,
-            "parent": inst.parent,
-        }
+    def _record(
+        self,
+        inst: Instance,
+        result: StepResult,
+        status: OrchestrationStatus,
+        ts: int,
+        new_execution: bool,
+        start_input: bytes | None,
+        prev_status: OrchestrationStatus | None,
+        step: StepState,
+    ) -> RecordWrite:
+        """The instance's record write: new history events and the changed fields."""
+        rec = RecordWrite(
+            hash_key=step.keys.instance(inst.iid),
+            list_key=step.keys.history(inst.iid),
+            expected_version=inst.version,
+            mode="r" if new_execution else "a",
+        )
+        rec.events = [self._persisted(inst.iid, e, rec, step) for e in result.new_events]
+        f = rec.fields
+        f["status"] = status.value
+        f["updated"] = ts
+        if new_execution:
+            f.update(
+                name=inst.name, exec=inst.exec, created=inst.created, output=b"", failure=b"", custom=b""
+            )
+            f["input"] = self._offload(inst.iid, start_input, rec, step) or b""
+            f["parent"] = pack_record(inst.parent) if inst.parent else b""
+            rec.index, rec.index_member, rec.index_score = "i", inst.iid, inst.created
+            step.started.append(inst)
+        if result.custom_status_set:
+            f["custom"] = self._offload(inst.iid, result.custom_status, rec, step) or b""
+        if status.is_terminal:
+            f["output"] = self._offload(inst.iid, result.output, rec, step) or b""
+            f["failure"] = pack_record(result.failure.to_record()) if result.failure else b""
+            if result.nondeterminism:
+                self.metrics.nondeterminism(inst.name)
+        if status != prev_status or new_execution:
+            rec.channel = self.store.keys.status_channel(inst.iid)
+            rec.message = status.value
+        return rec
 
-    def _terminate_pending(self, inst: Instance, msg: dict[str, Any], step: StepState) -> RecordWrite:
-        inst.status = "TERMINATED"
-        rec = RecordWrite(self.keys.instance(inst.iid), self.keys.history(inst.iid), inst.version, mode="r")
-        rec.fields.update(status="TERMINATED", updated=step.now, output=msg.get("output") or b"")
+    def _finish(
+        self, inst: Instance, result: StepResult, status: OrchestrationStatus, step: StepState
+    ) -> None:
+        """A finished instance: tell its parent, release its locks, drop its executor."""
+        step.finished.append((inst, result))
+        if inst.parent:
+            completed = status == OrchestrationStatus.COMPLETED
+            failure = (
+                None if completed else (result.failure or FailureDetails("terminated", "TerminatedError"))
+            )
+            reply_to_parent(step, inst.parent, result.output if completed else None, failure)
+        self.entities.on_orchestration_end(step, inst)
+        inst.executor = None
+
+    def _terminate_pending(self, inst: Instance, msg: Message, step: StepState) -> RecordWrite:
+        inst.status = OrchestrationStatus.TERMINATED
+        rec = RecordWrite(step.keys.instance(inst.iid), step.keys.history(inst.iid), inst.version, mode="r")
+        rec.fields.update(status=inst.status.value, updated=step.now, output=msg.get("output") or b"")
         rec.events = [
             pack_record({"k": ev.EXECUTION_TERMINATED, "eid": 0, "ts": step.now, "output": msg.get("output")})
         ]
-        rec.channel, rec.message = self.rt.store.keys.status_channel(inst.iid), "TERMINATED"
+        rec.channel, rec.message = self.store.keys.status_channel(inst.iid), inst.status.value
         return rec
 
-    def _reply_to_parent(
-        self, parent: dict[str, Any], output: bytes | None, failure: FailureDetails | None, step: StepState
-    ) -> None:
-        msg: dict[str, Any] = {
-            "kind": ev.MSG_SUB_COMPLETED if failure is None else ev.MSG_SUB_FAILED,
-            "target": parent["iid"],
-            "exec": parent.get("exec"),
-            "tid": parent["tid"],
-        }
-        if failure is None:
-            msg["result"] = output
-        else:
-            msg["failure"] = failure.to_record()
-        self._route(parent["iid"], msg, step)
-
-    def _offload(self, iid: str, data: bytes | None, rec: RecordWrite | None) -> bytes | None:
+    # -- payloads ------------------------------------------------------------------------------
+    def _offload(
+        self, iid: str, data: bytes | None, rec: RecordWrite | None, step: StepState
+    ) -> bytes | None:
         """A large payload is stored once (content hash) beside the history and referenced."""
         if rec is None or data is None or len(data) <= LARGE_PAYLOAD_BYTES or is_blob_ref(data):
             return data
-        key = self.keys.blob(iid, hashlib.sha256(data).hexdigest()[:40])
+        key = step.keys.blob(iid, hashlib.sha256(data).hexdigest()[:40])
         rec.blobs[key] = data
-        rec.blob_set = self.keys.blobs(iid)
+        rec.blob_set = step.keys.blobs(iid)
         return BLOB_REF_PREFIX + key.encode()
 
-    def _persisted(self, iid: str, event: ev.Event, rec: RecordWrite) -> bytes:
+    def _persisted(self, iid: str, event: ev.Event, rec: RecordWrite, step: StepState) -> bytes:
         copy: ev.Event | None = None
         for f in _PAYLOAD_FIELDS:
             value = event.get(f)
             if isinstance(value, bytes) and len(value) > LARGE_PAYLOAD_BYTES:
                 copy = copy or dict(event)  # the cached history keeps the payload itself
-                copy[f] = self._offload(iid, value, rec)
+                copy[f] = self._offload(iid, value, rec, step)
         return pack_record(copy or event)
 
+    # -- actions -------------------------------------------------------------------------------
     def _route_actions(
         self, inst: Instance, result: StepResult, step: StepState, rec: RecordWrite | None = None
     ) -> None:
@@ -351,9 +394,9 @@ class OrchestrationSteps:
                     "exec": inst.exec,
                     "tid": action["tid"],
                     "name": action["name"],
-                    "input": self._offload(inst.iid, action.get("input"), rec),
+                    "input": self._offload(inst.iid, action.get("input"), rec, step),
                 }
-                step.plan.outbox.append({"dst": self.rt.store.keys.tasks, "m": pack_record(body)})
+                step.plan.outbox.append({"dst": self.store.keys.tasks, "m": pack_record(body)})
             elif kind == ev.TIMER_CREATED:
                 body = {
                     "kind": ev.MSG_TIMER_FIRED,
@@ -366,41 +409,54 @@ class OrchestrationSteps:
                 step.plan.timers.append((int(action["fire_at"]), member, pack_record(body)))
             elif kind == ev.SUB_CREATED:
                 child = str(action["iid"])
-                self._route(
-                    child,
-                    {
-                        "kind": ev.MSG_START,
-                        "target": child,
-                        "name": action["name"],
-                        "input": action.get("input"),
-                        "exec": uuid.uuid4().hex,
-                        "created": step.now,
-                        "parent": {"iid": inst.iid, "exec": inst.exec, "tid": action["tid"]},
-                    },
-                    step,
-                )
+                start = {
+                    "kind": ev.MSG_START,
+                    "target": child,
+                    "name": action["name"],
+                    "input": action.get("input"),
+                    "exec": uuid.uuid4().hex,
+                    "created": step.now,
+                    "parent": {"iid": inst.iid, "exec": inst.exec, "tid": action["tid"]},
+                }
+                step.route(child, start)
             elif kind == ev.EVENT_SENT:
                 target = str(action["iid"])
-                self._route(
-                    target,
-                    {
-                        "kind": ev.MSG_EVENT,
-                        "target": target,
-                        "name": action["name"],
-                        "input": action.get("input"),
-                    },
-                    step,
-                )
+                event = {
+                    "kind": ev.MSG_EVENT,
+                    "target": target,
+                    "name": action["name"],
+                    "input": action.get("input"),
+                }
+                step.route(target, event)
             else:
-                self.rt.entities.route_action(self, inst, action, step)
+                self.entities.route_action(step, inst, action)
 
-    def _route(self, target: str, msg: dict[str, Any], step: StepState) -> None:
-        data = pack_record(msg)
-        p = partition_of(target, self.rt.store.partitions)
-        if p == self.index:
-            step.plan.self_messages.append({"m": data})
-        else:
-            step.plan.outbox.append({"dst": self.rt.store.partition_keys(p).inbox, "m": data})
+
+def reply_to_parent(
+    step: StepState, parent: dict[str, Any], output: bytes | None, failure: FailureDetails | None
+) -> None:
+    """Tell a sub-orchestration's parent how it ended (as part of ``step``'s commit)."""
+    msg: dict[str, Any] = {
+        "kind": ev.MSG_SUB_COMPLETED if failure is None else ev.MSG_SUB_FAILED,
+        "target": parent["iid"],
+        "exec": parent.get("exec"),
+        "tid": parent["tid"],
+    }
+    if failure is None:
+        msg["result"] = output
+    else:
+        msg["failure"] = failure.to_record()
+    step.route(parent["iid"], msg)
+
+
+def _started_event(msg: Message, inst: Instance) -> ev.Event:
+    return {
+        "k": ev.EXECUTION_STARTED,
+        "name": inst.name,
+        "input": msg.get("input"),
+        "exec": inst.exec,
+        "parent": inst.parent,
+    }
 
 
 def _to_event(msg: dict[str, Any], exec_id: str) -> ev.Event | None:

@@ -1,82 +1,82 @@
-"""Isolation of inbox messages that keep crashing a partition step (poison messages)."""
+"""Isolation of inbox messages that keep crashing a partition step (poison messages).
+
+The partition loop counts failed attempts at its cursor; past the limit it takes messages one at
+a time, and the one that still fails alone comes here. :func:`plan_poison` plans its removal: the
+dead-letter entry, and a failure for the orchestration it was addressed to (whose parent is told).
+The loop commits the plan and applies the outcome to its own state; nothing here touches it.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
 
 from .._core import events as ev
-from .._core.model import FailureDetails
+from .._core.model import FailureDetails, OrchestrationStatus
 from .._core.serialization import pack_record, unpack_record
-from .._store.store import CommitPlan, RecordWrite
-from .inbox import MalformedMessage
-from .orchestration_step import StepState
-
-if TYPE_CHECKING:
-    from .partition import PartitionRunner
+from .._store.store import RecordWrite, Store, StreamEntry
+from .inbox import MalformedMessage, dlq_fields, parse_entry
+from .orchestration_step import reply_to_parent
+from .step import StepState
 
 log = logging.getLogger("durable.partition")
 
+_ACTIVE = (OrchestrationStatus.PENDING, OrchestrationStatus.RUNNING, OrchestrationStatus.SUSPENDED)
 
-async def dead_letter_poison(runner: PartitionRunner, attempts: int) -> None:
-    """Move the message at the runner's cursor to the dead-letter stream and fail its instance."""
-    from .partition import parse_entry
 
-    rt, index = runner.rt, runner.index
-    entries = await rt.store.read_inbox(index, runner.cursor, 1, None)
-    if not entries:
-        return
-    eid, fields = entries[0]
+@dataclass
+class PoisonOutcome:
+    """What the partition loop applies once the plan is committed."""
+
+    entry_id: str
+    #: the orchestration the message was for (its cached executor must go), if any
+    target: str | None
+    reason: str
+
+
+async def plan_poison(
+    store: Store, entry: StreamEntry, attempts: int, isolated: int, step: StepState
+) -> PoisonOutcome:
+    """Plan, into ``step``, the dead-lettering of ``entry`` and the failure of its instance.
+
+    ``attempts`` is how often the step failed at this entry, ``isolated`` how many of those
+    attempts took the entry alone."""
+    eid, fields = entry
     reason = (
         f"message {eid} made the partition step fail {attempts} times "
-        f"(the last {attempts - rt.config.max_recoveries} with the message alone); dead-lettered"
+        f"(the last {isolated} with the message alone); dead-lettered"
     )
-    log.error("partition %d: %s", index, reason)
-    now = rt.now_ms()
-    step = StepState(now=now, plan=CommitPlan(prev_cursor=runner.cursor, new_cursor=eid))
-    step.plan.state["recov"] = ""
-    target: str | None = None
+    log.error("partition %d: %s", step.index, reason)
+    target: str | None
     try:
         target = parse_entry(fields)["target"]
-    except (MalformedMessage, Exception):
+    except (MalformedMessage, ValueError, TypeError, KeyError):  # it failed every step: it may be anything
         target = None
     if target and not target.startswith("@"):
-        await _fail_instance(runner, target, reason, step)
-    dlq: dict[str, bytes | str] = {k.decode(errors="replace"): v for k, v in fields.items()}
-    dlq.update(dlq_reason=reason, dlq_source_id=eid)
-    await rt.store.dead_letter(index, dlq)
-    forward = await rt.store.commit(index, runner.lease, step.plan)
-    rt.metrics.dead_lettered("poison")
-    runner.cursor = eid
-    runner.cache.pop(target or "", None)
-    runner.isolate_left = max(runner.isolate_left - 1, 0)
-    runner.attempts = 0
-    if forward:
-        await rt.store.forward(index, forward)
+        await _fail_instance(store, target, reason, step)
+    step.plan.dead_letters.append(dlq_fields(eid, fields, reason))
+    step.dead_lettered.append("poison")
+    return PoisonOutcome(eid, target, reason)
 
 
-async def _fail_instance(runner: PartitionRunner, iid: str, reason: str, step: StepState) -> None:
-    version, status, length, parent = await runner.rt.store.instance_brief(runner.index, iid)
-    if status not in ("PENDING", "RUNNING", "SUSPENDED"):
+async def _fail_instance(store: Store, iid: str, reason: str, step: StepState) -> None:
+    version, status, length, parent = await store.instance_brief(step.index, iid)
+    if status not in _ACTIVE:
         return
     failure = FailureDetails(reason, "PoisonMessageError")
-    keys = runner.keys
-    rec = RecordWrite(keys.instance(iid), keys.history(iid), version)
-    rec.fields.update(status="FAILED", updated=step.now, failure=pack_record(failure.to_record()), output=b"")
-    rec.events = [
-        pack_record(
-            {
-                "k": ev.EXECUTION_COMPLETED,
-                "eid": length,
-                "ts": step.now,
-                "status": "FAILED",
-                "result": None,
-                "failure": failure.to_record(),
-            }
-        )
-    ]
-    rec.channel, rec.message = runner.rt.store.keys.status_channel(iid), "FAILED"
+    failed = OrchestrationStatus.FAILED.value
+    rec = RecordWrite(step.keys.instance(iid), step.keys.history(iid), version)
+    rec.fields.update(status=failed, updated=step.now, failure=pack_record(failure.to_record()), output=b"")
+    completed = {
+        "k": ev.EXECUTION_COMPLETED,
+        "eid": length,
+        "ts": step.now,
+        "status": failed,
+        "result": None,
+        "failure": failure.to_record(),
+    }
+    rec.events = [pack_record(completed)]
+    rec.channel, rec.message = store.keys.status_channel(iid), failed
     step.plan.records.append(rec)
     if parent:
-        info: dict[str, Any] = unpack_record(parent)
-        runner._reply_to_parent(info, None, failure, step)
+        reply_to_parent(step, unpack_record(parent), None, failure)

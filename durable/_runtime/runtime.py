@@ -10,8 +10,6 @@ import socket
 import threading
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -22,7 +20,11 @@ from .._core.context import OrchestrationContext
 from .._core.registry import Registry, name_of
 from .._store.store import Store, SyncLeaseRenewer
 from .activities import ActivityRunner
-from .entity_step import EntityProcessor
+from .cache import InstanceCache
+from .clock import Clock
+from .entity_step import EntityHalf
+from .leases import LeaseTable
+from .orchestration_step import Instance, OrchestrationHalf
 from .partition import PartitionRunner
 from .telemetry import Telemetry
 
@@ -39,7 +41,8 @@ def _rendezvous(partition: int, workers: list[str]) -> str:
 
 
 class Runtime:
-    """Everything a running worker shares between its loops."""
+    """Everything a running worker shares between its loops; it builds each loop with the
+    collaborators that loop needs, and no loop refers back to it."""
 
     def __init__(self, store: Store, url: str, registry: Registry, config: WorkerConfig) -> None:
         self.store = store
@@ -49,104 +52,52 @@ class Runtime:
         self.config = config
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.metrics = Telemetry()
-        self.name_of = name_of
-        self.context_factory: Callable[[str, Any], OrchestrationContext] = OrchestrationContext
-        self.entities = EntityProcessor(self)
+        self.clock = Clock()
+        self.leases = LeaseTable(config.lease_ttl_ms, self.metrics, self._stop_runner)
+        self.cache: InstanceCache[Instance] = InstanceCache(config.cache_size, self.metrics)
+        self.entities = EntityHalf(store=store, registry=registry, metrics=self.metrics)
+        self.orchestrations = OrchestrationHalf(
+            store=store,
+            registry=registry,
+            config=config,
+            metrics=self.metrics,
+            cache=self.cache,
+            entities=self.entities,
+            context_factory=OrchestrationContext,
+            name_of=name_of,
+        )
         self.runners: dict[int, PartitionRunner] = {}
-        self._leases: dict[int, str] = {}
-        self._deadlines: dict[int, float] = {}
-        self._lock = threading.Lock()
-        self._clock_offset_ms = 0.0
-        self._lru: OrderedDict[tuple[int, str], None] = OrderedDict()
         self.draining = False
         self.stopped = anyio.Event()
-        self.activities = ActivityRunner(self)
+        self.activities = ActivityRunner(
+            store=store,
+            registry=registry,
+            config=config,
+            metrics=self.metrics,
+            clock=self.clock,
+            consumer=self.worker_id,
+        )
         self._free_ticks: dict[int, int] = {}
         self.last_balance = time.monotonic()
         self._started_ms = str(int(time.time() * 1000))
 
-    # -- clock -----------------------------------------------------------------------------------
     def now_ms(self) -> int:
-        """Redis-clock milliseconds, estimated from the local clock plus the measured offset."""
-        return int(time.time() * 1000 + self._clock_offset_ms)
-
-    def observe_clock(self, redis_now_ms: int) -> None:
-        if redis_now_ms > 0:
-            self._clock_offset_ms = redis_now_ms - time.time() * 1000
-
-    # -- leases ----------------------------------------------------------------------------------
-    def lease_valid(self, index: int) -> bool:
-        with self._lock:
-            return index in self._leases and time.monotonic() < self._deadlines.get(index, 0)
-
-    def on_lease_lost(self, index: int) -> None:
-        with self._lock:
-            self._leases.pop(index, None)
-            self._deadlines.pop(index, None)
-        self.metrics.lease_event("lost")
-
-    def _grant(self, index: int, lease: str) -> None:
-        safety = min(self.config.lease_ttl_ms / 3, 5000)
-        with self._lock:
-            self._leases[index] = lease
-            self._deadlines[index] = time.monotonic() + (self.config.lease_ttl_ms - safety) / 1000
+        """Redis-clock milliseconds (estimated)."""
+        return self.clock.now_ms()
 
     def owned_partitions(self) -> list[int]:
-        with self._lock:
-            return sorted(self._leases)
+        return self.leases.owned()
 
-    def renew_all(self, renewer: SyncLeaseRenewer) -> None:
-        """Called from the renewal thread."""
-        with self._lock:
-            leases = dict(self._leases)
-        if not leases:
-            return
-        started = time.monotonic()
-        try:
-            results = renewer.renew(leases, self.config.lease_ttl_ms)
-        except Exception as exc:
-            log.warning("lease renewal failed: %s", exc)
-            self.metrics.lease_event("renew_failed")
-            return
-        safety = min(self.config.lease_ttl_ms / 3, 5000)
-        with self._lock:
-            for index, ok in results.items():
-                if self._leases.get(index) != leases[index]:
-                    continue
-                if ok:
-                    self._deadlines[index] = started + (self.config.lease_ttl_ms - safety) / 1000
-                else:
-                    self._deadlines[index] = 0.0
-                    self.metrics.lease_event("lost")
-                    runner = self.runners.get(index)
-                    if runner is not None:
-                        runner.stopping = True
+    def lease_valid(self, index: int) -> bool:
+        return self.leases.valid(index)
 
-    # -- cache -----------------------------------------------------------------------------------
-    def cache_touch(self, index: int, instance_ids: list[str]) -> None:
-        lru = self._lru
-        for iid in instance_ids:
-            key = (index, iid)
-            if key in lru:
-                lru.move_to_end(key)
-                self.metrics.cache_event("hit")
-            else:
-                lru[key] = None
-        while len(lru) > self.config.cache_size:
-            (p, iid), _ = lru.popitem(last=False)
-            runner = self.runners.get(p)
-            if runner is not None:
-                runner.cache.pop(iid, None)
-            self.metrics.cache_event("evict")
-        self.metrics.cache_size(len(lru))
+    def _stop_runner(self, index: int) -> None:
+        runner = self.runners.get(index)
+        if runner is not None:
+            runner.stopping = True
 
-    def cache_evict_partition(self, index: int) -> None:
-        for key in [k for k in self._lru if k[0] == index]:
-            del self._lru[key]
-        self.metrics.cache_size(len(self._lru))
-
-    def after_commit(self, runner: PartitionRunner, step: Any, entries: list[Any]) -> None:
-        self.metrics.step_committed(runner.index, step, entries, self.now_ms())
+    def _is_draining(self) -> bool:
+        return self.draining
 
     # -- loops -----------------------------------------------------------------------------------
     async def run(self, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
@@ -170,7 +121,7 @@ class Runtime:
             raise ValueError(f"durability must be 'fast' or 'strict', not {self.config.durability!r}")
         await self.store.ensure_task_group()
         with contextlib.suppress(RedisError):
-            self.observe_clock(await self.store.redis_time_ms())
+            self.clock.observe(await self.store.redis_time_ms())
         stop_renewing = threading.Event()
         renewer = SyncLeaseRenewer(self.url, self.store.hub, cluster=self.store.cluster)
         thread = threading.Thread(
@@ -230,7 +181,7 @@ class Runtime:
     def _renew_thread(self, renewer: SyncLeaseRenewer, stop: threading.Event) -> None:
         interval = self.config.renew_interval_ms / 1000
         while not stop.wait(interval):
-            self.renew_all(renewer)
+            self.leases.renew_all(renewer)
 
     async def _balance_loop(self, tg: anyio.abc.TaskGroup) -> None:
         try:
@@ -239,6 +190,10 @@ class Runtime:
                     await self._balance_once(tg)
                 except (RedisError, OSError) as exc:
                     log.warning("balancing failed: %s", exc)
+                except Exception as exc:
+                    # the next pass retries; one bad pass must never take the worker down (redis-py
+                    # can raise AttributeError on a connection torn down under it)
+                    log.warning("balancing failed: %r", exc)
                 self.last_balance = time.monotonic()
                 with anyio.move_on_after(self.config.balance_interval_ms / 1000):
                     await self._stop_requested.wait()
@@ -280,9 +235,19 @@ class Runtime:
                 if lease is None:
                     continue
                 self._free_ticks.pop(p, None)
-                self._grant(p, lease)
-                self.metrics.lease_event("acquired")
-                runner = PartitionRunner(self, p, lease)
+                self.leases.grant(p, lease)
+                runner = PartitionRunner(
+                    p,
+                    lease,
+                    store=self.store,
+                    config=self.config,
+                    clock=self.clock,
+                    leases=self.leases,
+                    cache=self.cache,
+                    metrics=self.metrics,
+                    halves=(self.orchestrations, self.entities),
+                    draining=self._is_draining,
+                )
                 self.runners[p] = runner
                 tg.start_soon(self._run_partition, runner)
         self.metrics.partitions_owned(len(self.owned_partitions()))
@@ -294,14 +259,12 @@ class Runtime:
             log.exception("partition %d loop crashed", runner.index)
         finally:
             self.runners.pop(runner.index, None)
-            self.cache_evict_partition(runner.index)
-            with self._lock:
-                lease = self._leases.pop(runner.index, None)
-                self._deadlines.pop(runner.index, None)
+            self.cache.clear_partition(runner.index, drop=True)
+            lease = self.leases.take(runner.index)
             if lease is not None:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(3):
                     try:
                         if await self.store.release_lease(runner.index, lease):
                             self.metrics.lease_event("released")
-                    except (RedisError, OSError):
-                        pass
+                    except Exception as exc:  # best effort: an unreleased lease expires on its own
+                        log.debug("partition %d: releasing the lease failed: %r", runner.index, exc)

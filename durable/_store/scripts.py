@@ -58,12 +58,20 @@ return {#due, nd, now}
 #   ntimers, per timer: score, member, data
 #   ndeltimers, member ...
 #   nstate, k v ...                            (HSET state, e.g. src positions)
+#   ndlq, [dlq key index, maxlen, then per entry: nfields, k v ...]   (dead letters)
 #   trim ('1' to XTRIM the inbox up to new_cursor)
 #   audit ('1': XADD lease, prev and new cursor to the last key, the partition's audit stream)
 # Returns {1, outbox ids...} | {-1} fenced | {-2, cursor} cursor moved | {-3, i} version conflict
 COMMIT = """
 local pos = 1
 local function nxt() local v = ARGV[pos]; pos = pos + 1; return v end
+-- Lua's unpack() has a limit of about 8000 values: variadic calls go in chunks
+local CHUNK = 4000
+local function chunked(cmd, key, values)
+  for s = 1, #values, CHUNK do
+    redis.call(cmd, key, unpack(values, s, math.min(s + CHUNK - 1, #values)))
+  end
+end
 local lease = nxt()
 if redis.call('GET', KEYS[1]) ~= lease then return {-1} end
 local prev = nxt(); local newc = nxt()
@@ -93,9 +101,9 @@ for i = 1, n do
     if ne > 0 then
       local evs = {}
       for j = 1, ne do evs[j] = nxt() end
-      redis.call('RPUSH', lk, unpack(evs))
+      chunked('RPUSH', lk, evs)
     end
-    if nf > 0 then redis.call('HSET', hk, unpack(fields)) end
+    if nf > 0 then chunked('HSET', hk, fields) end
     redis.call('HSET', hk, 'v', vers[i] + 1)
   end
   local which = nxt(); local member = nxt(); local score = nxt()
@@ -150,7 +158,16 @@ end
 local nst = tonumber(nxt())
 local st = {'cursor', newc}
 for j = 1, nst * 2 do st[#st + 1] = nxt() end
-redis.call('HSET', KEYS[2], unpack(st))
+chunked('HSET', KEYS[2], st)
+local ndl = tonumber(nxt())
+if ndl > 0 then
+  local dlq = KEYS[tonumber(nxt())]; local maxlen = nxt()
+  for i = 1, ndl do
+    local nf = tonumber(nxt()); local f = {}
+    for j = 1, nf * 2 do f[j] = nxt() end
+    redis.call('XADD', dlq, 'MAXLEN', '~', maxlen, '*', unpack(f))
+  end
+end
 if nxt() == '1' then redis.call('XTRIM', KEYS[3], 'MINID', newc) end
 if nxt() == '1' then  -- test builds: an audit trail of every accepted commit (last key)
   redis.call('XADD', KEYS[#KEYS], '*', 'lease', lease, 'prev', prev, 'new', newc)

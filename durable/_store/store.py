@@ -80,7 +80,13 @@ class CommitPlan:
     timers: list[tuple[int, str, bytes]] = field(default_factory=list)
     delete_timers: list[str] = field(default_factory=list)
     state: dict[str, str] = field(default_factory=dict)
+    #: entries for the partition's dead-letter stream, written by the same script as the rest
+    dead_letters: list[dict[str, bytes | str]] = field(default_factory=list)
     trim: bool = True
+
+
+#: a partition's dead-letter stream keeps about this many entries (the oldest are trimmed)
+DEAD_LETTER_MAXLEN = 10_000
 
 
 def _flat(mapping: dict[str, Any]) -> list[Any]:
@@ -340,6 +346,13 @@ class Store:
         args.append(len(plan.delete_timers))
         args.extend(plan.delete_timers)
         args.extend(_flat(plan.state))
+        args.append(len(plan.dead_letters))
+        if plan.dead_letters:
+            keys.append(pk.dlq)
+            args.append(len(keys))
+            args.append(DEAD_LETTER_MAXLEN)
+            for entry in plan.dead_letters:
+                args.extend(_flat(entry))
         args.append("1" if plan.trim else "0")
         args.append("1" if self.audit else "0")
         if self.audit:
@@ -503,7 +516,9 @@ class Store:
         pipe.xdel(self.partition_keys(index).outbox, *[eid for eid, _, _ in entries])
         await pipe.execute()
 
-    async def dead_letter(self, index: int, fields: dict[str, bytes | str], maxlen: int = 10000) -> None:
+    async def dead_letter(
+        self, index: int, fields: dict[str, bytes | str], maxlen: int = DEAD_LETTER_MAXLEN
+    ) -> None:
         await self.redis.xadd(self.partition_keys(index).dlq, fields, maxlen=maxlen, approximate=True)
 
     # -- client operations -----------------------------------------------------------------------

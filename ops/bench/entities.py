@@ -24,7 +24,7 @@ import redis
 from durable import AsyncClient, EntityContext, Worker, WorkerConfig
 from durable._core.serialization import decode
 from durable._embedded import EmbeddedRedis
-from durable._runtime.entity_step import EntityProcessor
+from durable._runtime.entity_step import EntityHalf
 from durable._store.keys import HubKeys, partition_of
 
 
@@ -96,7 +96,7 @@ def memory(url: str, n: int, signals_each: int) -> dict[str, float]:
     hub = f"bench-mem-{uuid.uuid4().hex[:6]}"
     targets = [f"@counter@user-{i:06d}" for i in range(n)]
     r = redis.Redis.from_url(url)
-    saved, EntityProcessor.dedup_seconds = EntityProcessor.dedup_seconds, 30
+    saved, EntityHalf.dedup_seconds = EntityHalf.dedup_seconds, 30
     try:
         with _worker(url, hub):
             _send(url, hub, [(t, 1) for t in targets for _ in range(signals_each)])
@@ -108,7 +108,7 @@ def memory(url: str, n: int, signals_each: int) -> dict[str, float]:
                     raise SystemExit("the recent signal ids were not swept")
                 time.sleep(0.2)
     finally:
-        EntityProcessor.dedup_seconds = saved
+        EntityHalf.dedup_seconds = saved
     idle, index = _bytes(r, hub, targets)
     return {"active": active, "idle": idle, "index": index}
 

@@ -29,7 +29,7 @@ from durable import (
     Worker,
     WorkerConfig,
 )
-from durable._runtime.entity_step import EntityProcessor
+from durable._runtime.entity_step import EntityHalf
 from durable._runtime.metrics import REGISTRY
 from durable._store.keys import HubKeys, partition_of
 from durable._store.store import Store
@@ -191,7 +191,7 @@ def test_delete_removes_the_entity(worker: Worker, client: Client, redis_url: st
 def test_duplicate_signal_ids_apply_once_then_expire(
     worker: Worker, client: Client, redis_url: str, hub: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(EntityProcessor, "dedup_seconds", 1)
+    monkeypatch.setattr(EntityHalf, "dedup_seconds", 1)
     target = "@counter@dup"
     control = HubKeys(hub).partition(partition_of(target, 32)).entity_control(target)
     r = connect(redis_url)
@@ -379,12 +379,12 @@ def test_backlog_of_10000_signals_drains_in_batches(
     key = HubKeys(hub).partition(partition_of(target, 32)).entity(target)
     loads: list[int] = []
     writes: list[int] = []
-    real_load, real_commit = EntityProcessor.ensure_loaded, Store.commit
+    real_load, real_commit = EntityHalf.load, Store.commit
 
-    async def ensure_loaded(self: EntityProcessor, runner: Any, entity_ids: list[str]) -> None:
+    async def load(self: EntityHalf, step: Any, entity_ids: list[str]) -> None:
         if target in entity_ids:
             loads.append(entity_ids.count(target))
-        await real_load(self, runner, entity_ids)
+        await real_load(self, step, entity_ids)
 
     async def commit(self: Store, index: int, lease: str, plan: Any) -> Any:
         n = sum(1 for rec in plan.records if rec.hash_key == key)
@@ -393,7 +393,7 @@ def test_backlog_of_10000_signals_drains_in_batches(
             writes.append(n)
         return out
 
-    monkeypatch.setattr(EntityProcessor, "ensure_loaded", ensure_loaded)
+    monkeypatch.setattr(EntityHalf, "load", load)
     monkeypatch.setattr(Store, "commit", commit)
 
     async def fill() -> None:
