@@ -20,7 +20,11 @@ from .._core.registry import ActivityContext
 from .._core.serialization import decode, encode, is_blob_ref, pack_record, unpack_record
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from .._config import WorkerConfig
+    from .._core.registry import Registry
+    from .._store.store import Store
+    from .clock import Clock
+    from .telemetry import Telemetry
 
 log = logging.getLogger("durable.activities")
 
@@ -28,10 +32,23 @@ log = logging.getLogger("durable.activities")
 class ActivityRunner:
     """Reads activity work items, runs them with bounded concurrency, returns results in batches."""
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.consumer = rt.worker_id
-        self.concurrency = rt.config.concurrency
+    def __init__(
+        self,
+        *,
+        store: Store,
+        registry: Registry,
+        config: WorkerConfig,
+        metrics: Telemetry,
+        clock: Clock,
+        consumer: str,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+        self.consumer = consumer
+        self.concurrency = config.concurrency
         self.in_flight: dict[str, float] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.concurrency, thread_name_prefix="durable-activity"
@@ -66,7 +83,7 @@ class ActivityRunner:
 
     async def run(self, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         self._loop = asyncio.get_running_loop()
-        await self.rt.store.ensure_task_group()
+        await self.store.ensure_task_group()
         task_status.started()
         try:
             async with anyio.create_task_group() as tg:
@@ -89,7 +106,7 @@ class ActivityRunner:
             await self._flush()
             if leftover:
                 with contextlib.suppress(RedisError, OSError):
-                    await self.rt.store.hand_back_tasks(leftover, self.rt.config.activity_visibility_ms)
+                    await self.store.hand_back_tasks(leftover, self.config.activity_visibility_ms)
         self._done.set()
 
     async def _read_loop(self, tg: anyio.abc.TaskGroup) -> None:
@@ -103,8 +120,8 @@ class ActivityRunner:
             with anyio.CancelScope() as scope:
                 self._read_scope = scope
                 try:
-                    entries = await self.rt.store.read_tasks(
-                        self.consumer, min(free, 100), self.rt.config.poll_ms
+                    entries = await self.store.read_tasks(
+                        self.consumer, min(free, 100), self.config.poll_ms
                     )
                     failures = 0
                 except (RedisError, OSError) as exc:
@@ -112,7 +129,7 @@ class ActivityRunner:
                     log.warning("reading activity tasks failed: %s", exc)
                     await anyio.sleep(min(0.05 * 2**failures, 2.0))
                     if "NOGROUP" in str(exc):
-                        await self.rt.store.ensure_task_group()
+                        await self.store.ensure_task_group()
             self._read_scope = None
             for eid, fields in entries:
                 self.in_flight[eid] = time.monotonic()
@@ -120,19 +137,19 @@ class ActivityRunner:
 
     async def _maintenance_loop(self, tg: anyio.abc.TaskGroup) -> None:
         """Keep our in-flight tasks fresh and reclaim tasks of consumers that went quiet."""
-        vis = self.rt.config.activity_visibility_ms
+        vis = self.config.activity_visibility_ms
         while True:
             await anyio.sleep(max(vis / 3000, 0.05))
             try:
                 if self.in_flight:
-                    await self.rt.store.touch_tasks(self.consumer, list(self.in_flight))
+                    await self.store.touch_tasks(self.consumer, list(self.in_flight))
                 if not self._reading or self._isolating:
                     continue
                 free = self.concurrency - len(self.in_flight)
                 if free <= 0:
                     continue
                 # one stale task at a time: see _run_isolated
-                claimed = await self.rt.store.claim_stale_tasks(self.consumer, vis, 1)
+                claimed = await self.store.claim_stale_tasks(self.consumer, vis, 1)
             except (RedisError, OSError) as exc:
                 log.warning("activity maintenance failed: %s", exc)
                 continue
@@ -148,13 +165,13 @@ class ActivityRunner:
         only its own delivery count grows until it is dead-lettered; the others stay pending on
         the dead consumer until they are reclaimed, one by one, and simply run."""
         item: tuple[str, dict[bytes, bytes], int] | None = first
-        vis = self.rt.config.activity_visibility_ms
+        vis = self.config.activity_visibility_ms
         try:
             while item is not None and self._reading:
                 eid, fields, delivered = item
                 if eid not in self.in_flight:
-                    self.rt.metrics.redelivery("activity")
-                    if delivered > self.rt.config.max_deliveries:
+                    self.metrics.redelivery("activity")
+                    if delivered > self.config.max_deliveries:
                         await self._dead_letter(eid, fields, delivered)
                     else:
                         self.in_flight[eid] = time.monotonic()  # kept fresh by the maintenance loop
@@ -163,12 +180,12 @@ class ActivityRunner:
                         if not self._reading:  # stopping: hand it back at once
                             self.in_flight.pop(eid, None)
                             with anyio.CancelScope(shield=True), contextlib.suppress(RedisError, OSError):
-                                await self.rt.store.hand_back_tasks([eid], vis)
+                                await self.store.hand_back_tasks([eid], vis)
                             break
                         self._dispatch(tg, eid, fields, delivered)
                         while eid in self.in_flight:
                             await self._wait_change()
-                claimed = await self.rt.store.claim_stale_tasks(self.consumer, vis, 1)
+                claimed = await self.store.claim_stale_tasks(self.consumer, vis, 1)
                 item = claimed[0] if claimed else None
         except (RedisError, OSError) as exc:
             log.warning("reclaiming activity tasks failed: %s", exc)
@@ -187,10 +204,10 @@ class ActivityRunner:
                 "tid": msg["tid"],
                 "failure": FailureDetails(reason, "ActivityDeadLetteredError").to_record(),
             }
-            await self.rt.store.dead_letter_task(eid, fields, reason)
+            await self.store.dead_letter_task(eid, fields, reason)
             self._results.append((str(msg["target"]), eid, pack_record(reply)))
             self._results_ready.set()
-            self.rt.metrics.dead_lettered("activity")
+            self.metrics.dead_lettered("activity")
         except Exception as exc:
             log.error("cannot dead-letter task %s: %s", eid, exc)
 
@@ -206,7 +223,7 @@ class ActivityRunner:
         except Exception as exc:
             tg.start_soon(self._reject_malformed, eid, fields, exc)
             return
-        self.rt.metrics.schedule_to_start("activity", eid, self.rt.now_ms())
+        self.metrics.schedule_to_start("activity", eid, self.clock.now_ms())
         ctx = ActivityContext(
             orchestration_id=target,
             task_id=tid,
@@ -214,7 +231,7 @@ class ActivityRunner:
             idempotency_key=f"{target}:{msg.get('exec')}:{tid}",
             name=name,
         )
-        fn = self.rt.registry.activities.get(name)
+        fn = self.registry.activities.get(name)
         raw = msg.get("input")
         if fn is None or inspect.iscoroutinefunction(fn) or is_blob_ref(raw):
             tg.start_soon(self._execute_async, eid, msg, fn, ctx, started)
@@ -244,7 +261,7 @@ class ActivityRunner:
         failures = 0
         while is_blob_ref(raw):  # a large input lives beside the history: fetch it first
             try:
-                raw = await self.rt.store.resolve(raw)
+                raw = await self.store.resolve(raw)
             except (RedisError, OSError) as exc:
                 # Redis trouble is not the activity's failure: retry, else leave the task pending
                 # (unacknowledged) so it is delivered again after the visibility timeout
@@ -290,15 +307,15 @@ class ActivityRunner:
             reply["kind"] = ev.MSG_TASK_FAILED
             reply["failure"] = FailureDetails.from_exception(error).to_record()
         status = "completed" if error is None else "failed"
-        self.rt.metrics.activity_done(ctx.name, status, time.monotonic() - started)
+        self.metrics.activity_done(ctx.name, status, time.monotonic() - started)
         self._results.append((ctx.orchestration_id, eid, pack_record(reply)))
         self._results_ready.set()
 
     async def _reject_malformed(self, eid: str, fields: dict[bytes, bytes], exc: BaseException) -> None:
         log.error("malformed activity task %s dropped to the dead-letter stream: %s", eid, exc)
         try:
-            await self.rt.store.dead_letter_task(eid, fields, f"malformed task: {exc}")
-            await self.rt.store.ack_tasks([eid])
+            await self.store.dead_letter_task(eid, fields, f"malformed task: {exc}")
+            await self.store.ack_tasks([eid])
         finally:
             self._release(eid)
 
@@ -317,7 +334,7 @@ class ActivityRunner:
         while self._results:
             batch, self._results = self._results, []
             try:
-                await self.rt.store.finish_tasks(batch)
+                await self.store.finish_tasks(batch)
             except (RedisError, OSError) as exc:
                 self._results = batch + self._results
                 failures += 1
