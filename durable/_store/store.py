@@ -1,4 +1,6 @@
-"""The store: the only code that talks to Redis.
+"""The store of one hub: the typed Redis operations of the worker and the client. With the rest of
+the ``_store`` package (scripts, keys, queries, notifications) it is the only code that talks to
+Redis; the layers above reach Redis only through it.
 
 Typed async methods over redis.asyncio; no business logic. Multi-key operations only ever touch
 keys of one partition (one hash tag), so the same code runs on Redis Cluster.
