@@ -6,8 +6,8 @@
     and exit 0. A second signal stops at once (exit 1).
 
 ``durable demo``
-    Run the sample patterns of the repository's ``orchestrations/`` folder against an embedded
-    (or the given) Redis, with live progress and a summary.
+    Run the sample patterns of the ``orchestrations`` and ``entities`` packages against an
+    embedded (or the given) Redis, with live progress and a summary.
 
 ``durable redis status|stop``
     Show or stop the embedded Redis server of a data folder (default ``./.durable/redis``).
@@ -185,12 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="run the sample orchestration patterns with live progress",
+        help="run the sample orchestration and entity patterns with live progress",
         description=(
-            "Run the sample patterns of the repository's orchestrations/ folder (function chaining, "
-            "fan-out/fan-in, human interaction, monitor, sub-orchestrations, retries) with an "
-            "in-process worker, show their progress and a summary. Uses an embedded Redis unless "
-            f"--redis-url or ${ENV_REDIS_URL} is given. Run it from the repository root."
+            "Run the sample patterns with an in-process worker, show their progress and a summary: "
+            "the orchestrations package (function chaining, fan-out/fan-in, human interaction, "
+            "monitor, sub-orchestrations, retries) and the entities package (a counter, a bank "
+            "account whose failed operation rolls back, transfers in critical sections, a scheduled "
+            "signal, an entity signalling another, IoT readings sent with a plain XADD). Uses an "
+            f"embedded Redis unless --redis-url or ${ENV_REDIS_URL} is given; the embedded Redis "
+            "keeps running afterwards (see 'durable redis')."
         ),
     )
     demo.add_argument("--version", action="version", version=f"durable {VERSION}")
