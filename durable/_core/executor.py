@@ -32,6 +32,11 @@ _COMPLETIONS = {
 }
 
 
+#: events that act on the instance rather than on one execution: a step's control events that
+#: arrive after its execution continued as new apply to the next execution
+_CONTROL_EVENTS = frozenset({ev.EXECUTION_TERMINATED, ev.EXECUTION_SUSPENDED, ev.EXECUTION_RESUMED})
+
+
 @dataclass
 class StepResult:
     """What one step produced."""
@@ -44,6 +49,8 @@ class StepResult:
     custom_status: bytes | None = None
     custom_status_set: bool = False
     continue_as_new: tuple[bytes | None, list[tuple[str, bytes | None]]] | None = None
+    #: after a continue-as-new: the step's later terminate/suspend/resume events, for the next execution
+    continue_with: list[ev.Event] = field(default_factory=list)
     nondeterminism: bool = False
 
 
@@ -105,9 +112,11 @@ class OrchestrationExecutor:
         self.ctx._custom_status_set = False
         if self._replay_error is not None:
             return self._fail_nondeterministic(self._replay_error, result)
+        leftover: list[ev.Event] = []
         try:
-            for event in new_events:
+            for i, event in enumerate(new_events):
                 if self._done:
+                    leftover = new_events[i:]
                     break
                 if self._apply(event):
                     self._append(event, result)
@@ -138,7 +147,11 @@ class OrchestrationExecutor:
                 if save_events:
                     for queue in self.ctx._received_events.values():
                         carried.extend(queue)
+                    # events of this step after the point where the code continued as new
+                    raised = [e for e in leftover if e["k"] == ev.EVENT_RAISED]
+                    carried.extend((str(e["name"]), e.get("input")) for e in raised)
                 result.continue_as_new = (data, carried)
+                result.continue_with = [e for e in leftover if e["k"] in _CONTROL_EVENTS]
         result.status = self.status
         result.output = self._output
         result.failure = self._failure
