@@ -13,7 +13,8 @@ import redis.asyncio as aredis
 from _redis import RedisServer
 from redis.asyncio.client import PubSub
 
-from durable import AsyncClient, Client, OrchestrationStatus, Worker, WorkerConfig
+from durable import AsyncClient, Client, OrchestrationNotFoundError, OrchestrationStatus, Worker, WorkerConfig
+from durable._store.keys import DEFAULT_PARTITIONS, partition_of
 
 FAST = dict(balance_interval_ms=100, poll_ms=200)
 
@@ -154,3 +155,45 @@ def test_a_failing_subscription_layer_never_escapes_a_wait(
         client.raise_orchestration_event(again, "go", data=8)
         assert client.wait_for_orchestration_completion(again, timeout=30).output == 8
     assert calls, f"the fault in PubSub.{method} was never hit"
+
+
+# --------------------------------------------------------------------------- events
+
+
+def test_event_for_a_missing_instance_raises_and_for_a_finished_one_is_discarded(
+    redis_url: str, hub: str
+) -> None:
+    """Durable Functions' semantics: no instance with that id -> OrchestrationNotFoundError; an
+    instance that has finished -> the event is accepted and discarded (README, wire-format.md)."""
+    worker = Worker(redis_url, hub=hub, config=WorkerConfig(**FAST))  # type: ignore[arg-type]
+
+    @worker.orchestrator
+    def waits(ctx: Any, _: Any) -> Any:
+        return (yield ctx.wait_for_external_event("go"))
+
+    with worker, Client(redis_url, hub=hub) as client:
+        with pytest.raises(OrchestrationNotFoundError):
+            client.raise_orchestration_event("never-was", "go", data=0)
+        iid = client.schedule_new_orchestration(waits, instance_id="finishes")
+        client.raise_orchestration_event(iid, "go", data=1)
+        assert client.wait_for_orchestration_completion(iid, timeout=30).output == 1
+        history = client.get_orchestration_history(iid)
+
+        client.raise_orchestration_event(iid, "go", data=2)  # finished: no error
+
+        # a later instance of the same partition runs only once that event has been handled
+        partition = partition_of(iid, DEFAULT_PARTITIONS)
+        probe = next(
+            f"probe-{n}" for n in range(10_000) if partition_of(f"probe-{n}", DEFAULT_PARTITIONS) == partition
+        )
+        client.schedule_new_orchestration(waits, instance_id=probe)
+        client.raise_orchestration_event(probe, "go", data=3)
+        assert client.wait_for_orchestration_completion(probe, timeout=30).output == 3
+        state = client.get_orchestration_state(iid)
+        assert state is not None
+        assert (state.runtime_status, state.output) == (OrchestrationStatus.COMPLETED, 1)
+        assert client.get_orchestration_history(iid) == history
+
+        assert client.purge_orchestration(iid)
+        with pytest.raises(OrchestrationNotFoundError):
+            client.raise_orchestration_event(iid, "go", data=4)
