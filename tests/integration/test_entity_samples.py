@@ -174,7 +174,7 @@ def test_concurrent_transfers_keep_the_total(worker: Worker, client: Client) -> 
     for key in keys:
         client.signal_entity(account(key), "deposit", input=100)
     wait_until(lambda: all(_state(client, account(k)) == 100 for k in keys), "the opening deposits")
-    plans = [
+    plans: list[dict[str, Any]] = [
         {"from": keys[i % 4], "to": keys[(i + 1 + i // 4) % 4], "amount": 15 + (i * 29) % 70}
         for i in range(24)
     ]
