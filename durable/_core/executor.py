@@ -8,7 +8,6 @@ match the action the code produces at that point, or :class:`NonDeterminismError
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from collections import deque
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from typing import Any
 
 from . import events as ev
 from .context import NameOf, OrchestrationContext
+from .entities import is_interrupt
 from .model import FailureDetails, NonDeterminismError, OrchestrationStatus, ms_to_datetime
 from .serialization import SerializationError, decode, encode
 from .tasks import CompletableTask, RetryableTask, Task
@@ -148,8 +148,9 @@ class OrchestrationExecutor:
                     for queue in self.ctx._received_events.values():
                         carried.extend(queue)
                     # events of this step after the point where the code continued as new
-                    raised = [e for e in leftover if e["k"] == ev.EVENT_RAISED]
-                    carried.extend((str(e["name"]), e.get("input")) for e in raised)
+                    carried.extend(
+                        (str(e["name"]), e.get("input")) for e in leftover if e["k"] == ev.EVENT_RAISED
+                    )
                 result.continue_as_new = (data, carried)
                 result.continue_with = [e for e in leftover if e["k"] in _CONTROL_EVENTS]
         result.status = self.status
@@ -305,7 +306,9 @@ class OrchestrationExecutor:
         try:
             value = decode(event.get("input"))
             out = fn(self.ctx, value)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too: user code fails its instance, not the worker
+            if is_interrupt(exc):
+                raise
             self._finish(OrchestrationStatus.FAILED, None, FailureDetails.from_exception(exc))
             return
         if inspect.isgenerator(out) or inspect.iscoroutine(out):
@@ -333,7 +336,9 @@ class OrchestrationExecutor:
             return
         except NonDeterminismError:
             raise
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too: user code fails its instance, not the worker
+            if is_interrupt(exc):
+                raise
             self._driver = None
             self._finish(OrchestrationStatus.FAILED, None, FailureDetails.from_exception(exc))
             return
@@ -378,9 +383,12 @@ class OrchestrationExecutor:
 
     def _close_driver(self) -> None:
         if self._driver is not None:
-            with contextlib.suppress(Exception):
-                self._driver.close()
-            self._driver = None
+            driver, self._driver = self._driver, None
+            try:
+                driver.close()  # runs the code's finally blocks; what they raise is ignored
+            except BaseException as exc:
+                if is_interrupt(exc):
+                    raise
 
 
 def _describe(event: ev.Event) -> str:

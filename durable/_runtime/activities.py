@@ -15,6 +15,7 @@ import anyio
 from redis.exceptions import RedisError
 
 from .._core import events as ev
+from .._core.entities import is_interrupt
 from .._core.model import FailureDetails
 from .._core.registry import ActivityContext
 from .._core.serialization import decode, encode, is_blob_ref, pack_record, unpack_record
@@ -27,6 +28,15 @@ if TYPE_CHECKING:
     from .telemetry import Telemetry
 
 log = logging.getLogger("durable.activities")
+
+
+def _worker_cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` is the worker cancelling the current task (so it must propagate), rather
+    than a cancellation exception the activity raised or leaked while nobody cancelled it."""
+    if not isinstance(exc, anyio.get_cancelled_exc_class()):
+        return False
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 class ActivityRunner:
@@ -120,9 +130,7 @@ class ActivityRunner:
             with anyio.CancelScope() as scope:
                 self._read_scope = scope
                 try:
-                    entries = await self.store.read_tasks(
-                        self.consumer, min(free, 100), self.config.poll_ms
-                    )
+                    entries = await self.store.read_tasks(self.consumer, min(free, 100), self.config.poll_ms)
                     failures = 0
                 except (RedisError, OSError) as exc:
                     failures += 1
@@ -283,7 +291,9 @@ class ActivityRunner:
                 result = await fn(ctx, value)
             else:
                 result = await self._loop.run_in_executor(self._pool, fn, ctx, value)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too: user code fails its task, not the worker
+            if _worker_cancelled(exc) or is_interrupt(exc):
+                raise
             error = exc
         self._complete(eid, msg, ctx, started, result, error)
 
