@@ -578,7 +578,17 @@ async def _serve_worker(worker: Worker, ops: OpsSettings | None) -> int:
     if not started:
         log.info("worker stopped before it started")
     elif exit_code == EXIT_OK:
-        log.info("worker stopped: in-flight work drained and partition leases released")
+        runtime = worker._runtime
+        handed_back = runtime.activities.handed_back if runtime is not None else 0
+        if handed_back:
+            # their threads are daemons: they do not keep this process alive, the tasks run again
+            log.info(
+                "worker stopped: drain timeout reached, %d unfinished activity task(s) handed back "
+                "for redelivery; partition leases released",
+                handed_back,
+            )
+        else:
+            log.info("worker stopped: in-flight work drained and partition leases released")
     return exit_code
 
 

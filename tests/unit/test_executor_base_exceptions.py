@@ -19,6 +19,7 @@ from durable._core.executor import OrchestrationExecutor, StepResult
 from durable._core.model import OrchestrationStatus
 from durable._core.registry import name_of
 from durable._core.serialization import decode, encode
+from durable._runtime.activities import _DaemonThreadPool
 
 NOW = 1_700_000_000_000
 
@@ -261,3 +262,45 @@ def test_entity_keyboard_interrupt_follows_the_same_rule(sigint_default: None) -
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     result = _contained(lambda: batch().run([_msg(ev.MSG_CALL, "interrupt", None, rid="i")]))
     assert result.out[0]["failure"]["error_type"] == "KeyboardInterrupt"
+
+
+# -- the threads of plain-function activities ------------------------------------------------------
+def test_activity_threads_pass_base_exceptions_to_the_future_and_are_daemons() -> None:
+    pool = _DaemonThreadPool(max_workers=2, thread_name_prefix="test-activity")
+    threads: list[threading.Thread] = []
+
+    def exits(code: int) -> None:
+        threads.append(threading.current_thread())
+        raise SystemExit(code)
+
+    def interrupts() -> None:
+        raise KeyboardInterrupt
+
+    try:
+        exited = pool.submit(exits, 2)
+        interrupted = pool.submit(interrupts)
+        assert isinstance(exited.exception(timeout=30), SystemExit)
+        assert isinstance(interrupted.exception(timeout=30), KeyboardInterrupt)
+        assert pool.submit(lambda: 42).result(timeout=30) == 42  # the threads survived
+        assert threads[0].daemon  # the interpreter does not wait for it at exit
+    finally:
+        pool.shutdown(wait=True)
+    with pytest.raises(RuntimeError):
+        pool.submit(lambda: None)
+
+
+def test_activity_threads_shutdown_cancels_what_has_not_started() -> None:
+    pool = _DaemonThreadPool(max_workers=1, thread_name_prefix="test-activity")
+    started, release = threading.Event(), threading.Event()
+
+    def blocks() -> bool:
+        started.set()
+        return release.wait(30)
+
+    running = pool.submit(blocks)
+    queued = pool.submit(lambda: "never")
+    assert started.wait(30)
+    pool.shutdown(wait=False, cancel_futures=True)
+    assert queued.cancelled()
+    release.set()
+    assert running.result(timeout=30) is True
