@@ -22,9 +22,7 @@ import datetime as _dt
 import functools
 import hashlib
 import inspect
-import signal
 import struct
-import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -32,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import events as ev
-from .model import FailureDetails, datetime_to_ms, ms_to_datetime
+from .model import FailureDetails, datetime_to_ms, is_interrupt, ms_to_datetime
 from .registry import name_of
 from .serialization import decode, encode, pack_record, unpack_record
 
@@ -281,32 +279,6 @@ def _takes_input(fn: Callable[..., Any], skip: int) -> bool:
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
             positional += 1
     return positional > skip
-
-
-def is_interrupt(exc: BaseException) -> bool:
-    """Whether ``exc``, raised while user code ran, stops the process instead of failing that code.
-
-    Whatever orchestrator, activity or entity code raises is that code's failure, ``SystemExit``
-    and ``KeyboardInterrupt`` included (``argparse`` raises ``SystemExit(2)`` on bad input): the
-    instance, task or operation fails with it and the worker goes on. The one exception is a
-    KeyboardInterrupt that Ctrl-C may have delivered: Python's SIGINT handler raises it in the main
-    thread, inside whatever code runs at that moment, where it cannot be told from one the code
-    raised itself, so it is let through to stop the process. Where SIGINT cannot raise it (any
-    other thread; SIGINT ignored, or routed to an event loop's signal receiver as under ``durable
-    worker``), a KeyboardInterrupt is the code's own.
-
-    Shared by the executors of user code: the orchestration executor, activities and entities.
-    """
-    if not isinstance(exc, KeyboardInterrupt):
-        return False
-    if threading.current_thread() is not threading.main_thread():
-        return False  # signals are handled in the main thread only
-    handler = signal.getsignal(signal.SIGINT)
-    if handler is None or handler in (signal.SIG_IGN, signal.SIG_DFL):
-        return False
-    # asyncio's loop.add_signal_handler (anyio's open_signal_receiver) installs a no-op that only
-    # wakes the loop; any other Python handler (the default one, asyncio.run's) may raise
-    return getattr(handler, "__name__", "") != "_sighandler_noop"
 
 
 def _run_operation(impl: Any, ctx: EntityContext, operation: str, value: Any) -> Any:

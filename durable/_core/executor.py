@@ -16,8 +16,7 @@ from typing import Any
 
 from . import events as ev
 from .context import NameOf, OrchestrationContext
-from .entities import is_interrupt
-from .model import FailureDetails, NonDeterminismError, OrchestrationStatus, ms_to_datetime
+from .model import FailureDetails, NonDeterminismError, OrchestrationStatus, is_interrupt, ms_to_datetime
 from .serialization import SerializationError, decode, encode
 from .tasks import CompletableTask, RetryableTask, Task
 

@@ -18,8 +18,7 @@ import anyio
 from redis.exceptions import RedisError
 
 from .._core import events as ev
-from .._core.entities import is_interrupt
-from .._core.model import FailureDetails
+from .._core.model import FailureDetails, is_interrupt
 from .._core.registry import ActivityContext
 from .._core.serialization import decode, encode, is_blob_ref, pack_record, unpack_record
 

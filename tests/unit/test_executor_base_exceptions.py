@@ -14,9 +14,9 @@ import pytest
 
 from durable import EntityContext, EntityId, TaskFailedError
 from durable._core import events as ev
-from durable._core.entities import EntityBatch, EntityRecord, is_interrupt
+from durable._core.entities import EntityBatch, EntityRecord
 from durable._core.executor import OrchestrationExecutor, StepResult
-from durable._core.model import OrchestrationStatus
+from durable._core.model import OrchestrationStatus, is_interrupt
 from durable._core.registry import name_of
 from durable._core.serialization import decode, encode
 from durable._runtime.activities import _DaemonThreadPool
