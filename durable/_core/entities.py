@@ -23,6 +23,7 @@ import functools
 import hashlib
 import inspect
 import struct
+import typing
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import events as ev
+from .convert import input_type, rebuild
 from .model import FailureDetails, datetime_to_ms, is_interrupt, ms_to_datetime
 from .registry import name_of
 from .serialization import decode, encode, pack_record, unpack_record
@@ -91,6 +93,11 @@ class EntityState:
     last_modified_at: _dt.datetime
     locked_by: str | None = None
     backlog: int = 0
+
+    def state_as(self, tp: Any) -> Any:
+        """The state rebuilt into type ``tp`` (a dataclass, a pydantic model, ``list[Item]``, ...);
+        raises SerializationError naming the field that does not fit."""
+        return rebuild(self.state, tp, f"state of entity {self.entity_id}")
 
 
 class EntityContext:
@@ -292,18 +299,49 @@ def _run_operation(impl: Any, ctx: EntityContext, operation: str, value: Any) ->
         had_state = ctx.has_state
         initial: bytes | None = None
         if had_state:
-            obj.state = ctx.get_state()
+            state_type = _STATE_TYPES.get(impl, _NO_TYPE)
+            if state_type is _NO_TYPE:
+                state_type = _STATE_TYPES[impl] = _state_type(impl)
+            obj.state = rebuild(ctx.get_state(), state_type, f"state of entity {ctx.entity_id}")
         else:
             obj.state = obj.initial_state()
             initial = encode(obj.state, what=f"initial state of entity {ctx.entity_id}")
         method = getattr(type(obj), method_name)
-        out = method(obj, value) if _takes_input(method, 1) else method(obj)
+        if _takes_input(method, 1):
+            value = rebuild(
+                value, input_type(method, 1), f"input of operation {operation!r} on {ctx.entity_id}"
+            )
+            out = method(obj, value)
+        else:
+            out = method(obj)
         if not ctx._deleted and not ctx._dirty:
             new = encode(obj.state, what=f"state of entity {ctx.entity_id}")
             if had_state or new != initial:
                 ctx.set_state(obj.state)
         return out
-    return impl(ctx, value) if _takes_input(impl, 1) else impl(ctx)
+    if not _takes_input(impl, 1):
+        return impl(ctx)
+    return impl(
+        ctx, rebuild(value, input_type(impl, 1), f"input of operation {operation!r} on {ctx.entity_id}")
+    )
+
+
+_STATE_TYPES: dict[type, Any] = {}
+_NO_TYPE = object()
+
+
+def _state_type(cls: type) -> Any:
+    """The annotated type of a class entity's ``state`` (None: kept as decoded)."""
+    for klass in cls.__mro__:
+        if klass is Entity:
+            break
+        if "state" in getattr(klass, "__annotations__", {}):
+            try:
+                hint = typing.get_type_hints(klass).get("state")
+            except Exception:
+                return None
+            return None if hint is Any else hint
+    return None
 
 
 def fingerprint(request_id: str) -> bytes:

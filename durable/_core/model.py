@@ -9,9 +9,11 @@ import datetime as _dt
 import signal
 import threading
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from .convert import rebuild
 
 
 class OrchestrationStatus(StrEnum):
@@ -97,6 +99,16 @@ class OrchestrationState:
     last_updated_at: _dt.datetime
     scheduled_start_at: _dt.datetime | None = None
     parent_instance_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def output_as(self, tp: Any) -> Any:
+        """The output rebuilt into type ``tp`` (a dataclass, a pydantic model, ``list[Item]``,
+        an enum, ...); raises SerializationError naming the field that does not fit."""
+        return rebuild(self.output, tp, f"output of orchestration {self.instance_id!r}")
+
+    def input_as(self, tp: Any) -> Any:
+        """The input rebuilt into type ``tp`` (see :meth:`output_as`)."""
+        return rebuild(self.input, tp, f"input of orchestration {self.instance_id!r}")
 
     def raise_if_failed(self) -> None:
         """Raise :class:`TaskFailedError` when the orchestration failed."""

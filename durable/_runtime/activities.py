@@ -18,6 +18,7 @@ import anyio
 from redis.exceptions import RedisError
 
 from .._core import events as ev
+from .._core.convert import input_type, rebuild
 from .._core.model import FailureDetails, is_interrupt
 from .._core.registry import ActivityContext
 from .._core.serialization import decode, encode, is_blob_ref, pack_record, unpack_record
@@ -332,7 +333,7 @@ class ActivityRunner:
             tg.start_soon(self._execute_async, eid, msg, fn, ctx, started)
             return
         try:
-            value = decode(raw)
+            value = rebuild(decode(raw), input_type(fn), f"input of activity {name!r}")
         except Exception as exc:
             self._complete(eid, msg, ctx, started, None, exc)
             return
@@ -373,7 +374,7 @@ class ActivityRunner:
                 raise error
             if fn is None:
                 raise LookupError(f"no activity named {ctx.name!r} is registered with this worker")
-            value = decode(raw)
+            value = rebuild(decode(raw), input_type(fn), f"input of activity {ctx.name!r}")
             if inspect.iscoroutinefunction(fn):
                 result = await fn(ctx, value)
             else:
