@@ -18,17 +18,17 @@ from ._config import ENV_DURABILITY, resolve_hub, resolve_url
 from ._core import events as ev
 from ._core.entities import EntityId, EntityRecord, EntityState
 from ._core.model import (
-    FailureDetails,
     OrchestrationAlreadyExistsError,
     OrchestrationNotFoundError,
     OrchestrationState,
     OrchestrationStatus,
     datetime_to_ms,
-    ms_to_datetime,
+    encode_tags,
 )
 from ._core.registry import name_of
-from ._core.serialization import decode, encode, is_blob_ref, pack_record, unpack_record
+from ._core.serialization import decode, encode, pack_record
 from ._loop import LoopThread
+from ._query import AsyncQueries, SyncQueries, resolved, state_from
 from ._store.store import Store
 
 if TYPE_CHECKING:
@@ -37,41 +37,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-async def _resolved(store: Store, fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
-    """Replace references to large payloads by the payloads."""
-    for key in (b"input", b"output", b"custom"):
-        if is_blob_ref(fields.get(key)):
-            fields[key] = await store.resolve(fields[key]) or b""
-    return fields
-
-
-def _state_from(instance_id: str, f: dict[bytes, bytes]) -> OrchestrationState:
-    def payload(key: bytes) -> Any:
-        raw = f.get(key)
-        return decode(raw) if raw else None
-
-    failure_raw = f.get(b"failure")
-    parent_raw = f.get(b"parent")
-    scheduled = f.get(b"scheduled")
-    status = f.get(b"status", b"PENDING").decode()
-    if status == OrchestrationStatus.CONTINUED_AS_NEW.value:
-        status = OrchestrationStatus.RUNNING.value
-    return OrchestrationState(
-        instance_id=instance_id,
-        name=f.get(b"name", b"").decode(),
-        runtime_status=OrchestrationStatus(status),
-        input=payload(b"input"),
-        output=payload(b"output"),
-        custom_status=payload(b"custom"),
-        failure_details=FailureDetails.from_record(unpack_record(failure_raw)) if failure_raw else None,
-        created_at=ms_to_datetime(int(f.get(b"created", b"0"))),
-        last_updated_at=ms_to_datetime(int(f.get(b"updated", b"0"))),
-        scheduled_start_at=ms_to_datetime(int(scheduled)) if scheduled else None,
-        parent_instance_id=unpack_record(parent_raw).get("iid") if parent_raw else None,
-    )
-
-
-class AsyncClient:
+class AsyncClient(AsyncQueries):
     """Starts, queries and controls orchestrations (and signals entities) of one hub."""
 
     def __init__(
@@ -127,17 +93,20 @@ class AsyncClient:
         input: Any = None,
         instance_id: str | None = None,
         start_at: _dt.datetime | None = None,
+        tags: dict[str, str] | None = None,
     ) -> str:
         """Start an orchestration (now, or at ``start_at``); returns its instance id.
 
-        Raises SerializationError for an input msgpack cannot carry and
-        OrchestrationAlreadyExistsError when an instance with that id is still running.
+        ``tags`` (short strings) are kept with the instance and can be filtered on
+        (:meth:`list_orchestrations`). Raises SerializationError for an input msgpack cannot
+        carry and OrchestrationAlreadyExistsError when an instance with that id is still running.
         """
         name = name_of(orchestrator, "orchestrator")
         iid = instance_id or uuid.uuid4().hex
         if not iid or iid.startswith("@"):
             raise ValueError(f"invalid instance id {iid!r} (must be non-empty and not start with '@')")
         data = encode(input, what=f"input of orchestration {name!r}")
+        tag_text = encode_tags(tags)
         store = await self._get_store()
         created = int(time.time() * 1000)
         exec_id = uuid.uuid4().hex
@@ -149,6 +118,7 @@ class AsyncClient:
                 "input": data,
                 "exec": exec_id,
                 "created": created,
+                **({"tags": tag_text} if tag_text else {}),
             }
         )
         scheduled = None
@@ -156,7 +126,7 @@ class AsyncClient:
             scheduled = datetime_to_ms(start_at)
             if scheduled <= created:
                 scheduled = None
-        ok = await store.start_instance(iid, name, message, data, created, scheduled, exec_id)
+        ok = await store.start_instance(iid, name, message, data, created, scheduled, exec_id, tag_text)
         if not ok:
             raise OrchestrationAlreadyExistsError(
                 f"an orchestration with id {iid!r} already exists and is not finished"
@@ -169,7 +139,7 @@ class AsyncClient:
         fields = await store.get_instance(instance_id)
         if not fields or b"status" not in fields:
             return None
-        return _state_from(instance_id, await _resolved(store, fields))
+        return state_from(instance_id, await resolved(store, fields))
 
     async def get_orchestration_history(self, instance_id: str) -> list[dict[str, Any]]:
         """The recorded history events of the instance's current execution (payloads decoded)."""
@@ -270,47 +240,6 @@ class AsyncClient:
             raise ValueError(f"orchestration {instance_id!r} is still running; terminate it before purging")
         return res == 1
 
-    async def list_orchestrations(
-        self,
-        *,
-        status: OrchestrationStatus | str | list[OrchestrationStatus | str] | None = None,
-        name: str | None = None,
-        created_from: _dt.datetime | None = None,
-        created_to: _dt.datetime | None = None,
-        limit: int = 100,
-    ) -> list[OrchestrationState]:
-        """Instances newest first, filtered by status(es), name and creation time."""
-        store = await self._get_store()
-        wanted: set[str] | None = None
-        if status is not None:
-            items = status if isinstance(status, list) else [status]
-            wanted = {OrchestrationStatus(s).value if isinstance(s, str) else s.value for s in items}
-        lo = datetime_to_ms(created_from) if created_from else None
-        hi = datetime_to_ms(created_to) if created_to else None
-        out: list[OrchestrationState] = []
-        scan = max(limit, 100) if (wanted or name) else limit
-        while True:
-            ids = await store.index_range(lo, hi, scan)
-            # examine candidates newest first until the page is full
-            for start in range(0, len(ids), 200):
-                chunk = ids[start : start + 200]
-                rows = await store.get_instances([iid for iid, _ in chunk])
-                for (iid, _), fields in zip(chunk, rows, strict=True):
-                    if not fields or b"status" not in fields:
-                        continue
-                    state = _state_from(iid, await _resolved(store, fields))
-                    if wanted is not None and state.runtime_status.value not in wanted:
-                        continue
-                    if name is not None and state.name != name:
-                        continue
-                    out.append(state)
-                    if len(out) >= limit:
-                        return out
-            if len(ids) < scan * store.partitions or scan >= 1_000_000:
-                return out
-            scan *= 4
-            out.clear()
-
     # -- entities --------------------------------------------------------------------------------
     async def signal_entity(
         self,
@@ -350,39 +279,11 @@ class AsyncClient:
         main, side = await store.load_records(pk.index, [pk.entity(target), pk.entity_control(target)])
         return EntityRecord.from_fields(main, side).to_state(eid)
 
-    async def list_entities(self, *, name: str | None = None, limit: int = 100) -> list[EntityState]:
-        """Entities (with their state), most recently modified first, optionally of one name."""
-        store = await self._get_store()
-        prefix = f"@{name.lower()}@" if name else None
-        scan = limit if prefix is None else max(limit * 4, 1000)
-        while True:
-            ids, complete = await store.recent_entities(scan)
-            if prefix is not None:
-                ids = [r for r in ids if r[0].startswith(prefix)]
-            out: list[EntityState] = []
-            for start in range(0, len(ids), 200):
-                chunk = [e for e, _ in ids[start : start + 200]]
-                keys: list[str] = []
-                for e in chunk:
-                    keys.extend((store.keys_for(e).entity(e), store.keys_for(e).entity_control(e)))
-                records = await store.load_records(0, keys)
-                for i, target in enumerate(chunk):
-                    try:
-                        record = EntityRecord.from_fields(records[2 * i], records[2 * i + 1])
-                        state = record.to_state(EntityId.parse(target))
-                    except ValueError:
-                        continue
-                    if state is not None:
-                        out.append(state)
-                        if len(out) >= limit:
-                            return out
-            if complete or scan >= 1_000_000:
-                return out
-            scan *= 4
 
-
-class Client:
+class Client(SyncQueries):
     """Synchronous client; the same methods as :class:`AsyncClient`, blocking."""
+
+    _async: AsyncClient
 
     def __init__(
         self, redis_url: str | None = None, hub: str | None = None, *, durability: str | None = None
@@ -418,6 +319,7 @@ class Client:
         input: Any = None,
         instance_id: str | None = None,
         start_at: _dt.datetime | None = None,
+        tags: dict[str, str] | None = None,
     ) -> str:
         """See :meth:`AsyncClient.schedule_new_orchestration`."""
         return str(
@@ -427,6 +329,7 @@ class Client:
                 input=input,
                 instance_id=instance_id,
                 start_at=start_at,
+                tags=tags,
             )
         )
 
@@ -472,25 +375,6 @@ class Client:
         """See :meth:`AsyncClient.purge_orchestration`."""
         return bool(self._call(self._async.purge_orchestration, instance_id))
 
-    def list_orchestrations(
-        self,
-        *,
-        status: OrchestrationStatus | str | list[OrchestrationStatus | str] | None = None,
-        name: str | None = None,
-        created_from: _dt.datetime | None = None,
-        created_to: _dt.datetime | None = None,
-        limit: int = 100,
-    ) -> list[OrchestrationState]:
-        """See :meth:`AsyncClient.list_orchestrations`."""
-        return self._call(  # type: ignore[no-any-return]
-            self._async.list_orchestrations,
-            status=status,
-            name=name,
-            created_from=created_from,
-            created_to=created_to,
-            limit=limit,
-        )
-
     def signal_entity(
         self,
         entity_id: EntityId | str,
@@ -515,7 +399,3 @@ class Client:
     def get_entity(self, entity_id: EntityId | str) -> EntityState | None:
         """See :meth:`AsyncClient.get_entity`."""
         return self._call(self._async.get_entity, entity_id)  # type: ignore[no-any-return]
-
-    def list_entities(self, *, name: str | None = None, limit: int = 100) -> list[EntityState]:
-        """See :meth:`AsyncClient.list_entities`."""
-        return self._call(self._async.list_entities, name=name, limit=limit)  # type: ignore[no-any-return]

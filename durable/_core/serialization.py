@@ -69,12 +69,6 @@ def to_plain(obj: Any) -> Any:
         return obj.isoformat()
     if isinstance(obj, _dt.timedelta):
         return obj.total_seconds()
-    if isinstance(obj, (set, frozenset)):
-        items = list(obj)
-        try:
-            return sorted(items)
-        except TypeError:
-            return items
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
     base = _pydantic_base()

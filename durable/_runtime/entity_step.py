@@ -173,13 +173,17 @@ class EntityHalf:
             write = RecordWrite(control_key, control_key, rec.control_version)
             write.fields.update(_changed(control, loaded.raw_control))
             if write.fields:
+                # the control index: entities with a control hash, scored 1 while locked
+                write.index, write.index_member, write.index_score = "c", target, 1 if rec.lock else 0
                 writes.append(write)
             if "r" in write.fields and control["r"]:  # forget the ids once they expire
                 due = step.now + self.dedup_seconds * 1000 + 1000
                 sweep = pack_record({"kind": MSG_SWEEP, "target": target})
                 step.plan.timers.append((due, f"d|{target}", sweep))
         elif loaded.raw_control:
-            writes.append(RecordWrite(control_key, control_key, rec.control_version, mode="d"))
+            write = RecordWrite(control_key, control_key, rec.control_version, mode="d")
+            write.index, write.index_member = "c", target
+            writes.append(write)
         if loaded.deleted and rec.state is None:
             if loaded.raw:
                 write = RecordWrite(key, key, rec.version, mode="d")

@@ -63,6 +63,8 @@ class Instance:
     parent: dict[str, Any] | None = None
     executor: OrchestrationExecutor | None = None
     last_ts: int = 0
+    #: the instance's tags, as stored (:func:`durable._core.model.encode_tags`)
+    tags: str = ""
 
     @property
     def running(self) -> bool:
@@ -174,6 +176,7 @@ class OrchestrationHalf:
         inst.exec = get(b"exec", b"").decode()
         inst.created = int(get(b"created", b"0"))
         inst.last_ts = int(get(b"updated", b"0"))
+        inst.tags = get(b"tags", b"").decode()
         parent = get(b"parent")
         inst.parent = unpack_record(parent) if parent else None
         if inst.status in (OrchestrationStatus.RUNNING, OrchestrationStatus.SUSPENDED) and history:
@@ -225,6 +228,7 @@ class OrchestrationHalf:
         inst.name = str(msg["name"])
         inst.parent = msg.get("parent")
         inst.created = int(msg.get("created") or step.now)
+        inst.tags = str(msg.get("tags") or "")
         return True
 
     def _execute(
@@ -316,6 +320,7 @@ class OrchestrationHalf:
             list_key=step.keys.history(inst.iid),
             expected_version=inst.version,
             mode="r" if new_execution else "a",
+            query_id=inst.iid,
         )
         rec.events = [self._persisted(inst.iid, e, rec, step) for e in result.new_events]
         f = rec.fields
@@ -327,6 +332,7 @@ class OrchestrationHalf:
             )
             f["input"] = self._offload(inst.iid, start_input, rec, step) or b""
             f["parent"] = pack_record(inst.parent) if inst.parent else b""
+            f["tags"] = inst.tags
             rec.index, rec.index_member, rec.index_score = "i", inst.iid, inst.created
             step.started.append(inst)
         if result.custom_status_set:
@@ -357,7 +363,10 @@ class OrchestrationHalf:
 
     def _terminate_pending(self, inst: Instance, msg: Message, step: StepState) -> RecordWrite:
         inst.status = OrchestrationStatus.TERMINATED
-        rec = RecordWrite(step.keys.instance(inst.iid), step.keys.history(inst.iid), inst.version, mode="r")
+        keys = step.keys
+        rec = RecordWrite(
+            keys.instance(inst.iid), keys.history(inst.iid), inst.version, mode="r", query_id=inst.iid
+        )
         rec.fields.update(status=inst.status.value, updated=step.now, output=msg.get("output") or b"")
         rec.events = [
             pack_record({"k": ev.EXECUTION_TERMINATED, "eid": 0, "ts": step.now, "output": msg.get("output")})
