@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import datetime as _dt
 import functools
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,6 +31,7 @@ from ._core.registry import name_of
 from ._core.serialization import decode, encode, pack_record
 from ._loop import LoopThread
 from ._query import AsyncQueries, SyncQueries, resolved, state_from
+from ._runtime import tracing
 from ._store.store import Store
 
 if TYPE_CHECKING:
@@ -110,23 +113,27 @@ class AsyncClient(AsyncQueries):
         store = await self._get_store()
         created = int(time.time() * 1000)
         exec_id = uuid.uuid4().hex
-        message = pack_record(
-            {
-                "kind": ev.MSG_START,
-                "target": iid,
-                "name": name,
-                "input": data,
-                "exec": exec_id,
-                "created": created,
-                **({"tags": tag_text} if tag_text else {}),
-            }
-        )
+        body: dict[str, Any] = {
+            "kind": ev.MSG_START,
+            "target": iid,
+            "name": name,
+            "input": data,
+            "exec": exec_id,
+            "created": created,
+        }
+        if tag_text:
+            body["tags"] = tag_text
         scheduled = None
         if start_at is not None:
             scheduled = datetime_to_ms(start_at)
             if scheduled <= created:
                 scheduled = None
-        ok = await store.start_instance(iid, name, message, data, created, scheduled, exec_id, tag_text)
+        span_attributes = {"durable.instance_id": iid, "durable.orchestration.name": name}
+        with tracing.client_span(f"create_orchestration:{name}", span_attributes) as traceparent:
+            if traceparent is not None:
+                body["traceparent"] = traceparent
+            message = pack_record(body)
+            ok = await store.start_instance(iid, name, message, data, created, scheduled, exec_id, tag_text)
         if not ok:
             raise OrchestrationAlreadyExistsError(
                 f"an orchestration with id {iid!r} already exists and is not finished"
@@ -202,6 +209,9 @@ class AsyncClient(AsyncQueries):
     async def _send(self, instance_id: str, body: dict[str, Any]) -> None:
         store = await self._get_store()
         body["target"] = instance_id
+        traceparent = tracing.current_traceparent()
+        if traceparent is not None:
+            body["traceparent"] = traceparent
         if not await store.send_to_instance(instance_id, pack_record(body)):
             raise OrchestrationNotFoundError(f"no orchestration with id {instance_id!r}")
 
@@ -266,6 +276,9 @@ class AsyncClient(AsyncQueries):
         }
         if signal_at is not None:
             msg["at"] = datetime_to_ms(signal_at)
+        traceparent = tracing.current_traceparent()  # the entity's span joins the caller's trace
+        if traceparent is not None:
+            msg["traceparent"] = traceparent
         store = await self._get_store()
         await store.send_message(target, pack_record(msg))
         return sid
@@ -278,6 +291,11 @@ class AsyncClient(AsyncQueries):
         pk = store.keys_for(target)
         main, side = await store.load_records(pk.index, [pk.entity(target), pk.entity_control(target)])
         return EntityRecord.from_fields(main, side).to_state(eid)
+
+
+async def _in_context(ctx: contextvars.Context, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run the coroutine ``make()`` in context ``ctx`` (a copy of another thread's)."""
+    return await asyncio.get_running_loop().create_task(make(), context=ctx)
 
 
 class Client(SyncQueries):
@@ -295,7 +313,10 @@ class Client(SyncQueries):
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self._thread is None:
             raise RuntimeError("client is closed")
-        return self._thread.run(functools.partial(fn, *args, **kwargs)())
+        # the caller's context variables go along (its active span is the parent of ours)
+        return self._thread.run(
+            _in_context(contextvars.copy_context(), functools.partial(fn, *args, **kwargs))
+        )
 
     def close(self) -> None:
         """Close connections and the client's background thread."""

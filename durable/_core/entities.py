@@ -28,7 +28,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from . import events as ev
 from .convert import input_type, rebuild
@@ -435,6 +435,15 @@ def _persistable(msg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in msg.items() if not k.startswith("_")}
 
 
+class OperationObserver(Protocol):
+    """Told when each operation starts and ends (the worker's tracing); ``begin`` returns the trace
+    context to put on the messages the operation sends."""
+
+    def begin(self, entity_id: str, operation: str, msg: dict[str, Any]) -> str | None: ...
+
+    def end(self, failure: FailureDetails | None) -> None: ...
+
+
 class EntityBatch:
     """Applies a batch of messages to one entity (the entity batch executor)."""
 
@@ -446,7 +455,9 @@ class EntityBatch:
         now_ms: int,
         window: int = DEFAULT_DEDUP_WINDOW,
         dedup_seconds: int = DEFAULT_DEDUP_SECONDS,
+        observer: OperationObserver | None = None,
     ) -> None:
+        self.observer = observer
         self.entity_id = entity_id
         self.target = str(entity_id)
         self.impl = impl
@@ -565,6 +576,8 @@ class EntityBatch:
                 del rec.recent[: -self.window]
         ctx = self._ctx
         ctx._begin(op, rec.state)
+        observer = self.observer
+        traceparent = observer.begin(self.target, op, msg) if observer is not None else None
         try:
             value = decode(msg.get("input"))
             out = _run_operation(self.impl, ctx, op, value)
@@ -584,18 +597,25 @@ class EntityBatch:
             if is_interrupt(exc):
                 raise
             details = FailureDetails.from_exception(exc)
+            if observer is not None:
+                observer.end(details)
             result.failed += 1
             if kind == ev.MSG_CALL:
                 self._respond(msg, None, details)
             else:
                 result.signal_failures.append((op, details))
             return
+        if observer is not None:
+            observer.end(None)
         result.completed += 1
         rec.state = state
         if deleted:
             result.deleted = True
         if state is not None:
             result.deleted = False
+        if traceparent is not None:
+            for action in ctx._actions:
+                action["traceparent"] = traceparent
         result.out.extend(ctx._actions)
         if kind == ev.MSG_CALL:
             self._respond(msg, data, None)

@@ -87,6 +87,11 @@ class OrchestrationExecutor:
         return self._status
 
     @property
+    def failure(self) -> FailureDetails | None:
+        """Why the execution failed (None unless it did)."""
+        return self._failure
+
+    @property
     def is_done(self) -> bool:
         """True once the execution completed, failed, was terminated or continued as new."""
         return self._done

@@ -22,6 +22,7 @@ from .._core.convert import input_type, rebuild
 from .._core.model import FailureDetails, is_interrupt
 from .._core.registry import ActivityContext
 from .._core.serialization import decode, encode, is_blob_ref, pack_record, unpack_record
+from . import tracing
 
 if TYPE_CHECKING:
     from .._config import WorkerConfig
@@ -138,6 +139,8 @@ class ActivityRunner:
         self._pool = _DaemonThreadPool(max_workers=self.concurrency, thread_name_prefix="durable-activity")
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by run()
         self._results: list[tuple[str, str, bytes]] = []
+        #: the span of each running attempt, emitted once its result is stored (tracing extra)
+        self._spans: dict[str, tracing.WorkSpan] = {}
         self._results_ready = anyio.Event()
         self._changed = anyio.Event()  # set (and replaced) whenever a slot frees or reading stops
         #: redelivered tasks run one at a time with nothing else in flight, so a task that kills
@@ -329,6 +332,18 @@ class ActivityRunner:
         )
         fn = self.registry.activities.get(name)
         raw = msg.get("input")
+        span = tracing.activity_span(
+            name,
+            msg.get("traceparent"),
+            {
+                "durable.instance_id": target,
+                "durable.activity.name": name,
+                "durable.task_id": tid,
+                "durable.activity.attempt": delivered,
+            },
+        )
+        if span is not None:
+            self._spans[eid] = span
         if fn is None or inspect.iscoroutinefunction(fn) or is_blob_ref(raw):
             tg.start_soon(self._execute_async, eid, msg, fn, ctx, started)
             return
@@ -337,8 +352,13 @@ class ActivityRunner:
         except Exception as exc:
             self._complete(eid, msg, ctx, started, None, exc)
             return
-        future = self._loop.run_in_executor(self._pool, fn, ctx, value)
+        future = self._loop.run_in_executor(self._pool, self._bound(eid, fn), ctx, value)
         future.add_done_callback(functools.partial(self._sync_done, eid, msg, ctx, started))
+
+    def _bound(self, eid: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` run with the attempt's span active (when traced), so the code's spans nest in it."""
+        span = self._spans.get(eid)
+        return span.bind(fn) if span is not None else fn
 
     def _sync_done(
         self, eid: str, msg: dict[str, Any], ctx: ActivityContext, started: float, future: Any
@@ -376,9 +396,11 @@ class ActivityRunner:
                 raise LookupError(f"no activity named {ctx.name!r} is registered with this worker")
             value = rebuild(decode(raw), input_type(fn), f"input of activity {ctx.name!r}")
             if inspect.iscoroutinefunction(fn):
-                result = await fn(ctx, value)
+                span = self._spans.get(eid)
+                with span.activate() if span is not None else contextlib.nullcontext():
+                    result = await fn(ctx, value)
             else:
-                result = await self._loop.run_in_executor(self._pool, fn, ctx, value)
+                result = await self._loop.run_in_executor(self._pool, self._bound(eid, fn), ctx, value)
         except BaseException as exc:  # SystemExit too: user code fails its task, not the worker
             if _worker_cancelled(exc) or is_interrupt(exc):
                 raise
@@ -405,6 +427,9 @@ class ActivityRunner:
             reply["kind"] = ev.MSG_TASK_FAILED
             reply["failure"] = FailureDetails.from_exception(error).to_record()
         status = "completed" if error is None else "failed"
+        span = self._spans.get(eid)
+        if span is not None:
+            span.done(error)
         self.metrics.activity_done(ctx.name, status, time.monotonic() - started)
         self._results.append((ctx.orchestration_id, eid, pack_record(reply)))
         self._results_ready.set()
@@ -418,6 +443,7 @@ class ActivityRunner:
             self._release(eid)
 
     def _release(self, eid: str) -> None:
+        self._spans.pop(eid, None)  # no result stored: its span is never emitted
         self.in_flight.pop(eid, None)
         self._notify()
 
@@ -440,4 +466,7 @@ class ActivityRunner:
                 await anyio.sleep(min(0.05 * 2**failures, 2.0))
                 continue
             for _, eid, _ in batch:
+                span = self._spans.pop(eid, None)
+                if span is not None:
+                    span.emit()
                 self._release(eid)

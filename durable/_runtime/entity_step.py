@@ -29,6 +29,7 @@ from .._core.entities import (
 from .._core.serialization import pack_record
 from .._store.keys import partition_of
 from .._store.store import RecordWrite
+from . import tracing
 from .inbox import dlq_fields
 from .step import Message, StepState
 
@@ -121,8 +122,13 @@ class EntityHalf:
         if loaded is None:  # not announced to ensure_loaded: treat as new (the version check guards it)
             loaded = st.entities[target] = _Loaded(EntityRecord(), {}, {})
         impl = self.registry.entities.get(entity_id.name)
-        batch = EntityBatch(entity_id, impl, loaded.record, step.now, self.dedup_window, self.dedup_seconds)
+        spans = tracing.entity_spans()
+        batch = EntityBatch(
+            entity_id, impl, loaded.record, step.now, self.dedup_window, self.dedup_seconds, spans
+        )
         result = batch.run(msgs)
+        if spans is not None and spans.spans:
+            step.after_commit.append(spans.emit)
         loaded.dirty = True
         loaded.deleted = result.deleted
         for msg in result.out:
@@ -215,6 +221,12 @@ class EntityHalf:
                 msg["rid"], msg["orch"] = action["rid"], inst.iid
             if action.get("cs"):
                 msg["cs"] = action["cs"]
+            if action.get("at") is not None:  # a scheduled signal: parked by the entity until then
+                msg["at"] = action["at"]
+                msg["id"] = f"{inst.iid}:{inst.exec}:{action['tid']}"
+            traceparent = tracing.orchestration_traceparent(inst.iid, inst.exec, inst.traceparent)
+            if traceparent is not None:
+                msg["traceparent"] = traceparent
             step.route(target, msg)
         elif kind == ev.ENTITY_LOCK_REQUESTED:
             locks = list(action["entities"])

@@ -6,6 +6,7 @@ read is loading the instances missing from the replay cache)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import uuid
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._core import events as ev
+from .._core import replay_log
 from .._core.executor import OrchestrationExecutor, StepResult
 from .._core.model import FailureDetails, OrchestrationStatus
 from .._core.serialization import (
@@ -24,6 +26,7 @@ from .._core.serialization import (
     unpack_record,
 )
 from .._store.store import RecordWrite
+from . import tracing
 from .step import Message, StepState
 
 if TYPE_CHECKING:
@@ -65,6 +68,8 @@ class Instance:
     last_ts: int = 0
     #: the instance's tags, as stored (:func:`durable._core.model.encode_tags`)
     tags: str = ""
+    #: the trace context its start message carried (the parent of its orchestration span)
+    traceparent: str | None = None
 
     @property
     def running(self) -> bool:
@@ -159,6 +164,8 @@ class OrchestrationHalf:
         self._route_actions(inst, result, step, rec)
         if status.is_terminal:
             self._finish(inst, result, status, step)
+        elif inst.executor is not None:
+            self._after_commit(step, inst, inst.executor)
 
     def flush(self, step: StepState) -> None:
         """Nothing is left over: every orchestration record is planned by :meth:`process`."""
@@ -179,6 +186,9 @@ class OrchestrationHalf:
         inst.tags = get(b"tags", b"").decode()
         parent = get(b"parent")
         inst.parent = unpack_record(parent) if parent else None
+        started = next((e for e in history if e.get("k") == ev.EXECUTION_STARTED), None)
+        if started is not None:
+            inst.traceparent = started.get("traceparent")
         if inst.status in (OrchestrationStatus.RUNNING, OrchestrationStatus.SUSPENDED) and history:
             executor = self._new_executor(iid)
             executor.replay(history)
@@ -186,7 +196,25 @@ class OrchestrationHalf:
         return inst
 
     def _new_executor(self, iid: str) -> OrchestrationExecutor:
-        return OrchestrationExecutor(iid, self.registry.orchestrators.get, self.name_of, self.context_factory)
+        executor = OrchestrationExecutor(
+            iid, self.registry.orchestrators.get, self.name_of, self.context_factory
+        )
+        executor.ctx._log_records = []  # ctx.logger's lines are written once the step commits
+        return executor
+
+    def _after_commit(self, step: StepState, inst: Instance, executor: OrchestrationExecutor | None) -> None:
+        """Leave the log lines of ``executor``'s step (and, once it has ended, its span) to be
+        emitted after the commit."""
+        if executor is None:
+            return
+        records = executor.ctx._log_records
+        if records:
+            executor.ctx._log_records = []
+            step.after_commit.append(functools.partial(replay_log.emit, records))
+        if executor.is_done and tracing.ENABLED:
+            step.after_commit.append(
+                functools.partial(_emit_span, inst.iid, executor, inst.traceparent, step.now)
+            )
 
     # -- one instance's step, along its seams ---------------------------------------------------
     def _incoming(self, inst: Instance, msgs: list[Message], step: StepState) -> _Incoming:
@@ -229,6 +257,7 @@ class OrchestrationHalf:
         inst.parent = msg.get("parent")
         inst.created = int(msg.get("created") or step.now)
         inst.tags = str(msg.get("tags") or "")
+        inst.traceparent = msg.get("traceparent")
         return True
 
     def _execute(
@@ -242,6 +271,7 @@ class OrchestrationHalf:
         restarts = 0
         while result.continue_as_new is not None and restarts < _MAX_INLINE_RESTARTS:
             self._route_actions(inst, result, step)
+            self._after_commit(step, inst, inst.executor)
             restarts += 1
             data, carried = result.continue_as_new
             self.entities.on_orchestration_end(step, inst)
@@ -250,6 +280,8 @@ class OrchestrationHalf:
             new_execution = True
             start_input = data
             restart = {"name": inst.name, "input": data, "exec": inst.exec, "parent": inst.parent}
+            if inst.traceparent:
+                restart["traceparent"] = inst.traceparent
             evs: list[ev.Event] = [_started_event(restart, inst)]
             evs.extend({"k": ev.EVENT_RAISED, "name": n, "input": d} for n, d in carried)
             evs.extend(result.continue_with)  # a terminate (or suspend) that came after the restart point
@@ -273,8 +305,11 @@ class OrchestrationHalf:
                 for e in result.continue_with
             ],
         }
+        if inst.traceparent:
+            start["traceparent"] = inst.traceparent
         step.route(inst.iid, start)
         self.entities.on_orchestration_end(step, inst)
+        self._after_commit(step, inst, inst.executor)
         inst.executor = None
         return OrchestrationStatus.RUNNING
 
@@ -359,6 +394,7 @@ class OrchestrationHalf:
             )
             reply_to_parent(step, inst.parent, result.output if completed else None, failure)
         self.entities.on_orchestration_end(step, inst)
+        self._after_commit(step, inst, inst.executor)
         inst.executor = None
 
     def _terminate_pending(self, inst: Instance, msg: Message, step: StepState) -> RecordWrite:
@@ -399,6 +435,7 @@ class OrchestrationHalf:
     def _route_actions(
         self, inst: Instance, result: StepResult, step: StepState, rec: RecordWrite | None = None
     ) -> None:
+        traceparent = tracing.orchestration_traceparent(inst.iid, inst.exec, inst.traceparent)
         for action in result.actions:
             kind = action["k"]
             if kind == ev.TASK_SCHEDULED:
@@ -410,6 +447,8 @@ class OrchestrationHalf:
                     "name": action["name"],
                     "input": self._offload(inst.iid, action.get("input"), rec, step),
                 }
+                if traceparent is not None:
+                    body["traceparent"] = traceparent
                 step.plan.outbox.append({"dst": self.store.keys.tasks, "m": pack_record(body)})
             elif kind == ev.TIMER_CREATED:
                 body = {
@@ -432,6 +471,8 @@ class OrchestrationHalf:
                     "created": step.now,
                     "parent": {"iid": inst.iid, "exec": inst.exec, "tid": action["tid"]},
                 }
+                if traceparent is not None:
+                    start["traceparent"] = traceparent
                 step.route(child, start)
             elif kind == ev.EVENT_SENT:
                 target = str(action["iid"])
@@ -480,13 +521,41 @@ def _carried_events(start: Message) -> list[ev.Event]:
 
 
 def _started_event(msg: Message, inst: Instance) -> ev.Event:
-    return {
+    event: ev.Event = {
         "k": ev.EXECUTION_STARTED,
         "name": inst.name,
         "input": msg.get("input"),
         "exec": inst.exec,
         "parent": inst.parent,
     }
+    if msg.get("traceparent"):
+        event["traceparent"] = msg["traceparent"]
+    return event
+
+
+def _emit_span(iid: str, executor: OrchestrationExecutor, traceparent: str | None, now: int) -> None:
+    """The span of an execution that ended (run after the commit that ended it)."""
+    started = next((e for e in executor.history if e.get("k") == ev.EXECUTION_STARTED), None)
+    if started is None:
+        return
+    end = executor.history[-1].get("ts", now) if executor.history else now
+    timers = [
+        (int(e.get("ts", now)), int(e.get("tid", -1)), e.get("fire_at"))
+        for e in executor.history
+        if e.get("k") == ev.TIMER_FIRED
+    ]
+    tracing.emit_orchestration_span(
+        name=executor.name,
+        instance_id=iid,
+        execution_id=str(started.get("exec") or ""),
+        incoming=traceparent,
+        version=getattr(executor.ctx, "version", None),
+        start_ms=int(started.get("ts", now)),
+        end_ms=int(end),
+        status=executor.status.value,
+        failure=executor.failure,
+        timers=timers,
+    )
 
 
 def _to_event(msg: dict[str, Any], exec_id: str) -> ev.Event | None:

@@ -15,6 +15,7 @@ from .._store.store import CommitPlan, ConflictError, FencedError, Store, Stream
 from .inbox import MalformedMessage, dlq_fields, forwarded_position, parse_entry, stream_id
 from .poison import plan_poison
 from .step import Message, StepHalf, StepState
+from .tracing import run_after_commit
 
 if TYPE_CHECKING:
     from .._config import WorkerConfig
@@ -260,6 +261,7 @@ class PartitionRunner:
             left = max(self.isolate_left - 1, 0)
             step.plan.state["recov"] = f"{step.plan.new_cursor}|0|{left}" if left else ""
         forward = await self._commit(step)
+        run_after_commit(step.after_commit)
         self.steps += 1
         self.cursor = step.plan.new_cursor
         if self.isolate_left > 0 or self.attempts:
