@@ -311,8 +311,9 @@ def return_type(fn: Callable[..., Any]) -> Any:
 
 def rebuild(value: Any, tp: Any, what: str) -> Any:
     """``from_plain`` with ``what`` (e.g. "input of activity 'charge'") in the error; ``tp`` None
-    leaves the value as decoded."""
-    if tp is None:
+    leaves the value as decoded, and so does a value of None (no input at all: an operation called
+    without one, a function whose input is optional by convention)."""
+    if tp is None or value is None:
         return value
     try:
         return from_plain(value, tp)
