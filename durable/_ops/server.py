@@ -11,7 +11,7 @@ Routes::
     GET    /healthz                                   liveness of the worker's own loops
     GET    /readyz                                    readiness: Redis reachable, balanced, not draining
     GET    /v1/hub                                    hub name, partition count, this worker, auth
-    POST   /v1/orchestrations/{name}[?instance_id=ID] body: input   -> 202 {"instance_id"}
+    POST   /v1/orchestrations/{name}[?instance_id=ID&tag.K=V] body: input -> 202 {"instance_id"}
     GET    /v1/orchestrations?status=&name=&created_from=&created_to=&tag.K=V&limit=
                          &continuation_token=         -> [state, ...] (X-Continuation-Token: next page)
     GET    /v1/orchestrations/{instance_id}[?wait=S]  -> 200 finished | 202 running, Retry-After | 404
@@ -71,6 +71,7 @@ from .._client import AsyncClient
 from .._core.model import OrchestrationAlreadyExistsError, OrchestrationNotFoundError, OrchestrationStatus
 from .._core.serialization import PayloadTooLargeError, SerializationError
 from .._runtime import metrics as _metrics
+from .._runtime import tracing
 from .._runtime.runtime import Runtime
 from .._store import queries as q
 from .._store.store import Store
@@ -363,9 +364,15 @@ class OpsApp:
         data = json_body(request)
         start_at = datetime_param(request, "start_at")
         try:
-            iid = await self.client.schedule_new_orchestration(
-                name, input=data, instance_id=request.param("instance_id"), start_at=start_at
-            )
+            # the caller's traceparent header is the parent of the create_orchestration span
+            with tracing.remote_parent(request.headers.get("traceparent")):
+                iid = await self.client.schedule_new_orchestration(
+                    name,
+                    input=data,
+                    instance_id=request.param("instance_id"),
+                    start_at=start_at,
+                    tags=_tags(request) or None,
+                )
         except OrchestrationAlreadyExistsError as exc:
             raise HTTPError(409, "already_exists", str(exc)) from None
         except (SerializationError, PayloadTooLargeError) as exc:
@@ -394,7 +401,7 @@ class OpsApp:
     async def list_orchestrations(self, request: Request, params: list[str]) -> Response:
         statuses = _status_filter(request.params("status"))
         limit = int_param(request, "limit", 100, 1, MAX_LIST_LIMIT)
-        tags = {k[4:]: v[-1] for k, v in request.query.items() if k.startswith("tag.") and len(k) > 4 and v}
+        tags = _tags(request)
         try:
             page = await self.client.list_orchestrations(
                 status=statuses,
@@ -538,6 +545,11 @@ class OpsApp:
     async def workers(self, request: Request, params: list[str]) -> Response:
         me = self.runtime.worker_id if self.runtime is not None else None
         return json_response(200, await views.workers_view(await self._store(), me))
+
+
+def _tags(request: Request) -> dict[str, str]:
+    """``?tag.K=V`` query parameters."""
+    return {k[4:]: v[-1] for k, v in request.query.items() if k.startswith("tag.") and len(k) > 4 and v}
 
 
 def _seconds_param(request: Request, name: str, limit: float) -> float:

@@ -132,6 +132,19 @@ def client_span(name: str, attributes: dict[str, Any]) -> Iterator[str | None]:
         yield format_traceparent(ctx.trace_id, ctx.span_id, int(ctx.trace_flags)) if ctx.is_valid else None
 
 
+@contextlib.contextmanager
+def remote_parent(traceparent: str | None) -> Iterator[None]:
+    """Make a remote ``traceparent`` (an HTTP request's header) the active span context."""
+    if not ENABLED or parse_traceparent(traceparent) is None:
+        yield
+        return
+    token = _otel_context.attach(_parent_context(traceparent))
+    try:
+        yield
+    finally:
+        _otel_context.detach(token)
+
+
 def _ns(ms: int) -> int:
     return int(ms) * 1_000_000
 

@@ -20,6 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from _redis import connect
 from opentelemetry import trace
@@ -300,3 +301,32 @@ def test_without_the_extra_nothing_changes_and_nothing_is_imported(
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["hello otel-less", "[]"]
+
+
+def test_an_http_start_with_a_traceparent_header_joins_the_callers_trace(
+    redis_url: str, hub: str, spans: InMemorySpanExporter
+) -> None:
+    from durable import AsyncClient
+    from durable._ops.server import OpsApp, Request
+
+    trace_id, parent_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+
+    async def main() -> Any:
+        async with AsyncClient(redis_url, hub) as client:
+            app = OpsApp(None, client, None)
+            request = Request(
+                method="POST",
+                path="/v1/orchestrations/later",
+                segments=["v1", "orchestrations", "later"],
+                query={"instance_id": ["http-1"], "tag.team": ["web"]},
+                headers={"content-type": "application/json", "traceparent": f"00-{trace_id}-{parent_id}-01"},
+                body=b"1",
+            )
+            response = await app.handle(request)
+            state = await client.get_orchestration_state("http-1")
+            return response.status, state
+
+    status, state = anyio.run(main)
+    assert status == 202 and state is not None and state.tags == {"team": "web"}
+    (create,) = _by_name(list(spans.get_finished_spans()), "create_orchestration:later")
+    assert f"{_tid(create):032x}" == trace_id and f"{_parent(create):016x}" == parent_id
