@@ -196,16 +196,21 @@ def tag_index_part(key: str, value: str) -> str:
     return f"{len(key.encode())}:{key}{len(value.encode())}:{value}"
 
 
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+_MS = _dt.timedelta(milliseconds=1)
+
+
 def ms_to_datetime(ms: int) -> _dt.datetime:
-    """Milliseconds since the epoch to an aware UTC datetime."""
-    return _dt.datetime.fromtimestamp(ms / 1000.0, tz=_dt.UTC)
+    """Milliseconds since the epoch to an aware UTC datetime (exact: no float rounding, so
+    :func:`datetime_to_ms` gives ``ms`` back)."""
+    return _EPOCH + _dt.timedelta(milliseconds=int(ms))
 
 
 def datetime_to_ms(value: _dt.datetime) -> int:
-    """Aware datetime to milliseconds since the epoch (naive values are taken as UTC)."""
+    """Aware datetime to milliseconds since the epoch (naive values are taken as UTC; exact)."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=_dt.UTC)
-    return int(value.timestamp() * 1000)
+    return (value - _EPOCH) // _MS
 
 
 def is_interrupt(exc: BaseException) -> bool:

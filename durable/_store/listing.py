@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._core.serialization import pack_record
+from . import scripts as _scripts
 from .store import Fields, Store
 
 #: the width of the creation time at the head of an orchestration index member
@@ -174,3 +175,39 @@ async def send_unlock(store: Store, entity_id: str, request_id: str, orchestrati
     section holds it)."""
     msg = {"kind": "unlock", "target": entity_id, "rid": request_id, "orch": orchestration_id}
     await store.send_message(entity_id, pack_record(msg))
+
+
+async def reindex(store: Store, chunk: int = 500) -> tuple[int, int, int]:
+    """Build the query indexes of a hub written before they existed (idempotent, online): every
+    instance of the old per-partition instance index, every entity of the entity index, and every
+    entity control hash (found with one SCAN: a one-time maintenance step, not a query).
+
+    Returns (instances, entities, control hashes) looked at."""
+    script = store.redis.register_script(_scripts.REINDEX)
+    instances = entities = controls = 0
+    for i in range(store.partitions):
+        pk = store.partition_keys(i)
+        start = 0
+        while True:
+            ids = await store.redis.zrange(pk.instances, start, start + chunk - 1)
+            if not ids:
+                break
+            instances += int(await script(keys=[pk.instances], args=list(ids)))
+            start += len(ids)
+        start = 0
+        while True:
+            ids = await store.redis.zrange(pk.entity_index, start, start + chunk - 1)
+            if not ids:
+                break
+            await store.redis.zadd(pk.query_prefix + "e", dict.fromkeys(ids, 0))
+            entities += len(ids)
+            start += len(ids)
+    async for key in store.redis.scan_iter(match=f"durable:{{{store.hub}:*}}:ec:*", count=1000):
+        name = key.decode()
+        tag, _, entity_id = name.partition("}:ec:")
+        index = int(tag.rsplit(":", 1)[1])
+        locked = await store.redis.hget(key, "l")
+        ctl = store.partition_keys(index).query_prefix + "ctl"
+        await store.redis.zadd(ctl, {entity_id: 1 if locked else 0})
+        controls += 1
+    return instances, entities, controls

@@ -91,6 +91,19 @@ local function qsync(qp, hk, iid, old)
 end
 """
 
+# Add the query index entries of instances written before the indexes existed (durable reindex).
+# KEYS: the partition's instance index ; ARGV: instance ids  ->  how many were looked at
+REINDEX = (
+    _QLIB
+    + """
+local QP = qprefix(KEYS[1])
+local tag = string.sub(KEYS[1], 1, #KEYS[1] - 5)
+local none = {false, false, false, false}
+for i = 1, #ARGV do qsync(QP, tag .. 'i:' .. ARGV[i], ARGV[i], none) end
+return #ARGV
+"""
+)
+
 # The partition commit.
 # KEYS: 1 lease, 2 state, 3 inbox, 4 outbox, 5 timers, 6 timer_data, 7 index, 8 entity index,
 #       then per record i: 7+2i record hash, 8+2i history list (orchestrations) or the hash again.

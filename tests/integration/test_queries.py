@@ -319,3 +319,32 @@ def test_http_api_filters_paging_and_the_async_status_pattern(
     )
     assert out.returncode == 0, out.stderr
     assert len(json.loads(out.stdout)) == 3 and "more:" not in out.stderr
+
+
+def test_reindex_builds_the_indexes_of_a_hub_written_before_them(redis_url: str, hub: str) -> None:
+    worker = Worker(redis_url, hub, config=WorkerConfig(**FAST))
+
+    @worker.entity
+    def box(ctx: Any, value: int) -> None:
+        ctx.set_state(value)
+
+    with worker, Client(redis_url, hub) as client:
+        for i in range(5):
+            client.schedule_new_orchestration(
+                "later", instance_id=f"old-{i}", start_at=LATER, tags={"t": "x"}
+            )
+        client.signal_entity("@box@b1", "put", input=1)
+        _until(lambda: client.get_entity("@box@b1") is not None, "the entity")
+        r = connect(redis_url)
+        for key in list(r.scan_iter(match=f"durable:{{{hub}:*}}:q:*", count=1000)):
+            r.delete(key)  # as a hub written by a version without the query indexes
+        assert client.list_orchestrations() == [] and client.list_entities(name="box") == []
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        cmd = [sys.executable, "-m", "durable", "reindex", "--redis-url", redis_url, "--hub", hub]
+        out = subprocess.run([*cmd, "--output", "json"], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) == {"instances": 5, "entities": 1, "entity_control_hashes": 1}
+        assert sorted(s.instance_id for s in client.query_orchestrations(tags={"t": "x"})) == [
+            f"old-{i}" for i in range(5)
+        ]
+        assert [str(s.entity_id) for s in client.list_entities(name="box")] == ["@box@b1"]
