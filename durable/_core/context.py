@@ -351,7 +351,7 @@ class _EntityCalls:
         failure = event.get("failure")
         if failure is None:
             assert isinstance(task, CompletableTask)
-            task.complete_with_payload(event.get("result"))
+            task.complete_with_payload(event.get("result"), undecodable_fails=True)
             return True
         details = FailureDetails.from_record(failure) or FailureDetails("failed", "Error")
         assert isinstance(task, CompletableTask)

@@ -79,11 +79,19 @@ class CompletableTask(Task[T]):
         #: the type the result payload is rebuilt into (None: as decoded)
         self.result_type = result_type
 
-    def complete_with_payload(self, data: bytes | None) -> None:
+    def complete_with_payload(self, data: bytes | None, *, undecodable_fails: bool = False) -> None:
         """Complete with an encoded result, rebuilt into :attr:`result_type`; a payload that does
-        not fit the type fails the task (with the field named)."""
+        not fit the type fails the task (with the field named). A payload that cannot be decoded
+        at all raises (the step fails: poison handling), unless ``undecodable_fails``."""
         try:
-            value = rebuild(decode(data), self.result_type, f"result of {self.description}")
+            decoded = decode(data)
+        except SerializationError as exc:
+            if not undecodable_fails:
+                raise
+            self.fail(str(exc), FailureDetails.from_exception(exc))
+            return
+        try:
+            value = rebuild(decoded, self.result_type, f"result of {self.description}")
         except SerializationError as exc:
             self.fail(str(exc), FailureDetails.from_exception(exc))
             return
