@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import datetime as _dt
 import functools
 import os
@@ -293,9 +291,10 @@ class AsyncClient(AsyncQueries):
         return EntityRecord.from_fields(main, side).to_state(eid)
 
 
-async def _in_context(ctx: contextvars.Context, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run the coroutine ``make()`` in context ``ctx`` (a copy of another thread's)."""
-    return await asyncio.get_running_loop().create_task(make(), context=ctx)
+async def _with_trace_context(captured: Any, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run the coroutine ``make()`` with the trace context captured on the caller's thread."""
+    with tracing.attached(captured):
+        return await make()
 
 
 class Client(SyncQueries):
@@ -313,10 +312,9 @@ class Client(SyncQueries):
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self._thread is None:
             raise RuntimeError("client is closed")
-        # the caller's context variables go along (its active span is the parent of ours)
-        return self._thread.run(
-            _in_context(contextvars.copy_context(), functools.partial(fn, *args, **kwargs))
-        )
+        # the caller's trace context goes along (its active span is the parent of ours)
+        call = functools.partial(fn, *args, **kwargs)
+        return self._thread.run(_with_trace_context(tracing.capture(), call))
 
     def close(self) -> None:
         """Close connections and the client's background thread."""

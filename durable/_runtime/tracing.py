@@ -132,6 +132,24 @@ def client_span(name: str, attributes: dict[str, Any]) -> Iterator[str | None]:
         yield format_traceparent(ctx.trace_id, ctx.span_id, int(ctx.trace_flags)) if ctx.is_valid else None
 
 
+def capture() -> Any:
+    """The calling thread's OpenTelemetry context (to carry to another thread), or None."""
+    return _otel_context.get_current() if ENABLED else None
+
+
+@contextlib.contextmanager
+def attached(captured: Any) -> Iterator[None]:
+    """Make a context from :func:`capture` the current one for the duration."""
+    if captured is None:
+        yield
+        return
+    token = _otel_context.attach(captured)
+    try:
+        yield
+    finally:
+        _otel_context.detach(token)
+
+
 @contextlib.contextmanager
 def remote_parent(traceparent: str | None) -> Iterator[None]:
     """Make a remote ``traceparent`` (an HTTP request's header) the active span context."""

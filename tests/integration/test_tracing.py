@@ -206,7 +206,6 @@ def test_worker_killed_mid_run_another_finishes_without_duplicate_spans(
         DURABLE_REDIS_URL=redis_url,
         DURABLE_HUB=hub,
         TRACE_FILE=str(trace_file),
-        ACTIVITY_DELAY="0.05",
         PYTHONPATH=os.pathsep.join([str(TESTS), str(REPO)]),
     )
     cmd = [sys.executable, "-m", "durable", "worker", "fixtures.traced_app:worker", "--log-level", "warning"]
@@ -216,21 +215,26 @@ def test_worker_killed_mid_run_another_finishes_without_duplicate_spans(
             return []
         return [json.loads(line) for line in trace_file.read_text().splitlines() if line]
 
-    first = subprocess.Popen(cmd, env=env, cwd=str(TESTS))
+    def named(name: str) -> list[dict[str, Any]]:
+        return [r for r in records() if r["name"] == name]
+
+    r = connect(redis_url)
+    first = subprocess.Popen(cmd, env=dict(env, GATE_BLOCKS="1"), cwd=str(TESTS))
     second: subprocess.Popen[bytes] | None = None
     try:
         with Client(redis_url, hub) as client:
             with trace.get_tracer("test").start_as_current_span("batch") as batch:
                 iids = [client.schedule_new_orchestration("traced_chain", input=i * 10) for i in range(6)]
-            _poll(lambda: sum(r["name"] == "activity:step" for r in records()) >= 6, 60, "progress")
+            # mid-run: every instance has run two activities and waits in its gate (task 2)
+            _poll(lambda: r.scard(f"gate:{hub}") == 6 and len(named("activity:step")) == 12, 60, "the gates")
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=10)
-            assert sum(r["name"] == "orchestration:traced_chain" for r in records()) < 6, "killed mid-run"
+            assert named("orchestration:traced_chain") == [] and named("activity:gate") == []
             second = subprocess.Popen(cmd, env=env, cwd=str(TESTS))
             for i, iid in enumerate(iids):
                 state = client.wait_for_orchestration_completion(iid, timeout=90)
                 assert state.runtime_status == OrchestrationStatus.COMPLETED and state.output == i * 10 + 6
-            _poll(lambda: sum(r["name"] == "orchestration:traced_chain" for r in records()) >= 6, 10, "ends")
+            _poll(lambda: len(named("orchestration:traced_chain")) == 6, 10, "the orchestration spans")
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
@@ -247,21 +251,22 @@ def test_worker_killed_mid_run_another_finishes_without_duplicate_spans(
         if s.attributes and s.name == "create_orchestration:traced_chain"
     }
     orchestrations = [r for r in rows if r["name"].startswith("orchestration:")]
-    # one span per execution, never two, whichever worker ended it
+    # one span per execution, never two, whichever worker ran which of its steps
     per_instance = Counter(r["attributes"]["durable.instance_id"] for r in orchestrations)
     assert len(per_instance) == 12 and set(per_instance.values()) == {1}
     span_of = {r["attributes"]["durable.instance_id"]: r for r in orchestrations}
     for iid in iids:
         assert span_of[iid]["parent_id"] == f"{_sid(creates[iid]):016x}"
-        assert span_of[f"{iid}:0004"]["parent_id"] == span_of[iid]["span_id"]
-    # one span per activity task: an attempt cut short by the kill stored no result and emitted none
-    steps = [r for r in rows if r["name"] == "activity:step"]
+        assert span_of[f"{iid}:0005"]["parent_id"] == span_of[iid]["span_id"]
+    # one span per activity task; the gate attempts the kill cut short emitted none
+    activities = [r for r in rows if r["name"].startswith("activity:")]
     per_task = Counter(
-        (r["attributes"]["durable.instance_id"], r["attributes"]["durable.task_id"]) for r in steps
+        (r["attributes"]["durable.instance_id"], r["attributes"]["durable.task_id"]) for r in activities
     )
-    assert len(per_task) == 6 * 4 + 6 * 2 and set(per_task.values()) == {1}
-    for r in steps:
-        assert r["parent_id"] == span_of[r["attributes"]["durable.instance_id"]]["span_id"]
+    assert len(per_task) == 6 * 5 + 6 * 2 and set(per_task.values()) == {1}
+    assert {r["attributes"]["durable.activity.attempt"] for r in named("activity:gate")} == {2}
+    for row in activities:
+        assert row["parent_id"] == span_of[row["attributes"]["durable.instance_id"]]["span_id"]
 
 
 _NO_OTEL = textwrap.dedent(
