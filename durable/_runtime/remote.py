@@ -95,9 +95,10 @@ class RemoteOrchestrations:
 
     def takes(self, inst: Instance, msgs: list[Message]) -> bool:
         """Whether this step of ``inst`` is remote (the instance runs remotely, or starts to)."""
-        if inst.remote is not None and inst.status not in (None, OrchestrationStatus.PENDING):
-            if not inst.status.is_terminal:
-                return True
+        status = inst.status
+        running = status is not None and status != OrchestrationStatus.PENDING and not status.is_terminal
+        if inst.remote is not None and running:
+            return True
         start = next((m for m in reversed(msgs) if m.get("kind") == ev.MSG_START), None)
         if start is not None and not self._remote_name(str(start.get("name", ""))):
             inst.remote = None  # a new local execution replaces a finished remote one
@@ -332,4 +333,6 @@ class _RemoteStep:
         state.sent = len(state.pending)
         state.ts = self.ts
         body = {"iid": inst.iid, "token": state.token, "name": inst.name}
-        self.step.plan.outbox.append({"dst": self.owner.workitems.keys.orchestrations, "m": pack_record(body)})
+        self.step.plan.outbox.append(
+            {"dst": self.owner.workitems.keys.orchestrations, "m": pack_record(body)}
+        )

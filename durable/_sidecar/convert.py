@@ -16,9 +16,8 @@ import datetime as _dt
 import json
 from typing import Any
 
-from google.protobuf import timestamp_pb2, wrappers_pb2
-
 from durabletask.internal import orchestrator_service_pb2 as pb
+from google.protobuf import timestamp_pb2, wrappers_pb2
 
 from .._core import events as ev
 from .._core.model import FailureDetails, OrchestrationState, OrchestrationStatus, datetime_to_ms
@@ -117,7 +116,7 @@ def history_event(e: ev.Event, instance_id: str = "") -> pb.HistoryEvent:
     """One engine history event of ``instance_id`` as the protocol's ``HistoryEvent``."""
     kind = e["k"]
     out = pb.HistoryEvent(eventId=-1, timestamp=timestamp(int(e.get("ts") or 0)))
-    tid = e.get("tid")
+    tid: Any = e.get("tid", -1)
     if kind == ev.ORCHESTRATOR_STARTED:
         out.orchestratorStarted.SetInParent()
     elif kind == ev.EXECUTION_STARTED:
@@ -203,9 +202,7 @@ def _set_failure(message: Any, rec: dict[str, Any] | None) -> None:
 
 
 # -- actions --------------------------------------------------------------------------------------
-def actions_from_pb(
-    instance_id: str, actions: Any
-) -> tuple[list[ev.Event], dict[str, Any] | None]:
+def actions_from_pb(instance_id: str, actions: Any) -> tuple[list[ev.Event], dict[str, Any] | None]:
     """An SDK's actions as engine actions, and the completion (None while the code runs on)."""
     out: list[ev.Event] = []
     complete: dict[str, Any] | None = None
@@ -219,7 +216,9 @@ def actions_from_pb(
                     "k": ev.TASK_SCHEDULED,
                     "tid": tid,
                     "name": task.name,
-                    "input": packed_from_json(optional_text(task, "input"), f"input of activity {task.name!r}"),
+                    "input": packed_from_json(
+                        optional_text(task, "input"), f"input of activity {task.name!r}"
+                    ),
                 }
             )
         elif which == "createTimer":

@@ -22,9 +22,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from durabletask.internal import orchestrator_service_pb2 as pb
+from redis.exceptions import RedisError
 
 from .._core import events as ev
 from .._core.model import FailureDetails

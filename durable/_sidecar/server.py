@@ -13,7 +13,6 @@ from typing import Any
 
 import anyio
 import grpc
-
 from durabletask.internal import orchestrator_service_pb2_grpc as stubs
 
 from .._client import AsyncClient
@@ -81,7 +80,9 @@ class Sidecar(Worker):
                 await tg.start(self._run_runtime)
                 await server.start()
                 tg.start_soon(dispatcher.run)
-                log.info("durable sidecar serving the Durable Task protocol on %s (hub %s)", self.address, self.hub)
+                log.info(
+                    "durable sidecar serving the Durable Task protocol on %s (hub %s)", self.address, self.hub
+                )
                 task_status.started()
                 await rt.stopped.wait()
                 # the runtime drained: hand back what this sidecar holds, close the streams

@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
-from google.protobuf import empty_pb2, wrappers_pb2
-
 from durabletask.internal import orchestrator_service_pb2 as pb
 from durabletask.internal import orchestrator_service_pb2_grpc as stubs
+from google.protobuf import empty_pb2, wrappers_pb2
 
 from .._client import AsyncClient
 from .._core import events as ev
@@ -76,11 +75,15 @@ class SidecarService(stubs.TaskHubSidecarServiceServicer):  # type: ignore[misc]
         finally:
             self.dispatcher.disconnect(conn)
 
-    async def CompleteOrchestratorTask(self, request: pb.OrchestratorResponse, context: Any) -> pb.CompleteTaskResponse:
+    async def CompleteOrchestratorTask(
+        self, request: pb.OrchestratorResponse, context: Any
+    ) -> pb.CompleteTaskResponse:
         await self._complete(self.dispatcher.complete_orchestration(request), context)
         return pb.CompleteTaskResponse()
 
-    async def CompleteActivityTask(self, request: pb.ActivityResponse, context: Any) -> pb.CompleteTaskResponse:
+    async def CompleteActivityTask(
+        self, request: pb.ActivityResponse, context: Any
+    ) -> pb.CompleteTaskResponse:
         await self._complete(self.dispatcher.complete_activity(request), context)
         return pb.CompleteTaskResponse()
 
@@ -99,8 +102,12 @@ class SidecarService(stubs.TaskHubSidecarServiceServicer):  # type: ignore[misc]
         return pb.AbandonActivityTaskResponse()
 
     # -- client RPCs -------------------------------------------------------------------------------
-    async def StartInstance(self, request: pb.CreateInstanceRequest, context: Any) -> pb.CreateInstanceResponse:
-        start_at = _ms(request.scheduledStartTimestamp) if request.HasField("scheduledStartTimestamp") else None
+    async def StartInstance(
+        self, request: pb.CreateInstanceRequest, context: Any
+    ) -> pb.CreateInstanceResponse:
+        start_at = (
+            _ms(request.scheduledStartTimestamp) if request.HasField("scheduledStartTimestamp") else None
+        )
         try:
             value = convert.json_value(convert.optional_text(request, "input"))
             iid = await self.client.schedule_new_orchestration(
@@ -122,7 +129,9 @@ class SidecarService(stubs.TaskHubSidecarServiceServicer):  # type: ignore[misc]
             return pb.GetInstanceResponse(exists=False)
         return pb.GetInstanceResponse(exists=True, orchestrationState=convert.state_to_pb(state, payloads))
 
-    async def WaitForInstanceStart(self, request: pb.GetInstanceRequest, context: Any) -> pb.GetInstanceResponse:
+    async def WaitForInstanceStart(
+        self, request: pb.GetInstanceRequest, context: Any
+    ) -> pb.GetInstanceResponse:
         return await self._wait(request, context, self.client.wait_for_orchestration_start)
 
     async def WaitForInstanceCompletion(
@@ -187,7 +196,9 @@ class SidecarService(stubs.TaskHubSidecarServiceServicer):  # type: ignore[misc]
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         return pb.ResumeResponse()
 
-    async def PurgeInstances(self, request: pb.PurgeInstancesRequest, context: Any) -> pb.PurgeInstancesResponse:
+    async def PurgeInstances(
+        self, request: pb.PurgeInstancesRequest, context: Any
+    ) -> pb.PurgeInstancesResponse:
         if request.instanceId:
             ids = [request.instanceId]
         elif request.HasField("purgeInstanceFilter"):
@@ -204,7 +215,9 @@ class SidecarService(stubs.TaskHubSidecarServiceServicer):  # type: ignore[misc]
         count = 0
         for iid in ids:
             count += await self._purge(iid, request.recursive)
-        return pb.PurgeInstancesResponse(deletedInstanceCount=count, isComplete=wrappers_pb2.BoolValue(value=True))
+        return pb.PurgeInstancesResponse(
+            deletedInstanceCount=count, isComplete=wrappers_pb2.BoolValue(value=True)
+        )
 
     async def _purge(self, instance_id: str, recursive: bool) -> int:
         children = await self._children(instance_id) if recursive else []
@@ -216,10 +229,13 @@ class SidecarService(stubs.TaskHubSidecarServiceServicer):  # type: ignore[misc]
             count += await self._purge(child, True)
         return count
 
-    async def RestartInstance(self, request: pb.RestartInstanceRequest, context: Any) -> pb.RestartInstanceResponse:
+    async def RestartInstance(
+        self, request: pb.RestartInstanceRequest, context: Any
+    ) -> pb.RestartInstanceResponse:
         state = await self.client.get_orchestration_state(request.instanceId)
         if state is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no orchestration with id {request.instanceId!r}")
+            raise AssertionError("unreachable")
         if not state.runtime_status.is_terminal:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION, f"orchestration {request.instanceId!r} has not finished"
@@ -228,7 +244,9 @@ class SidecarService(stubs.TaskHubSidecarServiceServicer):  # type: ignore[misc]
         iid = await self.client.schedule_new_orchestration(state.name, input=state.input, instance_id=new_id)
         return pb.RestartInstanceResponse(instanceId=iid)
 
-    async def QueryInstances(self, request: pb.QueryInstancesRequest, context: Any) -> pb.QueryInstancesResponse:
+    async def QueryInstances(
+        self, request: pb.QueryInstancesRequest, context: Any
+    ) -> pb.QueryInstancesResponse:
         query = request.query
         offset = int(query.continuationToken.value or 0) if query.HasField("continuationToken") else 0
         size = query.maxInstanceCount or 100
@@ -257,7 +275,11 @@ class SidecarService(stubs.TaskHubSidecarServiceServicer):  # type: ignore[misc]
         at = _ms(request.scheduledTime) if request.HasField("scheduledTime") else None
         try:
             await self.client.signal_entity(
-                request.instanceId, request.name, input=value, signal_at=at, signal_id=request.requestId or None
+                request.instanceId,
+                request.name,
+                input=value,
+                signal_at=at,
+                signal_id=request.requestId or None,
             )
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

@@ -79,7 +79,9 @@ class WorkItemStore:
                 if "BUSYGROUP" not in str(exc):
                     raise
 
-    async def read(self, consumer: str, counts: dict[str, int], block_ms: int) -> list[tuple[str, StreamEntry]]:
+    async def read(
+        self, consumer: str, counts: dict[str, int], block_ms: int
+    ) -> list[tuple[str, StreamEntry]]:
         """New entries of the given streams (stream key -> how many at most) for ``consumer``."""
         wanted = {s: ">" for s, n in counts.items() if n > 0}
         if not wanted:
@@ -97,7 +99,9 @@ class WorkItemStore:
         self, stream: str, consumer: str, min_idle_ms: int, count: int
     ) -> list[tuple[str, Fields, int]]:
         """Take over entries whose consumer went quiet: (id, fields, times delivered)."""
-        resp = await self._redis.xautoclaim(stream, REMOTE_GROUP, consumer, min_idle_ms, start_id="0-0", count=count)
+        resp = await self._redis.xautoclaim(
+            stream, REMOTE_GROUP, consumer, min_idle_ms, start_id="0-0", count=count
+        )
         claimed = [(eid.decode(), fields) for eid, fields in resp[1] if fields]
         deleted = resp[2] if len(resp) > 2 else []
         if deleted:
