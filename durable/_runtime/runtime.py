@@ -32,6 +32,9 @@ from .telemetry import Telemetry
 
 log = logging.getLogger("durable.worker")
 
+#: the worker ids of ``durable sidecar`` processes start with this
+SIDECAR_PREFIX = "sidecar-"
+
 
 def _rendezvous(partition: int, workers: list[str]) -> str:
     best, best_score = workers[0], b""
@@ -222,7 +225,9 @@ class Runtime:
         if self.worker_id not in live:
             live.append(self.worker_id)
         holders = await self.store.lease_holders()
-        mine = {p for p in range(self.store.partitions) if _rendezvous(p, live) == self.worker_id}
+        # a sidecar runs no code of its own: where workers that do are live, they own the partitions
+        owners = [w for w in live if not w.startswith(SIDECAR_PREFIX)] or live
+        mine = {p for p in range(self.store.partitions) if _rendezvous(p, owners) == self.worker_id}
         owned = set(self.owned_partitions())
         for p in owned - mine:
             runner = self.runners.get(p)

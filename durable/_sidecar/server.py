@@ -17,7 +17,8 @@ from durabletask.internal import orchestrator_service_pb2_grpc as stubs
 
 from .._client import AsyncClient
 from .._config import WorkerConfig
-from .._store.workitems import WorkItemStore
+from .._runtime.runtime import SIDECAR_PREFIX
+from .._store.workitems import ANY_NAME, WorkItemStore
 from .._worker import Worker
 from .dispatch import Dispatcher
 from .service import SidecarService
@@ -60,6 +61,7 @@ class Sidecar(Worker):
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         rt = self._make_runtime()
         rt.run_activities = False
+        rt.worker_id = SIDECAR_PREFIX + rt.worker_id
         rt.prepare()
         dispatcher = Dispatcher(rt.store, WorkItemStore(rt.store), rt.worker_id, self.visibility_ms)
         self.dispatcher = dispatcher
@@ -78,6 +80,9 @@ class Sidecar(Worker):
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(self._run_runtime)
+                # from now on, owners hand out every orchestration no local worker registered (it
+                # waits for an SDK worker that runs it, as with any Durable Task backend)
+                await dispatcher.workitems.advertise([ANY_NAME])
                 await server.start()
                 tg.start_soon(dispatcher.run)
                 log.info(
