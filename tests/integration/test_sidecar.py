@@ -4,6 +4,7 @@ Redis, alone and side by side with native workers and clients on one hub."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -212,6 +213,17 @@ def test_sdk_worker_killed_mid_activity_work_completes_on_the_next_worker(
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+
+
+def test_readme_sdk_example_runs(sidecar: Sidecar, tmp_path: Path) -> None:
+    text = (REPO / "README.md").read_text()
+    example = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "TaskHubGrpcWorker" in b)
+    assert 'host = "localhost:4001"' in example
+    script = tmp_path / "sdk_example.py"
+    script.write_text(example.replace('host = "localhost:4001"', f'host = "{sidecar.address}"'))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == '["Hello Tokyo!", "Hello Lima!"]'
 
 
 def test_unsupported_rpcs_answer_unimplemented_with_a_reason(sidecar: Sidecar) -> None:
