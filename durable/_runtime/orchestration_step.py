@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .._store.store import Store
     from .cache import InstanceCache
     from .entity_step import EntityHalf
+    from .remote import RemoteOrchestrations, RemoteState
     from .telemetry import Telemetry
 
 log = logging.getLogger("durable.partition")
@@ -70,6 +71,10 @@ class Instance:
     tags: str = ""
     #: the trace context its start message carried (the parent of its orchestration span)
     traceparent: str | None = None
+    #: events raised before a scheduled start ran: delivered right after it starts
+    pending_events: list[ev.Event] = field(default_factory=list)
+    #: set while the instance's code runs in a remote executor (``remote.py``)
+    remote: RemoteState | None = None
 
     @property
     def running(self) -> bool:
@@ -85,6 +90,8 @@ class _Incoming:
     start_input: bytes | None = None
     #: a start that never ran and was terminated: its record (no executor runs)
     terminated_pending: RecordWrite | None = None
+    #: events for an instance whose (scheduled) start has not run yet: kept for it
+    held: list[ev.Event] = field(default_factory=list)
 
 
 class OrchestrationHalf:
@@ -101,7 +108,9 @@ class OrchestrationHalf:
         entities: EntityHalf,
         context_factory: Callable[[str, Any], OrchestrationContext],
         name_of: Callable[[Any, str], str],
+        remote: RemoteOrchestrations | None = None,
     ) -> None:
+        self.remote = remote
         self.store = store
         self.registry = registry
         self.config = config
@@ -116,6 +125,8 @@ class OrchestrationHalf:
         return not target.startswith("@")
 
     async def load(self, step: StepState, targets: list[str]) -> None:
+        if self.remote is not None:
+            await self.remote.prepare(step)
         cached = self.cache.partition(step.index)
         ids = [t for t in targets if t not in cached]
         if not ids:
@@ -137,15 +148,25 @@ class OrchestrationHalf:
                         if is_blob_ref(e.get(f)):
                             e[f] = blobs[e[f][len(BLOB_REF_PREFIX) :].decode()]
         for iid, (fields, _), events in zip(ids, loaded, histories, strict=True):
-            cached[iid] = self._instance_from(iid, fields, events)
+            remote = self.remote is not None and self.remote.is_remote(fields)
+            inst = cached[iid] = self._instance_from(iid, fields, [] if remote else events)
+            if remote and self.remote is not None:
+                self.remote.attach(inst, fields, events)
             self.metrics.cache_event("miss")
 
     def process(self, step: StepState, target: str, msgs: list[Message]) -> None:
         inst = self.cache.partition(step.index)[target]
+        if self.remote is not None and self.remote.takes(inst, msgs):
+            self.remote.process(self, step, inst, msgs)
+            return
         incoming = self._incoming(inst, msgs, step)
         if not incoming.events:
             if incoming.terminated_pending is not None:
+                inst.pending_events = []
                 step.plan.records.append(incoming.terminated_pending)
+                step.touched[inst.iid] = inst
+            elif incoming.held:
+                step.plan.records.append(self._hold(inst, incoming.held, step))
                 step.touched[inst.iid] = inst
             return
         assert inst.executor is not None
@@ -189,6 +210,8 @@ class OrchestrationHalf:
         started = next((e for e in history if e.get("k") == ev.EXECUTION_STARTED), None)
         if started is not None:
             inst.traceparent = started.get("traceparent")
+        pending = get(b"pending")
+        inst.pending_events = unpack_record(pending) if pending else []
         if inst.status in (OrchestrationStatus.RUNNING, OrchestrationStatus.SUSPENDED) and history:
             executor = self._new_executor(iid)
             executor.replay(history)
@@ -226,18 +249,33 @@ class OrchestrationHalf:
                 if self._accept_start(inst, msg, step):
                     incoming.start = msg
                     incoming.start_input = msg.get("input")
-                    incoming.events = [_started_event(msg, inst), *_carried_events(msg)]
+                    early = [*inst.pending_events, *incoming.held]  # raised before it started
+                    inst.pending_events, incoming.held = [], []
+                    incoming.events = [_started_event(msg, inst), *_carried_events(msg), *early]
                 continue
             if kind == ev.MSG_TERMINATE and not inst.running and inst.status == OrchestrationStatus.PENDING:
                 # terminated before it started (e.g. a scheduled start): it never runs
                 incoming.terminated_pending = self._terminate_pending(inst, msg, step)
                 continue
             if not inst.running:
+                if kind == ev.MSG_EVENT and inst.status == OrchestrationStatus.PENDING:
+                    # a scheduled start has not run yet: the event waits for it (as a started
+                    # instance buffers an event it does not wait for yet)
+                    held = _to_event(msg, inst.exec)
+                    if held is not None:
+                        incoming.held.append(held)
                 continue
             event = _to_event(msg, inst.exec)
             if event is not None:
                 incoming.events.append(event)
         return incoming
+
+    def _hold(self, inst: Instance, held: list[ev.Event], step: StepState) -> RecordWrite:
+        """Keep events raised to an instance whose start has not run yet, in its record."""
+        inst.pending_events = [*inst.pending_events, *held]
+        rec = RecordWrite(step.keys.instance(inst.iid), step.keys.history(inst.iid), inst.version)
+        rec.fields["pending"] = pack_record(inst.pending_events)
+        return rec
 
     def _accept_start(self, inst: Instance, msg: Message, step: StepState) -> bool:
         if inst.running:
@@ -363,7 +401,13 @@ class OrchestrationHalf:
         f["updated"] = ts
         if new_execution:
             f.update(
-                name=inst.name, exec=inst.exec, created=inst.created, output=b"", failure=b"", custom=b""
+                name=inst.name,
+                exec=inst.exec,
+                created=inst.created,
+                output=b"",
+                failure=b"",
+                custom=b"",
+                pending=b"",
             )
             f["input"] = self._offload(inst.iid, start_input, rec, step) or b""
             f["parent"] = pack_record(inst.parent) if inst.parent else b""
@@ -403,7 +447,9 @@ class OrchestrationHalf:
         rec = RecordWrite(
             keys.instance(inst.iid), keys.history(inst.iid), inst.version, mode="r", query_id=inst.iid
         )
-        rec.fields.update(status=inst.status.value, updated=step.now, output=msg.get("output") or b"")
+        rec.fields.update(
+            status=inst.status.value, updated=step.now, output=msg.get("output") or b"", pending=b""
+        )
         rec.events = [
             pack_record({"k": ev.EXECUTION_TERMINATED, "eid": 0, "ts": step.now, "output": msg.get("output")})
         ]

@@ -42,6 +42,8 @@ class StepState:
     dead_lettered: list[str] = field(default_factory=list)
     #: what to do once the step has committed, and only then (emit spans and log lines)
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    #: the step's messages by target (what the halves will process), for a look ahead in ``load``
+    messages: dict[str, list[Message]] = field(default_factory=dict)
 
     def route(self, target: str, msg: Message) -> None:
         """Send ``msg`` to the partition of ``target`` as part of this step's commit."""

@@ -225,6 +225,8 @@ def test_usage_errors_exit_2(cli: Callable[..., Result]) -> None:
         (["orchestration", "describe"], "required"),
         (["entity", "get", "bad@name", "k"], "'@'"),
         (["entity", "signal", "counter", "k", "add", "--input", "five"], "invalid JSON"),
+        (["entity", "signal", "counter", "k", "add", "--input", "NaN"], "NaN is not valid JSON"),
+        (["orchestration", "start", "greetings", "--input", "[1e400]"], "out of range"),
         (["partitions", "--output", "yaml"], "invalid choice"),
     ]
     for args, message in cases:
