@@ -46,6 +46,8 @@ _COMPLETION_MSGS = {
 }
 #: history event fields that carry (encoded) user payloads
 _PAYLOAD_FIELDS = ("input", "result", "output")
+#: fields of an activity's TaskScheduled event that its task message carries
+_ACTIVITY_OPTIONS = ("to", "hbt", "call", "attempt", "hb")
 #: continue-as-new restarts run inline in one step up to this many times
 _MAX_INLINE_RESTARTS = 100
 
@@ -396,6 +398,9 @@ class OrchestrationHalf:
                     "name": action["name"],
                     "input": self._offload(inst.iid, action.get("input"), rec, step),
                 }
+                for key in _ACTIVITY_OPTIONS:  # time limits; a retry's call, attempt, details
+                    if action.get(key) is not None:
+                        body[key] = action[key]
                 step.plan.outbox.append({"dst": self.store.keys.tasks, "m": pack_record(body)})
             elif kind == ev.TIMER_CREATED:
                 body = {
@@ -471,6 +476,8 @@ def _to_event(msg: dict[str, Any], exec_id: str) -> ev.Event | None:
             event["failure"] = msg["failure"]
         if "fire_at" in msg:
             event["fire_at"] = msg["fire_at"]
+        if isinstance(msg.get("details"), bytes):
+            event["details"] = msg["details"]  # an activity's last heartbeat details
         return event
     if kind == ev.MSG_EVENT:
         return {"k": ev.EVENT_RAISED, "name": str(msg.get("name", "")), "input": msg.get("input")}
