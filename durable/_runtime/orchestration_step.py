@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._core import events as ev
 from .._core.executor import OrchestrationExecutor, StepResult
+from .._core.lifecycle import open_timers
 from .._core.model import FailureDetails, OrchestrationStatus
 from .._core.serialization import (
     BLOB_REF_PREFIX,
@@ -24,6 +25,16 @@ from .._core.serialization import (
     unpack_record,
 )
 from .._store.store import RecordWrite
+from .lifecycle_step import (
+    Loaded,
+    Rewinder,
+    Rewound,
+    from_its_parent,
+    loaded_view,
+    merge,
+    redo_child,
+    terminate_children,
+)
 from .step import Message, StepState
 
 if TYPE_CHECKING:
@@ -65,6 +76,8 @@ class Instance:
     parent: dict[str, Any] | None = None
     executor: OrchestrationExecutor | None = None
     last_ts: int = 0
+    #: read for a lifecycle command of this step while the instance is not running
+    loaded: Loaded | None = None
 
     @property
     def running(self) -> bool:
@@ -80,6 +93,10 @@ class _Incoming:
     start_input: bytes | None = None
     #: a start that never ran and was terminated: its record (no executor runs)
     terminated_pending: RecordWrite | None = None
+    #: a recursive terminate, passed on to the open sub-orchestrations once applied
+    terminate: Message | None = None
+    #: a rewind that brought a failed instance back to running
+    rewound: Rewound | None = None
 
 
 class OrchestrationHalf:
@@ -105,6 +122,7 @@ class OrchestrationHalf:
         self.entities = entities
         self.context_factory = context_factory
         self.name_of = name_of
+        self.rewinder = Rewinder(self._new_executor, reply_to_parent, store.keys.status_channel)
 
     # -- the StepHalf shape --------------------------------------------------------------------
     def owns(self, target: str) -> bool:
@@ -112,11 +130,13 @@ class OrchestrationHalf:
 
     async def load(self, step: StepState, targets: list[str]) -> None:
         cached = self.cache.partition(step.index)
-        ids = [t for t in targets if t not in cached]
+        # a lifecycle command on an instance that is not running needs its history: read it again
+        ids = [t for t in targets if t not in cached or (t in step.needs_history and not cached[t].running)]
         if not ids:
             return
         loaded = await self.store.load_instances(step.index, ids)
         histories = [[unpack_record(h) for h in history] for _, history in loaded]
+        outputs = [fields.get(b"output") for fields, _ in loaded]
         refs = [
             e[f][len(BLOB_REF_PREFIX) :].decode()
             for events in histories
@@ -124,6 +144,7 @@ class OrchestrationHalf:
             for f in _PAYLOAD_FIELDS
             if is_blob_ref(e.get(f))
         ]
+        refs.extend(o[len(BLOB_REF_PREFIX) :].decode() for o in outputs if o is not None and is_blob_ref(o))
         if refs:  # large payloads live beside the history
             blobs = await self.store.get_blobs(refs)
             for events in histories:
@@ -131,32 +152,63 @@ class OrchestrationHalf:
                     for f in _PAYLOAD_FIELDS:
                         if is_blob_ref(e.get(f)):
                             e[f] = blobs[e[f][len(BLOB_REF_PREFIX) :].decode()]
+            for fields, _ in loaded:
+                output = fields.get(b"output")
+                if output is not None and is_blob_ref(output):
+                    fields[b"output"] = blobs.get(output[len(BLOB_REF_PREFIX) :].decode(), output)
         for iid, (fields, _), events in zip(ids, loaded, histories, strict=True):
-            cached[iid] = self._instance_from(iid, fields, events)
+            inst = cached[iid] = self._instance_from(iid, fields, events)
+            if iid in step.needs_history and not inst.running:
+                inst.loaded = loaded_view(fields, events)
             self.metrics.cache_event("miss")
 
     def process(self, step: StepState, target: str, msgs: list[Message]) -> None:
         inst = self.cache.partition(step.index)[target]
-        incoming = self._incoming(inst, msgs, step)
-        if not incoming.events:
-            if incoming.terminated_pending is not None:
-                step.plan.records.append(incoming.terminated_pending)
-                step.touched[inst.iid] = inst
-            return
-        assert inst.executor is not None
         ts = max(step.now, inst.last_ts)
+        if any(m["kind"] == ev.MSG_REWIND for m in msgs):
+            ts = max(ts, inst.last_ts + 1)  # a rewind shows as a newer record, even a refused one
+        try:
+            incoming = self._incoming(inst, msgs, step, ts)
+            if not incoming.events and incoming.rewound is None:
+                if incoming.terminated_pending is not None:
+                    step.plan.records.append(incoming.terminated_pending)
+                    step.touched[inst.iid] = inst
+                if incoming.terminate is not None and inst.loaded is not None:
+                    terminate_children(step, inst, inst.loaded.history, incoming.terminate)
+                return
+            self._process(inst, incoming, ts, step)
+        finally:
+            inst.loaded = None
+
+    def _process(self, inst: Instance, incoming: _Incoming, ts: int, step: StepState) -> None:
+        assert inst.executor is not None
         inst.last_ts = ts
         prev_status = inst.status
-        result, new_execution, start_input = self._execute(inst, incoming, ts, step)
+        rewound = incoming.rewound
+        if rewound is not None:
+            prev_status = OrchestrationStatus.FAILED
+            result, new_execution, start_input = rewound.result, False, None
+            if incoming.events and inst.running:
+                more = inst.executor.execute([{"k": ev.ORCHESTRATOR_STARTED, "ts": ts}, *incoming.events])
+                result = merge(result, more)
+        else:
+            result, new_execution, start_input = self._execute(inst, incoming, ts, step)
         result = self._check_history_size(inst, result)
         status = result.status
         if status == OrchestrationStatus.CONTINUED_AS_NEW:
             status = self._continue_next_step(inst, result, step)
         inst.status = status
         rec = self._record(inst, result, status, ts, new_execution, start_input, prev_status, step)
+        if rewound is not None:  # the rewritten history replaces the old one
+            rec.mode = "r"
+            rec.events[:0] = [self._persisted(inst.iid, e, rec, step) for e in rewound.prefix]
+            if not status.is_terminal:
+                rec.fields.update(output=b"", failure=b"")
         step.plan.records.append(rec)
         step.touched[inst.iid] = inst
         self._route_actions(inst, result, step, rec)
+        if incoming.terminate is not None and status == OrchestrationStatus.TERMINATED:
+            terminate_children(step, inst, inst.executor.history, incoming.terminate)
         if status.is_terminal:
             self._finish(inst, result, status, step)
 
@@ -188,11 +240,28 @@ class OrchestrationHalf:
         return OrchestrationExecutor(iid, self.registry.orchestrators.get, self.name_of, self.context_factory)
 
     # -- one instance's step, along its seams ---------------------------------------------------
-    def _incoming(self, inst: Instance, msgs: list[Message], step: StepState) -> _Incoming:
-        """Turn the messages into history events: a start (re)creates the executor."""
+    def _incoming(self, inst: Instance, msgs: list[Message], step: StepState, ts: int) -> _Incoming:
+        """Turn the messages into history events: a start (re)creates the executor, a rewind
+        revives a failed one."""
         incoming = _Incoming()
         for msg in msgs:
             kind = msg["kind"]
+            if kind == ev.MSG_REWIND and incoming.rewound is None:
+                rewound, record, start = self.rewinder.apply(inst, msg, inst.loaded, step, ts)
+                if record is not None:
+                    step.plan.records.append(record)
+                    step.touched[inst.iid] = inst
+                if rewound is not None and not incoming.events:
+                    incoming.rewound = rewound
+                if start is None:
+                    continue
+                msg = start
+                kind = ev.MSG_START
+            sender = msg.get("from") if kind == ev.MSG_TERMINATE else None
+            if sender is not None and not from_its_parent(inst, sender):
+                continue  # passed on by a parent this instance does not belong to
+            if kind == ev.MSG_TERMINATE and msg.get("recursive"):
+                incoming.terminate = msg
             if kind == ev.MSG_START:
                 if self._accept_start(inst, msg, step):
                     incoming.start = msg
@@ -242,7 +311,7 @@ class OrchestrationHalf:
             self._route_actions(inst, result, step)
             restarts += 1
             data, carried = result.continue_as_new
-            self.entities.on_orchestration_end(step, inst)
+            self._end_execution(inst, step)
             inst.executor = self._new_executor(inst.iid)
             inst.exec = uuid.uuid4().hex
             new_execution = True
@@ -267,7 +336,7 @@ class OrchestrationHalf:
             "events": carried,
         }
         step.route(inst.iid, start)
-        self.entities.on_orchestration_end(step, inst)
+        self._end_execution(inst, step)
         inst.executor = None
         return OrchestrationStatus.RUNNING
 
@@ -336,6 +405,10 @@ class OrchestrationHalf:
         if status != prev_status or new_execution:
             rec.channel = self.store.keys.status_channel(inst.iid)
             rec.message = status.value
+        if status.is_terminal:
+            step.plan.finished[inst.iid] = ts  # retention counts from here
+        elif new_execution or prev_status == OrchestrationStatus.FAILED:
+            step.plan.finished[inst.iid] = None
         return rec
 
     def _finish(
@@ -349,8 +422,16 @@ class OrchestrationHalf:
                 None if completed else (result.failure or FailureDetails("terminated", "TerminatedError"))
             )
             reply_to_parent(step, inst.parent, result.output if completed else None, failure)
-        self.entities.on_orchestration_end(step, inst)
+        self._end_execution(inst, step)
         inst.executor = None
+
+    def _end_execution(self, inst: Instance, step: StepState) -> None:
+        """An execution ends (finished, or continued as new): release its entity locks and drop
+        its pending timers (they could only fire into nothing)."""
+        self.entities.on_orchestration_end(step, inst)
+        if inst.executor is not None:
+            for tid in open_timers(inst.executor.history):
+                step.plan.delete_timers.append(f"t|{inst.iid}|{inst.exec}|{tid}")
 
     def _terminate_pending(self, inst: Instance, msg: Message, step: StepState) -> RecordWrite:
         inst.status = OrchestrationStatus.TERMINATED
@@ -360,6 +441,8 @@ class OrchestrationHalf:
             pack_record({"k": ev.EXECUTION_TERMINATED, "eid": 0, "ts": step.now, "output": msg.get("output")})
         ]
         rec.channel, rec.message = self.store.keys.status_channel(inst.iid), inst.status.value
+        step.plan.delete_timers.append(f"start|{inst.iid}|{inst.exec}")  # its scheduled start
+        step.plan.finished[inst.iid] = step.now
         return rec
 
     # -- payloads ------------------------------------------------------------------------------
@@ -412,6 +495,8 @@ class OrchestrationHalf:
                 }
                 member = f"t|{inst.iid}|{inst.exec}|{action['tid']}"
                 step.plan.timers.append((int(action["fire_at"]), member, pack_record(body)))
+            elif kind == ev.SUB_CREATED and action.get("redo"):
+                step.route(str(action["iid"]), redo_child(inst, action))
             elif kind == ev.SUB_CREATED:
                 child = str(action["iid"])
                 start = {

@@ -40,6 +40,9 @@ class StepState:
     started: list[Instance] = field(default_factory=list)
     #: the metric kind of every message this step dead-letters (counted once it commits)
     dead_lettered: list[str] = field(default_factory=list)
+    #: instances addressed by a lifecycle command (rewind, recursive terminate) that needs their
+    #: history even when they are not running
+    needs_history: set[str] = field(default_factory=set)
 
     def route(self, target: str, msg: Message) -> None:
         """Send ``msg`` to the partition of ``target`` as part of this step's commit."""
