@@ -16,8 +16,12 @@ Routes::
     GET    /v1/orchestrations/{instance_id}           -> state | 404
     GET    /v1/orchestrations/{instance_id}/history   -> [event, ...] | 404
     POST   /v1/orchestrations/{instance_id}/events/{event}    body: data -> 202
-    POST   /v1/orchestrations/{instance_id}/terminate|suspend|resume    -> 202
-    DELETE /v1/orchestrations/{instance_id}           -> 200 purged | 404 | 409 still running
+    POST   /v1/orchestrations/{instance_id}/terminate[?recursive=false]|suspend|resume    -> 202
+    POST   /v1/orchestrations/{instance_id}/rewind    body: reason -> 200 | 202 not applied yet | 404 | 409
+    POST   /v1/orchestrations/{instance_id}/restart[?new_instance_id=true]  -> 202 {"instance_id"}
+    DELETE /v1/orchestrations/{instance_id}[?recursive=false]   -> 200 purged | 404 | 409 still running
+    POST   /v1/orchestrations/purge                   body: {"status", "name", "created_from",
+                                                      "created_to"} -> 200 {"purged": n}
     GET    /v1/entities?name=&limit=                  -> [{entity_id, name, key, last_modified_at}]
     GET    /v1/entities/{name}/{key}                  -> {"state": ...} | 404 | 501
     POST   /v1/entities/{name}/{key}/{operation}      body: input -> 202 | 501
@@ -46,6 +50,7 @@ the operator CLI are in :mod:`durable._ops_views`, the HTTP/1.1 plumbing in :mod
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import importlib.metadata
 import importlib.resources
 import logging
@@ -107,6 +112,10 @@ PROBE_TIMEOUT_SECONDS = 2.0
 LIVENESS_MARGIN_SECONDS = 5.0
 #: Largest page of ``GET /v1/orchestrations`` and ``GET /v1/entities``.
 MAX_LIST_LIMIT = 1000
+#: How long a rewind request waits for a worker to apply it (then 202: it is applied later).
+REWIND_TIMEOUT_SECONDS = 10.0
+#: How long ``POST /v1/orchestrations/purge`` waits for every partition's count (then 202).
+PURGE_TIMEOUT_SECONDS = 60.0
 
 _PUBLIC_PATHS = frozenset({"/", "/index.html", "/healthz", "/readyz"})
 
@@ -128,6 +137,27 @@ def _status_filter(values: list[str]) -> list[OrchestrationStatus | str] | None:
             valid = ", ".join(s.name for s in OrchestrationStatus)
             raise HTTPError(400, "invalid_status", f"unknown status {value!r}; use one of {valid}") from None
     return out
+
+
+def _flag(request: Request, name: str, default: bool) -> bool:
+    raw = request.param(name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    if raw.lower() in ("0", "false", "no"):
+        return False
+    raise HTTPError(400, "invalid_parameter", f"{name} must be true or false, got {raw!r}")
+
+
+def _iso(value: Any, name: str) -> _dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = _dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise HTTPError(400, "invalid_body", f"{name} must be an ISO-8601 date-time, got {value!r}") from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=_dt.UTC)
 
 
 def _reason_body(request: Request) -> str | None:
@@ -163,6 +193,7 @@ class OpsApp:
             Route(("readyz",), {"GET": self.readyz}),
             Route(("v1", "hub"), {"GET": self.hub_info}),
             Route(("v1", o), {"GET": self.list_orchestrations}),
+            Route(("v1", o, "purge"), {"POST": self.purge_matching}),  # before POST /v1/o/{name}
             Route(
                 ("v1", o, None),
                 {"GET": self.get_orchestration, "POST": self.start_orchestration, "DELETE": self.purge},
@@ -171,6 +202,8 @@ class OpsApp:
             Route(("v1", o, None, "terminate"), {"POST": self.terminate}),
             Route(("v1", o, None, "suspend"), {"POST": self.suspend}),
             Route(("v1", o, None, "resume"), {"POST": self.resume}),
+            Route(("v1", o, None, "rewind"), {"POST": self.rewind}),
+            Route(("v1", o, None, "restart"), {"POST": self.restart}),
             Route(("v1", o, None, "events", None), {"POST": self.raise_event}),
             Route(("v1", "entities"), {"GET": self.list_entities}),
             Route(("v1", "entities", None, None), {"GET": self.get_entity}),
@@ -386,7 +419,9 @@ class OpsApp:
         iid = params[0]
         output = json_body(request)
         try:
-            await self.client.terminate_orchestration(iid, output=output)
+            await self.client.terminate_orchestration(
+                iid, output=output, recursive=_flag(request, "recursive", True)
+            )
         except OrchestrationNotFoundError:
             raise _not_found(iid) from None
         except (SerializationError, PayloadTooLargeError) as exc:
@@ -412,12 +447,69 @@ class OpsApp:
     async def purge(self, request: Request, params: list[str]) -> Response:
         iid = params[0]
         try:
-            purged = await self.client.purge_orchestration(iid)
+            purged = await self.client.purge_orchestration(iid, recursive=_flag(request, "recursive", True))
         except ValueError as exc:
             raise HTTPError(409, "still_running", str(exc)) from None
         if not purged:
             raise _not_found(iid)
         return json_response(200, {"instance_id": iid, "purged": True})
+
+    async def purge_matching(self, request: Request, params: list[str]) -> Response:
+        body = json_body(request)
+        if body is None:
+            body = {}
+        if not isinstance(body, dict) or not set(body) <= {"status", "name", "created_from", "created_to"}:
+            raise HTTPError(
+                400,
+                "invalid_body",
+                'expected {"status": [...], "name": ..., "created_from": ..., "created_to": ...}',
+            )
+        raw = body.get("status")
+        statuses = _status_filter([raw] if isinstance(raw, str) else [str(x) for x in raw or []])
+        if any(not OrchestrationStatus(s).is_terminal for s in statuses or []):
+            raise HTTPError(
+                400, "invalid_status", "only COMPLETED, FAILED and TERMINATED instances can be purged"
+            )
+        times = {k: _iso(body.get(k), k) for k in ("created_from", "created_to")}
+        name = body.get("name")
+        if name is not None and not isinstance(name, str):
+            raise HTTPError(400, "invalid_body", "name must be a string")
+        try:
+            count = await self.client.purge_orchestrations(
+                status=statuses, name=name, timeout=PURGE_TIMEOUT_SECONDS, **times
+            )
+        except TimeoutError as exc:  # partitions without a live owner: their part goes on later
+            return json_response(202, {"purged": None, "detail": str(exc)})
+        return json_response(200, {"purged": count})
+
+    async def rewind(self, request: Request, params: list[str]) -> Response:
+        iid = params[0]
+        try:
+            await self.client.rewind_orchestration(
+                iid, reason=_reason_body(request), timeout=REWIND_TIMEOUT_SECONDS
+            )
+        except OrchestrationNotFoundError:
+            raise _not_found(iid) from None
+        except ValueError as exc:
+            raise HTTPError(409, "cannot_rewind", str(exc)) from None
+        except TimeoutError as exc:
+            return json_response(
+                202, {"instance_id": iid, "action": "rewind", "applied": False, "detail": str(exc)}
+            )
+        return json_response(200, {"instance_id": iid, "action": "rewind", "applied": True})
+
+    async def restart(self, request: Request, params: list[str]) -> Response:
+        iid = params[0]
+        try:
+            new_id = await self.client.restart_orchestration(
+                iid, new_instance_id=_flag(request, "new_instance_id", False)
+            )
+        except OrchestrationNotFoundError:
+            raise _not_found(iid) from None
+        except (ValueError, OrchestrationAlreadyExistsError) as exc:
+            raise HTTPError(409, "cannot_restart", str(exc)) from None
+        location = f"/v1/orchestrations/{_quote(new_id)}"
+        return json_response(202, {"instance_id": new_id, "restarted": iid}, {"Location": location})
 
     # -- entities --------------------------------------------------------------------------------
     @staticmethod
