@@ -122,6 +122,10 @@ def _state_text(data: Mapping[str, Any]) -> str:
         ("Custom status", compact_json(data.get("custom_status"))),
         ("Failure", f"{failure['error_type']}: {failure['message']}" if failure else "-"),
     ]
+    cause = failure.get("inner_failure") if failure else None
+    while isinstance(cause, Mapping):
+        pairs.append(("Caused by", f"{cause['error_type']}: {cause['message']}"))
+        cause = cause.get("inner_failure")
     return render_fields(pairs)
 
 

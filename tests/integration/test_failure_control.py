@@ -4,12 +4,17 @@ attempt numbers and idempotency keys across retries, activity timeouts and heart
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from _redis import connect, is_cluster
 
 from durable import (
     ActivityContext,
@@ -308,6 +313,52 @@ def test_running_activity_is_cancelled_when_its_orchestration_ends(worker: Worke
         client.terminate_orchestration(iid)
         client.wait_for_orchestration_completion(iid, timeout=20)
         assert saw_cancel.wait(10)
+
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def _spawn_worker(redis_url: str, hub: str, ledger_url: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, DURABLE_REDIS_URL=redis_url, DURABLE_HUB=hub, LEDGER_URL=ledger_url)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(TESTS.parent)])
+    command = [
+        sys.executable,
+        "-m",
+        "durable",
+        "worker",
+        "fixtures.engine_app:worker",
+        "--log-level",
+        "error",
+    ]
+    return subprocess.Popen(command, env=env, cwd=str(TESTS))
+
+
+def test_a_crashed_delivery_is_the_same_attempt_under_the_same_key(
+    redis_url: str, hub: str, client: Client
+) -> None:
+    """Process test: the activity kills its worker on its first delivery; the next worker gets
+    the same attempt again (delivery 2), and the policy's retry is attempt 2, all under one key."""
+    ledger_url = redis_url if is_cluster(redis_url) else redis_url.rsplit("/", 1)[0] + "/1"
+    first = _spawn_worker(redis_url, hub, ledger_url)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        iid = client.schedule_new_orchestration("crash_then_retry")
+        assert first.wait(timeout=60) == 17  # the activity took its worker down
+        second = _spawn_worker(redis_url, hub, ledger_url)
+        state = client.wait_for_orchestration_completion(iid, timeout=60)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
+    assert state.output == [2, 1]
+    ledger = connect(ledger_url)
+    try:
+        seen = [row.decode().split("|", 2) for row in ledger.lrange(f"seen:{hub}", 0, -1)]
+    finally:
+        ledger.close()
+    assert [(a, d) for a, d, _ in seen] == [("1", "1"), ("1", "2"), ("2", "1")]
+    assert len({key for *_, key in seen}) == 1 and seen[0][2].startswith(f"{iid}:")
 
 
 def _wait_for(client: Client, iid: str, cond: Any, timeout: float = 20) -> None:

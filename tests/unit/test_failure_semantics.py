@@ -238,3 +238,14 @@ def test_an_uncaught_task_failure_keeps_the_task_failure_as_the_cause() -> None:
     inner = result.failure.inner_failure
     assert inner is not None and inner.error_type == "Transient" and inner.message == "down"
     assert result.failure.is_caused_by(ConnectionError)
+
+
+def test_the_json_views_show_the_causes() -> None:
+    from durable._ops.views import failure_json
+
+    failure = failure_of(TaskFailedError("activity 'x' failed: down", failure_of(Transient("down"))))
+    view = failure_json(failure)
+    assert view is not None and view["error_type"] == "TaskFailedError"
+    assert view["inner_failure"]["error_type"] == "Transient"
+    assert view["inner_failure"]["inner_failure"] is None
+    assert failure_json(None) is None
