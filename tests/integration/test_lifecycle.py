@@ -375,3 +375,39 @@ def test_restart_runs_a_new_execution_with_the_same_input(worker: Worker, client
     assert history[1]["exec"] != old_exec  # a new execution replaced the old history
     assert [e["k"] for e in history].count("ExecutionStarted") == 1
     assert runs == ["ada", "ada", "ada"]
+
+
+def test_purge_requests_walk_the_index_in_small_batches(
+    redis_url: str, hub: str, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One partition, batches of 3: the cursor steps over kept instances (equal creation times
+    included) and every match is purged exactly once."""
+    from durable._runtime import purge
+
+    monkeypatch.setattr(purge, "BATCH", 3)
+    worker = Worker(redis_url, hub=hub, config=WorkerConfig(partitions=1, **FAST))  # type: ignore[arg-type]
+
+    @worker.orchestrator
+    def go(ctx: Any, _: Any) -> Any:
+        return "done"
+        yield  # pragma: no cover
+
+    @worker.orchestrator
+    def keep(ctx: Any, wait: bool) -> Any:
+        if wait:
+            yield ctx.wait_for_external_event("never")
+        return "kept"
+
+    with worker:
+        ids = []
+        for i in range(14):  # interleaved, several per millisecond
+            ids.append(client.schedule_new_orchestration(keep if i % 3 == 0 else go, input=i % 2 == 0))
+        for i, iid in enumerate(ids):
+            if i % 3 == 0 and i % 2 == 0:
+                client.wait_for_orchestration_start(iid, timeout=20)
+            else:
+                client.wait_for_orchestration_completion(iid, timeout=20)
+        assert client.purge_orchestrations(name="go", timeout=30) == 9
+        left = {s.instance_id for s in client.list_orchestrations(limit=100)}
+        assert left == {iid for i, iid in enumerate(ids) if i % 3 == 0}
+        assert client.purge_orchestrations(timeout=30) == 2  # the kept ones that completed
