@@ -291,15 +291,9 @@ class AsyncClient:
         return how many were purged. Each partition's owner purges its part in bounded batches;
         this waits until every partition has answered (TimeoutError after ``timeout`` seconds: are
         workers running?)."""
-        items = [] if status is None else status if isinstance(status, list) else [status]
-        wanted = [OrchestrationStatus(s) for s in items]
-        if any(not s.is_terminal for s in wanted):
-            raise ValueError("only terminal instances (COMPLETED, FAILED, TERMINATED) can be purged")
         low = datetime_to_ms(created_from) if created_from else None
         high = datetime_to_ms(created_to) if created_to else None
-        store = await self._get_store()
-        statuses = [s.value for s in wanted] or None
-        return await lifecycle.purge_matching(store, statuses, name, low, high, timeout)
+        return await lifecycle.purge_matching(await self._get_store(), status, name, low, high, timeout)
 
     async def rewind_orchestration(
         self, instance_id: str, *, reason: str | None = None, timeout: float = 60.0

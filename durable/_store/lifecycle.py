@@ -17,6 +17,7 @@ from typing import Any
 
 from .._core import events as ev
 from .._core.lifecycle import children
+from .._core.model import OrchestrationStatus
 from .._core.serialization import pack_record, unpack_record
 from . import scripts as _scripts
 from .store import FencedError, Store
@@ -194,14 +195,19 @@ async def request_purge(store: Store, request: dict[str, Any]) -> None:
 
 async def purge_matching(
     store: Store,
-    statuses: list[str] | None,
+    status: OrchestrationStatus | str | list[OrchestrationStatus | str] | None,
     name: str | None,
     low: int | None,
     high: int | None,
     timeout: float,
 ) -> int:
     """Ask every partition's owner to purge its terminal instances that match, and wait for their
-    counts (see :func:`await_purge_replies`)."""
+    counts (see :func:`await_purge_replies`). Raises ValueError for a status that is not terminal."""
+    items = [] if status is None else status if isinstance(status, list) else [status]
+    wanted = [OrchestrationStatus(s) for s in items]
+    if any(not s.is_terminal for s in wanted):
+        raise ValueError("only terminal instances (COMPLETED, FAILED, TERMINATED) can be purged")
+    statuses = [s.value for s in wanted] or None
     request_id = uuid.uuid4().hex
     request = {
         "kind": ev.MSG_PURGE,
