@@ -114,6 +114,18 @@ def _env(name: str, parse: Callable[[str], Any]) -> Any:
         raise UsageError(f"invalid ${name}: {exc}") from None
 
 
+def _ops_token() -> str | None:
+    """The ops API bearer token of ``$DURABLE_OPS_TOKEN`` (None: unset or empty); a token that
+    would turn authentication off (only whitespace) or that no request could match (not
+    printable ASCII) is a usage error."""
+    from ._ops.http import InvalidTokenError, check_token
+
+    try:
+        return check_token(os.environ.get(ENV_OPS_TOKEN))
+    except InvalidTokenError as exc:
+        raise UsageError(f"invalid ${ENV_OPS_TOKEN}: {exc}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``durable`` command."""
     parser = argparse.ArgumentParser(
@@ -452,7 +464,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     )
     ops_port = args.ops_port if args.ops_port is not None else _env(ENV_OPS_PORT, _port)
     ops_host = args.ops_host or os.environ.get(ENV_OPS_HOST, "").strip() or "0.0.0.0"
-    ops_token = os.environ.get(ENV_OPS_TOKEN, "").strip() or None
+    ops_token = _ops_token() if ops_port else None
     env: dict[str, str] = {}
     if args.redis_url:
         env[ENV_REDIS_URL] = args.redis_url
@@ -600,7 +612,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     _configure_logging(args.log_level or _env(ENV_LOG_LEVEL, _log_level) or "info")
     port = args.ops_port if args.ops_port is not None else (_env(ENV_OPS_PORT, _port) or 9464)
     host = args.ops_host or os.environ.get(ENV_OPS_HOST, "").strip() or "0.0.0.0"
-    token = os.environ.get(ENV_OPS_TOKEN, "").strip() or None
+    token = _ops_token()
 
     async def serve() -> int:
         from ._ops.server import serve_ops
