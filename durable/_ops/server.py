@@ -57,7 +57,6 @@ the operator CLI are in :mod:`durable._ops_views`, the HTTP/1.1 plumbing in :mod
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import importlib.metadata
 import importlib.resources
 import logging
@@ -77,6 +76,7 @@ from .._runtime import metrics as _metrics
 from .._runtime.runtime import Runtime
 from .._store import queries as q
 from .._store.store import Store
+from . import lifecycle as lifecycle
 from . import views as views
 from .http import (
     MAX_BODY_BYTES,
@@ -120,10 +120,6 @@ PROBE_TIMEOUT_SECONDS = 2.0
 LIVENESS_MARGIN_SECONDS = 5.0
 #: Largest page of ``GET /v1/orchestrations`` and ``GET /v1/entities``.
 MAX_LIST_LIMIT = 1000
-#: How long a rewind request waits for a worker to apply it (then 202: it is applied later).
-REWIND_TIMEOUT_SECONDS = 10.0
-#: How long ``POST /v1/orchestrations/purge`` waits for every partition's count (then 202).
-PURGE_TIMEOUT_SECONDS = 60.0
 
 _PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 _PUBLIC_PATHS = frozenset({"/", "/index.html", *_PROBE_PATHS})
@@ -146,27 +142,6 @@ def _status_filter(values: list[str]) -> list[OrchestrationStatus | str] | None:
             valid = ", ".join(s.name for s in OrchestrationStatus)
             raise HTTPError(400, "invalid_status", f"unknown status {value!r}; use one of {valid}") from None
     return out
-
-
-def _flag(request: Request, name: str, default: bool) -> bool:
-    raw = request.param(name)
-    if raw is None:
-        return default
-    if raw.lower() in ("1", "true", "yes"):
-        return True
-    if raw.lower() in ("0", "false", "no"):
-        return False
-    raise HTTPError(400, "invalid_parameter", f"{name} must be true or false, got {raw!r}")
-
-
-def _iso(value: Any, name: str) -> _dt.datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = _dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        raise HTTPError(400, "invalid_body", f"{name} must be an ISO-8601 date-time, got {value!r}") from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=_dt.UTC)
 
 
 def _reason_body(request: Request) -> str | None:
@@ -440,7 +415,7 @@ class OpsApp:
         output = json_body(request)
         try:
             await self.client.terminate_orchestration(
-                iid, output=output, recursive=_flag(request, "recursive", True)
+                iid, output=output, recursive=lifecycle.flag(request, "recursive", True)
             )
         except OrchestrationNotFoundError:
             raise _not_found(iid) from None
@@ -467,7 +442,9 @@ class OpsApp:
     async def purge(self, request: Request, params: list[str]) -> Response:
         iid = params[0]
         try:
-            purged = await self.client.purge_orchestration(iid, recursive=_flag(request, "recursive", True))
+            purged = await self.client.purge_orchestration(
+                iid, recursive=lifecycle.flag(request, "recursive", True)
+            )
         except ValueError as exc:
             raise HTTPError(409, "still_running", str(exc)) from None
         if not purged:
@@ -475,61 +452,13 @@ class OpsApp:
         return json_response(200, {"instance_id": iid, "purged": True})
 
     async def purge_matching(self, request: Request, params: list[str]) -> Response:
-        body = json_body(request)
-        if body is None:
-            body = {}
-        if not isinstance(body, dict) or not set(body) <= {"status", "name", "created_from", "created_to"}:
-            raise HTTPError(
-                400,
-                "invalid_body",
-                'expected {"status": [...], "name": ..., "created_from": ..., "created_to": ...}',
-            )
-        raw = body.get("status")
-        statuses = _status_filter([raw] if isinstance(raw, str) else [str(x) for x in raw or []])
-        if any(not OrchestrationStatus(s).is_terminal for s in statuses or []):
-            raise HTTPError(
-                400, "invalid_status", "only COMPLETED, FAILED and TERMINATED instances can be purged"
-            )
-        times = {k: _iso(body.get(k), k) for k in ("created_from", "created_to")}
-        name = body.get("name")
-        if name is not None and not isinstance(name, str):
-            raise HTTPError(400, "invalid_body", "name must be a string")
-        try:
-            count = await self.client.purge_orchestrations(
-                status=statuses, name=name, timeout=PURGE_TIMEOUT_SECONDS, **times
-            )
-        except TimeoutError as exc:  # partitions without a live owner: their part goes on later
-            return json_response(202, {"purged": None, "detail": str(exc)})
-        return json_response(200, {"purged": count})
+        return await lifecycle.purge_matching(self.client, request)
 
     async def rewind(self, request: Request, params: list[str]) -> Response:
-        iid = params[0]
-        try:
-            await self.client.rewind_orchestration(
-                iid, reason=_reason_body(request), timeout=REWIND_TIMEOUT_SECONDS
-            )
-        except OrchestrationNotFoundError:
-            raise _not_found(iid) from None
-        except ValueError as exc:
-            raise HTTPError(409, "cannot_rewind", str(exc)) from None
-        except TimeoutError as exc:
-            return json_response(
-                202, {"instance_id": iid, "action": "rewind", "applied": False, "detail": str(exc)}
-            )
-        return json_response(200, {"instance_id": iid, "action": "rewind", "applied": True})
+        return await lifecycle.rewind(self.client, params[0], _reason_body(request))
 
     async def restart(self, request: Request, params: list[str]) -> Response:
-        iid = params[0]
-        try:
-            new_id = await self.client.restart_orchestration(
-                iid, new_instance_id=_flag(request, "new_instance_id", False)
-            )
-        except OrchestrationNotFoundError:
-            raise _not_found(iid) from None
-        except (ValueError, OrchestrationAlreadyExistsError) as exc:
-            raise HTTPError(409, "cannot_restart", str(exc)) from None
-        location = f"/v1/orchestrations/{_quote(new_id)}"
-        return json_response(202, {"instance_id": new_id, "restarted": iid}, {"Location": location})
+        return await lifecycle.restart(self.client, request, params[0])
 
     # -- entities --------------------------------------------------------------------------------
     @staticmethod
