@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ops", ("durable._ops",)),
     ("cli", ("durable.cli", "durable._cli", "durable.__main__")),
     ("package", ("durable",)),
+    ("agents", ("durable.agents",)),
 ]
 CORE_FORBIDDEN = ("redis", "anyio", "prometheus_client")
 
