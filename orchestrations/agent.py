@@ -22,7 +22,6 @@ import datetime as dt
 import hashlib
 import os
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -115,16 +114,7 @@ def converse(
     """One turn with a person in the loop: ask, approve (or deny) each refund, print the reply."""
     say(f"customer> {question}")
     turn = support_agent.start_turn(client, session_id, question)
-    deadline = time.monotonic() + timeout
-    pending: list[dict[str, Any]] = []
-    while not pending and time.monotonic() < deadline:
-        pending = support_agent.pending_approvals(client, session_id)
-        if not pending:
-            try:  # wakes up as soon as the turn ends; else look for approvals again
-                client.wait_for_orchestration_completion(turn, timeout=0.2)
-                break
-            except TimeoutError:
-                pass
+    pending = support_agent.wait_for_approvals(client, session_id, turn_id=turn, timeout=timeout)
     for call in pending:
         verdict = "approves" if approve else "denies"
         say(f"supervisor {verdict} {call['name']}({call['arguments']})")

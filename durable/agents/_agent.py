@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import inspect
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -203,6 +204,31 @@ class Agent:
         if state is None or state.runtime_status.is_terminal or not isinstance(status, dict):
             return []
         return [dict(p) for p in status.get("pending") or []]
+
+    def wait_for_approvals(
+        self, client: Client, session_id: str, *, turn_id: str | None = None, timeout: float = 60
+    ) -> list[dict[str, Any]]:
+        """Wait until a tool call of the session waits for approval, and return the waiting calls
+        (as :meth:`pending_approvals`). With ``turn_id``, return ``[]`` as soon as that turn ends
+        without asking. Raises TimeoutError. (It polls, backing off to a few reads a second: a
+        change of the waiting calls sends no notification.)"""
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            pending = self.pending_approvals(client, session_id)
+            if pending:
+                return pending
+            if turn_id is not None:
+                state = client.get_orchestration_state(turn_id)
+                if state is not None and state.runtime_status.is_terminal:
+                    return []
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"no tool call waited for approval in session {session_id!r} within {timeout}s"
+                )
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.25)
 
     def approve(
         self, client: Client, session_id: str, call_id: str, approved: bool = True, note: str | None = None

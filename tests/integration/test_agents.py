@@ -181,8 +181,7 @@ def test_parallel_tool_calls_run_concurrently(serve: Callable[..., Worker], clie
 
 def _start_refund_turn(agent: Agent, client: Client, session: str) -> tuple[str, list[dict[str, Any]]]:
     turn = agent.start_turn(client, session, "Please refund 5 on order 7 and 3 on order 8")
-    pending = _poll(lambda: agent.pending_approvals(client, session), "pending approvals")
-    return turn, pending
+    return turn, agent.wait_for_approvals(client, session, turn_id=turn, timeout=TIMEOUT)
 
 
 REFUNDS = [
