@@ -61,3 +61,20 @@ def test_readme_entity_example_runs(redis_url: str, hub: str, tmp_path: Path) ->
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:4] == ["COMPLETED", "FAILED", "balances 6 14", "visits 1"]
+
+
+def test_readme_agent_example_runs(redis_url: str, hub: str, tmp_path: Path) -> None:
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    example = next(b for b in blocks if "durable.agents" in b)
+    script = tmp_path / "agent.py"
+    script.write_text(example)
+    env = dict(os.environ, DURABLE_REDIS_URL=redis_url, DURABLE_HUB=hub, PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "Order 7 has shipped, and I refunded 5.00. ['ok', 'ok']",
+        "5 messages in the session",
+    ]
