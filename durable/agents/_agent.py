@@ -11,9 +11,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+
 from durable import (
+    AsyncClient,
     Client,
+    EntityState,
     FailureDetails,
+    OrchestrationState,
     OrchestrationStatus,
     RetryPolicy,
     TaskFailedError,
@@ -154,30 +159,40 @@ class Agent:
         return worker
 
     # -- the client side -------------------------------------------------------------------------
-    def start_turn(self, client: Client, session_id: str, message: str) -> str:
-        """Start a turn (returns at once): the turn's instance id, for :meth:`wait_turn`."""
+    # Every call has a twin for AsyncClient (``..._async``); the pure parts are shared below.
+    def _new_turn(self, session_id: str, message: str, turn_id: str | None) -> tuple[str, dict[str, Any]]:
         session_entity_id(session_id)  # validates the id
-        turn_id = f"{self.name}:{session_id}:{uuid.uuid4().hex}"
-        return client.schedule_new_orchestration(
-            self.turn_orchestrator,
-            input={"session": session_id, "message": str(message)},
-            instance_id=turn_id,
+        turn_id = turn_id or f"{self.name}:{session_id}:{uuid.uuid4().hex}"
+        return turn_id, {"session": session_id, "message": str(message)}
+
+    def instance_ids(self, turn_id: str) -> list[str]:
+        """The orchestration instances of a turn: the turn and its steps (to purge them, say)."""
+        return [turn_id, steps_instance_id(turn_id)]
+
+    def start_turn(self, client: Client, session_id: str, message: str, *, turn_id: str | None = None) -> str:
+        """Start a turn and return its instance id at once (for :meth:`wait_turn`). A ``turn_id``
+        of your own makes the start idempotent: starting it again while it runs raises
+        :class:`~durable.OrchestrationAlreadyExistsError`."""
+        turn_id, request = self._new_turn(session_id, message, turn_id)
+        return client.schedule_new_orchestration(self.turn_orchestrator, input=request, instance_id=turn_id)
+
+    async def start_turn_async(
+        self, client: AsyncClient, session_id: str, message: str, *, turn_id: str | None = None
+    ) -> str:
+        """:meth:`start_turn` with an :class:`~durable.AsyncClient`."""
+        turn_id, request = self._new_turn(session_id, message, turn_id)
+        return await client.schedule_new_orchestration(
+            self.turn_orchestrator, input=request, instance_id=turn_id
         )
 
     def wait_turn(self, client: Client, turn_id: str, *, timeout: float = 60) -> AgentReply:
         """Wait for a turn's reply. Raises TimeoutError (the turn goes on) and TaskFailedError
         (the turn failed: a model error that retries did not fix, or it was terminated)."""
-        state = client.wait_for_orchestration_completion(turn_id, timeout=timeout)
-        state.raise_if_failed()
-        if state.runtime_status != OrchestrationStatus.COMPLETED:
-            message = f"turn {turn_id!r} ended {state.runtime_status.value}"
-            raise TaskFailedError(message, FailureDetails(message, "TurnNotCompletedError"))
-        out = state.output or {}
-        return AgentReply(
-            text=str(out.get("text") or ""),
-            tool_calls=list(out.get("tool_calls") or []),
-            stopped=out.get("stopped"),
-        )
+        return _reply(client.wait_for_orchestration_completion(turn_id, timeout=timeout))
+
+    async def wait_turn_async(self, client: AsyncClient, turn_id: str, *, timeout: float = 60) -> AgentReply:
+        """:meth:`wait_turn` with an :class:`~durable.AsyncClient`."""
+        return _reply(await client.wait_for_orchestration_completion(turn_id, timeout=timeout))
 
     def ask(self, client: Client, session_id: str, message: str, timeout: float = 60) -> AgentReply:
         """Send ``message`` in session ``session_id`` and wait for the reply (one turn).
@@ -188,22 +203,26 @@ class Agent:
         :meth:`wait_turn`."""
         return self.wait_turn(client, self.start_turn(client, session_id, message), timeout=timeout)
 
-    def _active_turn(self, client: Client, session_id: str) -> str | None:
-        entity = client.get_entity(session_entity_id(session_id))
-        state = entity.state if entity is not None else None
-        turn = state.get("active_turn") if isinstance(state, dict) else None
-        return str(turn) if turn else None
+    async def ask_async(
+        self, client: AsyncClient, session_id: str, message: str, timeout: float = 60
+    ) -> AgentReply:
+        """:meth:`ask` with an :class:`~durable.AsyncClient`."""
+        turn_id = await self.start_turn_async(client, session_id, message)
+        return await self.wait_turn_async(client, turn_id, timeout=timeout)
 
     def pending_approvals(self, client: Client, session_id: str) -> list[dict[str, Any]]:
         """The session's tool calls waiting for approval now: ``[{"id", "name", "arguments"}]``."""
-        turn = self._active_turn(client, session_id)
+        turn = _active_turn(client.get_entity(session_entity_id(session_id)))
         if turn is None:
             return []
-        state = client.get_orchestration_state(steps_instance_id(turn))
-        status = state.custom_status if state is not None else None
-        if state is None or state.runtime_status.is_terminal or not isinstance(status, dict):
+        return _pending(client.get_orchestration_state(steps_instance_id(turn)))
+
+    async def pending_approvals_async(self, client: AsyncClient, session_id: str) -> list[dict[str, Any]]:
+        """:meth:`pending_approvals` with an :class:`~durable.AsyncClient`."""
+        turn = _active_turn(await client.get_entity(session_entity_id(session_id)))
+        if turn is None:
             return []
-        return [dict(p) for p in status.get("pending") or []]
+        return _pending(await client.get_orchestration_state(steps_instance_id(turn)))
 
     def wait_for_approvals(
         self, client: Client, session_id: str, *, turn_id: str | None = None, timeout: float = 60
@@ -212,23 +231,27 @@ class Agent:
         (as :meth:`pending_approvals`). With ``turn_id``, return ``[]`` as soon as that turn ends
         without asking. Raises TimeoutError. (It polls, backing off to a few reads a second: a
         change of the waiting calls sends no notification.)"""
-        deadline = time.monotonic() + timeout
-        delay = 0.01
+        backoff = _Backoff(session_id, timeout)
         while True:
             pending = self.pending_approvals(client, session_id)
             if pending:
                 return pending
-            if turn_id is not None:
-                state = client.get_orchestration_state(turn_id)
-                if state is not None and state.runtime_status.is_terminal:
-                    return []
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(
-                    f"no tool call waited for approval in session {session_id!r} within {timeout}s"
-                )
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, 0.25)
+            if turn_id is not None and _ended(client.get_orchestration_state(turn_id)):
+                return []
+            time.sleep(backoff.next())
+
+    async def wait_for_approvals_async(
+        self, client: AsyncClient, session_id: str, *, turn_id: str | None = None, timeout: float = 60
+    ) -> list[dict[str, Any]]:
+        """:meth:`wait_for_approvals` with an :class:`~durable.AsyncClient`."""
+        backoff = _Backoff(session_id, timeout)
+        while True:
+            pending = await self.pending_approvals_async(client, session_id)
+            if pending:
+                return pending
+            if turn_id is not None and _ended(await client.get_orchestration_state(turn_id)):
+                return []
+            await anyio.sleep(backoff.next())
 
     def approve(
         self, client: Client, session_id: str, call_id: str, approved: bool = True, note: str | None = None
@@ -236,17 +259,104 @@ class Agent:
         """Decide on a tool call waiting for approval (``approved=False`` denies it; the model
         sees ``"denied"``, with the note if one is given). Raises LookupError when no such call
         waits in the session."""
-        turn = self._active_turn(client, session_id)
-        waiting = {p["id"] for p in self.pending_approvals(client, session_id)} if turn else set()
-        if turn is None or call_id not in waiting:
-            raise LookupError(f"no tool call {call_id!r} waits for approval in session {session_id!r}")
-        client.raise_orchestration_event(
-            steps_instance_id(turn), approval_event(call_id), data={"approved": bool(approved), "note": note}
-        )
+        turn = _active_turn(client.get_entity(session_entity_id(session_id)))
+        state = client.get_orchestration_state(steps_instance_id(turn)) if turn else None
+        target, event, data = _decision(session_id, turn, state, call_id, approved, note)
+        client.raise_orchestration_event(target, event, data=data)
+
+    async def approve_async(
+        self,
+        client: AsyncClient,
+        session_id: str,
+        call_id: str,
+        approved: bool = True,
+        note: str | None = None,
+    ) -> None:
+        """:meth:`approve` with an :class:`~durable.AsyncClient`."""
+        turn = _active_turn(await client.get_entity(session_entity_id(session_id)))
+        state = await client.get_orchestration_state(steps_instance_id(turn)) if turn else None
+        target, event, data = _decision(session_id, turn, state, call_id, approved, note)
+        await client.raise_orchestration_event(target, event, data=data)
 
     def history(self, client: Client, session_id: str) -> list[dict[str, Any]]:
         """The session's conversation: ``{"role", "content", ...}`` messages, oldest first (a
         summary of trimmed turns comes first as a system message)."""
-        entity = client.get_entity(session_entity_id(session_id))
-        state = entity.state if entity is not None else None
-        return conversation(state if isinstance(state, dict) else None)
+        return _conversation(client.get_entity(session_entity_id(session_id)))
+
+    async def history_async(self, client: AsyncClient, session_id: str) -> list[dict[str, Any]]:
+        """:meth:`history` with an :class:`~durable.AsyncClient`."""
+        return _conversation(await client.get_entity(session_entity_id(session_id)))
+
+
+# -- the pure parts of the client side ---------------------------------------------------------------
+
+
+def _reply(state: OrchestrationState) -> AgentReply:
+    state.raise_if_failed()
+    if state.runtime_status != OrchestrationStatus.COMPLETED:
+        message = f"turn {state.instance_id!r} ended {state.runtime_status.value}"
+        raise TaskFailedError(message, FailureDetails(message, "TurnNotCompletedError"))
+    out = state.output or {}
+    return AgentReply(
+        text=str(out.get("text") or ""),
+        tool_calls=list(out.get("tool_calls") or []),
+        stopped=out.get("stopped"),
+    )
+
+
+def _session_state(entity: EntityState | None) -> dict[str, Any] | None:
+    state = entity.state if entity is not None else None
+    return state if isinstance(state, dict) else None
+
+
+def _active_turn(entity: EntityState | None) -> str | None:
+    turn = (_session_state(entity) or {}).get("active_turn")
+    return str(turn) if turn else None
+
+
+def _conversation(entity: EntityState | None) -> list[dict[str, Any]]:
+    return conversation(_session_state(entity))
+
+
+def _ended(state: OrchestrationState | None) -> bool:
+    return state is not None and state.runtime_status.is_terminal
+
+
+def _pending(steps: OrchestrationState | None) -> list[dict[str, Any]]:
+    status = steps.custom_status if steps is not None else None
+    if steps is None or _ended(steps) or not isinstance(status, dict):
+        return []
+    return [dict(p) for p in status.get("pending") or []]
+
+
+def _decision(
+    session_id: str,
+    turn: str | None,
+    steps: OrchestrationState | None,
+    call_id: str,
+    approved: bool,
+    note: str | None,
+) -> tuple[str, str, dict[str, Any]]:
+    """(instance, event name, event data) of a decision; LookupError when the call does not wait."""
+    if turn is None or call_id not in {p["id"] for p in _pending(steps)}:
+        raise LookupError(f"no tool call {call_id!r} waits for approval in session {session_id!r}")
+    return steps_instance_id(turn), approval_event(call_id), {"approved": bool(approved), "note": note}
+
+
+class _Backoff:
+    """The waits of a polling loop: 10 ms doubling to 250 ms, until the deadline."""
+
+    def __init__(self, session_id: str, timeout: float) -> None:
+        self.session_id = session_id
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.delay = 0.01
+
+    def next(self) -> float:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(
+                f"no tool call waited for approval in session {self.session_id!r} within {self.timeout}s"
+            )
+        wait, self.delay = min(self.delay, remaining), min(self.delay * 2, 0.25)
+        return wait

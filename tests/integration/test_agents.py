@@ -9,9 +9,18 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import anyio
 import pytest
 
-from durable import ActivityContext, Client, OrchestrationStatus, Worker, WorkerConfig
+from durable import (
+    ActivityContext,
+    AsyncClient,
+    Client,
+    OrchestrationAlreadyExistsError,
+    OrchestrationStatus,
+    Worker,
+    WorkerConfig,
+)
 from durable._runtime.metrics import REGISTRY
 from durable.agents import Agent, AgentReply, ScriptedModel, tool
 from durable.agents._session import SUMMARY_PREFIX
@@ -374,3 +383,36 @@ def test_turns_of_one_session_run_one_at_a_time(serve: Callable[..., Worker], cl
         {"seen ['second'] 0", "seen ['second', 'first'] 0"},
     )
     assert len(agent.history(client, "s-serial")) == 4
+
+
+def test_the_async_client_calls(
+    serve: Callable[..., Worker], redis_url: str, hub: str, ledger: Ledger
+) -> None:
+    lookup_order, _, refund = support_tools(ledger)
+    agent = Agent("async-calls", model=ScriptedModel(REFUNDS), tools=[lookup_order, refund])
+    echo = Agent("async-echo", model=EchoModel())
+    serve(agent, echo)
+
+    async def scenario() -> tuple[AgentReply, list[dict[str, Any]], AgentReply]:
+        async with AsyncClient(redis_url, hub) as client:
+            turn = await agent.start_turn_async(client, "s-async", "refunds", turn_id="my-turn-1")
+            with pytest.raises(OrchestrationAlreadyExistsError):  # a turn id of one's own: idempotent
+                await agent.start_turn_async(client, "s-async", "refunds", turn_id="my-turn-1")
+            pending = await agent.wait_for_approvals_async(client, "s-async", turn_id=turn, timeout=TIMEOUT)
+            assert pending == await agent.pending_approvals_async(client, "s-async")
+            with pytest.raises(LookupError):
+                await agent.approve_async(client, "s-async", "call-7-7")
+            await agent.approve_async(client, "s-async", "call-0-0")
+            await agent.approve_async(client, "s-async", "call-0-1", approved=False)
+            reply = await agent.wait_turn_async(client, turn, timeout=TIMEOUT)
+            history = await agent.history_async(client, "s-async")
+            for instance in agent.instance_ids(turn):
+                assert await client.purge_orchestration(instance)
+            echoed = await echo.ask_async(client, "s-async-echo", "hello", timeout=TIMEOUT)
+            return reply, history, echoed
+
+    reply, history, echoed = anyio.run(scenario)
+    assert [c["status"] for c in reply.tool_calls] == ["ok", "denied", "ok"]
+    assert ledger.runs["refund"] == 1
+    assert history[0] == {"role": "user", "content": "refunds"} and len(history) == 6
+    assert echoed.text == "seen ['hello'] 0"
