@@ -85,14 +85,19 @@ def make_model() -> ChatModel:
     return ScriptedModel(SCRIPT)
 
 
-support_agent = Agent(
-    "support",
-    model=make_model(),
-    tools=[lookup_order, refund],
-    instructions=INSTRUCTIONS,
-    max_steps=8,
-    approval_timeout=dt.timedelta(hours=24),
-)
+def build_agent(model: ChatModel | None = None) -> Agent:
+    """The support agent, with ``model`` (default: :func:`make_model`)."""
+    return Agent(
+        "support",
+        model=model or make_model(),
+        tools=[lookup_order, refund],
+        instructions=INSTRUCTIONS,
+        max_steps=8,
+        approval_timeout=dt.timedelta(hours=24),
+    )
+
+
+support_agent = build_agent()
 
 QUESTION = "Hi! My order 7 arrived broken. Can I get my money back?"
 
