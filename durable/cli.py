@@ -51,6 +51,7 @@ from ._cli.common import (
     render_fields,
     signal_receiver,
 )
+from ._cli.sidecar import add_sidecar_parser, load_sidecar_class
 from ._client import AsyncClient
 from ._config import (
     ENV_CONCURRENCY,
@@ -112,6 +113,18 @@ def _env(name: str, parse: Callable[[str], Any]) -> Any:
         return parse(raw)
     except (argparse.ArgumentTypeError, ValueError) as exc:
         raise UsageError(f"invalid ${name}: {exc}") from None
+
+
+def _ops_token() -> str | None:
+    """The ops API bearer token of ``$DURABLE_OPS_TOKEN`` (None: unset or empty); a token that
+    would turn authentication off (only whitespace) or that no request could match (not
+    printable ASCII) is a usage error."""
+    from ._ops.http import InvalidTokenError, check_token
+
+    try:
+        return check_token(os.environ.get(ENV_OPS_TOKEN))
+    except InvalidTokenError as exc:
+        raise UsageError(f"invalid ${ENV_OPS_TOKEN}: {exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_cmd_demo)
 
     _register_redis_commands(commands)
+
+    sidecar = add_sidecar_parser(commands, _add_redis_options, _port)
+    sidecar.set_defaults(handler=_cmd_sidecar)
 
     serve = commands.add_parser(
         "serve",
@@ -452,7 +468,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     )
     ops_port = args.ops_port if args.ops_port is not None else _env(ENV_OPS_PORT, _port)
     ops_host = args.ops_host or os.environ.get(ENV_OPS_HOST, "").strip() or "0.0.0.0"
-    ops_token = os.environ.get(ENV_OPS_TOKEN, "").strip() or None
+    ops_token = _ops_token() if ops_port else None
     env: dict[str, str] = {}
     if args.redis_url:
         env[ENV_REDIS_URL] = args.redis_url
@@ -593,6 +609,41 @@ async def _serve_worker(worker: Worker, ops: OpsSettings | None) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+# durable sidecar
+
+
+def _cmd_sidecar(args: argparse.Namespace) -> int:
+    _configure_logging(args.log_level or _env(ENV_LOG_LEVEL, _log_level) or "info")
+    try:
+        sidecar_class = load_sidecar_class()
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        hub = resolve_hub(args.hub)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    sidecar = sidecar_class(args.redis_url, hub, host=args.host, port=args.port)
+    partitions = args.partitions or _env(ENV_PARTITIONS, positive_int_arg)
+    if partitions is not None:
+        sidecar.config.partitions = partitions
+    drain = args.drain_timeout if args.drain_timeout is not None else _env(ENV_DRAIN_TIMEOUT, _seconds)
+    if drain is not None:
+        sidecar.config.drain_timeout = drain
+    ops_port = args.ops_port if args.ops_port is not None else _env(ENV_OPS_PORT, _port)
+    ops_host = args.ops_host or os.environ.get(ENV_OPS_HOST, "").strip() or "0.0.0.0"
+    ops = (
+        OpsSettings(ops_host, ops_port, os.environ.get(ENV_OPS_TOKEN, "").strip() or None)
+        if ops_port
+        else None
+    )
+    try:
+        return anyio.run(_serve_worker, sidecar, ops)
+    except Exception as exc:
+        log.error("sidecar failed: %s", "; ".join(f"{type(e).__name__}: {e}" for e in leaf_exceptions(exc)))
+        return EXIT_FAILURE
+
+
+# ------------------------------------------------------------------------------------------------
 # durable demo
 
 
@@ -600,7 +651,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     _configure_logging(args.log_level or _env(ENV_LOG_LEVEL, _log_level) or "info")
     port = args.ops_port if args.ops_port is not None else (_env(ENV_OPS_PORT, _port) or 9464)
     host = args.ops_host or os.environ.get(ENV_OPS_HOST, "").strip() or "0.0.0.0"
-    token = os.environ.get(ENV_OPS_TOKEN, "").strip() or None
+    token = _ops_token()
 
     async def serve() -> int:
         from ._ops.server import serve_ops

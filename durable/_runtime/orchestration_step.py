@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .._store.store import Store
     from .cache import InstanceCache
     from .entity_step import EntityHalf
+    from .remote import RemoteOrchestrations, RemoteState
     from .telemetry import Telemetry
 
 log = logging.getLogger("durable.partition")
@@ -63,6 +64,8 @@ class Instance:
     parent: dict[str, Any] | None = None
     executor: OrchestrationExecutor | None = None
     last_ts: int = 0
+    #: set while the instance's code runs in a remote executor (``remote.py``)
+    remote: RemoteState | None = None
 
     @property
     def running(self) -> bool:
@@ -94,7 +97,9 @@ class OrchestrationHalf:
         entities: EntityHalf,
         context_factory: Callable[[str, Any], OrchestrationContext],
         name_of: Callable[[Any, str], str],
+        remote: RemoteOrchestrations | None = None,
     ) -> None:
+        self.remote = remote
         self.store = store
         self.registry = registry
         self.config = config
@@ -109,6 +114,8 @@ class OrchestrationHalf:
         return not target.startswith("@")
 
     async def load(self, step: StepState, targets: list[str]) -> None:
+        if self.remote is not None:
+            await self.remote.prepare(step)
         cached = self.cache.partition(step.index)
         ids = [t for t in targets if t not in cached]
         if not ids:
@@ -130,11 +137,17 @@ class OrchestrationHalf:
                         if is_blob_ref(e.get(f)):
                             e[f] = blobs[e[f][len(BLOB_REF_PREFIX) :].decode()]
         for iid, (fields, _), events in zip(ids, loaded, histories, strict=True):
-            cached[iid] = self._instance_from(iid, fields, events)
+            remote = self.remote is not None and self.remote.is_remote(fields)
+            inst = cached[iid] = self._instance_from(iid, fields, [] if remote else events)
+            if remote and self.remote is not None:
+                self.remote.attach(inst, fields, events)
             self.metrics.cache_event("miss")
 
     def process(self, step: StepState, target: str, msgs: list[Message]) -> None:
         inst = self.cache.partition(step.index)[target]
+        if self.remote is not None and self.remote.takes(inst, msgs):
+            self.remote.process(self, step, inst, msgs)
+            return
         incoming = self._incoming(inst, msgs, step)
         if not incoming.events:
             if incoming.terminated_pending is not None:

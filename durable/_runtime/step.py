@@ -40,6 +40,8 @@ class StepState:
     started: list[Instance] = field(default_factory=list)
     #: the metric kind of every message this step dead-letters (counted once it commits)
     dead_lettered: list[str] = field(default_factory=list)
+    #: the step's messages by target (what the halves will process), for a look ahead in ``load``
+    messages: dict[str, list[Message]] = field(default_factory=dict)
 
     def route(self, target: str, msg: Message) -> None:
         """Send ``msg`` to the partition of ``target`` as part of this step's commit."""
