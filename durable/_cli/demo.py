@@ -171,6 +171,13 @@ class DemoRun:
         """Show ``text`` in the live view while the script runs."""
         self._row.progress = text
 
+    def track(self, instance_id: str) -> str:
+        """Remember an orchestration instance the script started itself: like those of
+        :meth:`run_orchestration`, it is terminated if it still runs, then purged, when the demo
+        ends. Returns the id."""
+        self._row.instances.append(instance_id)
+        return instance_id
+
     async def entity_state(self, entity_id: EntityId | str) -> Any:
         """The entity's state (None when it does not exist)."""
         state = await self.client.get_entity(entity_id)
@@ -586,7 +593,7 @@ async def _run(
         )
         orchestrations = sum(isinstance(r.case, OrchestrationCase) for r in rows)
         display.info(
-            f"Starting {orchestrations} orchestrations and {len(rows) - orchestrations} entity scenarios "
+            f"Starting {orchestrations} orchestrations and {len(rows) - orchestrations} scripted scenarios "
             f"(run {run_id}) ..."
         )
         display.info()
