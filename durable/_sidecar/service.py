@@ -28,8 +28,6 @@ UNSUPPORTED: dict[str, str] = {
     "StreamInstanceHistory": "history streaming is not supported (histories are sent whole)",
     "CreateTaskHub": "a hub is created on first use; nothing to do",
     "DeleteTaskHub": "delete a hub's keys in Redis (durable hub commands)",
-    "CompleteEntityTask": "entities run in durable workers only (SDK entity workers are not supported yet)",
-    "AbandonTaskEntityWorkItem": "entities run in durable workers only",
     "QueryEntities": "querying entities over the protocol is not supported yet",
     "CleanEntityStorage": "cleaning entity storage is not supported yet",
     "SkipGracefulOrchestrationTerminations": "not supported",
@@ -87,6 +85,12 @@ class SidecarService(stubs.TaskHubSidecarServiceServicer):  # type: ignore[misc]
         await self._complete(self.dispatcher.complete_activity(request), context)
         return pb.CompleteTaskResponse()
 
+    async def CompleteEntityTask(
+        self, request: pb.EntityBatchResult, context: Any
+    ) -> pb.CompleteTaskResponse:
+        await self._complete(self.dispatcher.complete_entity(request), context)
+        return pb.CompleteTaskResponse()
+
     async def _complete(self, work: Any, context: Any) -> None:
         try:
             await work
@@ -100,6 +104,10 @@ class SidecarService(stubs.TaskHubSidecarServiceServicer):  # type: ignore[misc]
     async def AbandonTaskActivityWorkItem(self, request: Any, context: Any) -> Any:
         self.dispatcher.abandon(request.completionToken)
         return pb.AbandonActivityTaskResponse()
+
+    async def AbandonTaskEntityWorkItem(self, request: Any, context: Any) -> Any:
+        self.dispatcher.abandon(request.completionToken)
+        return pb.AbandonEntityTaskResponse()
 
     # -- client RPCs -------------------------------------------------------------------------------
     async def StartInstance(
