@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 from durabletask import client as dt_client
+from durabletask import history
 from durabletask.internal import orchestrator_service_pb2 as pb
 from durabletask.internal import orchestrator_service_pb2_grpc as stubs
 from fixtures import sdk_app
@@ -57,6 +58,10 @@ def test_sdk_worker_runs_activities_events_timers_and_sub_orchestrations(
     assert state is not None and state.runtime_status == dt_client.OrchestrationStatus.COMPLETED
     assert state.serialized_output == '["Hello Tokyo!", "Hello Seattle!"]'
     assert state.serialized_input == '["Tokyo", "Seattle"]'
+    events = sdk.get_orchestration_history(iid)
+    scheduled = [e for e in events if isinstance(e, history.TaskScheduledEvent)]
+    assert [e.name for e in scheduled] == ["hello", "hello"]
+    assert isinstance(events[-1], history.ExecutionCompletedEvent)
 
     iid = sdk.schedule_new_orchestration(sdk_app.approval)
     started = sdk.wait_for_orchestration_start(iid, timeout=30)
@@ -106,6 +111,13 @@ def test_sdk_failures_terminate_suspend_resume_purge_and_query(sdk: dt_client.Ta
         dt_client.OrchestrationQuery(runtime_status=[dt_client.OrchestrationStatus.FAILED])
     )
     assert [s.instance_id for s in found] == [iid]
+    finished = sdk.list_instance_ids(page_size=2)
+    assert len(finished.items) == 2 and finished.continuation_token is not None
+    rest = sdk.list_instance_ids(page_size=2, continuation_token=finished.continuation_token)
+    assert sorted(finished.items + rest.items) == sorted([iid, waiting, stuck])
+    assert rest.continuation_token is None
+    failed = sdk.list_instance_ids(runtime_status=[dt_client.OrchestrationStatus.FAILED])
+    assert failed.items == [iid]
     assert sdk.purge_orchestration(iid).deleted_instance_count == 1
     assert sdk.get_orchestration_state(iid) is None
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from durabletask import client as dt_client
-from durabletask import entities
+from durabletask import entities, history
 from fixtures import sdk_app
 
 from durable import Client, EntityId, OrchestrationStatus, Worker, WorkerConfig
@@ -60,6 +60,37 @@ def test_sdk_entities_calls_critical_sections_and_failures(
     with Client(redis_url, hub) as native:  # a native client reads the decoded value
         state = native.get_entity(EntityId("tally", "k1"))
         assert state is not None and state.state == 10 and state.locked_by is None
+
+
+def test_entity_queries_storage_cleaning_and_an_orchestration_s_entity_history(
+    sdk: dt_client.TaskHubGrpcClient,
+) -> None:
+    iid = sdk.schedule_new_orchestration(sdk_app.entity_calls, input="q1")
+    assert sdk.wait_for_orchestration_completion(iid, timeout=30) is not None
+    assert _run(sdk, sdk_app.entity_get, "q2") == "0"  # a call to a stateless entity creates nothing
+    for key in ("q2", "q3", "other"):
+        sdk.signal_entity(entities.EntityInstanceId("tally", key), "add", input=1)
+    assert _run(sdk, sdk_app.entity_get, "other") == "1"  # the signals were applied
+
+    found = sdk.get_all_entities(dt_client.EntityQuery(instance_id_starts_with="@Tally@q", page_size=1))
+    assert sorted(str(e.id) for e in found) == ["@tally@q1", "@tally@q2", "@tally@q3"]  # over 3 pages
+    assert {str(e.id): e.get_state(int) for e in found}["@tally@q1"] == 10
+    everything = sdk.get_all_entities(dt_client.EntityQuery(include_state=False))
+    assert {str(e.id) for e in everything} >= {"@account@q1", "@tally@other"}
+    cleaned = sdk.clean_entity_storage()
+    assert (cleaned.empty_entities_removed, cleaned.orphaned_locks_released) == (0, 0)
+
+    events = sdk.get_orchestration_history(iid)
+    kinds = {type(e) for e in events}
+    assert {
+        history.EntityOperationCalledEvent,
+        history.EntityOperationCompletedEvent,
+        history.EntityOperationFailedEvent,
+        history.EntityLockRequestedEvent,
+        history.EntityLockGrantedEvent,
+        history.EntityUnlockSentEvent,
+        history.EntityOperationSignaledEvent,
+    } <= kinds
 
 
 def test_sdk_entity_signals_from_clients_in_order_then_delayed(sdk: dt_client.TaskHubGrpcClient) -> None:
