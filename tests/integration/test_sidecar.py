@@ -3,7 +3,6 @@ Redis, alone and side by side with native workers and clients on one hub."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -177,20 +176,6 @@ def test_two_sidecars_share_a_hub(redis_url: str, hub: str) -> None:
     assert owners  # both took part in partition ownership while running
 
 
-def _spawn_sdk_worker(address: str, markers: Path) -> subprocess.Popen[str]:
-    env = dict(os.environ, SDK_MARKER_DIR=str(markers), PYTHONPATH=os.pathsep.join([str(TESTS), str(REPO)]))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fixtures.sdk_app", address],
-        env=env,
-        cwd=str(TESTS),
-        stdout=subprocess.PIPE,
-        stderr=None if os.environ.get("SIDECAR_TEST_DEBUG") else subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    return proc
-
-
 def _wait_until(cond: Any, timeout: float) -> None:
     """Wait for a state observable only by polling (partition ownership, another process's files)."""
     deadline = time.monotonic() + timeout
@@ -207,7 +192,7 @@ def _wait_for_file(folder: Path, pattern: str, timeout: float) -> list[Path]:
 def test_sdk_worker_killed_mid_activity_work_completes_on_the_next_worker(
     sidecar: Sidecar, tmp_path: Path
 ) -> None:
-    first = _spawn_sdk_worker(sidecar.address, tmp_path)
+    first = sdk_app.spawn(sidecar.address, tmp_path)
     second: subprocess.Popen[str] | None = None
     try:
         sdk = dt_client.TaskHubGrpcClient(host_address=sidecar.address)
@@ -216,7 +201,7 @@ def test_sdk_worker_killed_mid_activity_work_completes_on_the_next_worker(
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         (tmp_path / "job.go").write_text("go")  # the next attempt may finish
-        second = _spawn_sdk_worker(sidecar.address, tmp_path)
+        second = sdk_app.spawn(sidecar.address, tmp_path)
         state = sdk.wait_for_orchestration_completion(iid, timeout=30)
         assert state is not None and state.runtime_status == dt_client.OrchestrationStatus.COMPLETED
         assert state.serialized_output == f'"job done by {second.pid}"'

@@ -5,8 +5,11 @@ entity actions, and interop with native clients and orchestrations on one hub.""
 from __future__ import annotations
 
 import datetime as _dt
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -130,6 +133,29 @@ def test_sdk_entity_actions_signal_entities_and_start_orchestrations(
     assert _run(sdk, sdk_app.entity_get, "k4") == "100"
 
 
+def test_sdk_worker_killed_mid_entity_batch_the_operation_commits_once(
+    sidecar: Sidecar, tmp_path: Path
+) -> None:
+    first = sdk_app.spawn(sidecar.address, tmp_path)
+    second: subprocess.Popen[str] | None = None
+    try:
+        sdk = dt_client.TaskHubGrpcClient(host_address=sidecar.address)
+        sdk.signal_entity(entities.EntityInstanceId("tally", "k6"), "slow", input="op")
+        _wait_until(lambda: (tmp_path / f"op.{first.pid}").exists(), 30)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        (tmp_path / "op.go").write_text("go")  # the next attempt may finish
+        second = sdk_app.spawn(sidecar.address, tmp_path)
+        # the batch went to the second worker; the killed one's state change was never committed
+        assert _run(sdk, sdk_app.entity_get, "k6") == "1"
+        assert (tmp_path / f"op.{second.pid}").exists()
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
 def test_native_orchestration_calls_an_sdk_entity(
     sidecar: Sidecar, sdk: dt_client.TaskHubGrpcClient, redis_url: str, hub: str
 ) -> None:
@@ -152,7 +178,7 @@ def test_native_orchestration_calls_an_sdk_entity(
 
 
 def _wait_until(cond: Any, timeout: float) -> None:
-    """Wait for a state observable only by polling (partition ownership)."""
+    """Wait for a state observable only by polling (partition ownership, another process's files)."""
     deadline = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < deadline, "timed out"
