@@ -156,10 +156,15 @@ def test_sdk_worker_killed_mid_entity_batch_the_operation_commits_once(
                 proc.wait(10)
 
 
-def test_native_orchestration_calls_an_sdk_entity(
+def test_native_orchestration_calls_an_sdk_entity_and_the_other_way_round(
     sidecar: Sidecar, sdk: dt_client.TaskHubGrpcClient, redis_url: str, hub: str
 ) -> None:
     native = Worker(redis_url, hub, config=_config())
+
+    @native.entity
+    def native_counter(ctx: Any, amount: int) -> int:
+        ctx.set_state(ctx.get_state(0) + amount)
+        return int(ctx.get_state())
 
     @native.orchestrator
     def native_caller(ctx: Any, key: str) -> Any:
@@ -174,7 +179,11 @@ def test_native_orchestration_calls_an_sdk_entity(
         _wait_until(lambda: not sidecar.owned_partitions and len(native.owned_partitions) == 4, 10)
         iid = client.schedule_new_orchestration("native_caller", input="k5")
         state = client.wait_for_orchestration_completion(iid, timeout=30)
+        # an SDK orchestration calls (inside a critical section) an entity the native worker runs
+        sdk_iid = sdk.schedule_new_orchestration(sdk_app.call_entity, input=["native_counter", "n", "add", 7])
+        sdk_state = sdk.wait_for_orchestration_completion(sdk_iid, timeout=30)
     assert state.runtime_status == OrchestrationStatus.COMPLETED and state.output == [2, 5]
+    assert sdk_state is not None and sdk_state.serialized_output == "7", sdk_state
 
 
 def _wait_until(cond: Any, timeout: float) -> None:
