@@ -64,6 +64,8 @@ class Instance:
     parent: dict[str, Any] | None = None
     executor: OrchestrationExecutor | None = None
     last_ts: int = 0
+    #: events raised before a scheduled start ran: delivered right after it starts
+    pending_events: list[ev.Event] = field(default_factory=list)
     #: set while the instance's code runs in a remote executor (``remote.py``)
     remote: RemoteState | None = None
 
@@ -81,6 +83,8 @@ class _Incoming:
     start_input: bytes | None = None
     #: a start that never ran and was terminated: its record (no executor runs)
     terminated_pending: RecordWrite | None = None
+    #: events for an instance whose (scheduled) start has not run yet: kept for it
+    held: list[ev.Event] = field(default_factory=list)
 
 
 class OrchestrationHalf:
@@ -151,7 +155,11 @@ class OrchestrationHalf:
         incoming = self._incoming(inst, msgs, step)
         if not incoming.events:
             if incoming.terminated_pending is not None:
+                inst.pending_events = []
                 step.plan.records.append(incoming.terminated_pending)
+                step.touched[inst.iid] = inst
+            elif incoming.held:
+                step.plan.records.append(self._hold(inst, incoming.held, step))
                 step.touched[inst.iid] = inst
             return
         assert inst.executor is not None
@@ -189,6 +197,8 @@ class OrchestrationHalf:
         inst.last_ts = int(get(b"updated", b"0"))
         parent = get(b"parent")
         inst.parent = unpack_record(parent) if parent else None
+        pending = get(b"pending")
+        inst.pending_events = unpack_record(pending) if pending else []
         if inst.status in (OrchestrationStatus.RUNNING, OrchestrationStatus.SUSPENDED) and history:
             executor = self._new_executor(iid)
             executor.replay(history)
@@ -208,18 +218,33 @@ class OrchestrationHalf:
                 if self._accept_start(inst, msg, step):
                     incoming.start = msg
                     incoming.start_input = msg.get("input")
-                    incoming.events = [_started_event(msg, inst), *_carried_events(msg)]
+                    early = [*inst.pending_events, *incoming.held]  # raised before it started
+                    inst.pending_events, incoming.held = [], []
+                    incoming.events = [_started_event(msg, inst), *_carried_events(msg), *early]
                 continue
             if kind == ev.MSG_TERMINATE and not inst.running and inst.status == OrchestrationStatus.PENDING:
                 # terminated before it started (e.g. a scheduled start): it never runs
                 incoming.terminated_pending = self._terminate_pending(inst, msg, step)
                 continue
             if not inst.running:
+                if kind == ev.MSG_EVENT and inst.status == OrchestrationStatus.PENDING:
+                    # a scheduled start has not run yet: the event waits for it (as a started
+                    # instance buffers an event it does not wait for yet)
+                    held = _to_event(msg, inst.exec)
+                    if held is not None:
+                        incoming.held.append(held)
                 continue
             event = _to_event(msg, inst.exec)
             if event is not None:
                 incoming.events.append(event)
         return incoming
+
+    def _hold(self, inst: Instance, held: list[ev.Event], step: StepState) -> RecordWrite:
+        """Keep events raised to an instance whose start has not run yet, in its record."""
+        inst.pending_events = [*inst.pending_events, *held]
+        rec = RecordWrite(step.keys.instance(inst.iid), step.keys.history(inst.iid), inst.version)
+        rec.fields["pending"] = pack_record(inst.pending_events)
+        return rec
 
     def _accept_start(self, inst: Instance, msg: Message, step: StepState) -> bool:
         if inst.running:
@@ -336,7 +361,13 @@ class OrchestrationHalf:
         f["updated"] = ts
         if new_execution:
             f.update(
-                name=inst.name, exec=inst.exec, created=inst.created, output=b"", failure=b"", custom=b""
+                name=inst.name,
+                exec=inst.exec,
+                created=inst.created,
+                output=b"",
+                failure=b"",
+                custom=b"",
+                pending=b"",
             )
             f["input"] = self._offload(inst.iid, start_input, rec, step) or b""
             f["parent"] = pack_record(inst.parent) if inst.parent else b""
@@ -371,7 +402,9 @@ class OrchestrationHalf:
     def _terminate_pending(self, inst: Instance, msg: Message, step: StepState) -> RecordWrite:
         inst.status = OrchestrationStatus.TERMINATED
         rec = RecordWrite(step.keys.instance(inst.iid), step.keys.history(inst.iid), inst.version, mode="r")
-        rec.fields.update(status=inst.status.value, updated=step.now, output=msg.get("output") or b"")
+        rec.fields.update(
+            status=inst.status.value, updated=step.now, output=msg.get("output") or b"", pending=b""
+        )
         rec.events = [
             pack_record({"k": ev.EXECUTION_TERMINATED, "eid": 0, "ts": step.now, "output": msg.get("output")})
         ]

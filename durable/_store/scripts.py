@@ -184,7 +184,7 @@ local st = redis.call('HGET', KEYS[1], 'status')
 if st and st ~= 'COMPLETED' and st ~= 'FAILED' and st ~= 'TERMINATED' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'PENDING', 'name', ARGV[3], 'input', ARGV[4], 'created', ARGV[2],
            'updated', ARGV[2], 'exec', ARGV[8])
-redis.call('HDEL', KEYS[1], 'output', 'failure', 'custom', 'scheduled', 'parent')
+redis.call('HDEL', KEYS[1], 'output', 'failure', 'custom', 'scheduled', 'parent', 'pending')
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'scheduled', ARGV[5])
   redis.call('ZADD', KEYS[3], tonumber(ARGV[5]), ARGV[6])
