@@ -199,6 +199,10 @@ class _RemoteStep:
         elif kind == ev.MSG_TERMINATE:
             if self._running():
                 self._terminate(msg)
+        elif kind == ev.MSG_EVENT and self.inst.status == OrchestrationStatus.PENDING:
+            event = _to_event(msg, self.inst.exec)  # before its (scheduled) start, in this step
+            if event is not None:
+                self.inst.pending_events.append(event)
         elif self._running():
             event = _to_event(msg, self.inst.exec)
             if event is None:
@@ -233,7 +237,8 @@ class _RemoteStep:
         self.result = StepResult()
         self.new_execution = True
         self.start_input = msg.get("input")
-        self.state.pending = [_started_event(msg, inst), *_carried_events(msg)]
+        early, inst.pending_events = inst.pending_events, []  # raised before a scheduled start ran
+        self.state.pending = [_started_event(msg, inst), *_carried_events(msg), *early]
         self.dirty = True
 
     def _terminate(self, msg: Message) -> None:

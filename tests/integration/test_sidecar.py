@@ -3,6 +3,7 @@ Redis, alone and side by side with native workers and clients on one hub."""
 
 from __future__ import annotations
 
+import datetime as _dt
 import re
 import signal
 import subprocess
@@ -69,6 +70,13 @@ def test_sdk_worker_runs_activities_events_timers_and_sub_orchestrations(
     state = sdk.wait_for_orchestration_completion(iid, timeout=30)
     assert state is not None and state.serialized_output == '{"approved": true}'
     assert state.serialized_custom_status == '"waiting"'
+
+    # an event raised before a scheduled start runs waits for the start
+    due = _dt.datetime.now(_dt.UTC) + _dt.timedelta(milliseconds=300)
+    iid = sdk.schedule_new_orchestration(sdk_app.approval, start_at=due)
+    sdk.raise_orchestration_event(iid, "approve", data="early")
+    state = sdk.wait_for_orchestration_completion(iid, timeout=30)
+    assert state is not None and state.serialized_output == '{"approved": "early"}'
 
     iid = sdk.schedule_new_orchestration(sdk_app.parent, input=["Oslo"])
     state = sdk.wait_for_orchestration_completion(iid, timeout=30)
