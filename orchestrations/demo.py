@@ -11,7 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from durable import OrchestrationStatus, Worker
-from durable._cli.demo import Case, DemoRun, DemoSettings, OrchestrationCase, Outcome, ScriptCase, expect
+from durable._cli.demo_cases import (
+    Case,
+    DemoRun,
+    DemoSettings,
+    OrchestrationCase,
+    Outcome,
+    ScriptCase,
+    expect,
+)
 from durable.agents import SESSION_ENTITY, ScriptedModel
 
 from . import agent, patterns
