@@ -17,8 +17,12 @@ Routes::
     GET    /v1/orchestrations/{instance_id}[?wait=S]  -> 200 finished | 202 running, Retry-After | 404
     GET    /v1/orchestrations/{instance_id}/history   -> [event, ...] | 404
     POST   /v1/orchestrations/{instance_id}/events/{event}    body: data -> 202
-    POST   /v1/orchestrations/{instance_id}/terminate|suspend|resume    -> 202
-    DELETE /v1/orchestrations/{instance_id}           -> 200 purged | 404 | 409 still running
+    POST   /v1/orchestrations/{instance_id}/terminate[?recursive=false]|suspend|resume    -> 202
+    POST   /v1/orchestrations/{instance_id}/rewind    body: reason -> 200 | 202 not applied yet | 404 | 409
+    POST   /v1/orchestrations/{instance_id}/restart[?new_instance_id=true]  -> 202 {"instance_id"}
+    DELETE /v1/orchestrations/{instance_id}[?recursive=false]   -> 200 purged | 404 | 409 still running
+    POST   /v1/orchestrations/purge                   body: {"status", "name", "created_from",
+                                                      "created_to"} -> 200 {"purged": n}
     GET    /v1/entities?name=&key_prefix=&last_modified_from=&last_modified_to=&include_state=&limit=
                    &continuation_token=               -> [{entity_id, name, key, last_modified_at[, state]}]
     GET    /v1/entities/{name}/{key}                  -> {"state": ...} | 404 | 501
@@ -38,7 +42,7 @@ A token of only whitespace, or with characters a header cannot carry, is refused
 Writes (POST, DELETE) must send ``Content-Type: application/json`` and must not come from a
 page of another site (see :func:`~durable._ops.http.check_write`), token or not. The health
 probes never wait for a request slot, and no connection takes one before it has sent its request
-head (see :class:`~durable._ops.http.Limits`).
+head (see :class:`~durable._ops.transport.Limits`).
 
 ``GET /metrics`` first refreshes the gauges only this server can see: the activity slots of the
 worker and, for the partitions it owns, their inbox backlog, oldest message age and pending timers.
@@ -75,6 +79,7 @@ from .._runtime import tracing
 from .._runtime.runtime import Runtime
 from .._store import queries as q
 from .._store.store import Store
+from . import lifecycle as lifecycle
 from . import views as views
 from .http import (
     MAX_BODY_BYTES,
@@ -93,9 +98,9 @@ from .http import (
     json_response,
     resolve,
     resolve_token,
-    serve,
     unauthorized,
 )
+from .transport import serve
 from .views import history_event_json, state_json, to_json_value
 
 __all__ = [
@@ -181,6 +186,7 @@ class OpsApp:
             Route(("readyz",), {"GET": self.readyz}),
             Route(("v1", "hub"), {"GET": self.hub_info}),
             Route(("v1", o), {"GET": self.list_orchestrations}),
+            Route(("v1", o, "purge"), {"POST": self.purge_matching}),  # before POST /v1/o/{name}
             Route(
                 ("v1", o, None),
                 {"GET": self.get_orchestration, "POST": self.start_orchestration, "DELETE": self.purge},
@@ -189,6 +195,8 @@ class OpsApp:
             Route(("v1", o, None, "terminate"), {"POST": self.terminate}),
             Route(("v1", o, None, "suspend"), {"POST": self.suspend}),
             Route(("v1", o, None, "resume"), {"POST": self.resume}),
+            Route(("v1", o, None, "rewind"), {"POST": self.rewind}),
+            Route(("v1", o, None, "restart"), {"POST": self.restart}),
             Route(("v1", o, None, "events", None), {"POST": self.raise_event}),
             Route(("v1", "entities"), {"GET": self.list_entities}),
             Route(("v1", "entities", None, None), {"GET": self.get_entity}),
@@ -438,7 +446,9 @@ class OpsApp:
         iid = params[0]
         output = json_body(request)
         try:
-            await self.client.terminate_orchestration(iid, output=output)
+            await self.client.terminate_orchestration(
+                iid, output=output, recursive=lifecycle.flag(request, "recursive", True)
+            )
         except OrchestrationNotFoundError:
             raise _not_found(iid) from None
         except (SerializationError, PayloadTooLargeError) as exc:
@@ -464,12 +474,23 @@ class OpsApp:
     async def purge(self, request: Request, params: list[str]) -> Response:
         iid = params[0]
         try:
-            purged = await self.client.purge_orchestration(iid)
+            purged = await self.client.purge_orchestration(
+                iid, recursive=lifecycle.flag(request, "recursive", True)
+            )
         except ValueError as exc:
             raise HTTPError(409, "still_running", str(exc)) from None
         if not purged:
             raise _not_found(iid)
         return json_response(200, {"instance_id": iid, "purged": True})
+
+    async def purge_matching(self, request: Request, params: list[str]) -> Response:
+        return await lifecycle.purge_matching(self.client, request)
+
+    async def rewind(self, request: Request, params: list[str]) -> Response:
+        return await lifecycle.rewind(self.client, params[0], _reason_body(request))
+
+    async def restart(self, request: Request, params: list[str]) -> Response:
+        return await lifecycle.restart(self.client, request, params[0])
 
     # -- entities --------------------------------------------------------------------------------
     @staticmethod

@@ -32,6 +32,10 @@ __all__ = [
     "ACTIVITY_DURATION",
     "ACTIVITY_EXECUTIONS",
     "ACTIVITY_STATUSES",
+    "AGENT_APPROVALS_WAITING",
+    "AGENT_MODEL_CALLS",
+    "AGENT_TOOL_CALLS",
+    "AGENT_TOOL_STATUSES",
     "BUILD_INFO",
     "CONTENT_TYPE",
     "ENTITY_OPERATIONS",
@@ -40,11 +44,13 @@ __all__ = [
     "METRIC_DEFINITIONS",
     "NONDETERMINISM_ERRORS",
     "ORCHESTRATIONS_FINISHED",
+    "ORCHESTRATIONS_PURGED",
     "ORCHESTRATIONS_STARTED",
     "ORCHESTRATION_DURATION",
     "PARTITIONS_OWNED",
     "PARTITION_BACKLOG",
     "PARTITION_OLDEST_MESSAGE_AGE",
+    "PURGE_REASONS",
     "REDELIVERIES",
     "REGISTRY",
     "REPLAY_CACHE_EVENTS",
@@ -71,10 +77,14 @@ MetricKind = Literal["counter", "gauge", "histogram"]
 WORK_ITEM_KINDS: Final[tuple[str, ...]] = ("orchestration", "entity", "activity")
 #: Label values of ``durable_activity_executions_total{status}``.
 ACTIVITY_STATUSES: Final[tuple[str, ...]] = ("completed", "failed")
+#: Label values of ``durable_agent_tool_calls_total{status}``.
+AGENT_TOOL_STATUSES: Final[tuple[str, ...]] = ("ok", "error", "denied")
 #: Label values of ``durable_lease_events_total{event}``.
 LEASE_EVENT_NAMES: Final[tuple[str, ...]] = ("acquired", "lost", "released", "renew_failed")
 #: Label values of ``durable_replay_cache_events_total{event}``.
 REPLAY_CACHE_EVENT_NAMES: Final[tuple[str, ...]] = ("hit", "miss", "evict")
+#: Label values of ``durable_orchestrations_purged_total{reason}``.
+PURGE_REASONS: Final[tuple[str, ...]] = ("retention", "request")
 #: Label values of ``durable_worker_slots{state}``.
 WORKER_SLOT_STATES: Final[tuple[str, ...]] = ("used", "available")
 
@@ -137,6 +147,13 @@ METRIC_DEFINITIONS: Final[tuple[MetricDefinition, ...]] = (
         "counter",
         "Orchestration instances that reached a terminal state, by orchestration name and final status.",
         ("name", "status"),
+    ),
+    MetricDefinition(
+        "durable_orchestrations_purged_total",
+        "counter",
+        "Terminal orchestration instances purged by this worker, by reason (retention, or a "
+        "purge_orchestrations request).",
+        ("reason",),
     ),
     MetricDefinition(
         "durable_orchestration_duration_seconds",
@@ -245,6 +262,25 @@ METRIC_DEFINITIONS: Final[tuple[MetricDefinition, ...]] = (
         ("state",),
     ),
     MetricDefinition(
+        "durable_agent_model_calls_total",
+        "counter",
+        "Model calls made by durable agents (every attempt), by agent name and outcome "
+        "(completed or failed).",
+        ("agent", "status"),
+    ),
+    MetricDefinition(
+        "durable_agent_tool_calls_total",
+        "counter",
+        "Tool calls of durable agents, by agent name, tool name and outcome (ok, error or denied).",
+        ("agent", "tool", "status"),
+    ),
+    MetricDefinition(
+        "durable_agent_approvals_waiting",
+        "gauge",
+        "Tool calls waiting for a person's approval, by agent name, in the turns this worker runs.",
+        ("agent",),
+    ),
+    MetricDefinition(
         "durable_build_info",
         "gauge",
         "Build information; always 1, labelled with the durable and Python versions.",
@@ -291,6 +327,7 @@ def _histogram(name: str) -> Histogram:
 
 ORCHESTRATIONS_STARTED: Final[Counter] = _counter("durable_orchestrations_started_total")
 ORCHESTRATIONS_FINISHED: Final[Counter] = _counter("durable_orchestrations_finished_total")
+ORCHESTRATIONS_PURGED: Final[Counter] = _counter("durable_orchestrations_purged_total")
 ORCHESTRATION_DURATION: Final[Histogram] = _histogram("durable_orchestration_duration_seconds")
 WORK_ITEM_DURATION: Final[Histogram] = _histogram("durable_work_item_duration_seconds")
 SCHEDULE_TO_START: Final[Histogram] = _histogram("durable_schedule_to_start_seconds")
@@ -308,6 +345,9 @@ REPLAY_CACHE_EVENTS: Final[Counter] = _counter("durable_replay_cache_events_tota
 REPLAY_CACHE_SIZE: Final[Gauge] = _gauge("durable_replay_cache_size")
 NONDETERMINISM_ERRORS: Final[Counter] = _counter("durable_nondeterminism_errors_total")
 WORKER_SLOTS: Final[Gauge] = _gauge("durable_worker_slots")
+AGENT_MODEL_CALLS: Final[Counter] = _counter("durable_agent_model_calls_total")
+AGENT_TOOL_CALLS: Final[Counter] = _counter("durable_agent_tool_calls_total")
+AGENT_APPROVALS_WAITING: Final[Gauge] = _gauge("durable_agent_approvals_waiting")
 BUILD_INFO: Final[Gauge] = _gauge("durable_build_info")
 
 
@@ -349,4 +389,6 @@ for _kind in WORK_ITEM_KINDS:
     REDELIVERIES.labels(kind=_kind)
 for _state in WORKER_SLOT_STATES:
     WORKER_SLOTS.labels(state=_state)
-del _event, _kind, _state
+for _reason in PURGE_REASONS:
+    ORCHESTRATIONS_PURGED.labels(reason=_reason)
+del _event, _kind, _state, _reason

@@ -44,6 +44,9 @@ class StepState:
     after_commit: list[Callable[[], None]] = field(default_factory=list)
     #: the step's messages by target (what the halves will process), for a look ahead in ``load``
     messages: dict[str, list[Message]] = field(default_factory=dict)
+    #: instances addressed by a lifecycle command (rewind, recursive terminate) that needs their
+    #: history even when they are not running
+    needs_history: set[str] = field(default_factory=set)
 
     def route(self, target: str, msg: Message) -> None:
         """Send ``msg`` to the partition of ``target`` as part of this step's commit."""

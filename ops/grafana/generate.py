@@ -169,6 +169,17 @@ def rows() -> list[Row]:
                     unit="ops",
                     stack=True,
                 ),
+                Panel(
+                    "Orchestrations purged",
+                    [
+                        Target(
+                            f"sum by (reason) (rate(durable_orchestrations_purged_total{{{SEL}}}[{RATE}]))",
+                            "{{reason}}",
+                        )
+                    ],
+                    unit="ops",
+                    description="Terminal instances purged by workers: retention, or purge_orchestrations.",
+                ),
             ],
         ),
         Row(
@@ -399,6 +410,40 @@ def rows() -> list[Row]:
                     unit="percentunit",
                     description="Used activity slots over configured slots (DURABLE_CONCURRENCY).",
                     extra_defaults={"min": 0, "max": 1},
+                ),
+            ],
+        ),
+        Row(
+            "Agents",
+            [
+                Panel(
+                    "Model calls",
+                    [
+                        Target(
+                            f"sum by (agent, status) "
+                            f"(rate(durable_agent_model_calls_total{{{SEL}}}[{RATE}]))",
+                            "{{agent}} {{status}}",
+                        )
+                    ],
+                    unit="ops",
+                    width=8,
+                ),
+                Panel(
+                    "Tool calls by outcome",
+                    [
+                        Target(
+                            f"sum by (agent, tool, status) "
+                            f"(rate(durable_agent_tool_calls_total{{{SEL}}}[{RATE}]))",
+                            "{{agent}} {{tool}} {{status}}",
+                        )
+                    ],
+                    unit="ops",
+                    width=8,
+                ),
+                Panel(
+                    "Approvals waiting",
+                    [Target(f"sum by (agent) (durable_agent_approvals_waiting{{{SEL}}})", "{{agent}}")],
+                    width=8,
                 ),
             ],
         ),

@@ -264,7 +264,7 @@ def test_worker_killed_mid_run_another_finishes_without_duplicate_spans(
         (r["attributes"]["durable.instance_id"], r["attributes"]["durable.task_id"]) for r in activities
     )
     assert len(per_task) == 6 * 5 + 6 * 2 and set(per_task.values()) == {1}
-    assert {r["attributes"]["durable.activity.attempt"] for r in named("activity:gate")} == {2}
+    assert {r["attributes"]["durable.activity.delivery"] for r in named("activity:gate")} == {2}
     for row in activities:
         assert row["parent_id"] == span_of[row["attributes"]["durable.instance_id"]]["span_id"]
 

@@ -22,6 +22,7 @@ METRICS_FILE = Path(metrics.__file__)
 EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "durable_orchestrations_started_total": ("counter", ("name",)),
     "durable_orchestrations_finished_total": ("counter", ("name", "status")),
+    "durable_orchestrations_purged_total": ("counter", ("reason",)),
     "durable_orchestration_duration_seconds": ("histogram", ("name", "status")),
     "durable_work_item_duration_seconds": ("histogram", ("kind",)),
     "durable_schedule_to_start_seconds": ("histogram", ("kind",)),
@@ -39,6 +40,9 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "durable_replay_cache_size": ("gauge", ()),
     "durable_nondeterminism_errors_total": ("counter", ("name",)),
     "durable_worker_slots": ("gauge", ("state",)),
+    "durable_agent_model_calls_total": ("counter", ("agent", "status")),
+    "durable_agent_tool_calls_total": ("counter", ("agent", "tool", "status")),
+    "durable_agent_approvals_waiting": ("gauge", ("agent",)),
     "durable_build_info": ("gauge", ("version", "python")),
 }
 
@@ -46,6 +50,7 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
 ATTRIBUTES: dict[str, str] = {
     "durable_orchestrations_started_total": "ORCHESTRATIONS_STARTED",
     "durable_orchestrations_finished_total": "ORCHESTRATIONS_FINISHED",
+    "durable_orchestrations_purged_total": "ORCHESTRATIONS_PURGED",
     "durable_orchestration_duration_seconds": "ORCHESTRATION_DURATION",
     "durable_work_item_duration_seconds": "WORK_ITEM_DURATION",
     "durable_schedule_to_start_seconds": "SCHEDULE_TO_START",
@@ -63,6 +68,9 @@ ATTRIBUTES: dict[str, str] = {
     "durable_replay_cache_size": "REPLAY_CACHE_SIZE",
     "durable_nondeterminism_errors_total": "NONDETERMINISM_ERRORS",
     "durable_worker_slots": "WORKER_SLOTS",
+    "durable_agent_model_calls_total": "AGENT_MODEL_CALLS",
+    "durable_agent_tool_calls_total": "AGENT_TOOL_CALLS",
+    "durable_agent_approvals_waiting": "AGENT_APPROVALS_WAITING",
     "durable_build_info": "BUILD_INFO",
 }
 
