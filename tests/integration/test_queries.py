@@ -17,6 +17,7 @@ from urllib.request import Request, urlopen
 
 import anyio
 import pytest
+from _poll import wait_until
 from _redis import connect
 
 from durable import AsyncClient, Client, Worker, WorkerConfig
@@ -139,15 +140,6 @@ def test_paging_is_stable_while_instances_finish(redis_url: str, hub: str) -> No
     assert set(iids) - finished <= set(running_seen)
 
 
-def _until(cond: Any, what: str, timeout: float = 30) -> None:
-    """Signals have no completion to wait for: poll their effect."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_entity_queries_by_key_prefix_and_last_modified_and_clean_up(redis_url: str, hub: str) -> None:
     worker = Worker(redis_url, hub, config=WorkerConfig(**FAST))
 
@@ -167,11 +159,13 @@ def test_entity_queries_by_key_prefix_and_last_modified_and_clean_up(redis_url: 
         for key in ("user-1", "user-2", "user-3", "team-1"):
             client.signal_entity(f"@counter@{key}", "add", input=1)
         client.signal_entity("@gauge@x", "add", input=1)  # unknown: dead-lettered, never stored
-        _until(lambda: len(client.list_entities(name="counter")) == 4, "four counters")
-        cut = dt.datetime.now(dt.UTC)
-        time.sleep(0.01)
+        wait_until(lambda: len(client.list_entities(name="counter")) == 4, 30, "four counters")
+        # the range boundary: just after the last of those modifications (by the entities' own clock)
+        cut = max(s.last_modified_at for s in client.list_entities(name="counter"))
+        cut += dt.timedelta(milliseconds=1)
+        time.sleep(0.01)  # so that the next modification falls on a later millisecond than ``cut``
         client.signal_entity("@counter@user-2", "add", input=1)
-        _until(lambda: getattr(client.get_entity("@counter@user-2"), "state", 0) == 2, "user-2 at 2")
+        wait_until(lambda: getattr(client.get_entity("@counter@user-2"), "state", 0) == 2, 30, "user-2 at 2")
 
         users = client.list_entities(name="counter", key_prefix="user-")
         assert [str(s.entity_id) for s in users] == ["@counter@user-1", "@counter@user-2", "@counter@user-3"]
@@ -187,11 +181,13 @@ def test_entity_queries_by_key_prefix_and_last_modified_and_clean_up(redis_url: 
 
         # an emptied entity leaves its request ids behind; a purged orchestration leaves its lock
         client.signal_entity("@counter@team-1", "delete")
-        _until(lambda: client.get_entity("@counter@team-1") is None, "team-1 deleted")
+        wait_until(lambda: client.get_entity("@counter@team-1") is None, 30, "team-1 deleted")
         client.signal_entity("@counter@locked", "add", input=0)
-        _until(lambda: client.get_entity("@counter@locked") is not None, "the locked counter")
+        wait_until(lambda: client.get_entity("@counter@locked") is not None, 30, "the locked counter")
         holder = client.schedule_new_orchestration(hold, instance_id="holder")
-        _until(lambda: getattr(client.get_entity("@counter@locked"), "locked_by", None) == holder, "the lock")
+        wait_until(
+            lambda: getattr(client.get_entity("@counter@locked"), "locked_by", None) == holder, 30, "the lock"
+        )
         r = connect(redis_url)
         tag = f"durable:{{{hub}:{_partition(r, hub, holder):02d}}}"
         r.delete(f"{tag}:i:{holder}", f"{tag}:h:{holder}")  # the instance vanished (purged by hand)
@@ -199,7 +195,9 @@ def test_entity_queries_by_key_prefix_and_last_modified_and_clean_up(redis_url: 
         removed, released = client.clean_entity_storage()
         assert (removed, released) == (1, 1)
         # the queued signal runs once the lock is released
-        _until(lambda: getattr(client.get_entity("@counter@locked"), "state", None) == 5, "the release")
+        wait_until(
+            lambda: getattr(client.get_entity("@counter@locked"), "state", None) == 5, 30, "the release"
+        )
         assert client.get_entity("@counter@locked").locked_by is None  # type: ignore[union-attr]
         assert not r.exists(
             f"durable:{{{hub}:{_partition(r, hub, '@counter@team-1'):02d}}}:ec:@counter@team-1"
@@ -334,7 +332,7 @@ def test_reindex_builds_the_indexes_of_a_hub_written_before_them(redis_url: str,
                 "later", instance_id=f"old-{i}", start_at=LATER, tags={"t": "x"}
             )
         client.signal_entity("@box@b1", "put", input=1)
-        _until(lambda: client.get_entity("@box@b1") is not None, "the entity")
+        wait_until(lambda: client.get_entity("@box@b1") is not None, 30, "the entity")
         r = connect(redis_url)
         for key in list(r.scan_iter(match=f"durable:{{{hub}:*}}:q:*", count=1000)):
             r.delete(key)  # as a hub written by a version without the query indexes

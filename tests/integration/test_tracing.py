@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 import zlib
 from collections import Counter
@@ -22,6 +21,7 @@ from typing import Any
 
 import anyio
 import pytest
+from _poll import wait_until
 from _redis import connect
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -55,17 +55,6 @@ def spans() -> Iterator[InMemorySpanExporter]:
     exporter.clear()
     yield exporter
     exporter.clear()
-
-
-def _poll(cond: Any, timeout: float, what: str) -> None:
-    """Spans are emitted just after the commit that the client already sees: poll briefly."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
 
 
 def _by_name(spans: list[ReadableSpan], name: str) -> list[ReadableSpan]:
@@ -122,8 +111,12 @@ def test_one_trace_holds_client_orchestration_activity_sub_orchestration_and_ent
             iid = client.schedule_new_orchestration(checkout, input=21)
         state = client.wait_for_orchestration_completion(iid, timeout=30)
         assert state.runtime_status == OrchestrationStatus.COMPLETED and state.output == 42
-        _poll(lambda: len(_by_name(list(spans.get_finished_spans()), "entity:tally:add")) == 1, 10, "spans")
-        _poll(lambda: len(_by_name(list(spans.get_finished_spans()), "orchestration:checkout")) == 1, 10, "s")
+        wait_until(
+            lambda: len(_by_name(list(spans.get_finished_spans()), "entity:tally:add")) == 1, 10, "spans"
+        )
+        wait_until(
+            lambda: len(_by_name(list(spans.get_finished_spans()), "orchestration:checkout")) == 1, 10, "s"
+        )
 
     finished = [s for s in spans.get_finished_spans() if s.name != "http-request"]
     trace_id = request.get_span_context().trace_id
@@ -188,7 +181,7 @@ def test_signal_and_start_from_another_service_join_its_trace(
         start_fields = {"v": "1", "kind": "start", "target": "wire-1", "op": "ingest", "id": "w-1"}
         r.xadd(_inbox(hub, "wire-1", partitions), {**start_fields, "data": "7", "traceparent": traceparent})
         assert client.wait_for_orchestration_completion("wire-1", timeout=30).output == 7
-        _poll(lambda: len(spans.get_finished_spans()) >= 2, 10, "the entity and orchestration spans")
+        wait_until(lambda: len(spans.get_finished_spans()) >= 2, 10, "the entity and orchestration spans")
 
     by_name = {s.name: s for s in spans.get_finished_spans()}
     for name in ("entity:meter:add", "orchestration:ingest"):
@@ -226,7 +219,9 @@ def test_worker_killed_mid_run_another_finishes_without_duplicate_spans(
             with trace.get_tracer("test").start_as_current_span("batch") as batch:
                 iids = [client.schedule_new_orchestration("traced_chain", input=i * 10) for i in range(6)]
             # mid-run: every instance has run two activities and waits in its gate (task 2)
-            _poll(lambda: r.scard(f"gate:{hub}") == 6 and len(named("activity:step")) == 12, 60, "the gates")
+            wait_until(
+                lambda: r.scard(f"gate:{hub}") == 6 and len(named("activity:step")) == 12, 60, "the gates"
+            )
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=10)
             assert named("orchestration:traced_chain") == [] and named("activity:gate") == []
@@ -234,7 +229,7 @@ def test_worker_killed_mid_run_another_finishes_without_duplicate_spans(
             for i, iid in enumerate(iids):
                 state = client.wait_for_orchestration_completion(iid, timeout=90)
                 assert state.runtime_status == OrchestrationStatus.COMPLETED and state.output == i * 10 + 6
-            _poll(lambda: len(named("orchestration:traced_chain")) == 6, 10, "the orchestration spans")
+            wait_until(lambda: len(named("orchestration:traced_chain")) == 6, 10, "the orchestration spans")
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:

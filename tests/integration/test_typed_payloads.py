@@ -8,12 +8,12 @@ import dataclasses
 import datetime as dt
 import enum
 import logging
-import time
 from collections.abc import Generator
 from typing import Any
 
 import pydantic
 import pytest
+from _poll import wait_until
 
 from durable import Client, Entity, OrchestrationStatus, SerializationError, Worker, WorkerConfig
 
@@ -176,9 +176,8 @@ def test_ctx_logger_writes_each_line_once_across_a_step_that_replays(
             assert client.wait_for_orchestration_completion(iid, timeout=30).output is not None
         steps = ("step 0 of", "step 1 of", "step 2 of", "done")
         expected = sorted(f"{m} {iid}" for iid in iids for m in steps)
-        deadline = time.monotonic() + 10
-        while len(lines()) < len(expected) and time.monotonic() < deadline:
-            time.sleep(0.02)  # a step's lines are written just after its commit, which the client saw
+        # a step's lines are written just after its commit, which the client saw
+        wait_until(lambda: len(lines()) >= len(expected), 10, "the last lines")
     assert lines() == expected  # and no line came twice later
     records = [r for r in caplog.records if r.name == "durable.orchestration"]
     assert {r.instance_id for r in records} == set(iids)  # type: ignore[attr-defined]
@@ -202,8 +201,6 @@ def test_signal_entity_at_from_an_orchestration(redis_url: str, hub: str) -> Non
         iid = client.schedule_new_orchestration(remind)
         due = client.wait_for_orchestration_completion(iid, timeout=30).output_as(dt.datetime)
         assert client.get_entity("@reminder@r1") is None  # parked until it is due
-        deadline = due + dt.timedelta(seconds=30)
-        while client.get_entity("@reminder@r1") is None and dt.datetime.now(dt.UTC) < deadline:
-            time.sleep(0.05)  # a scheduled signal has no completion to wait for
-        entity = client.get_entity("@reminder@r1")
+        # a scheduled signal has no completion to wait for
+        entity = wait_until(lambda: client.get_entity("@reminder@r1"), 30, "the scheduled signal")
     assert entity is not None and entity.state["applied"] >= entity.state["due"] == due
