@@ -272,6 +272,15 @@ def _register_operator_commands(parser: argparse.ArgumentParser, commands: Comma
     entity.register(commands)
     leaf(
         commands,
+        "reindex",
+        hub.reindex,
+        "build the query indexes of instances and entities written by an older version",
+        "Add the query indexes (status, name, tags, creation time; entity ids and control "
+        "hashes) for instances and entities written before this version kept them, so that "
+        "listing and paging see them. Safe to run while workers run, and to run again.",
+    )
+    leaf(
+        commands,
         "partitions",
         hub.partitions,
         "show the partitions: owner, lease, backlog, timers",

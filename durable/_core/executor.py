@@ -18,6 +18,7 @@ from typing import Any
 
 from . import events as ev
 from .context import NameOf, OrchestrationContext
+from .convert import input_type, rebuild
 from .model import FailureDetails, NonDeterminismError, OrchestrationStatus, is_interrupt, ms_to_datetime
 from .serialization import SerializationError, decode, encode
 from .tasks import CompletableTask, RetryableTask, Task
@@ -86,6 +87,11 @@ class OrchestrationExecutor:
         if not self._done and self._suspended:
             return OrchestrationStatus.SUSPENDED
         return self._status
+
+    @property
+    def failure(self) -> FailureDetails | None:
+        """Why the execution failed (None unless it did)."""
+        return self._failure
 
     @property
     def is_done(self) -> bool:
@@ -232,7 +238,7 @@ class OrchestrationExecutor:
             key = str(event["name"]).casefold()
             waiters = ctx._event_waiters.get(key)
             if waiters:
-                waiters.popleft()._set_result(decode(event.get("input")))
+                waiters.popleft().complete_with_payload(event.get("input"))
             else:
                 ctx._received_events.setdefault(key, deque()).append((event["name"], event.get("input")))
             self._resume()
@@ -248,7 +254,7 @@ class OrchestrationExecutor:
             if task is None:
                 return False
             if kind in (ev.TASK_COMPLETED, ev.SUB_COMPLETED):
-                task._set_result(decode(event.get("result")))
+                task.complete_with_payload(event.get("result"))
             elif kind == ev.TIMER_FIRED:
                 task._set_result(None)
             else:
@@ -318,8 +324,13 @@ class OrchestrationExecutor:
                 ),
             )
             return
+        parent = event.get("parent")
+        self.ctx._parent_instance_id = parent.get("iid") if isinstance(parent, dict) else None
+        self.ctx._name = self.name
         try:
-            value = decode(event.get("input"))
+            value = rebuild(
+                decode(event.get("input")), input_type(fn), f"input of orchestration {self.name!r}"
+            )
             out = fn(self.ctx, value)
         except BaseException as exc:  # SystemExit too: user code fails its instance, not the worker
             if is_interrupt(exc):

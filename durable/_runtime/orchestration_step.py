@@ -6,6 +6,7 @@ read is loading the instances missing from the replay cache)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import uuid
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._core import events as ev
+from .._core import replay_log
 from .._core.executor import OrchestrationExecutor, StepResult
 from .._core.lifecycle import open_timers
 from .._core.model import FailureDetails, OrchestrationStatus
@@ -25,6 +27,7 @@ from .._core.serialization import (
     unpack_record,
 )
 from .._store.store import RecordWrite
+from . import tracing
 from .lifecycle_step import (
     Loaded,
     Rewinder,
@@ -77,6 +80,10 @@ class Instance:
     parent: dict[str, Any] | None = None
     executor: OrchestrationExecutor | None = None
     last_ts: int = 0
+    #: the instance's tags, as stored (:func:`durable._core.model.encode_tags`)
+    tags: str = ""
+    #: the trace context its start message carried (the parent of its orchestration span)
+    traceparent: str | None = None
     #: events raised before a scheduled start ran: delivered right after it starts
     pending_events: list[ev.Event] = field(default_factory=list)
     #: set while the instance's code runs in a remote executor (``remote.py``)
@@ -232,6 +239,8 @@ class OrchestrationHalf:
             terminate_children(step, inst, inst.executor.history, incoming.terminate)
         if status.is_terminal:
             self._finish(inst, result, status, step)
+        elif inst.executor is not None:
+            self._after_commit(step, inst, inst.executor)
 
     def flush(self, step: StepState) -> None:
         """Nothing is left over: every orchestration record is planned by :meth:`process`."""
@@ -249,8 +258,12 @@ class OrchestrationHalf:
         inst.exec = get(b"exec", b"").decode()
         inst.created = int(get(b"created", b"0"))
         inst.last_ts = int(get(b"updated", b"0"))
+        inst.tags = get(b"tags", b"").decode()
         parent = get(b"parent")
         inst.parent = unpack_record(parent) if parent else None
+        started = next((e for e in history if e.get("k") == ev.EXECUTION_STARTED), None)
+        if started is not None:
+            inst.traceparent = started.get("traceparent")
         pending = get(b"pending")
         inst.pending_events = unpack_record(pending) if pending else []
         if inst.status in (OrchestrationStatus.RUNNING, OrchestrationStatus.SUSPENDED) and history:
@@ -260,7 +273,25 @@ class OrchestrationHalf:
         return inst
 
     def _new_executor(self, iid: str) -> OrchestrationExecutor:
-        return OrchestrationExecutor(iid, self.registry.orchestrators.get, self.name_of, self.context_factory)
+        executor = OrchestrationExecutor(
+            iid, self.registry.orchestrators.get, self.name_of, self.context_factory
+        )
+        executor.ctx._log_records = []  # ctx.logger's lines are written once the step commits
+        return executor
+
+    def _after_commit(self, step: StepState, inst: Instance, executor: OrchestrationExecutor | None) -> None:
+        """Leave the log lines of ``executor``'s step (and, once it has ended, its span) to be
+        emitted after the commit."""
+        if executor is None:
+            return
+        records = executor.ctx._log_records
+        if records:
+            executor.ctx._log_records = []
+            step.after_commit.append(functools.partial(replay_log.emit, records))
+        if executor.is_done and tracing.ENABLED:
+            step.after_commit.append(
+                functools.partial(_emit_span, inst.iid, executor, inst.traceparent, step.now)
+            )
 
     # -- one instance's step, along its seams ---------------------------------------------------
     def _incoming(self, inst: Instance, msgs: list[Message], step: StepState, ts: int) -> _Incoming:
@@ -334,6 +365,8 @@ class OrchestrationHalf:
         inst.name = str(msg["name"])
         inst.parent = msg.get("parent")
         inst.created = int(msg.get("created") or step.now)
+        inst.tags = str(msg.get("tags") or "")
+        inst.traceparent = msg.get("traceparent")
         return True
 
     def _execute(
@@ -347,6 +380,7 @@ class OrchestrationHalf:
         restarts = 0
         while result.continue_as_new is not None and restarts < _MAX_INLINE_RESTARTS:
             self._route_actions(inst, result, step)
+            self._after_commit(step, inst, inst.executor)
             restarts += 1
             data, carried = result.continue_as_new
             self._end_execution(inst, step)
@@ -355,6 +389,8 @@ class OrchestrationHalf:
             new_execution = True
             start_input = data
             restart = {"name": inst.name, "input": data, "exec": inst.exec, "parent": inst.parent}
+            if inst.traceparent:
+                restart["traceparent"] = inst.traceparent
             evs: list[ev.Event] = [_started_event(restart, inst)]
             evs.extend({"k": ev.EVENT_RAISED, "name": n, "input": d} for n, d in carried)
             evs.extend(result.continue_with)  # a terminate (or suspend) that came after the restart point
@@ -378,8 +414,11 @@ class OrchestrationHalf:
                 for e in result.continue_with
             ],
         }
+        if inst.traceparent:
+            start["traceparent"] = inst.traceparent
         step.route(inst.iid, start)
         self._end_execution(inst, step)
+        self._after_commit(step, inst, inst.executor)
         inst.executor = None
         return OrchestrationStatus.RUNNING
 
@@ -425,6 +464,7 @@ class OrchestrationHalf:
             list_key=step.keys.history(inst.iid),
             expected_version=inst.version,
             mode="r" if new_execution else "a",
+            query_id=inst.iid,
         )
         rec.events = [self._persisted(inst.iid, e, rec, step) for e in result.new_events]
         f = rec.fields
@@ -442,6 +482,7 @@ class OrchestrationHalf:
             )
             f["input"] = self._offload(inst.iid, start_input, rec, step) or b""
             f["parent"] = pack_record(inst.parent) if inst.parent else b""
+            f["tags"] = inst.tags
             rec.index, rec.index_member, rec.index_score = "i", inst.iid, inst.created
             step.started.append(inst)
         if result.custom_status_set:
@@ -472,6 +513,7 @@ class OrchestrationHalf:
             )
             reply_to_parent(step, inst.parent, result.output if completed else None, failure)
         self._end_execution(inst, step)
+        self._after_commit(step, inst, inst.executor)
         inst.executor = None
 
     def _end_execution(self, inst: Instance, step: StepState) -> None:
@@ -484,7 +526,10 @@ class OrchestrationHalf:
 
     def _terminate_pending(self, inst: Instance, msg: Message, step: StepState) -> RecordWrite:
         inst.status = OrchestrationStatus.TERMINATED
-        rec = RecordWrite(step.keys.instance(inst.iid), step.keys.history(inst.iid), inst.version, mode="r")
+        keys = step.keys
+        rec = RecordWrite(
+            keys.instance(inst.iid), keys.history(inst.iid), inst.version, mode="r", query_id=inst.iid
+        )
         rec.fields.update(
             status=inst.status.value, updated=step.now, output=msg.get("output") or b"", pending=b""
         )
@@ -521,6 +566,7 @@ class OrchestrationHalf:
     def _route_actions(
         self, inst: Instance, result: StepResult, step: StepState, rec: RecordWrite | None = None
     ) -> None:
+        traceparent = tracing.orchestration_traceparent(inst.iid, inst.exec, inst.traceparent)
         for action in result.actions:
             kind = action["k"]
             if kind == ev.TASK_SCHEDULED:
@@ -535,6 +581,8 @@ class OrchestrationHalf:
                 for key in _ACTIVITY_OPTIONS:  # time limits; a retry's call, attempt, details
                     if action.get(key) is not None:
                         body[key] = action[key]
+                if traceparent is not None:
+                    body["traceparent"] = traceparent
                 step.plan.outbox.append({"dst": self.store.keys.tasks, "m": pack_record(body)})
             elif kind == ev.TIMER_CREATED:
                 body = {
@@ -559,6 +607,8 @@ class OrchestrationHalf:
                     "created": step.now,
                     "parent": {"iid": inst.iid, "exec": inst.exec, "tid": action["tid"]},
                 }
+                if traceparent is not None:
+                    start["traceparent"] = traceparent
                 step.route(child, start)
             elif kind == ev.EVENT_SENT:
                 target = str(action["iid"])
@@ -607,13 +657,41 @@ def _carried_events(start: Message) -> list[ev.Event]:
 
 
 def _started_event(msg: Message, inst: Instance) -> ev.Event:
-    return {
+    event: ev.Event = {
         "k": ev.EXECUTION_STARTED,
         "name": inst.name,
         "input": msg.get("input"),
         "exec": inst.exec,
         "parent": inst.parent,
     }
+    if msg.get("traceparent"):
+        event["traceparent"] = msg["traceparent"]
+    return event
+
+
+def _emit_span(iid: str, executor: OrchestrationExecutor, traceparent: str | None, now: int) -> None:
+    """The span of an execution that ended (run after the commit that ended it)."""
+    started = next((e for e in executor.history if e.get("k") == ev.EXECUTION_STARTED), None)
+    if started is None:
+        return
+    end = executor.history[-1].get("ts", now) if executor.history else now
+    timers = [
+        (int(e.get("ts", now)), int(e.get("tid", -1)), e.get("fire_at"))
+        for e in executor.history
+        if e.get("k") == ev.TIMER_FIRED
+    ]
+    tracing.emit_orchestration_span(
+        name=executor.name,
+        instance_id=iid,
+        execution_id=str(started.get("exec") or ""),
+        incoming=traceparent,
+        version=getattr(executor.ctx, "version", None),
+        start_ms=int(started.get("ts", now)),
+        end_ms=int(end),
+        status=executor.status.value,
+        failure=executor.failure,
+        timers=timers,
+    )
 
 
 def _to_event(msg: dict[str, Any], exec_id: str) -> ev.Event | None:

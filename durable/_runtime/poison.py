@@ -65,7 +65,7 @@ async def _fail_instance(store: Store, iid: str, reason: str, step: StepState) -
         return
     failure = FailureDetails(reason, "PoisonMessageError")
     failed = OrchestrationStatus.FAILED.value
-    rec = RecordWrite(step.keys.instance(iid), step.keys.history(iid), version)
+    rec = RecordWrite(step.keys.instance(iid), step.keys.history(iid), version, query_id=iid)
     rec.fields.update(status=failed, updated=step.now, failure=pack_record(failure.to_record()), output=b"")
     completed = {
         "k": ev.EXECUTION_COMPLETED,

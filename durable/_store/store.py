@@ -64,6 +64,9 @@ class RecordWrite:
     index: str = ""  # 'i' orchestration index, 'e' entity index, '' none
     index_member: str = ""
     index_score: int | None = None
+    #: an orchestration's instance id: the commit moves its query index entries (status, name,
+    #: creation time, tags) to follow the record's fields
+    query_id: str = ""
     channel: str = ""
     message: str = ""
     #: large payloads to store beside the record: blob key -> data, and the record's blob set
@@ -312,6 +315,7 @@ class Store:
             args.append(rec.index)
             args.append(rec.index_member)
             args.append("" if rec.index_score is None else rec.index_score)
+            args.append(rec.query_id)
             if self.strict_wait is not None and rec.channel:
                 publish.append((rec.channel, rec.message))  # announced only once replicated
                 args.extend(("", ""))
@@ -545,6 +549,7 @@ class Store:
         created_ms: int,
         scheduled_ms: int | None,
         execution_id: str,
+        tags: str = "",
     ) -> bool:
         pk = self.keys_for(instance_id)
         res = await self._client_script(
@@ -560,6 +565,7 @@ class Store:
                 instance_id,
                 execution_id,
                 pack_record({"kind": "wake", "target": "", "due": scheduled_ms or 0}),
+                tags,
             ],
         )
         return bool(res)

@@ -97,3 +97,11 @@ def test_readme_lifecycle_example_runs(redis_url: str, hub: str, tmp_path: Path)
         "courier booked with label for parcel-7",
         "0",
     ]
+
+
+def test_readme_typed_payloads_example_runs(redis_url: str, hub: str, tmp_path: Path) -> None:
+    assert _run_block("output_as", redis_url, hub, tmp_path) == [
+        "Shirt(sku='TEE-1', size=<Size.L: 'l'>) {'shop': 'eu'}",
+        "1 None",
+        "1",
+    ]
