@@ -19,6 +19,7 @@ from .._core.model import FailureDetails, OrchestrationStatus
 from .._core.serialization import (
     BLOB_REF_PREFIX,
     LARGE_PAYLOAD_BYTES,
+    encode,
     is_blob_ref,
     pack_record,
     unpack_record,
@@ -61,6 +62,8 @@ class Instance:
     exec: str = ""
     created: int = 0
     parent: dict[str, Any] | None = None
+    #: an entity to signal when the instance ends: {"entity": id, "op": operation} (schedule runs)
+    notify: dict[str, Any] | None = None
     executor: OrchestrationExecutor | None = None
     last_ts: int = 0
 
@@ -176,6 +179,8 @@ class OrchestrationHalf:
         inst.last_ts = int(get(b"updated", b"0"))
         parent = get(b"parent")
         inst.parent = unpack_record(parent) if parent else None
+        notify = get(b"notify")
+        inst.notify = unpack_record(notify) if notify else None
         if inst.status in (OrchestrationStatus.RUNNING, OrchestrationStatus.SUSPENDED) and history:
             executor = self._new_executor(iid)
             executor.replay(history)
@@ -224,6 +229,7 @@ class OrchestrationHalf:
         inst.exec = str(msg.get("exec") or uuid.uuid4().hex)
         inst.name = str(msg["name"])
         inst.parent = msg.get("parent")
+        inst.notify = msg.get("notify")
         inst.created = int(msg.get("created") or step.now)
         return True
 
@@ -262,6 +268,7 @@ class OrchestrationHalf:
             "input": data,
             "exec": uuid.uuid4().hex,
             "parent": inst.parent,
+            "notify": inst.notify,
             "events": carried,
         }
         step.route(inst.iid, start)
@@ -322,6 +329,7 @@ class OrchestrationHalf:
             )
             f["input"] = self._offload(inst.iid, start_input, rec, step) or b""
             f["parent"] = pack_record(inst.parent) if inst.parent else b""
+            f["notify"] = pack_record(inst.notify) if inst.notify else b""
             rec.index, rec.index_member, rec.index_score = "i", inst.iid, inst.created
             step.started.append(inst)
         if result.custom_status_set:
@@ -347,6 +355,8 @@ class OrchestrationHalf:
                 None if completed else (result.failure or FailureDetails("terminated", "TerminatedError"))
             )
             reply_to_parent(step, inst.parent, result.output if completed else None, failure)
+        if inst.notify:
+            notify_end(step, inst.iid, inst.notify, status)
         self.entities.on_orchestration_end(step, inst)
         inst.executor = None
 
@@ -447,6 +457,18 @@ def reply_to_parent(
     else:
         msg["failure"] = failure.to_record()
     step.route(parent["iid"], msg)
+
+
+def notify_end(
+    step: StepState, instance_id: str, notify: dict[str, Any], status: OrchestrationStatus
+) -> None:
+    """Signal the entity that asked to hear of the instance's end (as part of ``step``'s commit)."""
+    target = notify.get("entity")
+    if not isinstance(target, str) or not target.startswith("@"):
+        return
+    body = {"instance_id": instance_id, "status": status.value}
+    msg = {"kind": ev.MSG_SIGNAL, "target": target, "op": str(notify.get("op") or ""), "input": encode(body)}
+    step.route(target, msg)
 
 
 def _started_event(msg: Message, inst: Instance) -> ev.Event:

@@ -40,6 +40,8 @@ class StepState:
     started: list[Instance] = field(default_factory=list)
     #: the metric kind of every message this step dead-letters (counted once it commits)
     dead_lettered: list[str] = field(default_factory=list)
+    #: what the step's entities observed for the metrics, e.g. schedule runs (counted once it commits)
+    notes: list[tuple[str, Any]] = field(default_factory=list)
 
     def route(self, target: str, msg: Message) -> None:
         """Send ``msg`` to the partition of ``target`` as part of this step's commit."""
