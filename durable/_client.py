@@ -29,6 +29,7 @@ from ._core.model import (
 from ._core.registry import name_of
 from ._core.serialization import decode, encode, is_blob_ref, pack_record, unpack_record
 from ._loop import LoopThread
+from ._runtime.schedule_client import AsyncScheduleMethods, ScheduleMethods
 from ._store.store import Store
 
 if TYPE_CHECKING:
@@ -71,8 +72,9 @@ def _state_from(instance_id: str, f: dict[bytes, bytes]) -> OrchestrationState:
     )
 
 
-class AsyncClient:
-    """Starts, queries and controls orchestrations (and signals entities) of one hub."""
+class AsyncClient(AsyncScheduleMethods):
+    """Starts, queries and controls orchestrations (and signals entities, and manages schedules) of
+    one hub."""
 
     def __init__(
         self, redis_url: str | None = None, hub: str | None = None, *, durability: str | None = None
@@ -375,8 +377,10 @@ class AsyncClient:
             scan *= 4
 
 
-class Client:
+class Client(ScheduleMethods):
     """Synchronous client; the same methods as :class:`AsyncClient`, blocking."""
+
+    _async: AsyncClient
 
     def __init__(
         self, redis_url: str | None = None, hub: str | None = None, *, durability: str | None = None
