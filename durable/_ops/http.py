@@ -56,6 +56,7 @@ MAX_CONCURRENT_REQUESTS = 64
 _REASONS = {
     100: "Continue",
     200: "OK",
+    201: "Created",
     202: "Accepted",
     204: "No Content",
     400: "Bad Request",
