@@ -6,7 +6,9 @@ import os
 import re
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,3 +63,21 @@ def test_readme_entity_example_runs(redis_url: str, hub: str, tmp_path: Path) ->
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:4] == ["COMPLETED", "FAILED", "balances 6 14", "visits 1"]
+
+
+def test_readme_schedule_example_runs(redis_url: str, hub: str, tmp_path: Path) -> None:
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    example = next(b for b in blocks if "create_schedule" in b)
+    script = tmp_path / "schedules.py"
+    script.write_text(example)
+    env = dict(os.environ, DURABLE_REDIS_URL=redis_url, DURABLE_HUB=hub, PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    next_run, output, triggered = out.stdout.splitlines()[:3]
+    when = datetime.fromisoformat(next_run).astimezone(ZoneInfo("Europe/Amsterdam"))
+    assert (when.hour, when.minute) == (2, 0)
+    assert output == "exported to logs"
+    assert re.fullmatch(r"nightly-export@\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", triggered)
