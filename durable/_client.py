@@ -238,7 +238,13 @@ class AsyncClient(AsyncScheduleMethods):
             raise OrchestrationNotFoundError(f"no orchestration with id {instance_id!r}")
 
     async def raise_orchestration_event(self, instance_id: str, event_name: str, *, data: Any = None) -> None:
-        """Deliver an external event; it is buffered until the orchestration waits for it."""
+        """Deliver an external event; it is buffered until the orchestration waits for it.
+
+        Raises OrchestrationNotFoundError when no instance has this id (never started, or purged).
+        An event for an instance that has finished is accepted and discarded, as in Durable
+        Functions: an event can always cross the instance's completion, so returning means the
+        event was delivered, not that the orchestration used it.
+        """
         payload = encode(data, what=f"data of event {event_name!r}")
         await self._send(instance_id, {"kind": ev.MSG_EVENT, "name": event_name, "input": payload})
 

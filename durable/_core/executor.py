@@ -8,7 +8,6 @@ match the action the code produces at that point, or :class:`NonDeterminismError
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from collections import deque
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from typing import Any
 
 from . import events as ev
 from .context import NameOf, OrchestrationContext
-from .model import FailureDetails, NonDeterminismError, OrchestrationStatus, ms_to_datetime
+from .model import FailureDetails, NonDeterminismError, OrchestrationStatus, is_interrupt, ms_to_datetime
 from .serialization import SerializationError, decode, encode
 from .tasks import CompletableTask, RetryableTask, Task
 
@@ -32,6 +31,11 @@ _COMPLETIONS = {
 }
 
 
+#: events that act on the instance rather than on one execution: a step's control events that
+#: arrive after its execution continued as new apply to the next execution
+_CONTROL_EVENTS = frozenset({ev.EXECUTION_TERMINATED, ev.EXECUTION_SUSPENDED, ev.EXECUTION_RESUMED})
+
+
 @dataclass
 class StepResult:
     """What one step produced."""
@@ -44,6 +48,8 @@ class StepResult:
     custom_status: bytes | None = None
     custom_status_set: bool = False
     continue_as_new: tuple[bytes | None, list[tuple[str, bytes | None]]] | None = None
+    #: after a continue-as-new: the step's later terminate/suspend/resume events, for the next execution
+    continue_with: list[ev.Event] = field(default_factory=list)
     nondeterminism: bool = False
 
 
@@ -105,9 +111,11 @@ class OrchestrationExecutor:
         self.ctx._custom_status_set = False
         if self._replay_error is not None:
             return self._fail_nondeterministic(self._replay_error, result)
+        leftover: list[ev.Event] = []
         try:
-            for event in new_events:
+            for i, event in enumerate(new_events):
                 if self._done:
+                    leftover = new_events[i:]
                     break
                 if self._apply(event):
                     self._append(event, result)
@@ -138,7 +146,12 @@ class OrchestrationExecutor:
                 if save_events:
                     for queue in self.ctx._received_events.values():
                         carried.extend(queue)
+                    # events of this step after the point where the code continued as new
+                    carried.extend(
+                        (str(e["name"]), e.get("input")) for e in leftover if e["k"] == ev.EVENT_RAISED
+                    )
                 result.continue_as_new = (data, carried)
+                result.continue_with = [e for e in leftover if e["k"] in _CONTROL_EVENTS]
         result.status = self.status
         result.output = self._output
         result.failure = self._failure
@@ -292,7 +305,9 @@ class OrchestrationExecutor:
         try:
             value = decode(event.get("input"))
             out = fn(self.ctx, value)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too: user code fails its instance, not the worker
+            if is_interrupt(exc):
+                raise
             self._finish(OrchestrationStatus.FAILED, None, FailureDetails.from_exception(exc))
             return
         if inspect.isgenerator(out) or inspect.iscoroutine(out):
@@ -320,7 +335,9 @@ class OrchestrationExecutor:
             return
         except NonDeterminismError:
             raise
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too: user code fails its instance, not the worker
+            if is_interrupt(exc):
+                raise
             self._driver = None
             self._finish(OrchestrationStatus.FAILED, None, FailureDetails.from_exception(exc))
             return
@@ -365,9 +382,12 @@ class OrchestrationExecutor:
 
     def _close_driver(self) -> None:
         if self._driver is not None:
-            with contextlib.suppress(Exception):
-                self._driver.close()
-            self._driver = None
+            driver, self._driver = self._driver, None
+            try:
+                driver.close()  # runs the code's finally blocks; what they raise is ignored
+            except BaseException as exc:
+                if is_interrupt(exc):
+                    raise
 
 
 def _describe(event: ev.Event) -> str:

@@ -6,6 +6,8 @@ No I/O lives here; the executors and the store build on these types.
 from __future__ import annotations
 
 import datetime as _dt
+import signal
+import threading
 import traceback
 from dataclasses import dataclass
 from enum import StrEnum
@@ -143,3 +145,29 @@ def datetime_to_ms(value: _dt.datetime) -> int:
     if value.tzinfo is None:
         value = value.replace(tzinfo=_dt.UTC)
     return int(value.timestamp() * 1000)
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc``, raised while user code ran, stops the process instead of failing that code.
+
+    Whatever orchestrator, activity or entity code raises is that code's failure, ``SystemExit``
+    and ``KeyboardInterrupt`` included (``argparse`` raises ``SystemExit(2)`` on bad input): the
+    instance, task or operation fails with it and the worker goes on. The one exception is a
+    KeyboardInterrupt that Ctrl-C may have delivered: Python's SIGINT handler raises it in the main
+    thread, inside whatever code runs at that moment, where it cannot be told from one the code
+    raised itself, so it is let through to stop the process. Where SIGINT cannot raise it (any
+    other thread; SIGINT ignored, or routed to an event loop's signal receiver as under ``durable
+    worker``), a KeyboardInterrupt is the code's own.
+
+    Shared by the executors of user code: the orchestration executor, activities and entities.
+    """
+    if not isinstance(exc, KeyboardInterrupt):
+        return False
+    if threading.current_thread() is not threading.main_thread():
+        return False  # signals are handled in the main thread only
+    handler = signal.getsignal(signal.SIGINT)
+    if handler is None or handler in (signal.SIG_IGN, signal.SIG_DFL):
+        return False
+    # asyncio's loop.add_signal_handler (anyio's open_signal_receiver) installs a no-op that only
+    # wakes the loop; any other Python handler (the default one, asyncio.run's) may raise
+    return getattr(handler, "__name__", "") != "_sighandler_noop"

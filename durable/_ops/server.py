@@ -32,6 +32,13 @@ an empty string disables it) every route requires ``Authorization: Bearer <token
 ``/healthz`` and ``/readyz`` (the kubelet cannot send a token) and ``/`` (a static page with no
 data, which asks for the token and sends it with its API calls). ``/metrics`` is protected:
 it names orchestrations and activities, and the Helm chart's ServiceMonitor sends the token.
+A token of only whitespace, or with characters a header cannot carry, is refused at start
+(:class:`~durable._ops.http.InvalidTokenError`); without a token the server logs a warning.
+
+Writes (POST, DELETE) must send ``Content-Type: application/json`` and must not come from a
+page of another site (see :func:`~durable._ops.http.check_write`), token or not. The health
+probes never wait for a request slot, and no connection takes one before it has sent its request
+head (see :class:`~durable._ops.http.Limits`).
 
 ``GET /metrics`` first refreshes the gauges only this server can see: the activity slots of the
 worker and, for the partitions it owns, their inbox backlog, oldest message age and pending timers.
@@ -77,6 +84,7 @@ from .http import (
     Response,
     Route,
     bearer_authorized,
+    check_write,
     datetime_param,
     error_response,
     int_param,
@@ -111,7 +119,8 @@ LIVENESS_MARGIN_SECONDS = 5.0
 #: Largest page of ``GET /v1/orchestrations`` and ``GET /v1/entities``.
 MAX_LIST_LIMIT = 1000
 
-_PUBLIC_PATHS = frozenset({"/", "/index.html", "/healthz", "/readyz"})
+_PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+_PUBLIC_PATHS = frozenset({"/", "/index.html", *_PROBE_PATHS})
 
 _CSP = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
@@ -196,11 +205,22 @@ class OpsApp:
     def resolve(self, request: Request) -> tuple[Handler, list[str]]:
         return resolve(self.routes, request)
 
+    def admit(self, request: Request) -> tuple[Handler, list[str]]:
+        """The handler of ``request``, or the error refusing it, judged from its head alone:
+        401 without the token, 404/405 without a route, 403/415 for a write a web page could
+        have sent (see :func:`check_write`)."""
+        if not self.authorized(request):
+            raise unauthorized()
+        found = self.resolve(request)
+        check_write(request)
+        return found
+
+    def is_probe(self, request: Request) -> bool:
+        return request.path in _PROBE_PATHS and request.method in ("GET", "HEAD")
+
     async def handle(self, request: Request) -> Response:
         try:
-            if not self.authorized(request):
-                raise unauthorized()
-            handler, params = self.resolve(request)
+            handler, params = self.admit(request)
             return await handler(request, params)
         except HTTPError as exc:
             return error_response(exc)
@@ -509,8 +529,23 @@ async def serve_ops(
 
     ``runtime`` is the worker's runtime (None for an API-only server), ``client`` performs the
     API's reads and commands. ``token`` (default ``$DURABLE_OPS_TOKEN``; ``""`` disables it)
-    protects every route but ``/healthz``, ``/readyz`` and the static ``/`` page. Reports the
-    port actually bound through ``task_status`` (pass ``port=0`` for any free port).
+    protects every route but ``/healthz``, ``/readyz`` and the static ``/`` page; a token of only
+    whitespace or with characters a header cannot carry raises
+    :class:`~durable._ops.http.InvalidTokenError` (a ValueError) before anything is bound.
+    Without a token, a warning is logged. Reports the port actually bound through
+    ``task_status`` (pass ``port=0`` for any free port).
     """
-    app = OpsApp(runtime, client, resolve_token(token))
-    await serve(app, host, port, task_status=task_status)
+    resolved = resolve_token(token)
+    app = OpsApp(runtime, client, resolved)
+    async with anyio.create_task_group() as tg:
+        bound: int = await tg.start(serve, app, host, port)
+        if resolved is None:
+            log.warning(
+                "the ops server on %s:%d runs without a token ($%s is not set): anyone who can reach "
+                "it can read the hub and start, terminate and purge orchestrations; set $%s",
+                host,
+                bound,
+                TOKEN_ENV,
+                TOKEN_ENV,
+            )
+        task_status.started(bound)

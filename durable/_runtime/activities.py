@@ -8,14 +8,17 @@ import contextlib
 import functools
 import inspect
 import logging
+import queue
+import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import anyio
 from redis.exceptions import RedisError
 
 from .._core import events as ev
-from .._core.model import FailureDetails
+from .._core.model import FailureDetails, is_interrupt
 from .._core.registry import ActivityContext
 from .._core.serialization import decode, encode, is_blob_ref, pack_record, unpack_record
 
@@ -27,6 +30,87 @@ if TYPE_CHECKING:
     from .telemetry import Telemetry
 
 log = logging.getLogger("durable.activities")
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+_Work = tuple["concurrent.futures.Future[Any]", Callable[[], Any]]
+
+
+class _DaemonThreadPool(concurrent.futures.Executor):
+    """The threads that run plain-function activities: up to ``max_workers`` daemon threads.
+
+    ThreadPoolExecutor joins its threads when the interpreter exits, so one activity that hangs
+    would keep a stopping worker alive after its drain timeout, until the activity returned. The
+    interpreter does not wait for daemon threads: once the drain timeout has passed, the process
+    exits, and the task that was still running has been handed back to be delivered again.
+    """
+
+    def __init__(self, max_workers: int, thread_name_prefix: str) -> None:
+        self._max_workers = max_workers
+        self._prefix = thread_name_prefix
+        self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(
+        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> concurrent.futures.Future[_T]:
+        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the activity threads were shut down")
+            self._work.put((future, functools.partial(fn, *args, **kwargs)))
+            if not self._idle.acquire(blocking=False) and len(self._threads) < self._max_workers:
+                thread = threading.Thread(
+                    target=self._serve, name=f"{self._prefix}_{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+        return future
+
+    def _serve(self) -> None:
+        while (item := self._work.get()) is not None:
+            _run(*item)
+            del item
+            self._idle.release()
+        self._work.put(None)  # the stop marker: pass it on to the next thread
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                if cancel_futures:
+                    with contextlib.suppress(queue.Empty):
+                        while True:
+                            item = self._work.get_nowait()
+                            if item is not None:
+                                item[0].cancel()
+                self._work.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+
+def _run(future: concurrent.futures.Future[Any], call: Callable[[], Any]) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = call()
+    except BaseException as exc:  # SystemExit too: on this thread it can only be the activity's own
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+def _worker_cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` is the worker cancelling the current task (so it must propagate), rather
+    than a cancellation exception the activity raised or leaked while nobody cancelled it."""
+    if not isinstance(exc, anyio.get_cancelled_exc_class()):
+        return False
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 class ActivityRunner:
@@ -50,9 +134,7 @@ class ActivityRunner:
         self.consumer = consumer
         self.concurrency = config.concurrency
         self.in_flight: dict[str, float] = {}
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self.concurrency, thread_name_prefix="durable-activity"
-        )
+        self._pool = _DaemonThreadPool(max_workers=self.concurrency, thread_name_prefix="durable-activity")
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by run()
         self._results: list[tuple[str, str, bytes]] = []
         self._results_ready = anyio.Event()
@@ -95,19 +177,34 @@ class ActivityRunner:
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
+    #: how many unfinished tasks the last :meth:`drain` handed back for redelivery
+    handed_back = 0
+
     async def drain(self, timeout: float) -> None:
-        """Stop taking tasks; wait for in-flight ones; hand back what did not finish."""
+        """Stop taking tasks; wait for in-flight ones; hand back what did not finish.
+
+        The hand-back also happens when the caller's own deadline (or a second stop signal)
+        cuts the wait short. A task handed back may still be running on its thread: it is left
+        behind, its result is not delivered, and the task runs again elsewhere."""
         self.stop_reading()
-        with anyio.move_on_after(timeout):
-            while self.in_flight:
-                await self._wait_change()
-        leftover = list(self.in_flight)
-        with anyio.move_on_after(5, shield=True):
-            await self._flush()
-            if leftover:
-                with contextlib.suppress(RedisError, OSError):
-                    await self.store.hand_back_tasks(leftover, self.config.activity_visibility_ms)
-        self._done.set()
+        try:
+            with anyio.move_on_after(timeout):
+                while self.in_flight:
+                    await self._wait_change()
+        finally:
+            with anyio.move_on_after(5, shield=True):
+                await self._flush()
+                leftover = list(self.in_flight)
+                self.handed_back = len(leftover)
+                if leftover:
+                    log.warning(
+                        "%d activity task(s) did not finish before the worker stopped: handed "
+                        "back for redelivery",
+                        len(leftover),
+                    )
+                    with contextlib.suppress(RedisError, OSError):
+                        await self.store.hand_back_tasks(leftover, self.config.activity_visibility_ms)
+            self._done.set()
 
     async def _read_loop(self, tg: anyio.abc.TaskGroup) -> None:
         failures = 0
@@ -120,9 +217,7 @@ class ActivityRunner:
             with anyio.CancelScope() as scope:
                 self._read_scope = scope
                 try:
-                    entries = await self.store.read_tasks(
-                        self.consumer, min(free, 100), self.config.poll_ms
-                    )
+                    entries = await self.store.read_tasks(self.consumer, min(free, 100), self.config.poll_ms)
                     failures = 0
                 except (RedisError, OSError) as exc:
                     failures += 1
@@ -283,7 +378,9 @@ class ActivityRunner:
                 result = await fn(ctx, value)
             else:
                 result = await self._loop.run_in_executor(self._pool, fn, ctx, value)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too: user code fails its task, not the worker
+            if _worker_cancelled(exc) or is_interrupt(exc):
+                raise
             error = exc
         self._complete(eid, msg, ctx, started, result, error)
 

@@ -200,7 +200,7 @@ class OrchestrationHalf:
                 if self._accept_start(inst, msg, step):
                     incoming.start = msg
                     incoming.start_input = msg.get("input")
-                    incoming.events = [_started_event(msg, inst)]
+                    incoming.events = [_started_event(msg, inst), *_carried_events(msg)]
                 continue
             if kind == ev.MSG_TERMINATE and not inst.running and inst.status == OrchestrationStatus.PENDING:
                 # terminated before it started (e.g. a scheduled start): it never runs
@@ -254,6 +254,7 @@ class OrchestrationHalf:
             restart = {"name": inst.name, "input": data, "exec": inst.exec, "parent": inst.parent}
             evs: list[ev.Event] = [_started_event(restart, inst)]
             evs.extend({"k": ev.EVENT_RAISED, "name": n, "input": d} for n, d in carried)
+            evs.extend(result.continue_with)  # a terminate (or suspend) that came after the restart point
             result = inst.executor.execute([{"k": ev.ORCHESTRATOR_STARTED, "ts": ts}, *evs])
         return result, new_execution, start_input
 
@@ -270,6 +271,10 @@ class OrchestrationHalf:
             "parent": inst.parent,
             "notify": inst.notify,
             "events": carried,
+            "control": [
+                {"k": e["k"], "output": e.get("output"), "reason": e.get("reason")}
+                for e in result.continue_with
+            ],
         }
         step.route(inst.iid, start)
         self.entities.on_orchestration_end(step, inst)
@@ -469,6 +474,22 @@ def notify_end(
     body = {"instance_id": instance_id, "status": status.value}
     msg = {"kind": ev.MSG_SIGNAL, "target": target, "op": str(notify.get("op") or ""), "input": encode(body)}
     step.route(target, msg)
+
+
+def _carried_events(start: Message) -> list[ev.Event]:
+    """What a continue-as-new start message carries into the new execution: the saved events, and
+    the control events (terminate, suspend, resume) that arrived after the restart point."""
+    out: list[ev.Event] = []
+    for item in start.get("events") or ():
+        name, data = item
+        out.append({"k": ev.EVENT_RAISED, "name": str(name), "input": data})
+    for control in start.get("control") or ():
+        kind = control.get("k")
+        if kind == ev.EXECUTION_TERMINATED:
+            out.append({"k": kind, "output": control.get("output")})
+        elif kind in (ev.EXECUTION_SUSPENDED, ev.EXECUTION_RESUMED):
+            out.append({"k": kind, "reason": control.get("reason")})
+    return out
 
 
 def _started_event(msg: Message, inst: Instance) -> ev.Event:

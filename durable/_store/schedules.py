@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .errors import TypedScripts
 from .keys import PartitionKeys
 from .store import Store
 
@@ -92,7 +93,7 @@ class ScheduleRecords:
     ) -> int:
         """Create (``c``), replace (``w``) or delete (``d``) a schedule's record; see :data:`WRITE`."""
         pk, key = self._keys(entity_id)
-        script = self.store.redis.register_script(WRITE)
+        script = TypedScripts(self.store.redis).register_script(WRITE)  # error replies typed
         keys = [key, pk.schedules, pk.inbox, pk.entity_index]
         args = [mode, expected_version, state, now_ms, schedule_id, entity_id, message or b""]
         return int(await self.store._client_script(script, keys, args))

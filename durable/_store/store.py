@@ -1,4 +1,6 @@
-"""The store: the only code that talks to Redis.
+"""The store of one hub: the typed Redis operations of the worker and the client. With the rest of
+the ``_store`` package (scripts, keys, queries, notifications) it is the only code that talks to
+Redis; the layers above reach Redis only through it.
 
 Typed async methods over redis.asyncio; no business logic. Multi-key operations only ever touch
 keys of one partition (one hash tag), so the same code runs on Redis Cluster.
@@ -20,6 +22,7 @@ from .._config import ENV_AUDIT
 from .._core.serialization import BLOB_REF_PREFIX, is_blob_ref, pack_record, unpack_record
 from . import scripts as _scripts
 from .autopipe import AutoPipeline
+from .errors import TypedScripts, typed_error
 from .keys import ACTIVITY_GROUP, DEFAULT_PARTITIONS, FORMAT_VERSION, HubKeys, PartitionKeys, partition_of
 from .notify import StatusNotifier
 from .resp import pack_command
@@ -122,6 +125,7 @@ class Store:
         self._register(client)
 
     def _register(self, client: Any) -> None:
+        client = TypedScripts(client)  # error replies typed on Redis 6.2 too
         self._acquire = client.register_script(_scripts.ACQUIRE)
         self._renew = client.register_script(_scripts.RENEW)
         self._release = client.register_script(_scripts.RELEASE)
@@ -429,8 +433,10 @@ class Store:
             for _ in publish:
                 await conn.read_response()
             return res
-        except BaseException:
+        except BaseException as exc:
             await conn.disconnect()
+            if isinstance(exc, ResponseError) and (typed := typed_error(exc)) is not exc:
+                raise typed from exc
             raise
         finally:
             await pool.release(conn)
@@ -721,7 +727,13 @@ class Store:
             for raw in commands:
                 name, *rest = _unpack_command(raw)
                 pipe.execute_command(name.decode(), *rest)
-            return list(await pipe.execute(raise_on_error=raise_errors))
+            try:
+                replies = list(await pipe.execute(raise_on_error=raise_errors))
+            except ResponseError as exc:
+                if (typed := typed_error(exc)) is exc:
+                    raise
+                raise typed from exc
+            return [typed_error(r) if isinstance(r, ResponseError) else r for r in replies]
         pool = self.redis.connection_pool
         conn = await pool.get_connection()
         try:
@@ -732,8 +744,9 @@ class Store:
                 try:
                     replies.append(await conn.read_response())
                 except ResponseError as exc:  # keep reading: the other replies are on the wire
-                    error = error or exc
-                    replies.append(exc)
+                    typed = typed_error(exc)
+                    error = error or typed
+                    replies.append(typed)
             if error is not None and raise_errors:
                 raise error
             return replies

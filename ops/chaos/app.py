@@ -85,7 +85,11 @@ if os.environ.get("CHAOS_ENTITIES") == "1":
 
     def account(ctx: Any, value: Any) -> Any:
         """A bank account: ``add`` applies a delta; no de-duplication here, so a doubly applied
-        operation shows in the final balance and operation count."""
+        operation shows in the final balance and operation count.
+
+        Deliberately not the sample ``entities.bank.Account``: the oracle needs the count of
+        applications next to the balance, and signed deltas that are never refused (the workload
+        model predicts every balance without modelling refusals)."""
         state = ctx.get_state({"balance": workload.ACCOUNT_START, "ops": 0})
         if ctx.operation == "add":
             state["balance"] += value["delta"]

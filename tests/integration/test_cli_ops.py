@@ -11,11 +11,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -23,9 +25,10 @@ from urllib.parse import unquote
 import anyio
 import pytest
 from _redis import RedisServer, free_port
+from anyio.from_thread import start_blocking_portal
 
 from durable import AsyncClient, Worker, WorkerConfig
-from durable._ops.server import OpsApp, Request
+from durable._ops.server import OpsApp, Request, serve_ops
 from durable.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -222,6 +225,8 @@ def test_usage_errors_exit_2(cli: Callable[..., Result]) -> None:
         (["orchestration", "describe"], "required"),
         (["entity", "get", "bad@name", "k"], "'@'"),
         (["entity", "signal", "counter", "k", "add", "--input", "five"], "invalid JSON"),
+        (["entity", "signal", "counter", "k", "add", "--input", "NaN"], "NaN is not valid JSON"),
+        (["orchestration", "start", "greetings", "--input", "[1e400]"], "out of range"),
         (["partitions", "--output", "yaml"], "invalid choice"),
     ]
     for args, message in cases:
@@ -635,6 +640,7 @@ DOCTOR_CHECKS = {
     "hub",
     "format",
     "leases",
+    "ops-token",
 }
 
 
@@ -658,6 +664,55 @@ def test_doctor_on_the_fixture_redis(cli: Callable[..., Result]) -> None:
     _assert_aligned(lines[: lines.index("")])
     assert any(line.startswith("OK      maxmemory-policy  noeviction") for line in lines)
     assert lines[-1].endswith("0 FAIL")
+
+
+@asynccontextmanager
+async def _ops_server(redis_url: str, hub: str, host: str, token: str | None) -> AsyncIterator[int]:
+    """An ops server (no worker) for the hub; yields its port."""
+    async with AsyncClient(redis_url, hub) as client, anyio.create_task_group() as tg:
+        port = await tg.start(serve_ops, None, client, host, 0, token)
+        yield port
+        tg.cancel_scope.cancel()
+
+
+def test_doctor_warns_about_an_ops_server_without_a_token(
+    env: tuple[str, str], cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """doctor asks the ops server (GET /v1/hub without a token) whether it lets anyone in."""
+    redis_url, hub = env
+    monkeypatch.delenv("DURABLE_OPS_TOKEN", raising=False)
+    with start_blocking_portal() as portal:
+        for token, status, says in (
+            (None, "WARN", "without a token"),
+            ("doc-token", "OK", "requires a token"),
+        ):
+            with portal.wrap_async_context_manager(_ops_server(redis_url, hub, "127.0.0.1", token)) as port:
+                url = f"http://127.0.0.1:{port}"
+                report = _json(cli("doctor", "--output", "json", "--ops-url", url))
+                check = {c["name"]: c for c in report["checks"]}["ops-token"]
+                assert check["status"] == status, check
+                assert url in check["detail"] and says in check["detail"]
+                assert report["ok"] is True  # a WARN, not a FAIL
+                code, out, _ = cli("doctor", "--ops-url", url)
+                assert code == 0
+                assert any(line.startswith(f"{status:<8}ops-token") for line in out.splitlines()), out
+
+        # without --ops-url, doctor asks the live workers' hosts, on the port of $DURABLE_OPS_PORT
+        host = socket.gethostname()
+        try:
+            socket.getaddrinfo(host, None)
+        except OSError:
+            pytest.skip(f"this machine's host name {host!r} does not resolve")
+        with portal.wrap_async_context_manager(_ops_server(redis_url, hub, "0.0.0.0", None)) as port:
+            monkeypatch.setenv("DURABLE_OPS_PORT", str(port))
+            report = _json(cli("doctor", "--output", "json"))
+            check = {c["name"]: c for c in report["checks"]}["ops-token"]
+            assert check["status"] == "WARN", check
+            assert f"http://{host}:{port}" in check["detail"]
+    # nothing answers there any more: not judged
+    report = _json(cli("doctor", "--output", "json", "--ops-url", f"http://127.0.0.1:{port}"))
+    check = {c["name"]: c for c in report["checks"]}["ops-token"]
+    assert check["status"] == "OK" and check["detail"].startswith("not checked")
 
 
 @pytest.mark.standalone_only

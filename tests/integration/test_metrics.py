@@ -75,6 +75,7 @@ async def test_every_metric_moves(redis_url: str, hub: str) -> None:
     @worker.orchestrator
     def nop(ctx: Any, _: Any) -> None:
         return None
+
     entity_support = hasattr(AsyncClient, "signal_entity")
     if entity_support:
 

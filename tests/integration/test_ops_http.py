@@ -168,7 +168,8 @@ class Ops:
             all_headers.setdefault("Authorization", f"Bearer {self.token}")
         if json_body is not None:
             data = json.dumps(json_body).encode()
-            all_headers.setdefault("Content-Type", "application/json")
+        if method not in ("GET", "HEAD"):
+            all_headers.setdefault("Content-Type", "application/json")  # writes must declare JSON
         url = f"http://127.0.0.1:{self.port}{path}"
         return await anyio.to_thread.run_sync(_urllib, url, method, data, all_headers)
 
@@ -486,7 +487,7 @@ async def test_bad_requests(redis_url: str, hub: str) -> None:
         # bodies over 2 MB: refused from the Content-Length, without reading the body ...
         head = (
             f"POST /v1/orchestrations/greetings HTTP/1.1\r\nHost: x\r\n"
-            f"Content-Length: {MAX_BODY_BYTES + 1}\r\n\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {MAX_BODY_BYTES + 1}\r\n\r\n"
         ).encode()
         error(await ops.raw(head), 413, "payload_too_large")
         # ... and also when the client sends it all
@@ -509,7 +510,8 @@ async def test_bad_requests(redis_url: str, hub: str) -> None:
 
         # Expect: 100-continue is honoured
         reply = await ops.raw(
-            b"POST /v1/orchestrations/greetings HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 7\r\n\r\n"
+            b"POST /v1/orchestrations/greetings HTTP/1.1\r\nExpect: 100-continue\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 7\r\n\r\n"
             b'["Eve"]'
         )
         assert reply.status == 100  # the interim response comes first ...

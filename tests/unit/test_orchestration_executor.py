@@ -863,10 +863,6 @@ def test_continue_as_new_carries_unconsumed_events_with_save_events(save_events:
     assert result.continue_as_new == (encode([1]), carried)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="executor bug: events after the continue-as-new point of a step are dropped, not carried",
-)
 def test_continue_as_new_carries_events_later_in_the_same_step() -> None:
     def orch(ctx: Any, seen: list[Any]) -> Any:
         tick = yield ctx.wait_for_external_event("tick")
@@ -877,10 +873,24 @@ def test_continue_as_new_carries_events_later_in_the_same_step() -> None:
     result = execute(orch, old, new)
 
     assert result.status == Status.CONTINUED_AS_NEW
-    # the second tick arrived in the same step, after the code consumed the first one; the
-    # executor stops applying events once the execution is done, so it is neither recorded nor
-    # carried, and the partition has already taken it out of the inbox: it is lost
+    # the second tick arrived in the same step, after the code consumed the first one: it is
+    # carried into the next execution (the partition has already taken it out of the inbox)
     assert result.continue_as_new == (encode([1]), [("tick", encode(2))])
+
+
+def test_a_terminate_after_the_continue_as_new_point_applies_to_the_next_execution() -> None:
+    def orch(ctx: Any, seen: list[Any]) -> Any:
+        tick = yield ctx.wait_for_external_event("tick")
+        ctx.continue_as_new([*seen, tick])
+
+    old = [orchestrator_started(T0), execution_started([])]
+    terminate = {"k": ev.EXECUTION_TERMINATED, "output": encode("stop")}
+    new = [orchestrator_started(T1), event_raised("tick", 1), terminate]
+    result = execute(orch, old, new)
+
+    assert result.status == Status.CONTINUED_AS_NEW
+    assert result.continue_as_new == (encode([1]), [])  # save_events=False: no events carried ...
+    assert [e["k"] for e in result.continue_with] == [ev.EXECUTION_TERMINATED]  # ... but the terminate is
 
 
 # -- entities --------------------------------------------------------------------------------------
