@@ -95,7 +95,7 @@ def find_redis_server() -> str:
     override = os.environ.get(ENV_REDIS_SERVER, "").strip()
     if override:
         if os.sep in override or (os.altsep and os.altsep in override):
-            path = Path(override).expanduser()
+            path = Path(override).expanduser().resolve()  # the server runs in its own data folder
             if path.is_file() and os.access(path, os.X_OK):
                 return str(path)
             raise RuntimeError(f"${ENV_REDIS_SERVER} is set to {override!r}, which is not an executable file")

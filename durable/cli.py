@@ -51,6 +51,7 @@ from ._cli.common import (
     render_fields,
     signal_receiver,
 )
+from ._cli.sidecar import add_sidecar_parser, load_sidecar_class
 from ._client import AsyncClient
 from ._config import (
     ENV_CONCURRENCY,
@@ -231,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_cmd_demo)
 
     _register_redis_commands(commands)
+
+    sidecar = add_sidecar_parser(commands, _add_redis_options, _port)
+    sidecar.set_defaults(handler=_cmd_sidecar)
 
     serve = commands.add_parser(
         "serve",
@@ -603,6 +607,41 @@ async def _serve_worker(worker: Worker, ops: OpsSettings | None) -> int:
         else:
             log.info("worker stopped: in-flight work drained and partition leases released")
     return exit_code
+
+
+# ------------------------------------------------------------------------------------------------
+# durable sidecar
+
+
+def _cmd_sidecar(args: argparse.Namespace) -> int:
+    _configure_logging(args.log_level or _env(ENV_LOG_LEVEL, _log_level) or "info")
+    try:
+        sidecar_class = load_sidecar_class()
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        hub = resolve_hub(args.hub)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    sidecar = sidecar_class(args.redis_url, hub, host=args.host, port=args.port)
+    partitions = args.partitions or _env(ENV_PARTITIONS, positive_int_arg)
+    if partitions is not None:
+        sidecar.config.partitions = partitions
+    drain = args.drain_timeout if args.drain_timeout is not None else _env(ENV_DRAIN_TIMEOUT, _seconds)
+    if drain is not None:
+        sidecar.config.drain_timeout = drain
+    ops_port = args.ops_port if args.ops_port is not None else _env(ENV_OPS_PORT, _port)
+    ops_host = args.ops_host or os.environ.get(ENV_OPS_HOST, "").strip() or "0.0.0.0"
+    ops = (
+        OpsSettings(ops_host, ops_port, os.environ.get(ENV_OPS_TOKEN, "").strip() or None)
+        if ops_port
+        else None
+    )
+    try:
+        return anyio.run(_serve_worker, sidecar, ops)
+    except Exception as exc:
+        log.error("sidecar failed: %s", "; ".join(f"{type(e).__name__}: {e}" for e in leaf_exceptions(exc)))
+        return EXIT_FAILURE
 
 
 # ------------------------------------------------------------------------------------------------

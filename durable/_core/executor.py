@@ -8,6 +8,8 @@ match the action the code produces at that point, or :class:`NonDeterminismError
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as _dt
 import inspect
 from collections import deque
 from collections.abc import Callable
@@ -207,7 +209,7 @@ class OrchestrationExecutor:
             self._close_driver()
             self._finish(OrchestrationStatus.TERMINATED, event.get("output"), None)
             return True
-        if kind == ev.EXECUTION_COMPLETED:
+        if kind in (ev.EXECUTION_COMPLETED, ev.EXECUTION_REWOUND):
             return True
         if kind == ev.EXECUTION_SUSPENDED:
             self._suspended = True
@@ -254,8 +256,7 @@ class OrchestrationExecutor:
                     "failed", "Error"
                 )
                 if isinstance(task, RetryableTask):
-                    elapsed = ms_to_datetime(ctx._now_ms) - ms_to_datetime(task.first_attempt_ms)
-                    delay = task.policy.next_delay(task.attempt, elapsed)
+                    delay, details = self._retry_delay(task, event, details)
                     if delay is not None:
                         ctx._create_retry_timer(task, delay)
                         return True
@@ -264,6 +265,21 @@ class OrchestrationExecutor:
             self._resume()
             return True
         return self._deliver_extension(event)
+
+    def _retry_delay(
+        self, task: RetryableTask[Any], event: ev.Event, details: FailureDetails
+    ) -> tuple[_dt.timedelta | None, FailureDetails]:
+        """The wait before the next attempt of a failed retryable call (None: give up), and the
+        failure to report if it gives up."""
+        if isinstance(event.get("details"), bytes):
+            task.details = event["details"]
+        elapsed = ms_to_datetime(self.ctx._now_ms) - ms_to_datetime(task.first_attempt_ms)
+        try:
+            return task.policy.next_delay(task.attempt, elapsed, details), details
+        except BaseException as exc:  # should_retry raised: the call fails with that error
+            if is_interrupt(exc):
+                raise
+            return None, dataclasses.replace(FailureDetails.from_exception(exc), inner_failure=details)
 
     def _deliver_extension(self, event: ev.Event) -> bool:
         """Hook for event kinds owned by other modules (entities); unknown kinds are dropped."""

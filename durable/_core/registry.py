@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
+
+from .activity import ActivityContext as ActivityContext  # re-exported: its historic home
 
 _NAME_ATTR = "__durable_name__"
 
@@ -26,17 +27,6 @@ def name_of(fn_or_name: Any, kind: str) -> str:
     if callable(fn_or_name):
         return _default_name(fn_or_name)
     raise TypeError(f"expected a {kind} function or name, got {type(fn_or_name).__qualname__}")
-
-
-@dataclass(frozen=True)
-class ActivityContext:
-    """Passed to every activity invocation."""
-
-    orchestration_id: str
-    task_id: int
-    attempt: int
-    idempotency_key: str
-    name: str = ""
 
 
 class Registry:

@@ -16,8 +16,12 @@ Routes::
     GET    /v1/orchestrations/{instance_id}           -> state | 404
     GET    /v1/orchestrations/{instance_id}/history   -> [event, ...] | 404
     POST   /v1/orchestrations/{instance_id}/events/{event}    body: data -> 202
-    POST   /v1/orchestrations/{instance_id}/terminate|suspend|resume    -> 202
-    DELETE /v1/orchestrations/{instance_id}           -> 200 purged | 404 | 409 still running
+    POST   /v1/orchestrations/{instance_id}/terminate[?recursive=false]|suspend|resume    -> 202
+    POST   /v1/orchestrations/{instance_id}/rewind    body: reason -> 200 | 202 not applied yet | 404 | 409
+    POST   /v1/orchestrations/{instance_id}/restart[?new_instance_id=true]  -> 202 {"instance_id"}
+    DELETE /v1/orchestrations/{instance_id}[?recursive=false]   -> 200 purged | 404 | 409 still running
+    POST   /v1/orchestrations/purge                   body: {"status", "name", "created_from",
+                                                      "created_to"} -> 200 {"purged": n}
     GET    /v1/entities?name=&limit=                  -> [{entity_id, name, key, last_modified_at}]
     GET    /v1/entities/{name}/{key}                  -> {"state": ...} | 404 | 501
     POST   /v1/entities/{name}/{key}/{operation}      body: input -> 202 | 501
@@ -74,6 +78,7 @@ from .._runtime import metrics as _metrics
 from .._runtime.runtime import Runtime
 from .._store import queries as q
 from .._store.store import Store
+from . import lifecycle as lifecycle
 from . import views as views
 from .http import (
     MAX_BODY_BYTES,
@@ -175,6 +180,7 @@ class OpsApp:
             Route(("readyz",), {"GET": self.readyz}),
             Route(("v1", "hub"), {"GET": self.hub_info}),
             Route(("v1", o), {"GET": self.list_orchestrations}),
+            Route(("v1", o, "purge"), {"POST": self.purge_matching}),  # before POST /v1/o/{name}
             Route(
                 ("v1", o, None),
                 {"GET": self.get_orchestration, "POST": self.start_orchestration, "DELETE": self.purge},
@@ -183,6 +189,8 @@ class OpsApp:
             Route(("v1", o, None, "terminate"), {"POST": self.terminate}),
             Route(("v1", o, None, "suspend"), {"POST": self.suspend}),
             Route(("v1", o, None, "resume"), {"POST": self.resume}),
+            Route(("v1", o, None, "rewind"), {"POST": self.rewind}),
+            Route(("v1", o, None, "restart"), {"POST": self.restart}),
             Route(("v1", o, None, "events", None), {"POST": self.raise_event}),
             Route(("v1", "entities"), {"GET": self.list_entities}),
             Route(("v1", "entities", None, None), {"GET": self.get_entity}),
@@ -410,7 +418,9 @@ class OpsApp:
         iid = params[0]
         output = json_body(request)
         try:
-            await self.client.terminate_orchestration(iid, output=output)
+            await self.client.terminate_orchestration(
+                iid, output=output, recursive=lifecycle.flag(request, "recursive", True)
+            )
         except OrchestrationNotFoundError:
             raise _not_found(iid) from None
         except (SerializationError, PayloadTooLargeError) as exc:
@@ -436,12 +446,23 @@ class OpsApp:
     async def purge(self, request: Request, params: list[str]) -> Response:
         iid = params[0]
         try:
-            purged = await self.client.purge_orchestration(iid)
+            purged = await self.client.purge_orchestration(
+                iid, recursive=lifecycle.flag(request, "recursive", True)
+            )
         except ValueError as exc:
             raise HTTPError(409, "still_running", str(exc)) from None
         if not purged:
             raise _not_found(iid)
         return json_response(200, {"instance_id": iid, "purged": True})
+
+    async def purge_matching(self, request: Request, params: list[str]) -> Response:
+        return await lifecycle.purge_matching(self.client, request)
+
+    async def rewind(self, request: Request, params: list[str]) -> Response:
+        return await lifecycle.rewind(self.client, params[0], _reason_body(request))
+
+    async def restart(self, request: Request, params: list[str]) -> Response:
+        return await lifecycle.restart(self.client, request, params[0])
 
     # -- entities --------------------------------------------------------------------------------
     @staticmethod

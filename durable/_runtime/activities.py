@@ -18,9 +18,11 @@ import anyio
 from redis.exceptions import RedisError
 
 from .._core import events as ev
-from .._core.model import FailureDetails, is_interrupt
+from .._core.model import ActivityTimeoutError, FailureDetails, OrchestrationStatus, is_interrupt
 from .._core.registry import ActivityContext
 from .._core.serialization import decode, encode, is_blob_ref, pack_record, unpack_record
+from .._store import lifecycle
+from .attempts import Attempt, AttemptWatch
 
 if TYPE_CHECKING:
     from .._config import WorkerConfig
@@ -30,6 +32,9 @@ if TYPE_CHECKING:
     from .telemetry import Telemetry
 
 log = logging.getLogger("durable.activities")
+
+#: statuses of an orchestration whose activities are still wanted
+_ALIVE = (OrchestrationStatus.RUNNING.value, OrchestrationStatus.SUSPENDED.value)
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -134,7 +139,13 @@ class ActivityRunner:
         self.consumer = consumer
         self.concurrency = config.concurrency
         self.in_flight: dict[str, float] = {}
-        self._pool = _DaemonThreadPool(max_workers=self.concurrency, thread_name_prefix="durable-activity")
+        # A thread cannot be killed: a sync attempt that timed out keeps its thread until it
+        # returns, while its slot is given back at once. The headroom lets the slots' new
+        # attempts start meanwhile (threads are only created when needed).
+        self._pool = _DaemonThreadPool(
+            max_workers=2 * self.concurrency, thread_name_prefix="durable-activity"
+        )
+        self.watch = AttemptWatch(self._time_out)
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by run()
         self._results: list[tuple[str, str, bytes]] = []
         self._results_ready = anyio.Event()
@@ -170,6 +181,7 @@ class ActivityRunner:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._flush_loop)
+                tg.start_soon(self.watch.run)
                 tg.start_soon(self._maintenance_loop, tg)
                 tg.start_soon(self._read_loop, tg)
                 await self._done.wait()
@@ -238,6 +250,7 @@ class ActivityRunner:
             try:
                 if self.in_flight:
                     await self.store.touch_tasks(self.consumer, list(self.in_flight))
+                await self._cancel_ended(tg)
                 if not self._reading or self._isolating:
                     continue
                 free = self.concurrency - len(self.in_flight)
@@ -319,12 +332,19 @@ class ActivityRunner:
             tg.start_soon(self._reject_malformed, eid, fields, exc)
             return
         self.metrics.schedule_to_start("activity", eid, self.clock.now_ms())
+        attempt = Attempt(eid, msg)
+        self.watch.add(attempt)
+        hb = msg.get("hb")
         ctx = ActivityContext(
             orchestration_id=target,
             task_id=tid,
-            attempt=delivered,
-            idempotency_key=f"{target}:{msg.get('exec')}:{tid}",
+            attempt=int(msg.get("attempt") or 1),
+            # the call's first task id: the same key for every attempt and delivery of the call
+            idempotency_key=f"{target}:{msg.get('exec')}:{msg.get('call', tid)}",
             name=name,
+            delivery=delivered,
+            heartbeat_details=hb if isinstance(hb, bytes) else None,
+            monitor=attempt,
         )
         fn = self.registry.activities.get(name)
         raw = msg.get("input")
@@ -336,8 +356,17 @@ class ActivityRunner:
         except Exception as exc:
             self._complete(eid, msg, ctx, started, None, exc)
             return
-        future = self._loop.run_in_executor(self._pool, fn, ctx, value)
+        future = self._loop.run_in_executor(self._pool, self._run_sync, attempt, fn, ctx, value)
         future.add_done_callback(functools.partial(self._sync_done, eid, msg, ctx, started))
+
+    def _run_sync(self, attempt: Attempt, fn: Any, ctx: ActivityContext, value: Any) -> Any:
+        """On a pool thread: the attempt's time limits count from here (not while it queued)."""
+        if attempt.abandoned:
+            return None  # its orchestration ended while it waited for a thread
+        attempt.start()
+        if attempt.limited:
+            self._loop.call_soon_threadsafe(self.watch.arm)
+        return fn(ctx, value)
 
     def _sync_done(
         self, eid: str, msg: dict[str, Any], ctx: ActivityContext, started: float, future: Any
@@ -346,6 +375,52 @@ class ActivityRunner:
             return  # the worker is shutting down; the task stays pending and is handed back
         exc = future.exception()
         self._complete(eid, msg, ctx, started, None if exc else future.result(), exc)
+
+    def _time_out(self, attempt: Attempt, reason: str) -> None:
+        """An attempt passed its time limit: it fails now, and its slot is given back once the
+        failure is delivered; whatever it returns later is discarded."""
+        attempt.abandon()
+        self.watch.remove(attempt.eid)
+        failure = FailureDetails.of(ActivityTimeoutError, f"activity timed out: {reason}")
+        reply: dict[str, Any] = {
+            "kind": ev.MSG_TASK_FAILED,
+            "target": attempt.target,
+            "exec": attempt.exec,
+            "tid": attempt.tid,
+            "failure": failure.to_record(),
+        }
+        if attempt.details is not None:
+            reply["details"] = attempt.details
+        name = attempt.name
+        log.warning("activity %r of %s timed out: %s", name, attempt.target, reason)
+        self.metrics.activity_done(name, "failed", attempt.elapsed())
+        self._results.append((attempt.target, attempt.eid, pack_record(reply)))
+        self._results_ready.set()
+
+    async def _cancel_ended(self, tg: anyio.abc.TaskGroup) -> None:
+        """Cancel the running attempts whose orchestration ended (or moved to another execution):
+        their results would be dropped anyway. Their tasks are acknowledged without a reply."""
+        running = self.watch.running()
+        if not running:
+            return
+        execs = await lifecycle.instance_execs(self.store, sorted({a.target for a in running}))
+        for attempt in running:
+            status, current = execs.get(attempt.target, (None, None))
+            alive = status in _ALIVE and current == attempt.exec
+            if alive or attempt.abandoned or attempt.eid not in self.in_flight:
+                continue
+            log.info("activity task %s: its orchestration %s ended; cancelled", attempt.eid, attempt.target)
+            attempt.abandon()
+            self.watch.remove(attempt.eid)
+            tg.start_soon(self._drop, attempt.eid)
+
+    async def _drop(self, eid: str) -> None:
+        try:
+            await self.store.ack_tasks([eid])
+        except (RedisError, OSError) as exc:  # delivered again later, and cancelled again
+            log.warning("cannot acknowledge cancelled task %s: %s", eid, exc)
+        finally:
+            self._release(eid)
 
     async def _execute_async(
         self, eid: str, msg: dict[str, Any], fn: Any, ctx: ActivityContext, started: float
@@ -374,10 +449,22 @@ class ActivityRunner:
             if fn is None:
                 raise LookupError(f"no activity named {ctx.name!r} is registered with this worker")
             value = decode(raw)
-            if inspect.iscoroutinefunction(fn):
-                result = await fn(ctx, value)
-            else:
-                result = await self._loop.run_in_executor(self._pool, fn, ctx, value)
+            attempt = self.watch.attempts.get(eid)
+            with anyio.CancelScope() as scope:
+                if attempt is not None:
+                    attempt.scope = scope
+                if inspect.iscoroutinefunction(fn):
+                    if attempt is not None:
+                        attempt.start()
+                        if attempt.limited:
+                            self.watch.arm()
+                    result = await fn(ctx, value)
+                else:
+                    result = await self._loop.run_in_executor(
+                        self._pool, self._run_sync, attempt or Attempt(eid, {}), fn, ctx, value
+                    )
+            if scope.cancelled_caught:
+                return  # timed out, or its orchestration ended: already answered for
         except BaseException as exc:  # SystemExit too: user code fails its task, not the worker
             if _worker_cancelled(exc) or is_interrupt(exc):
                 raise
@@ -393,6 +480,9 @@ class ActivityRunner:
         result: Any,
         error: BaseException | None,
     ) -> None:
+        if ctx.is_cancelled:
+            return  # a late result of an attempt that timed out or was cancelled: discarded
+        attempt = self.watch.remove(eid)
         reply: dict[str, Any] = {"target": ctx.orchestration_id, "exec": msg.get("exec"), "tid": ctx.task_id}
         if error is None:
             try:
@@ -403,6 +493,8 @@ class ActivityRunner:
         if error is not None:
             reply["kind"] = ev.MSG_TASK_FAILED
             reply["failure"] = FailureDetails.from_exception(error).to_record()
+            if attempt is not None and attempt.details is not None:
+                reply["details"] = attempt.details  # where the next attempt may resume
         status = "completed" if error is None else "failed"
         self.metrics.activity_done(ctx.name, status, time.monotonic() - started)
         self._results.append((ctx.orchestration_id, eid, pack_record(reply)))
@@ -418,6 +510,7 @@ class ActivityRunner:
 
     def _release(self, eid: str) -> None:
         self.in_flight.pop(eid, None)
+        self.watch.remove(eid)
         self._notify()
 
     async def _flush_loop(self) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._core import events as ev
 from .._core.executor import OrchestrationExecutor, StepResult
+from .._core.lifecycle import open_timers
 from .._core.model import FailureDetails, OrchestrationStatus
 from .._core.serialization import (
     BLOB_REF_PREFIX,
@@ -25,6 +26,16 @@ from .._core.serialization import (
     unpack_record,
 )
 from .._store.store import RecordWrite
+from .lifecycle_step import (
+    Loaded,
+    Rewinder,
+    Rewound,
+    from_its_parent,
+    loaded_view,
+    merge,
+    redo_child,
+    terminate_children,
+)
 from .step import Message, StepState
 
 if TYPE_CHECKING:
@@ -34,6 +45,7 @@ if TYPE_CHECKING:
     from .._store.store import Store
     from .cache import InstanceCache
     from .entity_step import EntityHalf
+    from .remote import RemoteOrchestrations, RemoteState
     from .telemetry import Telemetry
 
 log = logging.getLogger("durable.partition")
@@ -47,6 +59,8 @@ _COMPLETION_MSGS = {
 }
 #: history event fields that carry (encoded) user payloads
 _PAYLOAD_FIELDS = ("input", "result", "output")
+#: fields of an activity's TaskScheduled event that its task message carries
+_ACTIVITY_OPTIONS = ("to", "hbt", "call", "attempt", "hb")
 #: continue-as-new restarts run inline in one step up to this many times
 _MAX_INLINE_RESTARTS = 100
 
@@ -66,6 +80,12 @@ class Instance:
     notify: dict[str, Any] | None = None
     executor: OrchestrationExecutor | None = None
     last_ts: int = 0
+    #: events raised before a scheduled start ran: delivered right after it starts
+    pending_events: list[ev.Event] = field(default_factory=list)
+    #: set while the instance's code runs in a remote executor (``remote.py``)
+    remote: RemoteState | None = None
+    #: read for a lifecycle command of this step while the instance is not running
+    loaded: Loaded | None = None
 
     @property
     def running(self) -> bool:
@@ -81,6 +101,12 @@ class _Incoming:
     start_input: bytes | None = None
     #: a start that never ran and was terminated: its record (no executor runs)
     terminated_pending: RecordWrite | None = None
+    #: events for an instance whose (scheduled) start has not run yet: kept for it
+    held: list[ev.Event] = field(default_factory=list)
+    #: a recursive terminate, passed on to the open sub-orchestrations once applied
+    terminate: Message | None = None
+    #: a rewind that brought a failed instance back to running
+    rewound: Rewound | None = None
 
 
 class OrchestrationHalf:
@@ -97,7 +123,9 @@ class OrchestrationHalf:
         entities: EntityHalf,
         context_factory: Callable[[str, Any], OrchestrationContext],
         name_of: Callable[[Any, str], str],
+        remote: RemoteOrchestrations | None = None,
     ) -> None:
+        self.remote = remote
         self.store = store
         self.registry = registry
         self.config = config
@@ -106,18 +134,23 @@ class OrchestrationHalf:
         self.entities = entities
         self.context_factory = context_factory
         self.name_of = name_of
+        self.rewinder = Rewinder(self._new_executor, reply_to_parent, store.keys.status_channel)
 
     # -- the StepHalf shape --------------------------------------------------------------------
     def owns(self, target: str) -> bool:
         return not target.startswith("@")
 
     async def load(self, step: StepState, targets: list[str]) -> None:
+        if self.remote is not None:
+            await self.remote.prepare(step)
         cached = self.cache.partition(step.index)
-        ids = [t for t in targets if t not in cached]
+        # a lifecycle command on an instance that is not running needs its history: read it again
+        ids = [t for t in targets if t not in cached or (t in step.needs_history and not cached[t].running)]
         if not ids:
             return
         loaded = await self.store.load_instances(step.index, ids)
         histories = [[unpack_record(h) for h in history] for _, history in loaded]
+        outputs = [fields.get(b"output") for fields, _ in loaded]
         refs = [
             e[f][len(BLOB_REF_PREFIX) :].decode()
             for events in histories
@@ -125,6 +158,7 @@ class OrchestrationHalf:
             for f in _PAYLOAD_FIELDS
             if is_blob_ref(e.get(f))
         ]
+        refs.extend(o[len(BLOB_REF_PREFIX) :].decode() for o in outputs if o is not None and is_blob_ref(o))
         if refs:  # large payloads live beside the history
             blobs = await self.store.get_blobs(refs)
             for events in histories:
@@ -132,32 +166,73 @@ class OrchestrationHalf:
                     for f in _PAYLOAD_FIELDS:
                         if is_blob_ref(e.get(f)):
                             e[f] = blobs[e[f][len(BLOB_REF_PREFIX) :].decode()]
+            for fields, _ in loaded:
+                output = fields.get(b"output")
+                if output is not None and is_blob_ref(output):
+                    fields[b"output"] = blobs.get(output[len(BLOB_REF_PREFIX) :].decode(), output)
         for iid, (fields, _), events in zip(ids, loaded, histories, strict=True):
-            cached[iid] = self._instance_from(iid, fields, events)
+            remote = self.remote is not None and self.remote.is_remote(fields)
+            inst = cached[iid] = self._instance_from(iid, fields, [] if remote else events)
+            if remote and self.remote is not None:
+                self.remote.attach(inst, fields, events)
+            elif iid in step.needs_history and not inst.running:
+                inst.loaded = loaded_view(fields, events)
             self.metrics.cache_event("miss")
 
     def process(self, step: StepState, target: str, msgs: list[Message]) -> None:
         inst = self.cache.partition(step.index)[target]
-        incoming = self._incoming(inst, msgs, step)
-        if not incoming.events:
-            if incoming.terminated_pending is not None:
-                step.plan.records.append(incoming.terminated_pending)
-                step.touched[inst.iid] = inst
+        if self.remote is not None and self.remote.takes(inst, msgs):
+            self.remote.process(self, step, inst, msgs)
             return
-        assert inst.executor is not None
         ts = max(step.now, inst.last_ts)
+        if any(m["kind"] == ev.MSG_REWIND for m in msgs):
+            ts = max(ts, inst.last_ts + 1)  # a rewind shows as a newer record, even a refused one
+        try:
+            incoming = self._incoming(inst, msgs, step, ts)
+            if not incoming.events and incoming.rewound is None:
+                if incoming.terminated_pending is not None:
+                    inst.pending_events = []
+                    step.plan.records.append(incoming.terminated_pending)
+                    step.touched[inst.iid] = inst
+                elif incoming.held:
+                    step.plan.records.append(self._hold(inst, incoming.held, step))
+                    step.touched[inst.iid] = inst
+                if incoming.terminate is not None and inst.loaded is not None:
+                    terminate_children(step, inst, inst.loaded.history, incoming.terminate)
+                return
+            self._process(inst, incoming, ts, step)
+        finally:
+            inst.loaded = None
+
+    def _process(self, inst: Instance, incoming: _Incoming, ts: int, step: StepState) -> None:
+        assert inst.executor is not None
         inst.last_ts = ts
         prev_status = inst.status
-        result, new_execution, start_input = self._execute(inst, incoming, ts, step)
+        rewound = incoming.rewound
+        if rewound is not None:
+            prev_status = OrchestrationStatus.FAILED
+            result, new_execution, start_input = rewound.result, False, None
+            if incoming.events and inst.running:
+                more = inst.executor.execute([{"k": ev.ORCHESTRATOR_STARTED, "ts": ts}, *incoming.events])
+                result = merge(result, more)
+        else:
+            result, new_execution, start_input = self._execute(inst, incoming, ts, step)
         result = self._check_history_size(inst, result)
         status = result.status
         if status == OrchestrationStatus.CONTINUED_AS_NEW:
             status = self._continue_next_step(inst, result, step)
         inst.status = status
         rec = self._record(inst, result, status, ts, new_execution, start_input, prev_status, step)
+        if rewound is not None:  # the rewritten history replaces the old one
+            rec.mode = "r"
+            rec.events[:0] = [self._persisted(inst.iid, e, rec, step) for e in rewound.prefix]
+            if not status.is_terminal:
+                rec.fields.update(output=b"", failure=b"")
         step.plan.records.append(rec)
         step.touched[inst.iid] = inst
         self._route_actions(inst, result, step, rec)
+        if incoming.terminate is not None and status == OrchestrationStatus.TERMINATED:
+            terminate_children(step, inst, inst.executor.history, incoming.terminate)
         if status.is_terminal:
             self._finish(inst, result, status, step)
 
@@ -181,6 +256,8 @@ class OrchestrationHalf:
         inst.parent = unpack_record(parent) if parent else None
         notify = get(b"notify")
         inst.notify = unpack_record(notify) if notify else None
+        pending = get(b"pending")
+        inst.pending_events = unpack_record(pending) if pending else []
         if inst.status in (OrchestrationStatus.RUNNING, OrchestrationStatus.SUSPENDED) and history:
             executor = self._new_executor(iid)
             executor.replay(history)
@@ -191,27 +268,59 @@ class OrchestrationHalf:
         return OrchestrationExecutor(iid, self.registry.orchestrators.get, self.name_of, self.context_factory)
 
     # -- one instance's step, along its seams ---------------------------------------------------
-    def _incoming(self, inst: Instance, msgs: list[Message], step: StepState) -> _Incoming:
-        """Turn the messages into history events: a start (re)creates the executor."""
+    def _incoming(self, inst: Instance, msgs: list[Message], step: StepState, ts: int) -> _Incoming:
+        """Turn the messages into history events: a start (re)creates the executor, a rewind
+        revives a failed one."""
         incoming = _Incoming()
         for msg in msgs:
             kind = msg["kind"]
+            if kind == ev.MSG_REWIND and incoming.rewound is None:
+                rewound, record, start = self.rewinder.apply(inst, msg, inst.loaded, step, ts)
+                if record is not None:
+                    step.plan.records.append(record)
+                    step.touched[inst.iid] = inst
+                if rewound is not None and not incoming.events:
+                    incoming.rewound = rewound
+                if start is None:
+                    continue
+                msg = start
+                kind = ev.MSG_START
+            sender = msg.get("from") if kind == ev.MSG_TERMINATE else None
+            if sender is not None and not from_its_parent(inst, sender):
+                continue  # passed on by a parent this instance does not belong to
+            if kind == ev.MSG_TERMINATE and msg.get("recursive"):
+                incoming.terminate = msg
             if kind == ev.MSG_START:
                 if self._accept_start(inst, msg, step):
                     incoming.start = msg
                     incoming.start_input = msg.get("input")
-                    incoming.events = [_started_event(msg, inst), *_carried_events(msg)]
+                    early = [*inst.pending_events, *incoming.held]  # raised before it started
+                    inst.pending_events, incoming.held = [], []
+                    incoming.events = [_started_event(msg, inst), *_carried_events(msg), *early]
                 continue
             if kind == ev.MSG_TERMINATE and not inst.running and inst.status == OrchestrationStatus.PENDING:
                 # terminated before it started (e.g. a scheduled start): it never runs
                 incoming.terminated_pending = self._terminate_pending(inst, msg, step)
                 continue
             if not inst.running:
+                if kind == ev.MSG_EVENT and inst.status == OrchestrationStatus.PENDING:
+                    # a scheduled start has not run yet: the event waits for it (as a started
+                    # instance buffers an event it does not wait for yet)
+                    held = _to_event(msg, inst.exec)
+                    if held is not None:
+                        incoming.held.append(held)
                 continue
             event = _to_event(msg, inst.exec)
             if event is not None:
                 incoming.events.append(event)
         return incoming
+
+    def _hold(self, inst: Instance, held: list[ev.Event], step: StepState) -> RecordWrite:
+        """Keep events raised to an instance whose start has not run yet, in its record."""
+        inst.pending_events = [*inst.pending_events, *held]
+        rec = RecordWrite(step.keys.instance(inst.iid), step.keys.history(inst.iid), inst.version)
+        rec.fields["pending"] = pack_record(inst.pending_events)
+        return rec
 
     def _accept_start(self, inst: Instance, msg: Message, step: StepState) -> bool:
         if inst.running:
@@ -246,7 +355,7 @@ class OrchestrationHalf:
             self._route_actions(inst, result, step)
             restarts += 1
             data, carried = result.continue_as_new
-            self.entities.on_orchestration_end(step, inst)
+            self._end_execution(inst, step)
             inst.executor = self._new_executor(inst.iid)
             inst.exec = uuid.uuid4().hex
             new_execution = True
@@ -277,7 +386,7 @@ class OrchestrationHalf:
             ],
         }
         step.route(inst.iid, start)
-        self.entities.on_orchestration_end(step, inst)
+        self._end_execution(inst, step)
         inst.executor = None
         return OrchestrationStatus.RUNNING
 
@@ -330,7 +439,13 @@ class OrchestrationHalf:
         f["updated"] = ts
         if new_execution:
             f.update(
-                name=inst.name, exec=inst.exec, created=inst.created, output=b"", failure=b"", custom=b""
+                name=inst.name,
+                exec=inst.exec,
+                created=inst.created,
+                output=b"",
+                failure=b"",
+                custom=b"",
+                pending=b"",
             )
             f["input"] = self._offload(inst.iid, start_input, rec, step) or b""
             f["parent"] = pack_record(inst.parent) if inst.parent else b""
@@ -347,6 +462,10 @@ class OrchestrationHalf:
         if status != prev_status or new_execution:
             rec.channel = self.store.keys.status_channel(inst.iid)
             rec.message = status.value
+        if status.is_terminal:
+            step.plan.finished[inst.iid] = ts  # retention counts from here
+        elif new_execution or prev_status == OrchestrationStatus.FAILED:
+            step.plan.finished[inst.iid] = None
         return rec
 
     def _finish(
@@ -362,17 +481,29 @@ class OrchestrationHalf:
             reply_to_parent(step, inst.parent, result.output if completed else None, failure)
         if inst.notify:
             notify_end(step, inst.iid, inst.notify, status)
-        self.entities.on_orchestration_end(step, inst)
+        self._end_execution(inst, step)
         inst.executor = None
+
+    def _end_execution(self, inst: Instance, step: StepState) -> None:
+        """An execution ends (finished, or continued as new): release its entity locks and drop
+        its pending timers (they could only fire into nothing)."""
+        self.entities.on_orchestration_end(step, inst)
+        if inst.executor is not None:
+            for tid in open_timers(inst.executor.history):
+                step.plan.delete_timers.append(f"t|{inst.iid}|{inst.exec}|{tid}")
 
     def _terminate_pending(self, inst: Instance, msg: Message, step: StepState) -> RecordWrite:
         inst.status = OrchestrationStatus.TERMINATED
         rec = RecordWrite(step.keys.instance(inst.iid), step.keys.history(inst.iid), inst.version, mode="r")
-        rec.fields.update(status=inst.status.value, updated=step.now, output=msg.get("output") or b"")
+        rec.fields.update(
+            status=inst.status.value, updated=step.now, output=msg.get("output") or b"", pending=b""
+        )
         rec.events = [
             pack_record({"k": ev.EXECUTION_TERMINATED, "eid": 0, "ts": step.now, "output": msg.get("output")})
         ]
         rec.channel, rec.message = self.store.keys.status_channel(inst.iid), inst.status.value
+        step.plan.delete_timers.append(f"start|{inst.iid}|{inst.exec}")  # its scheduled start
+        step.plan.finished[inst.iid] = step.now
         return rec
 
     # -- payloads ------------------------------------------------------------------------------
@@ -411,6 +542,9 @@ class OrchestrationHalf:
                     "name": action["name"],
                     "input": self._offload(inst.iid, action.get("input"), rec, step),
                 }
+                for key in _ACTIVITY_OPTIONS:  # time limits; a retry's call, attempt, details
+                    if action.get(key) is not None:
+                        body[key] = action[key]
                 step.plan.outbox.append({"dst": self.store.keys.tasks, "m": pack_record(body)})
             elif kind == ev.TIMER_CREATED:
                 body = {
@@ -422,6 +556,8 @@ class OrchestrationHalf:
                 }
                 member = f"t|{inst.iid}|{inst.exec}|{action['tid']}"
                 step.plan.timers.append((int(action["fire_at"]), member, pack_record(body)))
+            elif kind == ev.SUB_CREATED and action.get("redo"):
+                step.route(str(action["iid"]), redo_child(inst, action))
             elif kind == ev.SUB_CREATED:
                 child = str(action["iid"])
                 start = {
@@ -514,6 +650,8 @@ def _to_event(msg: dict[str, Any], exec_id: str) -> ev.Event | None:
             event["failure"] = msg["failure"]
         if "fire_at" in msg:
             event["fire_at"] = msg["fire_at"]
+        if isinstance(msg.get("details"), bytes):
+            event["details"] = msg["details"]  # an activity's last heartbeat details
         return event
     if kind == ev.MSG_EVENT:
         return {"k": ev.EVENT_RAISED, "name": str(msg.get("name", "")), "input": msg.get("input")}

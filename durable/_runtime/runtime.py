@@ -19,6 +19,7 @@ from .._config import WorkerConfig
 from .._core.context import OrchestrationContext
 from .._core.registry import Registry, name_of
 from .._store.store import Store, SyncLeaseRenewer
+from .._store.workitems import WorkItemStore
 from .activities import ActivityRunner
 from .cache import InstanceCache
 from .clock import Clock
@@ -26,9 +27,13 @@ from .entity_step import EntityHalf
 from .leases import LeaseTable
 from .orchestration_step import Instance, OrchestrationHalf
 from .partition import PartitionRunner
+from .remote import RemoteOrchestrations
 from .telemetry import Telemetry
 
 log = logging.getLogger("durable.worker")
+
+#: the worker ids of ``durable sidecar`` processes start with this
+SIDECAR_PREFIX = "sidecar-"
 
 
 def _rendezvous(partition: int, workers: list[str]) -> str:
@@ -56,6 +61,8 @@ class Runtime:
         self.leases = LeaseTable(config.lease_ttl_ms, self.metrics, self._stop_runner)
         self.cache: InstanceCache[Instance] = InstanceCache(config.cache_size, self.metrics)
         self.entities = EntityHalf(store=store, registry=registry, metrics=self.metrics)
+        #: instances whose code runs in remote executors (Durable Task SDK workers via the sidecar)
+        self.remote = RemoteOrchestrations(WorkItemStore(store), registry)
         self.orchestrations = OrchestrationHalf(
             store=store,
             registry=registry,
@@ -65,7 +72,10 @@ class Runtime:
             entities=self.entities,
             context_factory=OrchestrationContext,
             name_of=name_of,
+            remote=self.remote,
         )
+        #: False: this process runs no activities of its own (``durable sidecar``)
+        self.run_activities = True
         self.runners: dict[int, PartitionRunner] = {}
         self.draining = False
         self.stopped = anyio.Event()
@@ -133,7 +143,8 @@ class Runtime:
         thread.start()
         try:
             async with anyio.create_task_group() as tg:
-                await tg.start(self.activities.run)
+                if self.run_activities:
+                    await tg.start(self.activities.run)
                 self._tg = tg
                 tg.start_soon(self._balance_loop, tg)
                 task_status.started()
@@ -214,7 +225,9 @@ class Runtime:
         if self.worker_id not in live:
             live.append(self.worker_id)
         holders = await self.store.lease_holders()
-        mine = {p for p in range(self.store.partitions) if _rendezvous(p, live) == self.worker_id}
+        # a sidecar runs no code of its own: where workers that do are live, they own the partitions
+        owners = [w for w in live if not w.startswith(SIDECAR_PREFIX)] or live
+        mine = {p for p in range(self.store.partitions) if _rendezvous(p, owners) == self.worker_id}
         owned = set(self.owned_partitions())
         for p in owned - mine:
             runner = self.runners.get(p)

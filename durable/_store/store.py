@@ -85,6 +85,8 @@ class CommitPlan:
     state: dict[str, str] = field(default_factory=dict)
     #: entries for the partition's dead-letter stream, written by the same script as the rest
     dead_letters: list[dict[str, bytes | str]] = field(default_factory=list)
+    #: the finished-instance index: instance id -> when it finished (ms), or None to remove it
+    finished: dict[str, int | None] = field(default_factory=dict)
     trim: bool = True
 
 
@@ -357,6 +359,12 @@ class Store:
             args.append(DEAD_LETTER_MAXLEN)
             for entry in plan.dead_letters:
                 args.extend(_flat(entry))
+        args.append(len(plan.finished))
+        if plan.finished:
+            keys.append(pk.finished)
+            args.append(len(keys))
+            for member, finished_ms in plan.finished.items():
+                args.extend((member, "" if finished_ms is None else finished_ms))
         args.append("1" if plan.trim else "0")
         args.append("1" if self.audit else "0")
         if self.audit:
@@ -592,7 +600,14 @@ class Store:
         blob_set = pk.blobs(instance_id)
         while True:
             blobs = sorted(b.decode() for b in await self.redis.smembers(blob_set))
-            keys = [pk.instance(instance_id), pk.history(instance_id), pk.instances, blob_set, *blobs]
+            keys = [
+                pk.instance(instance_id),
+                pk.history(instance_id),
+                pk.instances,
+                blob_set,
+                pk.finished,
+                *blobs,
+            ]
             res = int(await self._call_script(self._purge, keys, [instance_id, len(blobs)]))
             if res != -2:
                 return res

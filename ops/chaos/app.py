@@ -7,8 +7,9 @@ accounts). Lease and visibility timings are short so faults heal within seconds.
 Run by the harness as ``python -m durable worker ops.chaos.app:worker``.
 
 Every activity execution appends one line to the side-effect ledger *before* it returns:
-``idempotency_key <TAB> logical id <TAB> attempt <TAB> pid``. The harness reads the ledger to
-count real executions without trusting anything the engine records.
+``idempotency_key <TAB> logical id <TAB> delivery <TAB> pid`` (``delivery``: how often this attempt
+was delivered, more than 1 after a worker died running it). The harness reads the ledger to count
+real executions without trusting anything the engine records.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _record(ctx: ActivityContext, logical_id: str) -> None:
     global _ledger
     if _ledger is None:
         _ledger = redis.Redis.from_url(os.environ["LEDGER_URL"])
-    line = f"{ctx.idempotency_key}\t{logical_id}\t{ctx.attempt}\t{os.getpid()}"
+    line = f"{ctx.idempotency_key}\t{logical_id}\t{ctx.delivery}\t{os.getpid()}"
     for attempt in range(50):  # the ledger server is never faulted; retry only transient errors
         try:
             _ledger.rpush(_LEDGER_KEY, line)

@@ -177,6 +177,8 @@ COMMANDS = [
             "suspend",
             "resume",
             "purge",
+            "rewind",
+            "restart",
         )
     ),
     ["entity"],
@@ -500,6 +502,49 @@ def test_raise_event_suspend_resume_terminate_purge(cli: Callable[..., Result]) 
     assert cli("orchestration", "describe", iid)[0] == 1
 
 
+def test_rewind_restart_and_purge_by_filter(cli: Callable[..., Result]) -> None:
+    failed = f"broken-{uuid.uuid4().hex[:8]}"
+    cli("orchestration", "start", "broken", "--id", failed)
+    _wait_completed(cli, failed, "FAILED")
+    code, out, _ = cli("orchestration", "rewind", failed, "--reason", "try again")
+    assert code == 0 and "Rewound" in out  # applied (the broken code fails again by itself)
+    kinds = [e["kind"] for e in _json(cli("orchestration", "history", failed, "--output", "json"))]
+    assert kinds.count("ExecutionRewound") == 1
+
+    done = f"greet-{uuid.uuid4().hex[:8]}"
+    cli("orchestration", "start", "greetings", "--id", done, "--input", '["Ada"]', "--wait")
+    code, _, err = cli("orchestration", "rewind", done)
+    assert code == 1 and "only a FAILED" in err
+    assert _json(cli("orchestration", "restart", done, "--output", "json")) == {
+        "instance_id": done,
+        "restarted": done,
+    }
+    _wait_completed(cli, done)
+    copy = _json(cli("orchestration", "restart", done, "--new-id", "--output", "json"))["instance_id"]
+    assert copy != done and _wait_completed(cli, copy)["input"] == ["Ada"]
+
+    code, _, err = cli("orchestration", "purge")
+    assert code == 2 and "filters" in err
+    code, _, err = cli("orchestration", "purge", done, "--status", "COMPLETED")
+    assert code == 2 and "not both" in err
+    code, _, err = cli("orchestration", "purge", "--status", "RUNNING")
+    assert code == 2 and "terminal" in err
+    code, _, err = cli("orchestration", "purge", "--older-than", "soon")
+    assert code == 2 and "duration" in err
+    code, out, _ = cli(
+        "orchestration", "purge", "--status", "FAILED", "--name", "broken", "--older-than", "1h"
+    )
+    assert code == 0 and out.strip() == "Purged 0 orchestrations."  # none is that old
+    assert (
+        _json(cli("orchestration", "purge", "--status", "FAILED", "--name", "broken", "--output", "json"))[
+            "purged"
+        ]
+        >= 1
+    )
+    assert cli("orchestration", "describe", failed)[0] == 1
+    assert cli("orchestration", "purge", done, "--no-recursive")[0] == 0
+
+
 @pytest.mark.parametrize("fmt", ["table", "json"])
 def test_not_found_exits_1(cli: Callable[..., Result], fmt: str) -> None:
     missing = f"missing-{uuid.uuid4().hex[:8]}"
@@ -510,6 +555,8 @@ def test_not_found_exits_1(cli: Callable[..., Result], fmt: str) -> None:
         ["suspend", missing],
         ["resume", missing],
         ["purge", missing],
+        ["rewind", missing],
+        ["restart", missing],
     ):
         code, out, err = cli("orchestration", *args, "--output", fmt)
         assert code == 1, args

@@ -784,3 +784,53 @@ async def test_dashboard_page_is_served(redis_url: str, hub: str) -> None:
         html = reply.body.decode()
         assert 'id="instances-table"' in html and 'id="history-timeline"' in html
         assert "http://" not in html and "https://" not in html  # self-contained, no CDN
+
+
+async def test_lifecycle_routes(redis_url: str, hub: str) -> None:
+    async with ops_stack(redis_url, hub) as ops:
+        client = ops.client
+        broken_id = (await ops.post("/v1/orchestrations/broken")).json()["instance_id"]
+        done_id = (await ops.post("/v1/orchestrations/greetings", json_body=["Ada"])).json()["instance_id"]
+        for iid in (broken_id, done_id):
+            await client.wait_for_orchestration_completion(iid, timeout=20)
+
+        # rewind: the broken code fails again by itself, but the rewind was applied
+        reply = await ops.post(f"/v1/orchestrations/{broken_id}/rewind", json_body={"reason": "retry"})
+        assert reply.status == 200 and reply.json()["applied"] is True
+        history = (await ops.get(f"/v1/orchestrations/{broken_id}/history")).json()
+        assert [e["kind"] for e in history].count("ExecutionRewound") == 1
+        reply = await ops.post(f"/v1/orchestrations/{done_id}/rewind")
+        assert reply.status == 409 and reply.json()["error"] == "cannot_rewind"
+        assert (await ops.post("/v1/orchestrations/nope/rewind")).status == 404
+
+        # restart: under the same id, and under a new one
+        reply = await ops.post(f"/v1/orchestrations/{done_id}/restart")
+        assert reply.status == 202 and reply.json() == {"instance_id": done_id, "restarted": done_id}
+        again = await client.wait_for_orchestration_completion(done_id, timeout=20)
+        assert again.output == ["Hello Ada!"]
+        reply = await ops.post(f"/v1/orchestrations/{done_id}/restart?new_instance_id=true")
+        new_id = reply.json()["instance_id"]
+        assert reply.status == 202 and new_id != done_id and reply.headers["location"].endswith(new_id)
+        assert (await client.wait_for_orchestration_completion(new_id, timeout=20)).input == ["Ada"]
+        await ops.post("/v1/orchestrations/approval?instance_id=life-wait")
+        await client.wait_for_orchestration_start("life-wait", timeout=20)
+        assert (await ops.post("/v1/orchestrations/life-wait/restart")).status == 409
+        assert (await ops.post("/v1/orchestrations/life-wait/restart?new_instance_id=maybe")).status == 400
+
+        # terminate without its sub-orchestrations; purge by filter
+        assert (await ops.post("/v1/orchestrations/life-wait/terminate?recursive=false")).status == 202
+        await client.wait_for_orchestration_completion("life-wait", timeout=20)
+        reply = await ops.post("/v1/orchestrations/purge", json_body={"status": ["RUNNING"]})
+        assert reply.status == 400 and reply.json()["error"] == "invalid_status"
+        reply = await ops.post("/v1/orchestrations/purge", json_body={"status": "nope"})
+        assert reply.status == 400
+        reply = await ops.post("/v1/orchestrations/purge", json_body={"created_to": "yesterday"})
+        assert reply.status == 400 and reply.json()["error"] == "invalid_body"
+        reply = await ops.post(
+            "/v1/orchestrations/purge", json_body={"status": ["COMPLETED"], "name": "greetings"}
+        )
+        assert reply.status == 200 and reply.json() == {"purged": 2}
+        assert (await ops.get(f"/v1/orchestrations/{done_id}")).status == 404
+        reply = await ops.post("/v1/orchestrations/purge", json_body={})
+        assert reply.status == 200 and reply.json() == {"purged": 2}  # the failed and the terminated one
+        assert await client.get_orchestration_state(broken_id) is None

@@ -65,18 +65,37 @@ def test_readme_entity_example_runs(redis_url: str, hub: str, tmp_path: Path) ->
     assert out.stdout.split("\n")[:4] == ["COMPLETED", "FAILED", "balances 6 14", "visits 1"]
 
 
-def test_readme_schedule_example_runs(redis_url: str, hub: str, tmp_path: Path) -> None:
+def _run_block(marker: str, redis_url: str, hub: str, tmp_path: Path) -> list[str]:
     text = (REPO / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    example = next(b for b in blocks if "create_schedule" in b)
-    script = tmp_path / "schedules.py"
-    script.write_text(example)
+    script = tmp_path / "example.py"
+    script.write_text(next(b for b in blocks if marker in b))
     env = dict(os.environ, DURABLE_REDIS_URL=redis_url, DURABLE_HUB=hub, PYTHONPATH=str(REPO))
     out = subprocess.run(
         [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
     )
     assert out.returncode == 0, out.stderr
-    next_run, output, triggered = out.stdout.splitlines()[:3]
+    return out.stdout.splitlines()
+
+
+def test_readme_retry_and_timeout_example_runs(redis_url: str, hub: str, tmp_path: Path) -> None:
+    lines = _run_block("heartbeat_details", redis_url, hub, tmp_path)
+    assert len(lines) == 2 and lines[1] == "declined"
+    assert "attempt 3" in lines[0] and ":0, attempt" in lines[0]  # one key: the call's first task
+    assert "imported rows 1 to 1000" in lines[0]
+
+
+def test_readme_lifecycle_example_runs(redis_url: str, hub: str, tmp_path: Path) -> None:
+    assert _run_block("rewind_orchestration", redis_url, hub, tmp_path) == [
+        "FAILED True",
+        "courier booked with label for parcel-7",
+        "courier booked with label for parcel-7",
+        "0",
+    ]
+
+
+def test_readme_schedule_example_runs(redis_url: str, hub: str, tmp_path: Path) -> None:
+    next_run, output, triggered = _run_block("create_schedule", redis_url, hub, tmp_path)[:3]
     when = datetime.fromisoformat(next_run).astimezone(ZoneInfo("Europe/Amsterdam"))
     assert (when.hour, when.minute) == (2, 0)
     assert output == "exported to logs"

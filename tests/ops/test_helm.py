@@ -250,6 +250,15 @@ def test_existing_secret(render: Render) -> None:
     ]
 
 
+def test_sidecar_switch(render: Render) -> None:
+    manifests = render(DEFAULTS, sets=["sidecar.enabled=true", "sidecar.port=4002"])
+    container = worker(manifests)
+    assert container["args"] == ["sidecar", "--host", "0.0.0.0", "--port", "4002", "--ops-port", "9464"]
+    assert {"name": "grpc", "containerPort": 4002, "protocol": "TCP"} in container["ports"]
+    ports = one(manifests, "Service")["spec"]["ports"]
+    assert {"name": "grpc", "port": 4002, "targetPort": "grpc", "protocol": "TCP"} in ports
+
+
 def test_custom_resources(render: Render) -> None:
     manifests = render(CUSTOM_RESOURCES)
     deployment = one(manifests, "Deployment")

@@ -661,8 +661,13 @@ def flaky(ctx: Any, _: Any) -> Any:
     return (yield ctx.call_activity("flaky", input="x", retry_policy=RETRY))
 
 
-def retry_timer(tid: int, fire_at: int, ts: int) -> ev.Event:
-    return {"k": ev.TIMER_CREATED, "fire_at": fire_at, "retry": True, "tid": tid, "ts": ts}
+def retry_timer(tid: int, fire_at: int, ts: int, call: int = 0) -> ev.Event:
+    return {"k": ev.TIMER_CREATED, "fire_at": fire_at, "retry": True, "call": call, "tid": tid, "ts": ts}
+
+
+def retry_scheduled(tid: int, attempt: int, ts: int, call: int = 0) -> ev.Event:
+    """A retry of call ``call``: the same call id (stable idempotency key), its attempt number."""
+    return {**task_scheduled(tid, "flaky", "x"), "call": call, "attempt": attempt, "ts": ts}
 
 
 def test_failed_attempt_schedules_a_retry_timer_then_a_new_attempt(runner: Callable[..., Run]) -> None:
@@ -674,7 +679,7 @@ def test_failed_attempt_schedules_a_retry_timer_then_a_new_attempt(runner: Calla
     assert without_eid(failed.actions) == [retry_timer(1, T1 + 5_000, T1)]
 
     retry = run.step(T1 + 5_000, timer_fired(1, T1 + 5_000))
-    assert without_eid(retry.actions) == [{**task_scheduled(2, "flaky", "x"), "ts": T1 + 5_000}]
+    assert without_eid(retry.actions) == [retry_scheduled(2, 2, T1 + 5_000)]
 
     done = run.step(T1 + 6_000, task_completed(2, "finally"))
     assert done.status == Status.COMPLETED
@@ -686,16 +691,12 @@ def test_exhausted_retries_fail_the_call(runner: Callable[..., Run]) -> None:
     run.start()
     assert without_eid(run.step(T1, task_failed(0, "boom 1")).actions) == [retry_timer(1, T1 + 5_000, T1)]
     t = T1 + 5_000
-    assert without_eid(run.step(t, timer_fired(1, t)).actions) == [
-        {**task_scheduled(2, "flaky", "x"), "ts": t}
-    ]
+    assert without_eid(run.step(t, timer_fired(1, t)).actions) == [retry_scheduled(2, 2, t)]
     # the second wait doubles (backoff coefficient 2)
     t += 1_000
     assert without_eid(run.step(t, task_failed(2, "boom 2")).actions) == [retry_timer(3, t + 10_000, t)]
     t += 10_000
-    assert without_eid(run.step(t, timer_fired(3, t)).actions) == [
-        {**task_scheduled(4, "flaky", "x"), "ts": t}
-    ]
+    assert without_eid(run.step(t, timer_fired(3, t)).actions) == [retry_scheduled(4, 3, t)]
 
     t += 1_000
     result = run.step(t, task_failed(4, "boom 3", "IOError"))  # the third and last attempt
