@@ -157,13 +157,20 @@ def test_cli_errors(cli: Callable[..., Result]) -> None:
         assert code == 1 and "no schedule with id 'missing'" in err, action
 
 
-def _http(env: tuple[str, str], method: str, path: str, body: Any = None, query: str = "") -> tuple[int, Any]:
+def _http(
+    env: tuple[str, str],
+    method: str,
+    path: str,
+    body: Any = None,
+    query: str = "",
+    content_type: str = "application/json",
+) -> tuple[int, Any]:
     async def call() -> tuple[int, Any]:
         async with AsyncClient(*env) as client:
             app = OpsApp(None, client, None)
             segments = path.strip("/").split("/")
             params = {k: [v] for k, v in (p.split("=") for p in query.split("&") if p)}
-            headers = {"content-type": "application/json"}
+            headers = {"content-type": content_type} if content_type else {}
             data = b"" if body is None else json.dumps(body).encode()
             response = await app.handle(Request(method, path, segments, params, headers, data))
             return response.status, json.loads(response.body)
@@ -223,3 +230,8 @@ def test_http_errors(env: tuple[str, str]) -> None:
     assert status == 400 and error["error"] == "invalid_status"
     assert _http(env, "PATCH", "/v1/schedules/none-such", {"input": 1})[0] == 404
     assert _http(env, "PUT", "/v1/schedules/none-such", {"input": 1})[0] == 405
+    # writes follow the ops server's rules: a declared JSON body
+    body = {"schedule_id": "form", "orchestration": "job", "interval": 5}
+    assert _http(env, "POST", "/v1/schedules", body, content_type="text/plain")[0] == 415
+    assert _http(env, "POST", "/v1/schedules/form/trigger", content_type="")[0] == 415
+    assert _http(env, "GET", "/v1/schedules/form")[0] == 404
