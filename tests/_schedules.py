@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import time
-from collections.abc import Callable
-from typing import Any
+
+from _poll import wait_until
 
 from durable import ScheduleDescription
 from durable._core.calendar import slot_id
 
+__all__ = ["SECOND", "run_id", "slot_of", "wait_until"]
+
 SECOND = dt.timedelta(seconds=1)
 SLOT_ID = re.compile(r"^(?P<sid>[^@]+)@(?P<at>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)$")
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Wait for a condition only observable by polling (a schedule's counters, a lease)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def slot_of(instance_id: str) -> dt.datetime:

@@ -26,6 +26,7 @@ from .._core.entities import (
     EntityRecord,
     held_locks,
 )
+from .._core.remote_entities import RemoteEntityBatch
 from .._core.serialization import pack_record
 from .._store.keys import partition_of
 from .._store.store import RecordWrite
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from .._core.registry import Registry
     from .._store.store import Store
     from .orchestration_step import Instance
+    from .remote import RemoteRoutes
     from .telemetry import Telemetry
 
 log = logging.getLogger("durable.entities")
@@ -76,6 +78,14 @@ class EntityHalf:
         self.registry = registry
         self.metrics = metrics
         self._steps: weakref.WeakKeyDictionary[StepState, _StepEntities] = weakref.WeakKeyDictionary()
+        #: which entities remote executors run (set by the runtime; None: no remote execution)
+        self.routes: RemoteRoutes | None = None
+
+    def _remote(self, name: str) -> bool:
+        """Whether the entity ``name`` runs in a remote executor (not registered here)."""
+        if name in self.registry.entities or self.routes is None:
+            return False
+        return self.routes.can_run_entity(name)
 
     def _step(self, step: StepState) -> _StepEntities:
         st = self._steps.get(step)
@@ -91,6 +101,10 @@ class EntityHalf:
         st = self._step(step)
         if not entity_ids:
             return
+        if self.routes is not None:  # an executor may have just connected: re-read the table
+            names = {t[1:].partition("@")[0].lower() for t in entity_ids}
+            if any(n not in self.registry.entities and not self._remote(n) for n in names):
+                await self.routes.refresh()
         keys: list[str] = []
         for target in entity_ids:
             keys.append(step.keys.entity(target))
@@ -121,8 +135,14 @@ class EntityHalf:
         if loaded is None:  # not announced to ensure_loaded: treat as new (the version check guards it)
             loaded = st.entities[target] = _Loaded(EntityRecord(), {}, {})
         impl = self.registry.entities.get(entity_id.name)
-        batch = EntityBatch(entity_id, impl, loaded.record, step.now, self.dedup_window, self.dedup_seconds)
+        remote = impl is None and self._remote(entity_id.name)
+        kind = RemoteEntityBatch if remote else EntityBatch
+        batch = kind(entity_id, impl, loaded.record, step.now, self.dedup_window, self.dedup_seconds)
         result = batch.run(msgs)
+        if isinstance(batch, RemoteEntityBatch) and batch.dispatched and self.routes is not None:
+            body = {"eid": target, "token": batch.dispatched, "name": entity_id.name}
+            dst = self.routes.workitems.keys.entities
+            step.plan.outbox.append({"dst": dst, "m": pack_record(body)})
         loaded.dirty = True
         loaded.deleted = result.deleted
         for msg in result.out:
@@ -133,7 +153,7 @@ class EntityHalf:
         step.notes.extend(result.notes)
         for _ in range(result.duplicates):
             self.metrics.duplicate_dropped()
-        if impl is not None:
+        if impl is not None or remote:
             for _ in range(result.completed):
                 self.metrics.entity_operation(entity_id.name, "completed")
             for _ in range(result.failed):
@@ -210,6 +230,9 @@ class EntityHalf:
             }
             if kind == ev.ENTITY_CALLED:
                 msg["rid"], msg["orch"] = action["rid"], inst.iid
+            elif action.get("at") is not None:  # a delayed signal (Durable Task SDK orchestrations)
+                msg["at"] = int(action["at"])
+                msg["id"] = str(action.get("rid") or f"{inst.iid}:{action['tid']}")
             if action.get("cs"):
                 msg["cs"] = action["cs"]
             step.route(target, msg)
@@ -223,14 +246,18 @@ class EntityHalf:
             # every action kind the executor can produce is routed above or by the partition
             raise ValueError(f"no route for orchestration action {kind!r}")
 
-    def on_orchestration_end(self, step: StepState, inst: Instance) -> None:
+    def on_orchestration_end(
+        self, step: StepState, inst: Instance, history: list[ev.Event] | None = None
+    ) -> None:
         """Release the locks an ending execution still holds or waits for (sent at flush, after the
-        step's other messages, so a release never overtakes its own lock request)."""
-        executor = inst.executor
-        if executor is None:
-            return
+        step's other messages, so a release never overtakes its own lock request). ``history``:
+        the execution's history when it has no local executor (remote execution)."""
+        if history is None:
+            if inst.executor is None:
+                return
+            history = inst.executor.history
         st = self._step(step)
-        for rid, locks, granted in held_locks(executor.history):
+        for rid, locks, granted in held_locks(history):
             if not locks:
                 continue
             if granted:  # every entity holds the lock: release them all at once

@@ -42,6 +42,9 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "durable_replay_cache_size": ("gauge", ()),
     "durable_nondeterminism_errors_total": ("counter", ("name",)),
     "durable_worker_slots": ("gauge", ("state",)),
+    "durable_agent_model_calls_total": ("counter", ("agent", "status")),
+    "durable_agent_tool_calls_total": ("counter", ("agent", "tool", "status")),
+    "durable_agent_approvals_waiting": ("gauge", ("agent",)),
     "durable_build_info": ("gauge", ("version", "python")),
 }
 
@@ -69,6 +72,9 @@ ATTRIBUTES: dict[str, str] = {
     "durable_replay_cache_size": "REPLAY_CACHE_SIZE",
     "durable_nondeterminism_errors_total": "NONDETERMINISM_ERRORS",
     "durable_worker_slots": "WORKER_SLOTS",
+    "durable_agent_model_calls_total": "AGENT_MODEL_CALLS",
+    "durable_agent_tool_calls_total": "AGENT_TOOL_CALLS",
+    "durable_agent_approvals_waiting": "AGENT_APPROVALS_WAITING",
     "durable_build_info": "BUILD_INFO",
 }
 
