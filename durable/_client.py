@@ -30,6 +30,7 @@ from ._core.serialization import decode, encode, pack_record
 from ._loop import LoopThread
 from ._query import AsyncQueries, SyncQueries, resolved, state_from
 from ._runtime import tracing
+from ._runtime.schedule_client import AsyncScheduleMethods, ScheduleMethods
 from ._store import lifecycle
 from ._store.store import Store
 
@@ -39,8 +40,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-class AsyncClient(AsyncQueries):
-    """Starts, queries and controls orchestrations (and signals entities) of one hub."""
+class AsyncClient(AsyncQueries, AsyncScheduleMethods):
+    """Starts, queries and controls orchestrations (and signals entities, and manages schedules) of
+    one hub."""
 
     def __init__(
         self, redis_url: str | None = None, hub: str | None = None, *, durability: str | None = None
@@ -361,7 +363,7 @@ async def _with_trace_context(captured: Any, make: Callable[[], Coroutine[Any, A
         return await make()
 
 
-class Client(SyncQueries):
+class Client(SyncQueries, ScheduleMethods):
     """Synchronous client; the same methods as :class:`AsyncClient`, blocking."""
 
     _async: AsyncClient

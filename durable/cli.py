@@ -34,7 +34,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from ._cli import doctor, entity, hub, orchestration
+from ._cli import doctor, entity, hub, orchestration, schedule
 from ._cli.common import (
     EXIT_CODES_HELP,
     EXIT_FAILURE,
@@ -270,6 +270,7 @@ def _register_operator_commands(parser: argparse.ArgumentParser, commands: Comma
     parser.epilog = f"{parser.epilog or ''}\n\n{EXIT_CODES_HELP}".lstrip()
     orchestration.register(commands)
     entity.register(commands)
+    schedule.register(commands)
     leaf(
         commands,
         "reindex",

@@ -113,6 +113,8 @@ class EntityContext:
         self._dirty = False
         self._deleted = False
         self._actions: list[dict[str, Any]] = []
+        #: observations for the worker's metrics (kind, value); kept only if the operation succeeds
+        self._notes: list[tuple[str, Any]] = []
 
     def _begin(self, operation: str, state: bytes | None) -> None:
         self._operation = operation
@@ -122,6 +124,15 @@ class EntityContext:
         self._dirty = False
         self._deleted = False
         self._actions = []
+        self._notes = []
+
+    def _emit(self, msg: dict[str, Any]) -> None:
+        """Send a prepared message (with ``kind`` and ``target``) if this operation succeeds."""
+        self._actions.append(msg)
+
+    def _note(self, kind: str, value: Any) -> None:
+        """Leave an observation for the worker's metrics (counted once the step commits)."""
+        self._notes.append((kind, value))
 
     @property
     def entity_id(self) -> EntityId:
@@ -433,6 +444,8 @@ class BatchResult:
     deleted: bool = False
     #: failures of signals (nobody waits for them): (operation, details)
     signal_failures: list[tuple[str, FailureDetails]] = field(default_factory=list)
+    #: observations of the operations that succeeded, for the metrics (see EntityContext._note)
+    notes: list[tuple[str, Any]] = field(default_factory=list)
 
 
 def _persistable(msg: dict[str, Any]) -> dict[str, Any]:
@@ -631,6 +644,7 @@ class EntityBatch:
             for action in ctx._actions:
                 action["traceparent"] = traceparent
         result.out.extend(ctx._actions)
+        result.notes.extend(ctx._notes)
         if kind == ev.MSG_CALL:
             self._respond(msg, data, None)
 

@@ -27,6 +27,8 @@ Routes::
                    &continuation_token=               -> [{entity_id, name, key, last_modified_at[, state]}]
     GET    /v1/entities/{name}/{key}                  -> {"state": ...} | 404 | 501
     POST   /v1/entities/{name}/{key}/{operation}      body: input -> 202 | 501
+    GET|POST /v1/schedules, GET|PATCH|DELETE /v1/schedules/{id},
+    POST   /v1/schedules/{id}/pause|resume|trigger    recurring schedules (see durable._ops.schedules)
     GET    /v1/scale[?target_per_worker=N]            -> recommended worker count and its inputs
     GET    /v1/partitions                             -> owner, lease, backlog, timers per partition
     GET    /v1/workers                                -> live workers
@@ -100,6 +102,7 @@ from .http import (
     resolve_token,
     unauthorized,
 )
+from .schedules import ScheduleRoutes
 from .transport import serve
 from .views import history_event_json, state_json, to_json_value
 
@@ -201,6 +204,7 @@ class OpsApp:
             Route(("v1", "entities"), {"GET": self.list_entities}),
             Route(("v1", "entities", None, None), {"GET": self.get_entity}),
             Route(("v1", "entities", None, None, None), {"POST": self.signal_entity}),
+            *ScheduleRoutes(client).routes(),
             Route(("v1", "scale"), {"GET": self.scale}),
             Route(("v1", "partitions"), {"GET": self.partitions}),
             Route(("v1", "workers"), {"GET": self.workers}),

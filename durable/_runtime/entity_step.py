@@ -154,6 +154,7 @@ class EntityHalf:
         for at, member, msg in result.timers:
             step.plan.timers.append((at, member, pack_record(msg)))
         st.dead.extend(result.dead)
+        step.notes.extend(result.notes)
         for _ in range(result.duplicates):
             self.metrics.duplicate_dropped()
         if impl is not None or remote:

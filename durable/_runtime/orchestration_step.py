@@ -22,6 +22,7 @@ from .._core.model import FailureDetails, OrchestrationStatus
 from .._core.serialization import (
     BLOB_REF_PREFIX,
     LARGE_PAYLOAD_BYTES,
+    encode,
     is_blob_ref,
     pack_record,
     unpack_record,
@@ -78,6 +79,8 @@ class Instance:
     exec: str = ""
     created: int = 0
     parent: dict[str, Any] | None = None
+    #: an entity to signal when the instance ends: {"entity": id, "op": operation} (schedule runs)
+    notify: dict[str, Any] | None = None
     executor: OrchestrationExecutor | None = None
     last_ts: int = 0
     #: the instance's tags, as stored (:func:`durable._core.model.encode_tags`)
@@ -264,6 +267,8 @@ class OrchestrationHalf:
         started = next((e for e in history if e.get("k") == ev.EXECUTION_STARTED), None)
         if started is not None:
             inst.traceparent = started.get("traceparent")
+        notify = get(b"notify")
+        inst.notify = unpack_record(notify) if notify else None
         pending = get(b"pending")
         inst.pending_events = unpack_record(pending) if pending else []
         if inst.status in (OrchestrationStatus.RUNNING, OrchestrationStatus.SUSPENDED) and history:
@@ -364,6 +369,7 @@ class OrchestrationHalf:
         inst.exec = str(msg.get("exec") or uuid.uuid4().hex)
         inst.name = str(msg["name"])
         inst.parent = msg.get("parent")
+        inst.notify = msg.get("notify")
         inst.created = int(msg.get("created") or step.now)
         inst.tags = str(msg.get("tags") or "")
         inst.traceparent = msg.get("traceparent")
@@ -408,6 +414,7 @@ class OrchestrationHalf:
             "input": data,
             "exec": uuid.uuid4().hex,
             "parent": inst.parent,
+            "notify": inst.notify,
             "events": carried,
             "control": [
                 {"k": e["k"], "output": e.get("output"), "reason": e.get("reason")}
@@ -483,6 +490,7 @@ class OrchestrationHalf:
             f["input"] = self._offload(inst.iid, start_input, rec, step) or b""
             f["parent"] = pack_record(inst.parent) if inst.parent else b""
             f["tags"] = inst.tags
+            f["notify"] = pack_record(inst.notify) if inst.notify else b""
             rec.index, rec.index_member, rec.index_score = "i", inst.iid, inst.created
             step.started.append(inst)
         if result.custom_status_set:
@@ -512,6 +520,8 @@ class OrchestrationHalf:
                 None if completed else (result.failure or FailureDetails("terminated", "TerminatedError"))
             )
             reply_to_parent(step, inst.parent, result.output if completed else None, failure)
+        if inst.notify:
+            notify_end(step, inst.iid, inst.notify, status)
         self._end_execution(inst, step)
         self._after_commit(step, inst, inst.executor)
         inst.executor = None
@@ -638,6 +648,18 @@ def reply_to_parent(
     else:
         msg["failure"] = failure.to_record()
     step.route(parent["iid"], msg)
+
+
+def notify_end(
+    step: StepState, instance_id: str, notify: dict[str, Any], status: OrchestrationStatus
+) -> None:
+    """Signal the entity that asked to hear of the instance's end (as part of ``step``'s commit)."""
+    target = notify.get("entity")
+    if not isinstance(target, str) or not target.startswith("@"):
+        return
+    body = {"instance_id": instance_id, "status": status.value}
+    msg = {"kind": ev.MSG_SIGNAL, "target": target, "op": str(notify.get("op") or ""), "input": encode(body)}
+    step.route(target, msg)
 
 
 def _carried_events(start: Message) -> list[ev.Event]:

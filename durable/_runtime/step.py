@@ -42,6 +42,8 @@ class StepState:
     dead_lettered: list[str] = field(default_factory=list)
     #: what to do once the step has committed, and only then (emit spans and log lines)
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    #: what the step's entities observed for the metrics, e.g. schedule runs (counted once it commits)
+    notes: list[tuple[str, Any]] = field(default_factory=list)
     #: the step's messages by target (what the halves will process), for a look ahead in ``load``
     messages: dict[str, list[Message]] = field(default_factory=dict)
     #: instances addressed by a lifecycle command (rewind, recursive terminate) that needs their

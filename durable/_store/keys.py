@@ -140,6 +140,12 @@ class PartitionKeys:
         return f"{self.tag}:q:"
 
     @property
+    def schedules(self) -> str:
+        """Sorted set: the ids of the partition's schedules (their entities live here), scored by
+        creation time (ms)."""
+        return f"{self.tag}:schedules"
+
+    @property
     def dlq(self) -> str:
         """Stream: inbox messages rejected as malformed or poison, with the reason."""
         return f"{self.tag}:dlq"

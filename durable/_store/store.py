@@ -496,14 +496,16 @@ class Store:
             raise FencedError(f"partition {index}: lease lost")
         return int(attempts), int(left)
 
-    async def instance_brief(self, index: int, instance_id: str) -> tuple[int, str | None, int, bytes | None]:
-        """(version, status, history length, parent) without loading the history."""
+    async def instance_brief(
+        self, index: int, instance_id: str
+    ) -> tuple[int, str | None, int, bytes | None, bytes | None]:
+        """(version, status, history length, parent, notify) without loading the history."""
         pk = self.partition_keys(index)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(pk.instance(instance_id), "v", "status", "parent")
+        pipe.hmget(pk.instance(instance_id), "v", "status", "parent", "notify")
         pipe.llen(pk.history(instance_id))
-        (v, status, parent), length = await pipe.execute()
-        return int(v or 0), status.decode() if status else None, int(length), parent or None
+        (v, status, parent, notify), length = await pipe.execute()
+        return int(v or 0), status.decode() if status else None, int(length), parent or None, notify or None
 
     async def promote_timers(self, index: int, lease: str, limit: int = 500) -> tuple[int, int | None, int]:
         pk = self.partition_keys(index)
