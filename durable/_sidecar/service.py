@@ -17,6 +17,7 @@ from .._client import AsyncClient
 from .._core import events as ev
 from .._core.model import OrchestrationAlreadyExistsError, OrchestrationNotFoundError, OrchestrationStatus
 from .._core.serialization import encode
+from .._runtime import tracing
 from . import convert
 from .dispatch import Dispatcher
 from .entity_rpcs import EntityRpcs
@@ -116,9 +117,11 @@ class SidecarService(EntityRpcs, stubs.TaskHubSidecarServiceServicer):  # type: 
         )
         try:
             value = convert.json_value(convert.optional_text(request, "input"))
-            iid = await self.client.schedule_new_orchestration(
-                request.name, input=value, instance_id=request.instanceId or None, start_at=start_at
-            )
+            # the SDK client's trace context: the start (and so the orchestration) joins its trace
+            with tracing.remote_parent(convert.trace_parent(request)):
+                iid = await self.client.schedule_new_orchestration(
+                    request.name, input=value, instance_id=request.instanceId or None, start_at=start_at
+                )
         except OrchestrationAlreadyExistsError as exc:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
         except ValueError as exc:
