@@ -32,6 +32,7 @@ from .._core.remote_entities import MSG_REMOTE_RESULT
 from .._core.serialization import pack_record, unpack_record
 from .._store.workitems import ANY_ENTITY, ANY_NAME, ENTITY_PREFIX, WorkItemStore
 from . import tracing
+from .lifecycle_step import from_its_parent
 from .orchestration_step import _carried_events, _started_event, _to_event, reply_to_parent
 
 if TYPE_CHECKING:
@@ -215,6 +216,8 @@ class _RemoteStep:
         elif kind == ev.MSG_TERMINATE:
             if self._running():
                 self._terminate(msg)
+        elif kind == ev.MSG_REWIND:
+            self._rewind(msg)
         elif kind == ev.MSG_EVENT and self.inst.status == OrchestrationStatus.PENDING:
             event = _to_event(msg, self.inst.exec)  # before its (scheduled) start, in this step
             if event is not None:
@@ -258,6 +261,45 @@ class _RemoteStep:
         early, inst.pending_events = inst.pending_events, []  # raised before a scheduled start ran
         self.state.pending = [_started_event(msg, inst), *_carried_events(msg), *early]
         self.dirty = True
+
+    def _rewind(self, msg: Message) -> None:
+        """A rewind: refused (the engine rewinds by replaying the code, which runs elsewhere), but
+        a rewinding parent still gets its answer, and a child it lacks is started."""
+        inst, step = self.inst, self.step
+        if self._running():
+            return  # a client's rewind is ignored; a parent's is answered when the child ends
+        status = inst.status
+        parent = msg.get("parent")
+        if parent is None and status != OrchestrationStatus.FAILED:
+            return
+        ours = parent is not None and from_its_parent(inst, parent)
+        if (
+            parent is not None
+            and ours
+            and status == OrchestrationStatus.COMPLETED
+            and inst.loaded is not None
+        ):
+            reply_to_parent(step, parent, inst.loaded.output, None)  # its answer was lost: repeat it
+            return
+        if parent is not None and not ours and self.owner._remote_name(str(msg.get("name", ""))):
+            start = {
+                "kind": ev.MSG_START,
+                "target": inst.iid,
+                "name": msg.get("name"),
+                "input": msg.get("input"),
+                "exec": uuid.uuid4().hex,
+                "created": step.now,
+                "parent": parent,
+            }
+            self._start(start)
+            return
+        why = (
+            "its code runs in a Durable Task SDK worker (durable sidecar), and this engine rewinds "
+            "an orchestration by replaying its code; rewinding SDK-run orchestrations is not supported"
+        )
+        ts = max(self.ts, inst.last_ts + 1)  # shows as a newer record
+        step.plan.records.append(self.half.rewinder.refuse(inst, why, inst.loaded, step, ts, parent))
+        step.touched[inst.iid] = inst
 
     def _terminate(self, msg: Message) -> None:
         state = self.state

@@ -26,12 +26,12 @@ log = logging.getLogger("durable.sidecar")
 
 #: the RPCs this sidecar answers with UNIMPLEMENTED, and why
 UNSUPPORTED: dict[str, str] = {
-    "RewindInstance": "rewinding a failed instance is not supported by this engine",
     "CreateTaskHub": "a hub is created on first use; nothing to do",
     "DeleteTaskHub": "delete a hub's keys in Redis (durable hub commands)",
     "SkipGracefulOrchestrationTerminations": "not supported",
 }
 _PING_SECONDS = 30.0
+_REWIND_SECONDS = 30.0
 
 
 def _ms(value: Any) -> _dt.datetime:
@@ -237,6 +237,26 @@ class SidecarService(EntityRpcs, stubs.TaskHubSidecarServiceServicer):  # type: 
         for child in children:
             count += await self._purge(child, True)
         return count
+
+    async def RewindInstance(
+        self, request: pb.RewindInstanceRequest, context: Any
+    ) -> pb.RewindInstanceResponse:
+        """The engine's rewind: of orchestrations native workers run (an SDK-run one is refused
+        with FAILED_PRECONDITION, and the reason)."""
+        try:
+            await self.client.rewind_orchestration(
+                request.instanceId, reason=convert.optional_text(request, "reason"), timeout=_REWIND_SECONDS
+            )
+        except OrchestrationNotFoundError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the rewind of {request.instanceId!r} is not applied yet (it still will be)",
+            )
+        return pb.RewindInstanceResponse()
 
     async def RestartInstance(
         self, request: pb.RestartInstanceRequest, context: Any

@@ -235,6 +235,70 @@ def test_unsupported_rpcs_answer_unimplemented_with_a_reason(sidecar: Sidecar) -
     with grpc.insecure_channel(sidecar.address) as channel:
         stub = stubs.TaskHubSidecarServiceStub(channel)
         with pytest.raises(grpc.RpcError) as info:
-            stub.RewindInstance(pb.RewindInstanceRequest(instanceId="x"))
+            stub.DeleteTaskHub(pb.DeleteTaskHubRequest())
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "RewindInstance" in str(info.value.details()) and "RewindInstance" in UNSUPPORTED
+    assert "DeleteTaskHub" in str(info.value.details()) and "DeleteTaskHub" in UNSUPPORTED
+    assert "RewindInstance" not in UNSUPPORTED
+
+
+def test_rewind_instance_rewinds_a_native_run_orchestration(
+    sidecar: Sidecar, redis_url: str, hub: str
+) -> None:
+    native = Worker(redis_url, hub, config=_config())
+    calls: list[int] = []
+
+    @native.activity
+    def flaky(ctx: Any, n: int) -> int:
+        calls.append(n)
+        if len(calls) == 1:
+            raise ConnectionError("down")
+        return n + 1
+
+    @native.orchestrator
+    def flaky_once(ctx: Any, n: int) -> Any:
+        return (yield ctx.call_activity(flaky, input=n))
+
+    with native:
+        _wait_until(lambda: not sidecar.owned_partitions and len(native.owned_partitions) == 4, 10)
+        sdk = dt_client.TaskHubGrpcClient(host_address=sidecar.address)
+        iid = sdk.schedule_new_orchestration("flaky_once", input=1)
+        state = sdk.wait_for_orchestration_completion(iid, timeout=30)
+        assert state is not None and state.runtime_status == dt_client.OrchestrationStatus.FAILED
+        with grpc.insecure_channel(sidecar.address) as channel:
+            stub = stubs.TaskHubSidecarServiceStub(channel)
+            sdk.rewind_orchestration(iid, reason="it is back")  # the SDK client's own call
+            with pytest.raises(grpc.RpcError) as info:
+                stub.RewindInstance(pb.RewindInstanceRequest(instanceId="no-such-instance"))
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        state = sdk.wait_for_orchestration_completion(iid, timeout=30)
+    assert state is not None and state.runtime_status == dt_client.OrchestrationStatus.COMPLETED
+    assert state.serialized_output == "2" and calls == [1, 1]
+
+
+def test_rewind_of_an_sdk_run_orchestration_is_refused_with_the_reason(
+    sdk: dt_client.TaskHubGrpcClient, sidecar: Sidecar, redis_url: str, hub: str
+) -> None:
+    iid = sdk.schedule_new_orchestration(sdk_app.failing, input=None)
+    state = sdk.wait_for_orchestration_completion(iid, timeout=30)
+    assert state is not None and state.runtime_status == dt_client.OrchestrationStatus.FAILED
+    with grpc.insecure_channel(sidecar.address) as channel:
+        stub = stubs.TaskHubSidecarServiceStub(channel)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            stub.RewindInstance(pb.RewindInstanceRequest(instanceId=iid))
+        assert time.monotonic() - started < 10  # refused at once, not after a timeout
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "Durable Task SDK worker" in str(info.value.details())
+        with pytest.raises(grpc.RpcError) as info:  # a running or finished one: not FAILED
+            done = sdk.schedule_new_orchestration(sdk_app.sequence, input=["x"])
+            sdk.wait_for_orchestration_completion(done, timeout=30)
+            stub.RewindInstance(pb.RewindInstanceRequest(instanceId=done))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with Client(redis_url, hub) as native:  # a native client is told the same
+        with pytest.raises(ValueError, match="Durable Task SDK worker"):
+            native.rewind_orchestration(iid, timeout=10)
+        after = native.get_orchestration_state(iid)
+    assert after is not None and after.runtime_status == OrchestrationStatus.FAILED
+    assert after.failure_details is not None and after.failure_details.error_type == "RewindError"
+    assert after.failure_details.inner_failure is not None
+    assert after.failure_details.inner_failure.message != after.failure_details.message
