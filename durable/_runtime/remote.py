@@ -32,7 +32,7 @@ from .._core.remote_entities import MSG_REMOTE_RESULT
 from .._core.serialization import pack_record, unpack_record
 from .._store.workitems import ANY_ENTITY, ANY_NAME, ENTITY_PREFIX, WorkItemStore
 from . import tracing
-from .lifecycle_step import from_its_parent
+from .lifecycle_step import from_its_parent, terminate_children
 from .orchestration_step import _carried_events, _started_event, _to_event, reply_to_parent
 
 if TYPE_CHECKING:
@@ -42,7 +42,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("durable.remote")
 
-__all__ = ["MSG_REMOTE_RESULT", "RemoteOrchestrations", "RemoteRoutes", "RemoteState"]
+__all__ = ["ACTION_TERMINATE", "MSG_REMOTE_RESULT", "RemoteOrchestrations", "RemoteRoutes", "RemoteState"]
+#: an executor's terminate of another instance: routed when its step commits, never in history
+ACTION_TERMINATE = "remote_terminate"
 #: an advertised name counts for this long after the executor last advertised it
 ADVERTISEMENT_TTL_MS = 24 * 3600 * 1000
 
@@ -214,8 +216,13 @@ class _RemoteStep:
             if self._running():
                 self._result(msg)
         elif kind == ev.MSG_TERMINATE:
+            sender = msg.get("from")
+            if sender is not None and not from_its_parent(self.inst, sender):
+                return  # passed on by a parent this instance does not belong to
             if self._running():
                 self._terminate(msg)
+            elif msg.get("recursive") and self.inst.loaded is not None:
+                terminate_children(self.step, self.inst, self.inst.loaded.history, msg)
         elif kind == ev.MSG_REWIND:
             self._rewind(msg)
         elif kind == ev.MSG_EVENT and self.inst.status == OrchestrationStatus.PENDING:
@@ -303,6 +310,9 @@ class _RemoteStep:
 
     def _terminate(self, msg: Message) -> None:
         state = self.state
+        if msg.get("recursive"):  # its open sub-orchestrations too, wherever their code runs
+            committed = self.inst.loaded.history if self.inst.loaded is not None else []
+            terminate_children(self.step, self.inst, [*committed, *self.result.new_events], msg)
         state.pending, state.token, state.sent = [], "", 0
         output = msg.get("output")
         self._append({"k": ev.ORCHESTRATOR_STARTED, "ts": self.ts})
@@ -359,7 +369,16 @@ class _RemoteStep:
         self._append({"k": ev.ORCHESTRATOR_STARTED, "ts": state.ts})
         for event in answered:
             self._append(event)
-        actions: list[ev.Event] = [dict(a) for a in msg.get("actions") or ()]
+        actions: list[ev.Event] = []
+        for action in msg.get("actions") or ():
+            if action.get("k") == ACTION_TERMINATE:  # sent as the client's terminate is
+                target = str(action["iid"])
+                terminate = {"kind": ev.MSG_TERMINATE, "target": target, "output": action.get("output")}
+                if action.get("recursive"):
+                    terminate["recursive"] = True
+                self.step.route(target, terminate)
+            else:
+                actions.append(dict(action))
         for action in actions:
             if action["k"] in (ev.ENTITY_CALLED, ev.ENTITY_SIGNALED) and "cs" not in action:
                 section = state.section_of(str(action["entity"]))

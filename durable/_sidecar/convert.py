@@ -24,6 +24,7 @@ from .._core.entities import EntityId
 from .._core.model import FailureDetails, OrchestrationState, OrchestrationStatus, datetime_to_ms
 from .._core.serialization import decode, encode
 from .._runtime import tracing
+from .._runtime.remote import ACTION_TERMINATE
 
 #: engine status -> protocol status
 STATUS_TO_PB: dict[str, int] = {
@@ -319,6 +320,17 @@ def actions_from_pb(instance_id: str, actions: Any) -> tuple[list[ev.Event], dic
             )
         elif which == "sendEntityMessage":
             out.append(entity_action(tid, action.sendEntityMessage))
+        elif which == "terminateOrchestration":
+            terminate = action.terminateOrchestration
+            reason = optional_text(terminate, "reason")
+            out.append(
+                {
+                    "k": ACTION_TERMINATE,
+                    "iid": terminate.instanceId,
+                    "output": None if reason is None else encode(reason),
+                    "recursive": bool(terminate.recurse),
+                }
+            )
         elif which == "completeOrchestration":
             complete = _completion(action.completeOrchestration)
         else:
