@@ -143,23 +143,36 @@ class Rewinder:
         try:
             plan = plan_rewind(history, lambda: self._new_executor(inst.iid))
         except RewindError as exc:
-            original = loaded.failure if loaded is not None else None
-            if original is not None and original.error_type == "RewindError" and original.inner_failure:
-                original = original.inner_failure  # refused before: keep the failure it is about
-            failure = FailureDetails(f"cannot rewind {inst.iid!r}: {exc}", "RewindError", None, original)
-            log.warning("%s", failure.message)
-            if parent is not None:
-                self._reply(step, parent, None, failure)
-            rec = RecordWrite(step.keys.instance(inst.iid), step.keys.history(inst.iid), inst.version)
-            rec.fields.update(failure=pack_record(failure.to_record()), updated=ts)
-            rec.channel, rec.message = self._channel(inst.iid), OrchestrationStatus.FAILED.value
-            return None, rec, None
+            return None, self.refuse(inst, str(exc), loaded, step, ts, parent), None
         inst.executor = plan.executor
         result = run_rewind(plan, ts, msg.get("reason"))
         for action in result.actions:
             if action["k"] == ev.SUB_CREATED and action.get("eid", -1) < len(plan.history):
                 action["redo"] = True  # the child is asked to rewind, not to start over
         return Rewound(plan.history, result), None, None
+
+    def refuse(
+        self,
+        inst: Instance,
+        why: str,
+        loaded: Loaded | None,
+        step: StepState,
+        ts: int,
+        parent: dict[str, Any] | None,
+    ) -> RecordWrite:
+        """The record of a refused rewind (the instance stays FAILED, with a ``RewindError`` that
+        holds the failure it is about); a rewinding parent is told."""
+        original = loaded.failure if loaded is not None else None
+        if original is not None and original.error_type == "RewindError" and original.inner_failure:
+            original = original.inner_failure  # refused before: keep the failure it is about
+        failure = FailureDetails(f"cannot rewind {inst.iid!r}: {why}", "RewindError", None, original)
+        log.warning("%s", failure.message)
+        if parent is not None:
+            self._reply(step, parent, None, failure)
+        rec = RecordWrite(step.keys.instance(inst.iid), step.keys.history(inst.iid), inst.version)
+        rec.fields.update(failure=pack_record(failure.to_record()), updated=ts)
+        rec.channel, rec.message = self._channel(inst.iid), OrchestrationStatus.FAILED.value
+        return rec
 
 
 def merge(first: StepResult, then: StepResult) -> StepResult:

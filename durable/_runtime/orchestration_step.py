@@ -182,14 +182,17 @@ class OrchestrationHalf:
             inst = cached[iid] = self._instance_from(iid, fields, [] if remote else events)
             if remote and self.remote is not None:
                 self.remote.attach(inst, fields, events)
-            elif iid in step.needs_history and not inst.running:
+            if iid in step.needs_history and not inst.running:
                 inst.loaded = loaded_view(fields, events)
             self.metrics.cache_event("miss")
 
     def process(self, step: StepState, target: str, msgs: list[Message]) -> None:
         inst = self.cache.partition(step.index)[target]
         if self.remote is not None and self.remote.takes(inst, msgs):
-            self.remote.process(self, step, inst, msgs)
+            try:
+                self.remote.process(self, step, inst, msgs)
+            finally:
+                inst.loaded = None
             return
         ts = max(step.now, inst.last_ts)
         if any(m["kind"] == ev.MSG_REWIND for m in msgs):

@@ -17,6 +17,7 @@ other event reach the code through the next work item.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -30,6 +31,8 @@ from .._core.model import FailureDetails, OrchestrationStatus
 from .._core.remote_entities import MSG_REMOTE_RESULT
 from .._core.serialization import pack_record, unpack_record
 from .._store.workitems import ANY_ENTITY, ANY_NAME, ENTITY_PREFIX, WorkItemStore
+from . import tracing
+from .lifecycle_step import from_its_parent, terminate_children
 from .orchestration_step import _carried_events, _started_event, _to_event, reply_to_parent
 
 if TYPE_CHECKING:
@@ -39,7 +42,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("durable.remote")
 
-__all__ = ["MSG_REMOTE_RESULT", "RemoteOrchestrations", "RemoteRoutes", "RemoteState"]
+__all__ = ["ACTION_TERMINATE", "MSG_REMOTE_RESULT", "RemoteOrchestrations", "RemoteRoutes", "RemoteState"]
+#: an executor's terminate of another instance: routed when its step commits, never in history
+ACTION_TERMINATE = "remote_terminate"
 #: an advertised name counts for this long after the executor last advertised it
 ADVERTISEMENT_TTL_MS = 24 * 3600 * 1000
 
@@ -56,10 +61,20 @@ class RemoteState:
     length: int = 0
     #: the execution's entity lock events (which critical section it holds or waits for)
     locks: list[ev.Event] = field(default_factory=list)
+    #: when the execution started, and its fired timers (for its span)
+    started_ts: int | None = None
+    timers: list[tuple[int, int, Any]] = field(default_factory=list)
+    #: the executor's own trace context of the execution (opaque; handed back with each item)
+    trace: bytes = b""
 
     def track(self, event: ev.Event) -> None:
-        if event.get("k") in _LOCK_EVENTS:
+        kind = event.get("k")
+        if kind in _LOCK_EVENTS:
             self.locks.append(event)
+        elif kind == ev.EXECUTION_STARTED and self.started_ts is None:
+            self.started_ts = int(event.get("ts") or 0)
+        elif kind == ev.TIMER_FIRED:
+            self.timers.append((int(event.get("ts") or 0), int(event.get("tid", -1)), event.get("fire_at")))
 
     def section_of(self, target: str) -> str | None:
         """The request id of the granted critical section that holds ``target``, if any."""
@@ -137,14 +152,18 @@ class RemoteOrchestrations:
     def attach(inst: Instance, fields: dict[bytes, bytes], history: list[ev.Event]) -> None:
         """Give a loaded instance its remote state."""
         raw = fields.get(b"rq")
-        inst.remote = RemoteState(
+        state = inst.remote = RemoteState(
             pending=list(unpack_record(raw)) if raw else [],
             token=fields.get(b"rtok", b"").decode(),
             sent=int(fields.get(b"rsent", b"0") or 0),
             ts=int(fields.get(b"rts", b"0") or 0),
             length=len(history),
-            locks=[e for e in history if e.get("k") in _LOCK_EVENTS],
+            trace=fields.get(b"rtrace", b""),
         )
+        for event in history:
+            state.track(event)
+            if event.get("k") == ev.EXECUTION_STARTED:
+                inst.traceparent = event.get("traceparent")
 
     # -- one step ----------------------------------------------------------------------------------
     def process(self, half: OrchestrationHalf, step: StepState, inst: Instance, msgs: list[Message]) -> None:
@@ -197,8 +216,15 @@ class _RemoteStep:
             if self._running():
                 self._result(msg)
         elif kind == ev.MSG_TERMINATE:
+            sender = msg.get("from")
+            if sender is not None and not from_its_parent(self.inst, sender):
+                return  # passed on by a parent this instance does not belong to
             if self._running():
                 self._terminate(msg)
+            elif msg.get("recursive") and self.inst.loaded is not None:
+                terminate_children(self.step, self.inst, self.inst.loaded.history, msg)
+        elif kind == ev.MSG_REWIND:
+            self._rewind(msg)
         elif kind == ev.MSG_EVENT and self.inst.status == OrchestrationStatus.PENDING:
             event = _to_event(msg, self.inst.exec)  # before its (scheduled) start, in this step
             if event is not None:
@@ -233,6 +259,7 @@ class _RemoteStep:
         inst.parent = msg.get("parent")
         inst.notify = msg.get("notify")  # a schedule's run tells its schedule when it ends
         inst.created = int(msg.get("created") or self.step.now)
+        inst.traceparent = msg.get("traceparent")
         inst.status = OrchestrationStatus.RUNNING
         inst.remote = RemoteState()
         self.result = StepResult()
@@ -242,8 +269,50 @@ class _RemoteStep:
         self.state.pending = [_started_event(msg, inst), *_carried_events(msg), *early]
         self.dirty = True
 
+    def _rewind(self, msg: Message) -> None:
+        """A rewind: refused (the engine rewinds by replaying the code, which runs elsewhere), but
+        a rewinding parent still gets its answer, and a child it lacks is started."""
+        inst, step = self.inst, self.step
+        if self._running():
+            return  # a client's rewind is ignored; a parent's is answered when the child ends
+        status = inst.status
+        parent = msg.get("parent")
+        if parent is None and status != OrchestrationStatus.FAILED:
+            return
+        ours = parent is not None and from_its_parent(inst, parent)
+        if (
+            parent is not None
+            and ours
+            and status == OrchestrationStatus.COMPLETED
+            and inst.loaded is not None
+        ):
+            reply_to_parent(step, parent, inst.loaded.output, None)  # its answer was lost: repeat it
+            return
+        if parent is not None and not ours and self.owner._remote_name(str(msg.get("name", ""))):
+            start = {
+                "kind": ev.MSG_START,
+                "target": inst.iid,
+                "name": msg.get("name"),
+                "input": msg.get("input"),
+                "exec": uuid.uuid4().hex,
+                "created": step.now,
+                "parent": parent,
+            }
+            self._start(start)
+            return
+        why = (
+            "its code runs in a Durable Task SDK worker (durable sidecar), and this engine rewinds "
+            "an orchestration by replaying its code; rewinding SDK-run orchestrations is not supported"
+        )
+        ts = max(self.ts, inst.last_ts + 1)  # shows as a newer record
+        step.plan.records.append(self.half.rewinder.refuse(inst, why, inst.loaded, step, ts, parent))
+        step.touched[inst.iid] = inst
+
     def _terminate(self, msg: Message) -> None:
         state = self.state
+        if msg.get("recursive"):  # its open sub-orchestrations too, wherever their code runs
+            committed = self.inst.loaded.history if self.inst.loaded is not None else []
+            terminate_children(self.step, self.inst, [*committed, *self.result.new_events], msg)
         state.pending, state.token, state.sent = [], "", 0
         output = msg.get("output")
         self._append({"k": ev.ORCHESTRATOR_STARTED, "ts": self.ts})
@@ -267,6 +336,28 @@ class _RemoteStep:
         self.result.output = output
         self.result.failure = failure
         self.dirty = True
+        self._emit_span(status, failure)
+
+    def _emit_span(self, status: OrchestrationStatus, failure: FailureDetails | None) -> None:
+        """The ended execution's span, the same as a local one's, emitted after the commit."""
+        if not tracing.ENABLED:
+            return
+        inst, state = self.inst, self.state
+        self.step.after_commit.append(
+            functools.partial(
+                tracing.emit_orchestration_span,
+                name=inst.name,
+                instance_id=inst.iid,
+                execution_id=inst.exec,
+                incoming=inst.traceparent,
+                version=None,
+                start_ms=self.ts if state.started_ts is None else state.started_ts,
+                end_ms=self.ts,
+                status=status.value,
+                failure=failure,
+                timers=list(state.timers),
+            )
+        )
 
     def _result(self, msg: Message) -> None:
         state = self.state
@@ -278,13 +369,24 @@ class _RemoteStep:
         self._append({"k": ev.ORCHESTRATOR_STARTED, "ts": state.ts})
         for event in answered:
             self._append(event)
-        actions: list[ev.Event] = [dict(a) for a in msg.get("actions") or ()]
+        actions: list[ev.Event] = []
+        for action in msg.get("actions") or ():
+            if action.get("k") == ACTION_TERMINATE:  # sent as the client's terminate is
+                target = str(action["iid"])
+                terminate = {"kind": ev.MSG_TERMINATE, "target": target, "output": action.get("output")}
+                if action.get("recursive"):
+                    terminate["recursive"] = True
+                self.step.route(target, terminate)
+            else:
+                actions.append(dict(action))
         for action in actions:
             if action["k"] in (ev.ENTITY_CALLED, ev.ENTITY_SIGNALED) and "cs" not in action:
                 section = state.section_of(str(action["entity"]))
                 if section is not None:  # sent inside the orchestration's critical section
                     action["cs"] = section
             self._append(action)
+        if isinstance(msg.get("trace"), bytes):
+            state.trace = msg["trace"]
         if msg.get("custom_set"):
             self.result.custom_status = msg.get("custom")
             self.result.custom_status_set = True
@@ -302,6 +404,7 @@ class _RemoteStep:
     def _continue_as_new(self, complete: dict[str, Any]) -> None:
         inst, state = self.inst, self.state
         left = state.pending
+        self._emit_span(OrchestrationStatus.CONTINUED_AS_NEW, None)
         self.half.entities.on_orchestration_end(self.step, inst, state.locks)
         inst.exec = uuid.uuid4().hex
         inst.remote = RemoteState()
@@ -309,6 +412,8 @@ class _RemoteStep:
         self.new_execution = True
         self.start_input = complete.get("output")
         restart = {"name": inst.name, "input": self.start_input, "exec": inst.exec, "parent": inst.parent}
+        if inst.traceparent:
+            restart["traceparent"] = inst.traceparent
         carried = [
             {"k": ev.EVENT_RAISED, "name": str(n), "input": d} for n, d in complete.get("carryover") or ()
         ]
@@ -317,9 +422,10 @@ class _RemoteStep:
     def _route(self, actions: list[ev.Event]) -> None:
         step, inst = self.step, self.inst
         others: list[ev.Event] = []
+        traceparent = tracing.orchestration_traceparent(inst.iid, inst.exec, inst.traceparent)
         for action in actions:
             if action["k"] == ev.TASK_SCHEDULED:
-                body = {
+                body: dict[str, Any] = {
                     "kind": "activity",
                     "target": inst.iid,
                     "exec": inst.exec,
@@ -327,6 +433,10 @@ class _RemoteStep:
                     "name": action["name"],
                     "input": action.get("input"),
                 }
+                # the SDK's own context of the call (its orchestration's span), else the execution's
+                parent = action.get("traceparent") or traceparent
+                if parent:
+                    body["traceparent"] = parent
                 dst = self.owner.workitems.keys.activities
                 step.plan.outbox.append({"dst": dst, "m": pack_record(body)})
             else:
@@ -355,6 +465,7 @@ class _RemoteStep:
                 rtok=state.token,
                 rsent=state.sent,
                 rts=state.ts,
+                rtrace=state.trace,
             )
         step.plan.records.append(rec)
         step.touched[inst.iid] = inst

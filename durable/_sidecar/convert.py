@@ -23,6 +23,8 @@ from .._core import events as ev
 from .._core.entities import EntityId
 from .._core.model import FailureDetails, OrchestrationState, OrchestrationStatus, datetime_to_ms
 from .._core.serialization import decode, encode
+from .._runtime import tracing
+from .._runtime.remote import ACTION_TERMINATE
 
 #: engine status -> protocol status
 STATUS_TO_PB: dict[str, int] = {
@@ -95,6 +97,14 @@ def timestamp_of(value: _dt.datetime) -> timestamp_pb2.Timestamp:
     return timestamp(datetime_to_ms(value))
 
 
+def trace_parent(message: Any, name: str = "parentTraceContext") -> str | None:
+    """The valid W3C ``traceparent`` of a message's ``TraceContext`` field, else None."""
+    if not message.HasField(name):
+        return None
+    value = str(getattr(message, name).traceParent)
+    return value if len(value) <= 256 and tracing.parse_traceparent(value) is not None else None
+
+
 # -- failures ------------------------------------------------------------------------------------
 def failure_to_pb(rec: dict[str, Any] | FailureDetails | None) -> pb.TaskFailureDetails | None:
     details = rec if isinstance(rec, FailureDetails) else FailureDetails.from_record(rec)
@@ -127,6 +137,12 @@ def history_event(e: ev.Event, instance_id: str = "") -> pb.HistoryEvent:
         started.orchestrationInstance.instanceId = instance_id
         if e.get("exec"):
             started.orchestrationInstance.executionId.value = str(e["exec"])
+        # the SDK's spans of the execution nest in this engine's span of it (else in the caller's)
+        traceparent = tracing.orchestration_traceparent(
+            instance_id, str(e.get("exec") or ""), e.get("traceparent")
+        ) or e.get("traceparent")
+        if traceparent:
+            started.parentTraceContext.traceParent = str(traceparent)
         parent = e.get("parent")
         if parent:
             started.parentInstance.taskScheduledId = int(parent.get("tid", -1))
@@ -137,6 +153,8 @@ def history_event(e: ev.Event, instance_id: str = "") -> pb.HistoryEvent:
         out.eventId = int(tid)
         out.taskScheduled.name = str(e.get("name", ""))
         _set_packed(out.taskScheduled, "input", e.get("input"))
+        if e.get("traceparent"):
+            out.taskScheduled.parentTraceContext.traceParent = str(e["traceparent"])
     elif kind == ev.TASK_COMPLETED:
         out.taskCompleted.taskScheduledId = int(tid)
         _set_packed(out.taskCompleted, "result", e.get("result"))
@@ -264,16 +282,16 @@ def actions_from_pb(instance_id: str, actions: Any) -> tuple[list[ev.Event], dic
         tid = int(action.id)
         if which == "scheduleTask":
             task = action.scheduleTask
-            out.append(
-                {
-                    "k": ev.TASK_SCHEDULED,
-                    "tid": tid,
-                    "name": task.name,
-                    "input": packed_from_json(
-                        optional_text(task, "input"), f"input of activity {task.name!r}"
-                    ),
-                }
-            )
+            scheduled: ev.Event = {
+                "k": ev.TASK_SCHEDULED,
+                "tid": tid,
+                "name": task.name,
+                "input": packed_from_json(optional_text(task, "input"), f"input of activity {task.name!r}"),
+            }
+            traceparent = trace_parent(task)
+            if traceparent is not None:
+                scheduled["traceparent"] = traceparent
+            out.append(scheduled)
         elif which == "createTimer":
             out.append(
                 {"k": ev.TIMER_CREATED, "tid": tid, "fire_at": action.createTimer.fireAt.ToMilliseconds()}
@@ -302,6 +320,17 @@ def actions_from_pb(instance_id: str, actions: Any) -> tuple[list[ev.Event], dic
             )
         elif which == "sendEntityMessage":
             out.append(entity_action(tid, action.sendEntityMessage))
+        elif which == "terminateOrchestration":
+            terminate = action.terminateOrchestration
+            reason = optional_text(terminate, "reason")
+            out.append(
+                {
+                    "k": ACTION_TERMINATE,
+                    "iid": terminate.instanceId,
+                    "output": None if reason is None else encode(reason),
+                    "recursive": bool(terminate.recurse),
+                }
+            )
         elif which == "completeOrchestration":
             complete = _completion(action.completeOrchestration)
         else:

@@ -30,7 +30,9 @@ from redis.exceptions import RedisError
 from .._core import events as ev
 from .._core.model import FailureDetails
 from .._core.serialization import is_blob_ref, pack_record, unpack_record
+from .._runtime import tracing
 from .._runtime.remote import MSG_REMOTE_RESULT
+from .._runtime.telemetry import Telemetry
 from .._store.store import Store
 from .._store.workitems import ANY_ENTITY, ANY_NAME, ENTITY_PREFIX, WorkItemStore
 from . import convert, entity_items
@@ -67,6 +69,9 @@ class Item:
     entry_id: str
     name: str
     work: pb.WorkItem
+    #: an activity's span (when traced) and when it was handed out (for the activity metrics)
+    span: tracing.WorkSpan | None = None
+    started: float = field(default_factory=time.monotonic)
 
     @property
     def token(self) -> str:
@@ -97,6 +102,7 @@ class Dispatcher:
         self._changed = asyncio.Event()
         self.stopping = False
         self.advertised: set[str] = set()
+        self.metrics = Telemetry()
 
     # -- connections -------------------------------------------------------------------------------
     async def connect(self, request: pb.GetWorkItemsRequest) -> Connection:
@@ -149,6 +155,7 @@ class Dispatcher:
         self._give(min(capable, key=lambda c: len(c.in_flight)), item)
 
     def _give(self, conn: Connection, item: Item) -> None:
+        item.started = time.monotonic()
         conn.in_flight[item.token] = item
         conn.queue.put_nowait(item.work)
 
@@ -183,6 +190,8 @@ class Dispatcher:
         msg["actions"] = actions
         if complete is not None:
             msg["complete"] = complete
+        if response.HasField("orchestrationTraceContext"):  # the SDK's span of the execution
+            msg["trace"] = response.orchestrationTraceContext.SerializeToString()
         if response.HasField("customStatus"):
             msg["custom_set"] = True
             msg["custom"] = convert.packed_from_json(response.customStatus.value, "custom status")
@@ -195,16 +204,25 @@ class Dispatcher:
             raise ValueError("not an activity work item's completion token")
         _, stream, entry_id, iid, exec_id, tid = parts
         reply: dict[str, Any] = {"target": iid, "exec": exec_id or None, "tid": int(tid)}
+        failure: FailureDetails | None = None
         if response.HasField("failureDetails") and (
             response.failureDetails.errorMessage or response.failureDetails.errorType
         ):
             reply["kind"] = ev.MSG_TASK_FAILED
             reply["failure"] = convert.failure_from_pb(response.failureDetails)
+            failure = FailureDetails.from_record(reply["failure"])
         else:
             reply["kind"] = ev.MSG_TASK_COMPLETED
             reply["result"] = convert.packed_from_json(convert.optional_text(response, "result"))
+        item = self.held.get(response.completionToken)
+        elapsed = time.monotonic() - item.started if item is not None else 0.0
         await self.workitems.reply(iid, pack_record(reply), stream, entry_id)
         self._done(response.completionToken)
+        if item is not None:  # counted and traced as a local activity, once its result is stored
+            self.metrics.activity_done(item.name, "completed" if failure is None else "failed", elapsed)
+            if item.span is not None:
+                item.span.done(failure)
+                tracing.run_after_commit([item.span.emit])
 
     async def complete_entity(self, response: pb.EntityBatchResult) -> None:
         parts = parse_token(response.completionToken)
@@ -261,13 +279,13 @@ class Dispatcher:
                     continue
                 for stream in (keys.orchestrations, keys.activities, keys.entities):
                     claimed = await self.workitems.claim_stale(stream, self.consumer, self.visibility_ms, 10)
-                    for entry_id, fields, _ in claimed:
+                    for entry_id, fields, delivered in claimed:
                         if not any(i.entry_id == entry_id for i in self.held.values()):
-                            await self._take(stream, entry_id, fields)
+                            await self._take(stream, entry_id, fields, int(delivered))
             except (RedisError, OSError) as exc:
                 log.warning("remote work item maintenance failed: %s", exc)
 
-    async def _take(self, stream: str, entry_id: str, fields: dict[bytes, bytes]) -> None:
+    async def _take(self, stream: str, entry_id: str, fields: dict[bytes, bytes], delivery: int = 1) -> None:
         try:
             body = unpack_record(fields[b"m"])
             if stream == self.workitems.keys.orchestrations:
@@ -275,7 +293,7 @@ class Dispatcher:
             elif stream == self.workitems.keys.entities:
                 item = await self._entity_item(stream, entry_id, body)
             else:
-                item = await self._activity_item(stream, entry_id, body)
+                item = await self._activity_item(stream, entry_id, body, delivery)
         except (RedisError, OSError):
             raise
         except Exception as exc:
@@ -305,6 +323,9 @@ class Dispatcher:
         )
         if exec_id:
             request.executionId.value = exec_id
+        trace_context = fields.get(b"rtrace")
+        if trace_context:  # what the SDK returned last time: its span of the execution goes on
+            request.orchestrationTraceContext.ParseFromString(trace_context)
         token = _token("o", stream, entry_id, iid, step_token)
         work = pb.WorkItem(orchestratorRequest=request, completionToken=token)
         return Item("o", stream, entry_id, str(body.get("name", "")), work)
@@ -320,7 +341,9 @@ class Dispatcher:
         work = pb.WorkItem(entityRequest=request, completionToken=token)
         return Item("e", stream, entry_id, str(body.get("name", "")), work)
 
-    async def _activity_item(self, stream: str, entry_id: str, body: dict[str, Any]) -> Item:
+    async def _activity_item(
+        self, stream: str, entry_id: str, body: dict[str, Any], delivery: int = 1
+    ) -> Item:
         iid, tid, name = str(body["target"]), int(body["tid"]), str(body["name"])
         exec_id = str(body.get("exec") or "")
         data = await self.store.resolve(body.get("input"))
@@ -328,8 +351,25 @@ class Dispatcher:
         request.orchestrationInstance.instanceId = iid
         if exec_id:
             request.orchestrationInstance.executionId.value = exec_id
+        self.metrics.schedule_to_start("activity", entry_id, int(time.time() * 1000))
+        traceparent = body.get("traceparent")
+        span = tracing.activity_span(
+            name,
+            traceparent,
+            {
+                "durable.instance_id": iid,
+                "durable.activity.name": name,
+                "durable.task_id": tid,
+                "durable.activity.attempt": int(body.get("attempt") or 1),
+                "durable.activity.delivery": delivery,
+            },
+        )
+        parent = span.traceparent if span is not None else traceparent
+        if parent:  # the SDK's activity span nests in this one (or in the orchestration's)
+            request.parentTraceContext.traceParent = str(parent)
         token = _token("a", stream, entry_id, iid, exec_id, str(tid))
-        return Item("a", stream, entry_id, name, pb.WorkItem(activityRequest=request, completionToken=token))
+        work = pb.WorkItem(activityRequest=request, completionToken=token)
+        return Item("a", stream, entry_id, name, work, span=span)
 
     async def _resolved(self, event: dict[str, Any]) -> dict[str, Any]:
         for key in _PAYLOAD_FIELDS:

@@ -17,6 +17,7 @@ from .._client import AsyncClient
 from .._core import events as ev
 from .._core.model import OrchestrationAlreadyExistsError, OrchestrationNotFoundError, OrchestrationStatus
 from .._core.serialization import encode
+from .._runtime import tracing
 from . import convert
 from .dispatch import Dispatcher
 from .entity_rpcs import EntityRpcs
@@ -25,12 +26,12 @@ log = logging.getLogger("durable.sidecar")
 
 #: the RPCs this sidecar answers with UNIMPLEMENTED, and why
 UNSUPPORTED: dict[str, str] = {
-    "RewindInstance": "rewinding a failed instance is not supported by this engine",
     "CreateTaskHub": "a hub is created on first use; nothing to do",
     "DeleteTaskHub": "delete a hub's keys in Redis (durable hub commands)",
     "SkipGracefulOrchestrationTerminations": "not supported",
 }
 _PING_SECONDS = 30.0
+_REWIND_SECONDS = 30.0
 
 
 def _ms(value: Any) -> _dt.datetime:
@@ -116,9 +117,11 @@ class SidecarService(EntityRpcs, stubs.TaskHubSidecarServiceServicer):  # type: 
         )
         try:
             value = convert.json_value(convert.optional_text(request, "input"))
-            iid = await self.client.schedule_new_orchestration(
-                request.name, input=value, instance_id=request.instanceId or None, start_at=start_at
-            )
+            # the SDK client's trace context: the start (and so the orchestration) joins its trace
+            with tracing.remote_parent(convert.trace_parent(request)):
+                iid = await self.client.schedule_new_orchestration(
+                    request.name, input=value, instance_id=request.instanceId or None, start_at=start_at
+                )
         except OrchestrationAlreadyExistsError as exc:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
         except ValueError as exc:
@@ -234,6 +237,26 @@ class SidecarService(EntityRpcs, stubs.TaskHubSidecarServiceServicer):  # type: 
         for child in children:
             count += await self._purge(child, True)
         return count
+
+    async def RewindInstance(
+        self, request: pb.RewindInstanceRequest, context: Any
+    ) -> pb.RewindInstanceResponse:
+        """The engine's rewind: of orchestrations native workers run (an SDK-run one is refused
+        with FAILED_PRECONDITION, and the reason)."""
+        try:
+            await self.client.rewind_orchestration(
+                request.instanceId, reason=convert.optional_text(request, "reason"), timeout=_REWIND_SECONDS
+            )
+        except OrchestrationNotFoundError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the rewind of {request.instanceId!r} is not applied yet (it still will be)",
+            )
+        return pb.RewindInstanceResponse()
 
     async def RestartInstance(
         self, request: pb.RestartInstanceRequest, context: Any

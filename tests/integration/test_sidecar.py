@@ -4,10 +4,12 @@ Redis, alone and side by side with native workers and clients on one hub."""
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ from durabletask import history
 from durabletask.internal import orchestrator_service_pb2 as pb
 from durabletask.internal import orchestrator_service_pb2_grpc as stubs
 from fixtures import sdk_app
+from google.protobuf import wrappers_pb2
 
 from durable import Client, OrchestrationStatus, Worker, WorkerConfig
 from durable._sidecar import UNSUPPORTED, Sidecar
@@ -235,6 +238,176 @@ def test_unsupported_rpcs_answer_unimplemented_with_a_reason(sidecar: Sidecar) -
     with grpc.insecure_channel(sidecar.address) as channel:
         stub = stubs.TaskHubSidecarServiceStub(channel)
         with pytest.raises(grpc.RpcError) as info:
-            stub.RewindInstance(pb.RewindInstanceRequest(instanceId="x"))
+            stub.DeleteTaskHub(pb.DeleteTaskHubRequest())
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "RewindInstance" in str(info.value.details()) and "RewindInstance" in UNSUPPORTED
+    assert "DeleteTaskHub" in str(info.value.details()) and "DeleteTaskHub" in UNSUPPORTED
+    assert "RewindInstance" not in UNSUPPORTED
+
+
+def test_rewind_instance_rewinds_a_native_run_orchestration(
+    sidecar: Sidecar, redis_url: str, hub: str
+) -> None:
+    native = Worker(redis_url, hub, config=_config())
+    calls: list[int] = []
+
+    @native.activity
+    def flaky(ctx: Any, n: int) -> int:
+        calls.append(n)
+        if len(calls) == 1:
+            raise ConnectionError("down")
+        return n + 1
+
+    @native.orchestrator
+    def flaky_once(ctx: Any, n: int) -> Any:
+        return (yield ctx.call_activity(flaky, input=n))
+
+    with native:
+        _wait_until(lambda: not sidecar.owned_partitions and len(native.owned_partitions) == 4, 10)
+        sdk = dt_client.TaskHubGrpcClient(host_address=sidecar.address)
+        iid = sdk.schedule_new_orchestration("flaky_once", input=1)
+        state = sdk.wait_for_orchestration_completion(iid, timeout=30)
+        assert state is not None and state.runtime_status == dt_client.OrchestrationStatus.FAILED
+        with grpc.insecure_channel(sidecar.address) as channel:
+            stub = stubs.TaskHubSidecarServiceStub(channel)
+            sdk.rewind_orchestration(iid, reason="it is back")  # the SDK client's own call
+            with pytest.raises(grpc.RpcError) as info:
+                stub.RewindInstance(pb.RewindInstanceRequest(instanceId="no-such-instance"))
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        state = sdk.wait_for_orchestration_completion(iid, timeout=30)
+    assert state is not None and state.runtime_status == dt_client.OrchestrationStatus.COMPLETED
+    assert state.serialized_output == "2" and calls == [1, 1]
+
+
+def test_rewind_of_an_sdk_run_orchestration_is_refused_with_the_reason(
+    sdk: dt_client.TaskHubGrpcClient, sidecar: Sidecar, redis_url: str, hub: str
+) -> None:
+    iid = sdk.schedule_new_orchestration(sdk_app.failing, input=None)
+    state = sdk.wait_for_orchestration_completion(iid, timeout=30)
+    assert state is not None and state.runtime_status == dt_client.OrchestrationStatus.FAILED
+    with grpc.insecure_channel(sidecar.address) as channel:
+        stub = stubs.TaskHubSidecarServiceStub(channel)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            stub.RewindInstance(pb.RewindInstanceRequest(instanceId=iid))
+        assert time.monotonic() - started < 10  # refused at once, not after a timeout
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "Durable Task SDK worker" in str(info.value.details())
+        with pytest.raises(grpc.RpcError) as info:  # a running or finished one: not FAILED
+            done = sdk.schedule_new_orchestration(sdk_app.sequence, input=["x"])
+            sdk.wait_for_orchestration_completion(done, timeout=30)
+            stub.RewindInstance(pb.RewindInstanceRequest(instanceId=done))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with Client(redis_url, hub) as native:  # a native client is told the same
+        with pytest.raises(ValueError, match="Durable Task SDK worker"):
+            native.rewind_orchestration(iid, timeout=10)
+        after = native.get_orchestration_state(iid)
+    assert after is not None and after.runtime_status == OrchestrationStatus.FAILED
+    assert after.failure_details is not None and after.failure_details.error_type == "RewindError"
+    assert after.failure_details.inner_failure is not None
+    assert after.failure_details.inner_failure.message != after.failure_details.message
+
+
+class _RawWorker:
+    """A Durable Task worker speaking the protocol directly (the Python SDK has no API for some
+    actions): ``answer(name, request)`` gives the actions of each orchestration work item."""
+
+    def __init__(self, address: str, answer: Any) -> None:
+        self.channel = grpc.insecure_channel(address)
+        self.stub = stubs.TaskHubSidecarServiceStub(self.channel)
+        self.answer = answer
+        self.stream = self.stub.GetWorkItems(pb.GetWorkItemsRequest())
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for item in self.stream:
+                if not item.HasField("orchestratorRequest"):
+                    continue
+                req = item.orchestratorRequest
+                events = [*req.pastEvents, *req.newEvents]
+                started = next(e.executionStarted for e in events if e.HasField("executionStarted"))
+                actions = self.answer(started.name, started.input.value, events)
+                self.stub.CompleteOrchestratorTask(
+                    pb.OrchestratorResponse(
+                        instanceId=req.instanceId, actions=actions, completionToken=item.completionToken
+                    )
+                )
+        except grpc.RpcError:
+            return  # closed
+
+    def close(self) -> None:
+        self.stream.cancel()
+        self.channel.close()
+        self.thread.join(5)
+
+
+def test_terminate_orchestration_actions_terminate_their_target_and_its_tree(
+    sidecar: Sidecar, redis_url: str, hub: str
+) -> None:
+    def answer(name: str, data: str, events: list[Any]) -> list[pb.OrchestratorAction]:
+        if name == "idle_parent" and not any(e.HasField("subOrchestrationInstanceCreated") for e in events):
+            child = pb.CreateSubOrchestrationAction(instanceId=json.loads(data), name="idle")
+            return [pb.OrchestratorAction(id=0, createSubOrchestration=child)]
+        if name == "terminator":
+            target = json.loads(data)
+            reason = wrappers_pb2.StringValue(value="no longer needed")
+            stop = pb.TerminateOrchestrationAction(instanceId=target, reason=reason, recurse=True)
+            done = pb.CompleteOrchestrationAction(
+                orchestrationStatus=pb.ORCHESTRATION_STATUS_COMPLETED,
+                result=wrappers_pb2.StringValue(value='"sent"'),
+            )
+            return [
+                pb.OrchestratorAction(id=0, terminateOrchestration=stop),
+                pb.OrchestratorAction(id=1, completeOrchestration=done),
+            ]
+        return []  # idle: waits for ever
+
+    raw = _RawWorker(sidecar.address, answer)
+    try:
+        with Client(redis_url, hub) as client:
+            parent = client.schedule_new_orchestration("idle_parent", input="the-child")
+            _wait_until(
+                lambda: (
+                    (s := client.get_orchestration_state("the-child")) is not None
+                    and s.runtime_status == OrchestrationStatus.RUNNING
+                ),
+                20,
+            )
+            iid = client.schedule_new_orchestration("terminator", input=parent)
+            done = client.wait_for_orchestration_completion(iid, timeout=20)
+            assert done.runtime_status == OrchestrationStatus.COMPLETED and done.output == "sent"
+            for target in (parent, "the-child"):
+                state = client.wait_for_orchestration_completion(target, timeout=20)
+                assert state.runtime_status == OrchestrationStatus.TERMINATED, target
+                assert state.output == "no longer needed"
+            history = client.get_orchestration_history(iid)
+    finally:
+        raw.close()
+    assert not any(e.get("k") == "remote_terminate" for e in history)  # not a history event
+
+
+def test_native_client_terminates_an_sdk_run_tree(sidecar: Sidecar, redis_url: str, hub: str) -> None:
+    def answer(name: str, data: str, events: list[Any]) -> list[pb.OrchestratorAction]:
+        if name == "idle_parent" and not any(e.HasField("subOrchestrationInstanceCreated") for e in events):
+            child = pb.CreateSubOrchestrationAction(instanceId=json.loads(data), name="idle")
+            return [pb.OrchestratorAction(id=0, createSubOrchestration=child)]
+        return []
+
+    raw = _RawWorker(sidecar.address, answer)
+    try:
+        with Client(redis_url, hub) as client:
+            parent = client.schedule_new_orchestration("idle_parent", input="kid")
+            _wait_until(
+                lambda: (
+                    (s := client.get_orchestration_state("kid")) is not None
+                    and s.runtime_status == OrchestrationStatus.RUNNING
+                ),
+                20,
+            )
+            client.terminate_orchestration(parent, output="stop")  # recursive by default
+            for target in (parent, "kid"):
+                state = client.wait_for_orchestration_completion(target, timeout=20)
+                assert state.runtime_status == OrchestrationStatus.TERMINATED, target
+    finally:
+        raw.close()
