@@ -14,7 +14,7 @@ Event = dict[str, Any]
 
 # History event kinds
 ORCHESTRATOR_STARTED: Final = "OrchestratorStarted"  # ts: the step's time
-EXECUTION_STARTED: Final = "ExecutionStarted"  # name, input, exec, parent
+EXECUTION_STARTED: Final = "ExecutionStarted"  # name, input, exec, parent, ver (the pinned version)
 TASK_SCHEDULED: Final = "TaskScheduled"  # tid, name, input
 TASK_COMPLETED: Final = "TaskCompleted"  # tid, result
 TASK_FAILED: Final = "TaskFailed"  # tid, failure
@@ -34,6 +34,7 @@ EXECUTION_SUSPENDED: Final = "ExecutionSuspended"  # reason
 EXECUTION_RESUMED: Final = "ExecutionResumed"  # reason
 EXECUTION_TERMINATED: Final = "ExecutionTerminated"  # output
 EXECUTION_COMPLETED: Final = "ExecutionCompleted"  # status, result, failure
+PATCH_MARKER: Final = "PatchMarker"  # patch: the id ctx.is_patched() was asked about (it said True)
 
 #: Events that schedule work; during replay each must match an action the code produced.
 SCHEDULING_EVENTS: Final = frozenset(
@@ -65,3 +66,5 @@ MSG_SIGNAL: Final = "signal"
 MSG_CALL: Final = "call"
 MSG_LOCK: Final = "lock"
 MSG_UNLOCK: Final = "unlock"
+#: the outcome of a step that a worker with the code ran for the partition owner (see remote.py)
+MSG_REMOTE_RESULT: Final = "remote_result"

@@ -95,6 +95,8 @@ class OrchestrationState:
     last_updated_at: _dt.datetime
     scheduled_start_at: _dt.datetime | None = None
     parent_instance_id: str | None = None
+    #: the orchestrator version the instance is pinned to ("": unversioned, or not pinned yet)
+    version: str = ""
 
     def raise_if_failed(self) -> None:
         """Raise :class:`TaskFailedError` when the orchestration failed."""
