@@ -26,7 +26,7 @@ from ._core.model import (
     datetime_to_ms,
     ms_to_datetime,
 )
-from ._core.registry import name_of
+from ._core.registry import check_version, name_of
 from ._core.serialization import decode, encode, is_blob_ref, pack_record, unpack_record
 from ._loop import LoopThread
 from ._store.store import Store
@@ -68,6 +68,7 @@ def _state_from(instance_id: str, f: dict[bytes, bytes]) -> OrchestrationState:
         last_updated_at=ms_to_datetime(int(f.get(b"updated", b"0"))),
         scheduled_start_at=ms_to_datetime(int(scheduled)) if scheduled else None,
         parent_instance_id=unpack_record(parent_raw).get("iid") if parent_raw else None,
+        version=f.get(b"ver", b"").decode(),
     )
 
 
@@ -85,6 +86,8 @@ class AsyncClient:
         self._store: Store | None = None
         self._notifier: StatusNotifier | None = None
         self._store_lock = anyio.Lock()
+        #: wall-clock milliseconds (a test environment substitutes its own clock)
+        self._now_ms: Callable[[], int] = lambda: int(time.time() * 1000)
 
     async def _get_store(self) -> Store:
         if self._store is not None:
@@ -127,36 +130,43 @@ class AsyncClient:
         input: Any = None,
         instance_id: str | None = None,
         start_at: _dt.datetime | None = None,
+        version: str | None = None,
     ) -> str:
         """Start an orchestration (now, or at ``start_at``); returns its instance id.
+
+        ``version`` pins the instance to that version of the orchestrator; None pins it, at its
+        first step, to the newest version registered by the worker that runs that step. A worker
+        that lacks the version never runs the instance: it waits for one that has it.
 
         Raises SerializationError for an input msgpack cannot carry and
         OrchestrationAlreadyExistsError when an instance with that id is still running.
         """
         name = name_of(orchestrator, "orchestrator")
+        version = check_version(version)
         iid = instance_id or uuid.uuid4().hex
         if not iid or iid.startswith("@"):
             raise ValueError(f"invalid instance id {iid!r} (must be non-empty and not start with '@')")
         data = encode(input, what=f"input of orchestration {name!r}")
         store = await self._get_store()
-        created = int(time.time() * 1000)
+        created = self._now_ms()
         exec_id = uuid.uuid4().hex
-        message = pack_record(
-            {
-                "kind": ev.MSG_START,
-                "target": iid,
-                "name": name,
-                "input": data,
-                "exec": exec_id,
-                "created": created,
-            }
-        )
+        start: dict[str, Any] = {
+            "kind": ev.MSG_START,
+            "target": iid,
+            "name": name,
+            "input": data,
+            "exec": exec_id,
+            "created": created,
+        }
+        if version is not None:
+            start["ver"] = version
+        message = pack_record(start)
         scheduled = None
         if start_at is not None:
             scheduled = datetime_to_ms(start_at)
             if scheduled <= created:
                 scheduled = None
-        ok = await store.start_instance(iid, name, message, data, created, scheduled, exec_id)
+        ok = await store.start_instance(iid, name, message, data, created, scheduled, exec_id, version)
         if not ok:
             raise OrchestrationAlreadyExistsError(
                 f"an orchestration with id {iid!r} already exists and is not finished"
@@ -412,6 +422,7 @@ class Client:
         input: Any = None,
         instance_id: str | None = None,
         start_at: _dt.datetime | None = None,
+        version: str | None = None,
     ) -> str:
         """See :meth:`AsyncClient.schedule_new_orchestration`."""
         return str(
@@ -421,6 +432,7 @@ class Client:
                 input=input,
                 instance_id=instance_id,
                 start_at=start_at,
+                version=version,
             )
         )
 

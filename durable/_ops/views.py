@@ -127,6 +127,7 @@ def state_json(state: OrchestrationState) -> dict[str, Any]:
         "last_updated_at": _iso(state.last_updated_at),
         "scheduled_start_at": _iso(state.scheduled_start_at),
         "parent_instance_id": state.parent_instance_id,
+        "version": state.version,
     }
 
 
