@@ -97,3 +97,7 @@ class WorkerConfig:
     history_warn_events: int = 10_000
     #: ... and past this many it is failed with a clear reason
     history_max_events: int = 100_000
+    #: an activity task (or entity operation) for code this worker has not registered waits for a
+    #: worker that has it; it fails only once no live worker of the hub has had it for this long
+    #: (orchestration versions never fail for it: their instances wait)
+    missing_code_grace_ms: int = 300_000

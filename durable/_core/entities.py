@@ -319,10 +319,12 @@ class EntityRecord:
     modification, ms) and ``v`` (the version checked by the commit); for a small state every value
     stays within Redis's compact listpack encoding, so an idle entity costs little.
 
-    The control hash exists only while the entity is locked, has requests waiting for the lock, or
-    remembers recent request ids: ``l`` (lock holder: ``[request id, orchestration id]``), ``q``
-    (queued messages), ``r`` (recent request ids: 12 bytes each, unix seconds and fingerprint,
-    oldest first) and ``v``. A timer message (:data:`MSG_SWEEP`) removes it once the ids expire.
+    The control hash exists only while the entity is locked, has requests waiting for the lock,
+    remembers recent request ids or has a batch running elsewhere: ``l`` (lock holder: ``[request
+    id, orchestration id]``), ``q`` (queued messages), ``r`` (recent request ids: 12 bytes each,
+    unix seconds and fingerprint, oldest first), ``w`` and ``p`` (the work item of a batch that a
+    worker with the entity's code runs, and the messages parked meanwhile) and ``v``. A timer
+    message (:data:`MSG_SWEEP`) removes it once the ids expire.
     """
 
     state: bytes | None = None
@@ -332,6 +334,10 @@ class EntityRecord:
     modified: int = 0
     version: int = 0
     control_version: int = 0
+    #: the work item of a batch running on a worker that has the entity's code ("" none) ...
+    work: str = ""
+    #: ... and the messages that arrived meanwhile, in order
+    parked: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_fields(cls, main: dict[bytes, bytes], control: dict[bytes, bytes] | None = None) -> EntityRecord:
@@ -347,6 +353,9 @@ class EntityRecord:
             rec.queue = list(unpack_record(raw)) if raw else []
             rec.recent = list(_RECENT.iter_unpack(control.get(b"r", b"")))
             rec.control_version = int(control.get(b"v", b"0"))
+            rec.work = control.get(b"w", b"").decode()
+            raw = control.get(b"p")
+            rec.parked = list(unpack_record(raw)) if raw else []
         return rec
 
     def main_fields(self) -> dict[str, bytes]:
@@ -355,11 +364,14 @@ class EntityRecord:
 
     def control_fields(self) -> dict[str, bytes]:
         """The control hash's fields; all empty when the control hash should not exist."""
-        return {
+        fields = {
             "l": pack_record(self.lock) if self.lock else b"",
             "q": pack_record(self.queue) if self.queue else b"",
             "r": b"".join(_RECENT.pack(ts, fp) for ts, fp in self.recent),
         }
+        if self.work or self.parked:  # only while a batch runs elsewhere
+            fields.update(w=self.work.encode(), p=pack_record(self.parked) if self.parked else b"")
+        return fields
 
     def to_state(self, entity_id: EntityId) -> EntityState | None:
         """The client's view; None when the entity has no state (it does not exist)."""

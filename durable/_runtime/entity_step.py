@@ -12,6 +12,7 @@ so an operation's effects and its consumption of the inbox happen together or no
 from __future__ import annotations
 
 import logging
+import uuid
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,11 +22,14 @@ from .._core.entities import (
     DEFAULT_DEDUP_SECONDS,
     DEFAULT_DEDUP_WINDOW,
     MSG_SWEEP,
+    BatchResult,
     EntityBatch,
     EntityId,
     EntityRecord,
     held_locks,
 )
+from .._core.registry import capability
+from .._core.remote import apply_entity_outcome
 from .._core.serialization import pack_record
 from .._store.keys import partition_of
 from .._store.store import RecordWrite
@@ -35,7 +39,8 @@ from .step import Message, StepState
 if TYPE_CHECKING:
     from .._core.registry import Registry
     from .._store.store import Store
-    from .orchestration_step import Instance
+    from .capabilities import CapabilityView
+    from .instances import Instance
     from .telemetry import Telemetry
 
 log = logging.getLogger("durable.entities")
@@ -71,10 +76,11 @@ class EntityHalf:
     #: ... for this long
     dedup_seconds = DEFAULT_DEDUP_SECONDS
 
-    def __init__(self, *, store: Store, registry: Registry, metrics: Telemetry) -> None:
+    def __init__(self, *, store: Store, registry: Registry, metrics: Telemetry, caps: CapabilityView) -> None:
         self.store = store
         self.registry = registry
         self.metrics = metrics
+        self.caps = caps
         self._steps: weakref.WeakKeyDictionary[StepState, _StepEntities] = weakref.WeakKeyDictionary()
 
     def _step(self, step: StepState) -> _StepEntities:
@@ -120,9 +126,66 @@ class EntityHalf:
         loaded = st.entities.get(target)
         if loaded is None:  # not announced to ensure_loaded: treat as new (the version check guards it)
             loaded = st.entities[target] = _Loaded(EntityRecord(), {}, {})
+        if loaded.record.work:  # a batch runs on another worker: its messages wait for its outcome
+            msgs = self._settle(step, entity_id, loaded, msgs)
+            if not msgs:
+                return
         impl = self.registry.entities.get(entity_id.name)
+        if impl is None and self.caps.recent(capability("e", entity_id.name)):
+            self._delegate(step, entity_id, loaded, msgs)  # a live worker has the code: it runs there
+            return
         batch = EntityBatch(entity_id, impl, loaded.record, step.now, self.dedup_window, self.dedup_seconds)
-        result = batch.run(msgs)
+        self._absorb(step, entity_id, impl is not None, loaded, batch.run(msgs))
+
+    def _delegate(self, step: StepState, entity_id: EntityId, loaded: _Loaded, msgs: list[Message]) -> None:
+        """Send the batch to the work stream of the entity: a worker that has its code runs it."""
+        wid = uuid.uuid4().hex
+        item = {
+            "wid": wid,
+            "kind": "e",
+            "part": step.index,
+            "target": str(entity_id),
+            "ts": step.now,
+            "msgs": [_persistable(m) for m in msgs],
+        }
+        cap = capability("e", entity_id.name)
+        step.plan.outbox.append({"dst": self.store.keys.work(cap), "m": pack_record(item)})
+        loaded.record.work = wid
+        loaded.dirty = True
+
+    def _settle(
+        self, step: StepState, entity_id: EntityId, loaded: _Loaded, msgs: list[Message]
+    ) -> list[Message]:
+        """Park messages until the outcome of the batch away arrives, then apply it; returns the
+        messages to handle now (the parked ones first)."""
+        rec = loaded.record
+        loaded.dirty = True
+        for i, msg in enumerate(msgs):
+            if msg.get("kind") != ev.MSG_REMOTE_RESULT:
+                rec.parked.append(_persistable(msg))
+                continue
+            if msg.get("wid") != rec.work:
+                continue  # a late duplicate of an outcome already applied
+            rec.work = ""
+            waiting, rec.parked = rec.parked, []
+            impl = self.registry.entities.get(entity_id.name)
+            known = True
+            if msg.get("missing"):  # nobody had the code for the grace period: the usual outcome here
+                batch = EntityBatch(entity_id, impl, rec, step.now, self.dedup_window, self.dedup_seconds)
+                result = batch.run(list(msg["item"].get("msgs") or []))
+                known = impl is not None
+            else:
+                result = apply_entity_outcome(rec, msg.get("record") or {}, msg.get("batch") or {})
+            self._absorb(step, entity_id, known, loaded, result)
+            return [*waiting, *msgs[i + 1 :]]
+        return []
+
+    def _absorb(
+        self, step: StepState, entity_id: EntityId, known: bool, loaded: _Loaded, result: BatchResult
+    ) -> None:
+        """Plan what a batch did (wherever it ran): the record, its messages, timers, dead letters."""
+        st = self._step(step)
+        target = str(entity_id)
         loaded.dirty = True
         loaded.deleted = result.deleted
         for msg in result.out:
@@ -132,7 +195,7 @@ class EntityHalf:
         st.dead.extend(result.dead)
         for _ in range(result.duplicates):
             self.metrics.duplicate_dropped()
-        if impl is not None:
+        if known:
             for _ in range(result.completed):
                 self.metrics.entity_operation(entity_id.name, "completed")
             for _ in range(result.failed):
@@ -169,6 +232,9 @@ class EntityHalf:
         key = step.keys.entity(target)
         control_key = step.keys.entity_control(target)
         control = rec.control_fields()
+        for name in ("w", "p"):  # a batch that ran elsewhere came back: clear its marks
+            if name not in control and loaded.raw_control.get(name.encode()):
+                control[name] = b""
         if any(control.values()):
             write = RecordWrite(control_key, control_key, rec.control_version)
             write.fields.update(_changed(control, loaded.raw_control))
@@ -225,11 +291,11 @@ class EntityHalf:
     def on_orchestration_end(self, step: StepState, inst: Instance) -> None:
         """Release the locks an ending execution still holds or waits for (sent at flush, after the
         step's other messages, so a release never overtakes its own lock request)."""
-        executor = inst.executor
-        if executor is None:
+        history = inst.history
+        if not history:
             return
         st = self._step(step)
-        for rid, locks, granted in held_locks(executor.history):
+        for rid, locks, granted in held_locks(history):
             if not locks:
                 continue
             if granted:  # every entity holds the lock: release them all at once
@@ -238,6 +304,10 @@ class EntityHalf:
                 msg = _lock_message(ev.MSG_UNLOCK, inst.iid, rid, locks)
                 msg["chain"] = True
                 st.releases.append((locks[0], msg))
+
+
+def _persistable(msg: Message) -> Message:
+    return {k: v for k, v in msg.items() if not k.startswith("_")}
 
 
 def _changed(fields: dict[str, bytes], raw: dict[bytes, bytes]) -> dict[str, bytes]:

@@ -10,12 +10,12 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._core import events as ev
 from .._core.executor import OrchestrationExecutor, StepResult
 from .._core.model import FailureDetails, OrchestrationStatus
+from .._core.registry import capability
 from .._core.serialization import (
     BLOB_REF_PREFIX,
     LARGE_PAYLOAD_BYTES,
@@ -24,7 +24,22 @@ from .._core.serialization import (
     unpack_record,
 )
 from .._store.store import RecordWrite
+from .delegation import RemoteOrchestrations
+from .instances import (
+    LIVE,
+    PAYLOAD_FIELDS,
+    Incoming,
+    Instance,
+    check_history_size,
+    load_histories,
+    reply_to_parent,
+    started_event,
+    to_event,
+)
 from .step import Message, StepState
+
+#: continue-as-new restarts run inline in one step up to this many times
+_MAX_INLINE_RESTARTS = 100
 
 if TYPE_CHECKING:
     from .._config import WorkerConfig
@@ -32,52 +47,11 @@ if TYPE_CHECKING:
     from .._core.registry import Registry
     from .._store.store import Store
     from .cache import InstanceCache
+    from .capabilities import CapabilityView
     from .entity_step import EntityHalf
     from .telemetry import Telemetry
 
 log = logging.getLogger("durable.partition")
-
-_COMPLETION_MSGS = {
-    ev.MSG_TASK_COMPLETED: ev.TASK_COMPLETED,
-    ev.MSG_TASK_FAILED: ev.TASK_FAILED,
-    ev.MSG_TIMER_FIRED: ev.TIMER_FIRED,
-    ev.MSG_SUB_COMPLETED: ev.SUB_COMPLETED,
-    ev.MSG_SUB_FAILED: ev.SUB_FAILED,
-}
-#: history event fields that carry (encoded) user payloads
-_PAYLOAD_FIELDS = ("input", "result", "output")
-#: continue-as-new restarts run inline in one step up to this many times
-_MAX_INLINE_RESTARTS = 100
-
-
-@dataclass
-class Instance:
-    """The cached view of one orchestration instance in its owning partition."""
-
-    iid: str
-    version: int = 0
-    status: OrchestrationStatus | None = None
-    name: str = ""
-    exec: str = ""
-    created: int = 0
-    parent: dict[str, Any] | None = None
-    executor: OrchestrationExecutor | None = None
-    last_ts: int = 0
-
-    @property
-    def running(self) -> bool:
-        return self.executor is not None and not self.executor.is_done
-
-
-@dataclass
-class _Incoming:
-    """An instance's messages of one step, as history events (and what a start carried)."""
-
-    events: list[ev.Event] = field(default_factory=list)
-    start: Message | None = None
-    start_input: bytes | None = None
-    #: a start that never ran and was terminated: its record (no executor runs)
-    terminated_pending: RecordWrite | None = None
 
 
 class OrchestrationHalf:
@@ -94,6 +68,8 @@ class OrchestrationHalf:
         entities: EntityHalf,
         context_factory: Callable[[str, Any], OrchestrationContext],
         name_of: Callable[[Any, str], str],
+        caps: CapabilityView,
+        strict_replay: bool = False,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -103,6 +79,10 @@ class OrchestrationHalf:
         self.entities = entities
         self.context_factory = context_factory
         self.name_of = name_of
+        self.caps = caps
+        #: compare inputs too when replaying (a test environment's always_replay)
+        self.strict_replay = strict_replay
+        self.remote = RemoteOrchestrations(self)
 
     # -- the StepHalf shape --------------------------------------------------------------------
     def owns(self, target: str) -> bool:
@@ -113,40 +93,66 @@ class OrchestrationHalf:
         ids = [t for t in targets if t not in cached]
         if not ids:
             return
-        loaded = await self.store.load_instances(step.index, ids)
-        histories = [[unpack_record(h) for h in history] for _, history in loaded]
-        refs = [
-            e[f][len(BLOB_REF_PREFIX) :].decode()
-            for events in histories
-            for e in events
-            for f in _PAYLOAD_FIELDS
-            if is_blob_ref(e.get(f))
-        ]
-        if refs:  # large payloads live beside the history
-            blobs = await self.store.get_blobs(refs)
-            for events in histories:
-                for e in events:
-                    for f in _PAYLOAD_FIELDS:
-                        if is_blob_ref(e.get(f)):
-                            e[f] = blobs[e[f][len(BLOB_REF_PREFIX) :].decode()]
-        for iid, (fields, _), events in zip(ids, loaded, histories, strict=True):
+        loaded = await load_histories(self.store, step.index, ids)
+        for iid, (fields, events) in zip(ids, loaded, strict=True):
             cached[iid] = self._instance_from(iid, fields, events)
             self.metrics.cache_event("miss")
 
     def process(self, step: StepState, target: str, msgs: list[Message]) -> None:
         inst = self.cache.partition(step.index)[target]
-        incoming = self._incoming(inst, msgs, step)
+        if inst.remote:  # a step runs on another worker: its messages wait for its outcome
+            msgs = self.remote.settle(step, inst, msgs)
+        if not msgs:
+            return
+        if self._runs_here(inst, msgs):
+            self.run_local(step, inst, self._incoming(inst, msgs, step))
+        else:
+            self.remote.delegate(step, inst, msgs)
+
+    def _runs_here(self, inst: Instance, msgs: list[Message]) -> bool:
+        """Whether this worker has the code of the step these messages make: the instance's
+        pinned version, or for a start, the version it asks for (None: any version of the name).
+        A start for a name no worker had within the grace period runs here, to fail clearly."""
+        if inst.running:
+            return inst.executor is not None
+        start = next((m for m in msgs if m["kind"] == ev.MSG_START), None)
+        if start is None:
+            return True  # nothing runs code: the messages are dropped or end a pending start
+        name, version = str(start["name"]), start.get("ver")
+        if self.registry.can_run(name, version):
+            return True
+        return version is None and not self.caps.recent(capability("o", name))
+
+    def run_local(self, step: StepState, inst: Instance, incoming: Incoming) -> None:
+        """Run the step's events through this worker's executor and plan the outcome."""
         if not incoming.events:
             if incoming.terminated_pending is not None:
                 step.plan.records.append(incoming.terminated_pending)
                 step.touched[inst.iid] = inst
             return
+        if incoming.start is not None:
+            inst.executor = self._new_executor(inst.iid)
+            inst.remote_history = None
         assert inst.executor is not None
         ts = max(step.now, inst.last_ts)
         inst.last_ts = ts
         prev_status = inst.status
         result, new_execution, start_input = self._execute(inst, incoming, ts, step)
-        result = self._check_history_size(inst, result)
+        inst.ver = inst.executor.version
+        result = check_history_size(inst.iid, inst.executor, result, self.config)
+        self.conclude(step, inst, result, ts, new_execution, start_input, prev_status)
+
+    def conclude(
+        self,
+        step: StepState,
+        inst: Instance,
+        result: StepResult,
+        ts: int,
+        new_execution: bool,
+        start_input: bytes | None,
+        prev_status: OrchestrationStatus | None,
+    ) -> RecordWrite:
+        """Plan a step's outcome (wherever it ran): the record, the actions, the end."""
         status = result.status
         if status == OrchestrationStatus.CONTINUED_AS_NEW:
             status = self._continue_next_step(inst, result, step)
@@ -157,6 +163,7 @@ class OrchestrationHalf:
         self._route_actions(inst, result, step, rec)
         if status.is_terminal:
             self._finish(inst, result, status, step)
+        return rec
 
     def flush(self, step: StepState) -> None:
         """Nothing is left over: every orchestration record is planned by :meth:`process`."""
@@ -176,40 +183,62 @@ class OrchestrationHalf:
         inst.last_ts = int(get(b"updated", b"0"))
         parent = get(b"parent")
         inst.parent = unpack_record(parent) if parent else None
-        if inst.status in (OrchestrationStatus.RUNNING, OrchestrationStatus.SUSPENDED) and history:
-            executor = self._new_executor(iid)
-            executor.replay(history)
-            inst.executor = executor
+        ver = get(b"ver")
+        inst.ver = ver.decode() if ver is not None else None
+        inst.remote = get(b"wi", b"").decode()
+        parked = get(b"pk")
+        inst.parked = list(unpack_record(parked)) if parked else []
+        if inst.status in LIVE and history:
+            if inst.ver is None:  # recorded before versions existed: its start says
+                started = next((e for e in history if e.get("k") == ev.EXECUTION_STARTED), {})
+                inst.ver = str(started.get("ver") or "")
+            if self.registry.can_run(inst.name, inst.ver) and not inst.remote:
+                executor = self._new_executor(iid)
+                executor.replay(history)
+                inst.executor = executor
+            else:  # its steps run where its version is (or it waits for one)
+                inst.remote_history = history
+        elif inst.remote:  # a start that runs elsewhere
+            inst.remote_history = history
         return inst
 
     def _new_executor(self, iid: str) -> OrchestrationExecutor:
-        return OrchestrationExecutor(iid, self.registry.orchestrators.get, self.name_of, self.context_factory)
+        return OrchestrationExecutor(
+            iid,
+            self.registry.orchestrators.get,
+            self.name_of,
+            self.context_factory,
+            resolve_version=self.registry.resolve_orchestrator,
+            strict=self.strict_replay,
+        )
 
     # -- one instance's step, along its seams ---------------------------------------------------
-    def _incoming(self, inst: Instance, msgs: list[Message], step: StepState) -> _Incoming:
+    def _incoming(self, inst: Instance, msgs: list[Message], step: StepState) -> Incoming:
         """Turn the messages into history events: a start (re)creates the executor."""
-        incoming = _Incoming()
+        incoming = Incoming()
+        live = inst.running
         for msg in msgs:
             kind = msg["kind"]
             if kind == ev.MSG_START:
-                if self._accept_start(inst, msg, step):
+                if self._accept_start(inst, msg, step, live):
+                    live = True
                     incoming.start = msg
                     incoming.start_input = msg.get("input")
-                    incoming.events = [_started_event(msg, inst)]
+                    incoming.events = [started_event(msg, inst)]
                 continue
-            if kind == ev.MSG_TERMINATE and not inst.running and inst.status == OrchestrationStatus.PENDING:
+            if kind == ev.MSG_TERMINATE and not live and inst.status == OrchestrationStatus.PENDING:
                 # terminated before it started (e.g. a scheduled start): it never runs
                 incoming.terminated_pending = self._terminate_pending(inst, msg, step)
                 continue
-            if not inst.running:
+            if not live:
                 continue
-            event = _to_event(msg, inst.exec)
+            event = to_event(msg, inst.exec)
             if event is not None:
                 incoming.events.append(event)
         return incoming
 
-    def _accept_start(self, inst: Instance, msg: Message, step: StepState) -> bool:
-        if inst.running:
+    def _accept_start(self, inst: Instance, msg: Message, step: StepState, live: bool) -> bool:
+        if live:
             if msg.get("exec") != inst.exec and msg.get("parent"):
                 failure = FailureDetails(
                     f"an orchestration with id {inst.iid!r} is already running",
@@ -220,7 +249,6 @@ class OrchestrationHalf:
         started_before = inst.status not in (None, OrchestrationStatus.PENDING)
         if msg.get("exec") == inst.exec and started_before:
             return False  # duplicate delivery of a start we already applied
-        inst.executor = self._new_executor(inst.iid)
         inst.exec = str(msg.get("exec") or uuid.uuid4().hex)
         inst.name = str(msg["name"])
         inst.parent = msg.get("parent")
@@ -228,7 +256,7 @@ class OrchestrationHalf:
         return True
 
     def _execute(
-        self, inst: Instance, incoming: _Incoming, ts: int, step: StepState
+        self, inst: Instance, incoming: Incoming, ts: int, step: StepState
     ) -> tuple[StepResult, bool, bytes | None]:
         """Run the executor; continue-as-new restarts run inline (bounded)."""
         assert inst.executor is not None
@@ -237,6 +265,8 @@ class OrchestrationHalf:
         result = inst.executor.execute([{"k": ev.ORCHESTRATOR_STARTED, "ts": ts}, *incoming.events])
         restarts = 0
         while result.continue_as_new is not None and restarts < _MAX_INLINE_RESTARTS:
+            if not self.registry.can_run(inst.name, result.continue_version):
+                break  # the next execution's version runs elsewhere: it starts in a later step
             self._route_actions(inst, result, step)
             restarts += 1
             data, carried = result.continue_as_new
@@ -245,8 +275,14 @@ class OrchestrationHalf:
             inst.exec = uuid.uuid4().hex
             new_execution = True
             start_input = data
-            restart = {"name": inst.name, "input": data, "exec": inst.exec, "parent": inst.parent}
-            evs: list[ev.Event] = [_started_event(restart, inst)]
+            restart = {
+                "name": inst.name,
+                "input": data,
+                "exec": inst.exec,
+                "parent": inst.parent,
+                "ver": result.continue_version,
+            }
+            evs: list[ev.Event] = [started_event(restart, inst)]
             evs.extend({"k": ev.EVENT_RAISED, "name": n, "input": d} for n, d in carried)
             result = inst.executor.execute([{"k": ev.ORCHESTRATOR_STARTED, "ts": ts}, *evs])
         return result, new_execution, start_input
@@ -263,36 +299,13 @@ class OrchestrationHalf:
             "exec": uuid.uuid4().hex,
             "parent": inst.parent,
             "events": carried,
+            "ver": result.continue_version,
         }
         step.route(inst.iid, start)
         self.entities.on_orchestration_end(step, inst)
         inst.executor = None
+        inst.remote_history = None
         return OrchestrationStatus.RUNNING
-
-    def _check_history_size(self, inst: Instance, result: StepResult) -> StepResult:
-        executor = inst.executor
-        if executor is None or result.status.is_terminal:
-            return result
-        cfg = self.config
-        size = len(executor.history)
-        if size > cfg.history_max_events:
-            details = FailureDetails(
-                f"orchestration {inst.iid!r} has {size} history events, more than the limit of "
-                f"{cfg.history_max_events}; long-running loops must call ctx.continue_as_new() "
-                "to start over with a fresh history",
-                "HistoryLimitExceededError",
-            )
-            result.actions.clear()
-            return executor.abort(details, result)
-        if size - len(result.new_events) <= cfg.history_warn_events < size:
-            log.warning(
-                "orchestration %r has %d history events (warning threshold %d); consider "
-                "ctx.continue_as_new() to keep replay cheap",
-                inst.iid,
-                size,
-                cfg.history_warn_events,
-            )
-        return result
 
     def _record(
         self,
@@ -316,6 +329,8 @@ class OrchestrationHalf:
         f = rec.fields
         f["status"] = status.value
         f["updated"] = ts
+        if inst.ver is not None:
+            f["ver"] = inst.ver
         if new_execution:
             f.update(
                 name=inst.name, exec=inst.exec, created=inst.created, output=b"", failure=b"", custom=b""
@@ -349,6 +364,7 @@ class OrchestrationHalf:
             reply_to_parent(step, inst.parent, result.output if completed else None, failure)
         self.entities.on_orchestration_end(step, inst)
         inst.executor = None
+        inst.remote_history = None
 
     def _terminate_pending(self, inst: Instance, msg: Message, step: StepState) -> RecordWrite:
         inst.status = OrchestrationStatus.TERMINATED
@@ -374,7 +390,7 @@ class OrchestrationHalf:
 
     def _persisted(self, iid: str, event: ev.Event, rec: RecordWrite, step: StepState) -> bytes:
         copy: ev.Event | None = None
-        for f in _PAYLOAD_FIELDS:
+        for f in PAYLOAD_FIELDS:
             value = event.get(f)
             if isinstance(value, bytes) and len(value) > LARGE_PAYLOAD_BYTES:
                 copy = copy or dict(event)  # the cached history keeps the payload itself
@@ -430,58 +446,3 @@ class OrchestrationHalf:
                 step.route(target, event)
             else:
                 self.entities.route_action(step, inst, action)
-
-
-def reply_to_parent(
-    step: StepState, parent: dict[str, Any], output: bytes | None, failure: FailureDetails | None
-) -> None:
-    """Tell a sub-orchestration's parent how it ended (as part of ``step``'s commit)."""
-    msg: dict[str, Any] = {
-        "kind": ev.MSG_SUB_COMPLETED if failure is None else ev.MSG_SUB_FAILED,
-        "target": parent["iid"],
-        "exec": parent.get("exec"),
-        "tid": parent["tid"],
-    }
-    if failure is None:
-        msg["result"] = output
-    else:
-        msg["failure"] = failure.to_record()
-    step.route(parent["iid"], msg)
-
-
-def _started_event(msg: Message, inst: Instance) -> ev.Event:
-    return {
-        "k": ev.EXECUTION_STARTED,
-        "name": inst.name,
-        "input": msg.get("input"),
-        "exec": inst.exec,
-        "parent": inst.parent,
-    }
-
-
-def _to_event(msg: dict[str, Any], exec_id: str) -> ev.Event | None:
-    kind = msg["kind"]
-    if kind in _COMPLETION_MSGS:
-        if msg.get("exec") not in (None, exec_id):
-            return None  # for an earlier execution (before continue-as-new or restart)
-        event: ev.Event = {"k": _COMPLETION_MSGS[kind], "tid": msg.get("tid")}
-        if "result" in msg:
-            event["result"] = msg["result"]
-        if "failure" in msg:
-            event["failure"] = msg["failure"]
-        if "fire_at" in msg:
-            event["fire_at"] = msg["fire_at"]
-        return event
-    if kind == ev.MSG_EVENT:
-        return {"k": ev.EVENT_RAISED, "name": str(msg.get("name", "")), "input": msg.get("input")}
-    if kind == ev.MSG_TERMINATE:
-        return {"k": ev.EXECUTION_TERMINATED, "output": msg.get("output")}
-    if kind == ev.MSG_SUSPEND:
-        return {"k": ev.EXECUTION_SUSPENDED, "reason": msg.get("reason")}
-    if kind == ev.MSG_RESUME:
-        return {"k": ev.EXECUTION_RESUMED, "reason": msg.get("reason")}
-    if kind == ev.MSG_ENTITY_RESPONSE:
-        event = {"k": ev.ENTITY_RESPONDED}
-        event.update({k: v for k, v in msg.items() if k not in ("kind", "target", "_eid")})
-        return event
-    return None

@@ -16,7 +16,7 @@ from .._core.model import FailureDetails, OrchestrationStatus
 from .._core.serialization import pack_record, unpack_record
 from .._store.store import RecordWrite, Store, StreamEntry
 from .inbox import MalformedMessage, dlq_fields, parse_entry
-from .orchestration_step import reply_to_parent
+from .instances import reply_to_parent
 from .step import StepState
 
 log = logging.getLogger("durable.partition")

@@ -18,7 +18,7 @@ from .._store.store import CommitPlan
 
 if TYPE_CHECKING:
     from .._core.executor import StepResult
-    from .orchestration_step import Instance
+    from .instances import Instance
 
 #: an inbox message decoded into a dict with at least ``kind`` and ``target``
 Message = dict[str, Any]
