@@ -245,7 +245,8 @@ def _register_operator_commands(parser: argparse.ArgumentParser, commands: Comma
         "show the partitions: owner, lease, backlog, timers",
         "Show every partition of the hub: the worker holding its lease and when the lease "
         "expires, the inbox backlog and the age of its oldest waiting message, timers, "
-        "instances and entities.",
+        "instances and entities, and the orchestration instances waiting for a worker that has "
+        "their orchestrator version (during a rolling deploy, or after a version was removed).",
     )
     leaf(
         commands,

@@ -32,11 +32,12 @@ async def partitions(session: Session, args: argparse.Namespace) -> Outcome:
             f"{p['timers']} ({p['timers_due_soon']} due soon)" if p["timers"] else "0",
             str(p["instances"]),
             str(p["entities"]),
+            str(p["waiting_for_version"]),
         ]
         for p in data
     ]
     headers = ["partition", "owner", "epoch", "lease expires in", "backlog", "oldest age", "timers"]
-    text = render_table([*headers, "instances", "entities"], rows)
+    text = render_table([*headers, "instances", "entities", "waiting for version"], rows)
     return Outcome(data, text)
 
 

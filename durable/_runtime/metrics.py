@@ -41,6 +41,7 @@ __all__ = [
     "NONDETERMINISM_ERRORS",
     "ORCHESTRATIONS_FINISHED",
     "ORCHESTRATIONS_STARTED",
+    "ORCHESTRATIONS_WAITING_FOR_VERSION",
     "ORCHESTRATION_DURATION",
     "PARTITIONS_OWNED",
     "PARTITION_BACKLOG",
@@ -239,6 +240,13 @@ METRIC_DEFINITIONS: Final[tuple[MetricDefinition, ...]] = (
         ("name",),
     ),
     MetricDefinition(
+        "durable_orchestrations_waiting_for_version",
+        "gauge",
+        "Orchestration instances in this worker's partitions whose next step waits for a worker "
+        "with their orchestrator version (no live worker has it), by orchestration name and version.",
+        ("name", "version"),
+    ),
+    MetricDefinition(
         "durable_worker_slots",
         "gauge",
         "Activity execution slots on this worker, by state (used or available).",
@@ -307,6 +315,7 @@ TIMER_LATENESS: Final[Histogram] = _histogram("durable_timer_lateness_seconds")
 REPLAY_CACHE_EVENTS: Final[Counter] = _counter("durable_replay_cache_events_total")
 REPLAY_CACHE_SIZE: Final[Gauge] = _gauge("durable_replay_cache_size")
 NONDETERMINISM_ERRORS: Final[Counter] = _counter("durable_nondeterminism_errors_total")
+ORCHESTRATIONS_WAITING_FOR_VERSION: Final[Gauge] = _gauge("durable_orchestrations_waiting_for_version")
 WORKER_SLOTS: Final[Gauge] = _gauge("durable_worker_slots")
 BUILD_INFO: Final[Gauge] = _gauge("durable_build_info")
 

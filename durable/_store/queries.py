@@ -24,6 +24,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
+from .._core.registry import ANY_VERSION, capability
+from .._core.serialization import unpack_record
 from .keys import ACTIVITY_GROUP
 from .store import Store
 
@@ -83,9 +85,23 @@ class PartitionInfo:
     timers_due_soon: int
     instances: int
     entities: int
+    #: instances whose next step waits for a worker with their orchestrator version
+    waiting_for_version: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class WaitingInstance:
+    """An orchestration instance whose step waits for a worker with its version."""
+
+    partition: int
+    instance_id: str
+    name: str
+    #: the pinned version ("*": a start for any version of a name no live worker has)
+    version: str
+    since_ms: int
 
 
 @dataclass
@@ -186,6 +202,9 @@ async def partitions_info(
         pipe.xrange(pk.inbox, "-", cursors[n], count=_CONSUMED_SCAN_LIMIT + 1)
         pipe.xrange(pk.inbox, f"({cursors[n]}", "+", count=1)
     ranges = await pipe.execute() if count else []
+    waiting: dict[int, int] = {}
+    for w in await waiting_for_version(store, indices, now):
+        waiting[w.partition] = waiting.get(w.partition, 0) + 1
     out: list[PartitionInfo] = []
     for n, i in enumerate(indices):
         lease, ttl, _, xlen, timers, due, instances, entities = raw[n * per : (n + 1) * per]
@@ -211,8 +230,39 @@ async def partitions_info(
                 timers_due_soon=int(due),
                 instances=int(instances),
                 entities=int(entities),
+                waiting_for_version=waiting.get(i, 0),
             )
         )
+    return out
+
+
+async def waiting_for_version(
+    store: Store, only: Iterable[int] | None = None, now_ms: int | None = None
+) -> list[WaitingInstance]:
+    """Instances (of every partition, or those in ``only``) whose step was sent to the workers of
+    their version and that no live worker runs: no live heartbeat carries the capability."""
+    total = await partition_count(store)
+    indices = list(range(total)) if only is None else sorted(i for i in set(only) if 0 <= i < total)
+    if not indices:
+        return []
+    now = await store.redis_time_ms() if now_ms is None else now_ms
+    pipe = store.redis.pipeline(transaction=False)
+    pipe.hgetall(store.keys.caps)
+    for i in indices:
+        pipe.hgetall(store.partition_keys(i).delegated)
+    caps_raw, *rows = await pipe.execute()
+    live = {text(k) for k, v in caps_raw.items() if int(v) > now}
+    out: list[WaitingInstance] = []
+    for i, row in zip(indices, rows, strict=True):
+        for member, raw in row.items():
+            try:
+                name, version, since, _ = unpack_record(raw)
+            except (ValueError, TypeError):
+                continue
+            if capability("o", str(name), None if version == ANY_VERSION else str(version)) in live:
+                continue  # a live worker has it: the step runs (or has just run)
+            out.append(WaitingInstance(i, text(member), str(name), str(version), int(since)))
+    out.sort(key=lambda w: (w.partition, w.since_ms))
     return out
 
 

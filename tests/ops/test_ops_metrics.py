@@ -38,6 +38,7 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "durable_replay_cache_events_total": ("counter", ("event",)),
     "durable_replay_cache_size": ("gauge", ()),
     "durable_nondeterminism_errors_total": ("counter", ("name",)),
+    "durable_orchestrations_waiting_for_version": ("gauge", ("name", "version")),
     "durable_worker_slots": ("gauge", ("state",)),
     "durable_build_info": ("gauge", ("version", "python")),
 }
@@ -62,6 +63,7 @@ ATTRIBUTES: dict[str, str] = {
     "durable_replay_cache_events_total": "REPLAY_CACHE_EVENTS",
     "durable_replay_cache_size": "REPLAY_CACHE_SIZE",
     "durable_nondeterminism_errors_total": "NONDETERMINISM_ERRORS",
+    "durable_orchestrations_waiting_for_version": "ORCHESTRATIONS_WAITING_FOR_VERSION",
     "durable_worker_slots": "WORKER_SLOTS",
     "durable_build_info": "BUILD_INFO",
 }
