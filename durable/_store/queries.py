@@ -511,3 +511,42 @@ async def read_node(url: str, address: str) -> NodeFacts:
         with anyio.CancelScope(shield=True):
             await client.aclose()
     return facts
+
+
+def _id_pair(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms or 0), int(seq or 0)
+
+
+async def next_timers(store: Store) -> list[tuple[int, int | None]]:
+    """(partition, due time of its next timer or None) for every partition."""
+    total = await partition_count(store)
+    pipe = store.redis.pipeline(transaction=False)
+    for i in range(total):
+        pipe.zrange(store.partition_keys(i).timers, 0, 0, withscores=True)
+    rows = await pipe.execute() if total else []
+    return [(i, int(row[0][1]) if row else None) for i, row in enumerate(rows)]
+
+
+async def pending_work(store: Store, caps: Iterable[str] = ()) -> tuple[bool, int | None]:
+    """Whether anything is runnable now (an unconsumed inbox message, an outbox entry, an activity
+    task, a work item for one of ``caps``), and when the next timer is due (None: no timer)."""
+    total = await partition_count(store)
+    work = list(caps)
+    pipe = store.redis.pipeline(transaction=False)
+    for i in range(total):
+        pk = store.partition_keys(i)
+        pipe.hget(pk.state, "cursor")
+        pipe.xrevrange(pk.inbox, "+", "-", count=1)
+        pipe.xlen(pk.outbox)
+    pipe.xlen(store.keys.tasks)
+    for cap in work:
+        pipe.xlen(store.keys.work(cap))
+    raw = await pipe.execute()
+    busy = any(int(n) for n in raw[3 * total :])
+    for i in range(total):
+        cursor, last, outbox = raw[3 * i : 3 * i + 3]
+        if int(outbox) or (last and _id_pair(text(last[0][0])) > _id_pair(text(cursor) or "0-0")):
+            busy = True
+    dues = [due for _, due in await next_timers(store) if due is not None]
+    return busy, (min(dues) if dues else None)
