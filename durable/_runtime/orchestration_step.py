@@ -434,6 +434,8 @@ class OrchestrationHalf:
                     "created": step.now,
                     "parent": {"iid": inst.iid, "exec": inst.exec, "tid": action["tid"]},
                 }
+                if action.get("ver") is not None:
+                    start["ver"] = action["ver"]
                 step.route(child, start)
             elif kind == ev.EVENT_SENT:
                 target = str(action["iid"])

@@ -67,6 +67,8 @@ async def _fail_instance(store: Store, iid: str, reason: str, step: StepState) -
     failed = OrchestrationStatus.FAILED.value
     rec = RecordWrite(step.keys.instance(iid), step.keys.history(iid), version)
     rec.fields.update(status=failed, updated=step.now, failure=pack_record(failure.to_record()), output=b"")
+    rec.fields.update(wi="", pk=b"")  # a step of it running elsewhere is cancelled
+    step.plan.undelegated.append(iid)
     completed = {
         "k": ev.EXECUTION_COMPLETED,
         "eid": length,
