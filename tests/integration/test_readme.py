@@ -61,3 +61,33 @@ def test_readme_entity_example_runs(redis_url: str, hub: str, tmp_path: Path) ->
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:4] == ["COMPLETED", "FAILED", "balances 6 14", "visits 1"]
+
+
+def _block(marker: str) -> str:
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    return next(b for b in blocks if marker in b)
+
+
+def test_readme_deploy_example_runs(redis_url: str, hub: str, tmp_path: Path) -> None:
+    script = tmp_path / "deploy.py"
+    script.write_text(_block("is_patched"))
+    env = dict(os.environ, DURABLE_REDIS_URL=redis_url, DURABLE_HUB=hub, PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["v1", "v2"]
+
+
+def test_readme_testing_example_passes(tmp_path: Path) -> None:
+    example = _block("TestEnvironment")
+    tests = re.findall(r"^def (test_\w+)\(", example, re.M)
+    assert tests
+    script = tmp_path / "test_example.py"
+    script.write_text(example + "".join(f"\n{name}()" for name in tests) + '\nprint("passed")\n')
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "passed"
