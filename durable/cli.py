@@ -250,7 +250,8 @@ def _register_operator_commands(parser: argparse.ArgumentParser, commands: Comma
         "workers",
         hub.workers,
         "show the live workers",
-        "Show the workers with a live heartbeat: host, pid, activity slots in use, owned partitions.",
+        "Show the workers with a live heartbeat: host, pid, activity slots in use, owned partitions "
+        "and the orchestrator versions they run.",
     )
     doctor.register(commands)
     replay.register(commands)

@@ -324,6 +324,7 @@ async def live_workers(store: Store) -> list[dict[str, Any]]:
                 "slots_used": _int_or_none(facts.get("slots_used")),
                 "partitions": sorted(partitions),
                 "heartbeat_at_ms": _int_or_none(facts.get("started")),
+                "capabilities": [c for c in facts.get("caps", "").split("\n") if c],
                 "facts": facts,
             }
         )
