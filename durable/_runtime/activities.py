@@ -247,11 +247,10 @@ class ActivityRunner:
         )
         fn = self.registry.activities.get(name)
         raw = msg.get("input")
-        if fn is None and self.caps.recent(capability("a", name)):
-            # another worker has it (or had it within the grace period): the task waits for one
-            tg.start_soon(self._leave, eid, fields, name)
+        if fn is None:  # another worker may have it: then the task waits for one (else it fails)
+            tg.start_soon(self._leave_or_fail, eid, msg, fields, ctx, started)
             return
-        if fn is None or inspect.iscoroutinefunction(fn) or is_blob_ref(raw):
+        if inspect.iscoroutinefunction(fn) or is_blob_ref(raw):
             tg.start_soon(self._execute_async, eid, msg, fn, ctx, started)
             return
         try:
@@ -329,15 +328,28 @@ class ActivityRunner:
         self._results.append((ctx.orchestration_id, eid, pack_record(reply)))
         self._results_ready.set()
 
-    async def _leave(self, eid: str, fields: dict[bytes, bytes], name: str) -> None:
-        """Move a task for an activity this worker lacks to that activity's work stream, which only
-        workers that registered it read (the sweeper fails it if none is left for too long)."""
+    async def _leave_or_fail(
+        self,
+        eid: str,
+        msg: dict[str, Any],
+        fields: dict[bytes, bytes],
+        ctx: ActivityContext,
+        started: float,
+    ) -> None:
+        """A task for an activity this worker lacks: if a worker had it within the grace period,
+        move it to that activity's work stream, which only workers that registered it read (the
+        sweeper fails it if none is left for too long); else fail it."""
+        name = ctx.name
         try:
+            if not await self.caps.confirm_recent(capability("a", name)):
+                await self._execute_async(eid, msg, None, ctx, started)  # fails: nobody has it
+                return
             await self.store.park_task(eid, fields, name, self.clock.now_ms())
         except (RedisError, OSError) as exc:  # it stays pending here, and is reclaimed later
             log.warning("cannot leave task %s for a worker that has activity %r: %s", eid, name, exc)
-        finally:
             self._release(eid)
+            return
+        self._release(eid)
 
     async def _reject_malformed(self, eid: str, fields: dict[bytes, bytes], exc: BaseException) -> None:
         log.error("malformed activity task %s dropped to the dead-letter stream: %s", eid, exc)

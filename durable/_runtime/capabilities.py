@@ -10,17 +10,38 @@ waits for a worker that has it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 
 class CapabilityView:
     """Capability -> until when (Redis-clock ms) a live worker is known to have it."""
 
-    def __init__(self, now_ms: Callable[[], int], grace_ms: int, own: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        now_ms: Callable[[], int],
+        grace_ms: int,
+        own: Iterable[str] = (),
+        fetch: Callable[[], Awaitable[dict[str, int]]] | None = None,
+    ) -> None:
         self._now_ms = now_ms
         self.grace_ms = grace_ms
         self._own = frozenset(own)
         self._expiry: dict[str, int] = {}
+        self._fetch = fetch
+
+    async def refresh(self) -> None:
+        """Read everybody's capabilities now, rather than at the next heartbeat: before giving up
+        on work for code this worker lacks (a worker that just started has it, and this worker
+        has not heard yet)."""
+        if self._fetch is not None:
+            self.update(await self._fetch())
+
+    async def confirm_recent(self, cap: str) -> bool:
+        """:meth:`recent`, refreshed from Redis when the last heartbeat says no."""
+        if self.recent(cap):
+            return True
+        await self.refresh()
+        return self.recent(cap)
 
     @property
     def own(self) -> frozenset[str]:

@@ -97,6 +97,10 @@ class EntityHalf:
         st = self._step(step)
         if not entity_ids:
             return
+        missing = {t.partition("@")[2].partition("@")[0].lower() for t in entity_ids}
+        missing = {name for name in missing if name not in self.registry.entities}
+        if any(not self.caps.recent(capability("e", name)) for name in missing):
+            await self.caps.refresh()  # a worker that has it may have started since the last heartbeat
         keys: list[str] = []
         for target in entity_ids:
             keys.append(step.keys.entity(target))

@@ -89,6 +89,14 @@ class OrchestrationHalf:
         return not target.startswith("@")
 
     async def load(self, step: StepState, targets: list[str]) -> None:
+        starts = {
+            str(m["name"])
+            for t in targets
+            for m in step.messages.get(t, ())
+            if m["kind"] == ev.MSG_START and not self.registry.can_run(str(m["name"]), m.get("ver"))
+        }
+        if any(not self.caps.recent(capability("o", name)) for name in starts):
+            await self.caps.refresh()  # a worker that has it may have started since the last heartbeat
         cached = self.cache.partition(step.index)
         ids = [t for t in targets if t not in cached]
         if not ids:

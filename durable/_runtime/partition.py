@@ -245,6 +245,7 @@ class PartitionRunner:
     async def _step(self, entries: list[StreamEntry]) -> None:
         step = self._new_step(entries[-1][0])
         groups, src_updates = self._decode(entries, step)
+        step.messages = groups
         for half in self.halves:
             await half.load(step, [t for t in groups if half.owns(t)])
         for target, msgs in groups.items():

@@ -74,7 +74,9 @@ class Runtime:
         self.leases = LeaseTable(config.lease_ttl_ms, self.metrics, self._stop_runner)
         cache_size = 0 if always_replay else config.cache_size
         self.cache: InstanceCache[Instance] = InstanceCache(cache_size, self.metrics)
-        self.caps = CapabilityView(self.clock.now_ms, config.missing_code_grace_ms, registry.capabilities())
+        self.caps = CapabilityView(
+            self.clock.now_ms, config.missing_code_grace_ms, registry.capabilities(), store.capabilities
+        )
         self.entities = EntityHalf(store=store, registry=registry, metrics=self.metrics, caps=self.caps)
         self.orchestrations = OrchestrationHalf(
             store=store,

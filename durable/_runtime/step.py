@@ -35,6 +35,8 @@ class StepState:
     inbox_of: Callable[[int], str]
     now: int
     plan: CommitPlan
+    #: the step's messages by target, in inbox order
+    messages: dict[str, list[Message]] = field(default_factory=dict)
     touched: dict[str, Instance] = field(default_factory=dict)
     finished: list[tuple[Instance, StepResult]] = field(default_factory=list)
     started: list[Instance] = field(default_factory=list)

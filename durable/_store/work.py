@@ -21,6 +21,11 @@ class WorkStreams:
     redis: Any
     keys: HubKeys
 
+    async def capabilities(self) -> dict[str, int]:
+        """Every capability some worker advertised, with until when (ms) a live worker has it."""
+        raw = await self.redis.hgetall(self.keys.caps)
+        return {k.decode(): int(v) for k, v in raw.items()}
+
     async def ensure_work_groups(self, caps: Iterable[str], group: str = EXECUTOR_GROUP) -> None:
         for cap in caps:
             try:
