@@ -319,11 +319,10 @@ class EntityRecord:
     modification, ms) and ``v`` (the version checked by the commit); for a small state every value
     stays within Redis's compact listpack encoding, so an idle entity costs little.
 
-    The control hash exists only while the entity is locked, has requests waiting for the lock,
-    remembers recent request ids or has a batch running elsewhere: ``l`` (lock holder: ``[request
-    id, orchestration id]``), ``q`` (queued messages), ``r`` (recent request ids: 12 bytes each,
-    unix seconds and fingerprint, oldest first), ``w`` and ``p`` (the work item of a batch that a
-    worker with the entity's code runs, and the messages parked meanwhile) and ``v``. A timer
+    The control hash exists only while the entity is locked, has requests waiting for the lock, or
+    remembers recent request ids: ``l`` (lock holder: ``[request id, orchestration id]``), ``q``
+    (queued messages), ``r`` (recent request ids: 12 bytes each, unix seconds and fingerprint,
+    oldest first), ``w``/``p`` (a batch run elsewhere, see ``remote.py``) and ``v``. A timer
     message (:data:`MSG_SWEEP`) removes it once the ids expire.
     """
 
@@ -334,10 +333,8 @@ class EntityRecord:
     modified: int = 0
     version: int = 0
     control_version: int = 0
-    #: the work item of a batch running on a worker that has the entity's code ("" none) ...
-    work: str = ""
-    #: ... and the messages that arrived meanwhile, in order
-    parked: list[dict[str, Any]] = field(default_factory=list)
+    work: str = ""  # a batch running on a worker with the entity's code ("" none) ...
+    parked: list[dict[str, Any]] = field(default_factory=list)  # ... and what arrived meanwhile
 
     @classmethod
     def from_fields(cls, main: dict[bytes, bytes], control: dict[bytes, bytes] | None = None) -> EntityRecord:
@@ -370,7 +367,7 @@ class EntityRecord:
             "r": b"".join(_RECENT.pack(ts, fp) for ts, fp in self.recent),
         }
         if self.work or self.parked:  # only while a batch runs elsewhere
-            fields.update(w=self.work.encode(), p=pack_record(self.parked) if self.parked else b"")
+            fields.update(w=self.work.encode(), p=pack_record(self.parked))
         return fields
 
     def to_state(self, entity_id: EntityId) -> EntityState | None:

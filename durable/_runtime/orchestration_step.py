@@ -222,7 +222,7 @@ class OrchestrationHalf:
 
     # -- one instance's step, along its seams ---------------------------------------------------
     def _incoming(self, inst: Instance, msgs: list[Message], step: StepState) -> Incoming:
-        """Turn the messages into history events: a start (re)creates the executor."""
+        """Turn the messages into history events (a start begins a new execution)."""
         incoming = Incoming()
         live = inst.running
         for msg in msgs:
