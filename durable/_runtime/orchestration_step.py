@@ -233,6 +233,9 @@ class OrchestrationHalf:
                     incoming.start = msg
                     incoming.start_input = msg.get("input")
                     incoming.events = [started_event(msg, inst)]
+                    # events a continue-as-new carried over (save_events) into this execution
+                    carried = msg.get("events") or []
+                    incoming.events.extend({"k": ev.EVENT_RAISED, "name": n, "input": d} for n, d in carried)
                 continue
             if kind == ev.MSG_TERMINATE and not live and inst.status == OrchestrationStatus.PENDING:
                 # terminated before it started (e.g. a scheduled start): it never runs

@@ -185,3 +185,27 @@ def test_an_instance_waiting_for_its_version_can_be_terminated(
         client.terminate_orchestration(iid, output="gave up")
         state = client.wait_for_orchestration_completion(iid, timeout=20)
     assert state.runtime_status == OrchestrationStatus.TERMINATED and state.output == "gave up"
+
+
+def test_continue_as_new_to_a_version_another_worker_has_carries_the_saved_events(
+    redis_url: str, hub: str, client: Client
+) -> None:
+    first, second = (Worker(redis_url, hub=hub, config=WorkerConfig(**FAST)) for _ in range(2))
+
+    @first.orchestrator(name="flow", version="1")
+    def flow_v1(ctx: Any, _: Any) -> Any:
+        got = yield ctx.wait_for_external_event("first")
+        ctx.continue_as_new(got, save_events=True, version="2")
+
+    @second.orchestrator(name="flow", version="2")
+    def flow_v2(ctx: Any, got: Any) -> Any:
+        later = yield ctx.wait_for_external_event("second")
+        return [ctx.version, got, later]
+
+    iid = client.schedule_new_orchestration("flow", version="1")
+    client.raise_orchestration_event(iid, "second", data=2)  # received by v1, carried over to v2
+    client.raise_orchestration_event(iid, "first", data=1)
+    with first, second:
+        state = client.wait_for_orchestration_completion(iid, timeout=20)
+    assert state.runtime_status == OrchestrationStatus.COMPLETED, state.failure_details
+    assert state.output == ["2", 1, 2] and state.version == "2"
