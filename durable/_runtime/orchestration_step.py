@@ -98,16 +98,18 @@ class OrchestrationHalf:
         if any(not self.caps.recent(capability("o", name)) for name in starts):
             await self.caps.refresh()  # a worker that has it may have started since the last heartbeat
         cached = self.cache.partition(step.index)
-        ids = [t for t in targets if t not in cached]
+        step.instances.update((t, cached[t]) for t in targets if t in cached)
+        ids = [t for t in targets if t not in step.instances]
         if not ids:
             return
         loaded = await load_histories(self.store, step.index, ids)
         for iid, (fields, events) in zip(ids, loaded, strict=True):
-            cached[iid] = self._instance_from(iid, fields, events)
+            inst = step.instances[iid] = self._instance_from(iid, fields, events)
+            self.cache.partition(step.index)[iid] = inst
             self.metrics.cache_event("miss")
 
     def process(self, step: StepState, target: str, msgs: list[Message]) -> None:
-        inst = self.cache.partition(step.index)[target]
+        inst = step.instances[target]
         if inst.remote:  # a step runs on another worker: its messages wait for its outcome
             msgs = self.remote.settle(step, inst, msgs)
         if not msgs:

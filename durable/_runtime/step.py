@@ -37,6 +37,9 @@ class StepState:
     plan: CommitPlan
     #: the step's messages by target, in inbox order
     messages: dict[str, list[Message]] = field(default_factory=dict)
+    #: the orchestration instances the step addresses, held for the step (the replay cache may
+    #: evict one while another partition's step commits)
+    instances: dict[str, Instance] = field(default_factory=dict)
     touched: dict[str, Instance] = field(default_factory=dict)
     finished: list[tuple[Instance, StepResult]] = field(default_factory=list)
     started: list[Instance] = field(default_factory=list)
