@@ -322,7 +322,7 @@ class EntityRecord:
     The control hash exists only while the entity is locked, has requests waiting for the lock, or
     remembers recent request ids: ``l`` (lock holder: ``[request id, orchestration id]``), ``q``
     (queued messages), ``r`` (recent request ids: 12 bytes each, unix seconds and fingerprint,
-    oldest first), ``w``/``p`` (a batch run elsewhere, see ``remote.py``) and ``v``. A timer
+    oldest first), ``w``/``p`` (a batch run elsewhere, see ``delegation.py``) and ``v``. A timer
     message (:data:`MSG_SWEEP`) removes it once the ids expire.
     """
 

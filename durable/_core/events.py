@@ -67,4 +67,4 @@ MSG_CALL: Final = "call"
 MSG_LOCK: Final = "lock"
 MSG_UNLOCK: Final = "unlock"
 #: the outcome of a step that a worker with the code ran for the partition owner (see remote.py)
-MSG_REMOTE_RESULT: Final = "remote_result"
+MSG_STEP_RESULT: Final = "step_result"

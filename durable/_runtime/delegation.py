@@ -8,7 +8,7 @@ step's commit, sends them as a *work item* to the work stream of the capability
 ``delegated`` hash. The commit consumes the messages, so the partition's cursor moves on and the
 other instances of the partition never wait.
 
-A worker that has the version runs the step (``remote.py``) and replies to the partition's inbox.
+A worker that has the version runs the step (``work_runner.py``) and replies to the partition's inbox.
 Until the reply arrives, the instance's new messages are parked, in order, in its hash (``pk``).
 The reply is committed like a local step (history, actions, timers, status), then the parked
 messages are handled: run here if this worker has the version now, else sent as the next work
@@ -23,10 +23,10 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from .._core import events as ev
+from .._core.delegation import step_result_from
 from .._core.executor import StepResult
 from .._core.model import FailureDetails, OrchestrationStatus
 from .._core.registry import ANY_VERSION, capability
-from .._core.remote import step_result_from
 from .._core.serialization import pack_record
 from .._store.store import RecordWrite
 from .instances import Incoming, Instance, reply_to_parent
@@ -41,7 +41,7 @@ def persistable(msg: Message) -> Message:
     return {k: v for k, v in msg.items() if not k.startswith("_")}
 
 
-class RemoteOrchestrations:
+class DelegatedSteps:
     """Delegates steps to workers that have the code, and applies what they send back."""
 
     def __init__(self, half: OrchestrationHalf) -> None:
@@ -87,7 +87,7 @@ class RemoteOrchestrations:
         if incoming.start is not None:  # the new execution's facts; its events come back later
             prev_status = inst.status
             inst.status = OrchestrationStatus.PENDING
-            inst.remote_history = []
+            inst.delegated_history = []
             inst.executor = None
             inst.ver = version
             f.update(
@@ -106,7 +106,7 @@ class RemoteOrchestrations:
             rec.index, rec.index_member, rec.index_score = "i", inst.iid, inst.created
             if prev_status != inst.status:
                 rec.channel, rec.message = half.store.keys.status_channel(inst.iid), inst.status.value
-        inst.remote = wid
+        inst.delegated = wid
         entry = [inst.name, ANY_VERSION if version is None else version, ts, wid]
         step.plan.delegated[inst.iid] = pack_record(entry)
         step.plan.records.append(rec)
@@ -119,8 +119,8 @@ class RemoteOrchestrations:
         parked = len(inst.parked)
         for i, msg in enumerate(msgs):
             kind = msg["kind"]
-            if kind == ev.MSG_REMOTE_RESULT:
-                if msg.get("wid") != inst.remote:
+            if kind == ev.MSG_STEP_RESULT:
+                if msg.get("wid") != inst.delegated:
                     continue  # a late duplicate of an outcome already applied (or cancelled)
                 waiting, inst.parked = inst.parked, []
                 self._apply(step, inst, msg)
@@ -138,14 +138,14 @@ class RemoteOrchestrations:
 
     def _apply(self, step: StepState, inst: Instance, msg: Message) -> None:
         half = self.half
-        inst.remote = ""
+        inst.delegated = ""
         step.plan.undelegated.append(inst.iid)
         if msg.get("missing"):
             self._run_here(step, inst, msg["item"])
             return
         result = step_result_from(msg["result"])
         inst.ver = msg.get("ver")
-        inst.remote_history = [*(inst.remote_history or []), *result.new_events]
+        inst.delegated_history = [*(inst.delegated_history or []), *result.new_events]
         prev_status = inst.status
         if any(e.get("k") == ev.EXECUTION_STARTED for e in result.new_events):
             step.started.append(inst)
@@ -174,28 +174,28 @@ class RemoteOrchestrations:
         (its executor replays the history, outcome included)."""
         half = self.half
         if not inst.running and not force:
-            inst.remote_history = None
+            inst.delegated_history = None
             return
         if force or half.registry.can_run(inst.name, inst.ver):
             executor = half._new_executor(inst.iid)
-            executor.replay(list(inst.remote_history or []))
+            executor.replay(list(inst.delegated_history or []))
             inst.executor = executor
-            inst.remote_history = None
+            inst.delegated_history = None
 
     # -- termination needs no code ---------------------------------------------------------------
     def terminate(self, step: StepState, inst: Instance, output: bytes | None) -> None:
         """End an instance whose code runs elsewhere, here and now (cancelling a step away)."""
         half = self.half
         inst.parked = []
-        if inst.remote:
-            inst.remote = ""
+        if inst.delegated:
+            inst.delegated = ""
             step.plan.undelegated.append(inst.iid)
         if not inst.history and inst.status in (None, OrchestrationStatus.PENDING):
             rec = half._terminate_pending(inst, {"output": output}, step)
             rec.fields.update(wi="", pk=b"")
             step.plan.records.append(rec)
             step.touched[inst.iid] = inst
-            inst.remote_history = None
+            inst.delegated_history = None
             if inst.parent:
                 reply_to_parent(step, inst.parent, None, FailureDetails("terminated", "TerminatedError"))
             return
@@ -214,7 +214,7 @@ class RemoteOrchestrations:
             },
         ]
         result = StepResult(new_events=events, status=OrchestrationStatus.TERMINATED, output=output)
-        inst.remote_history = [*inst.history, *events]
+        inst.delegated_history = [*inst.history, *events]
         inst.executor = None
         rec = half.conclude(step, inst, result, ts, False, None, inst.status)
         rec.fields.update(wi="", pk=b"")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._core import events as ev
+from .._core.delegation import apply_entity_outcome
 from .._core.entities import (
     DEFAULT_DEDUP_SECONDS,
     DEFAULT_DEDUP_WINDOW,
@@ -29,7 +30,6 @@ from .._core.entities import (
     held_locks,
 )
 from .._core.registry import capability
-from .._core.remote import apply_entity_outcome
 from .._core.serialization import pack_record
 from .._store.keys import partition_of
 from .._store.store import RecordWrite
@@ -165,7 +165,7 @@ class EntityHalf:
         rec = loaded.record
         loaded.dirty = True
         for i, msg in enumerate(msgs):
-            if msg.get("kind") != ev.MSG_REMOTE_RESULT:
+            if msg.get("kind") != ev.MSG_STEP_RESULT:
                 rec.parked.append(_persistable(msg))
                 continue
             if msg.get("wid") != rec.work:

@@ -47,26 +47,27 @@ class Instance:
     last_ts: int = 0
     #: the version it is pinned to (None: not started yet, or started unpinned and not run yet)
     ver: str | None = None
-    #: the work item of a step running on another worker ("" none): messages wait meanwhile ...
-    remote: str = ""
+    #: the work item of a step delegated to a worker that has its version ("" none): messages
+    #: wait meanwhile ...
+    delegated: str = ""
     #: ... here, in arrival order
     parked: list[Message] = field(default_factory=list)
     #: the recorded history of an execution whose code this worker lacks (None: runs here, or none)
-    remote_history: list[ev.Event] | None = None
+    delegated_history: list[ev.Event] | None = None
 
     @property
     def running(self) -> bool:
         """An execution is live (here, or on workers that have its version)."""
         if self.executor is not None:
             return not self.executor.is_done
-        return self.remote_history is not None and self.status in LIVE
+        return self.delegated_history is not None and self.status in LIVE
 
     @property
     def history(self) -> list[ev.Event]:
         """The recorded history of the current execution, as far as this worker knows it."""
         if self.executor is not None:
             return self.executor.history
-        return self.remote_history or []
+        return self.delegated_history or []
 
 
 @dataclass

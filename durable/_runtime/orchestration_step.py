@@ -24,7 +24,7 @@ from .._core.serialization import (
     unpack_record,
 )
 from .._store.store import RecordWrite
-from .delegation import RemoteOrchestrations
+from .delegation import DelegatedSteps
 from .instances import (
     LIVE,
     PAYLOAD_FIELDS,
@@ -82,7 +82,7 @@ class OrchestrationHalf:
         self.caps = caps
         #: compare inputs too when replaying (a test environment's always_replay)
         self.strict_replay = strict_replay
-        self.remote = RemoteOrchestrations(self)
+        self.delegation = DelegatedSteps(self)
 
     # -- the StepHalf shape --------------------------------------------------------------------
     def owns(self, target: str) -> bool:
@@ -110,14 +110,14 @@ class OrchestrationHalf:
 
     def process(self, step: StepState, target: str, msgs: list[Message]) -> None:
         inst = step.instances[target]
-        if inst.remote:  # a step runs on another worker: its messages wait for its outcome
-            msgs = self.remote.settle(step, inst, msgs)
+        if inst.delegated:  # a step runs on another worker: its messages wait for its outcome
+            msgs = self.delegation.settle(step, inst, msgs)
         if not msgs:
             return
         if self._runs_here(inst, msgs):
             self.run_local(step, inst, self._incoming(inst, msgs, step))
         else:
-            self.remote.delegate(step, inst, msgs)
+            self.delegation.delegate(step, inst, msgs)
 
     def _runs_here(self, inst: Instance, msgs: list[Message]) -> bool:
         """Whether this worker has the code of the step these messages make: the instance's
@@ -142,7 +142,7 @@ class OrchestrationHalf:
             return
         if incoming.start is not None:
             inst.executor = self._new_executor(inst.iid)
-            inst.remote_history = None
+            inst.delegated_history = None
         assert inst.executor is not None
         ts = max(step.now, inst.last_ts)
         inst.last_ts = ts
@@ -195,21 +195,21 @@ class OrchestrationHalf:
         inst.parent = unpack_record(parent) if parent else None
         ver = get(b"ver")
         inst.ver = ver.decode() if ver is not None else None
-        inst.remote = get(b"wi", b"").decode()
+        inst.delegated = get(b"wi", b"").decode()
         parked = get(b"pk")
         inst.parked = list(unpack_record(parked)) if parked else []
         if inst.status in LIVE and history:
             if inst.ver is None:  # recorded before versions existed: its start says
                 started = next((e for e in history if e.get("k") == ev.EXECUTION_STARTED), {})
                 inst.ver = str(started.get("ver") or "")
-            if self.registry.can_run(inst.name, inst.ver) and not inst.remote:
+            if self.registry.can_run(inst.name, inst.ver) and not inst.delegated:
                 executor = self._new_executor(iid)
                 executor.replay(history)
                 inst.executor = executor
             else:  # its steps run where its version is (or it waits for one)
-                inst.remote_history = history
-        elif inst.remote:  # a start that runs elsewhere
-            inst.remote_history = history
+                inst.delegated_history = history
+        elif inst.delegated:  # a start that runs elsewhere
+            inst.delegated_history = history
         return inst
 
     def _new_executor(self, iid: str) -> OrchestrationExecutor:
@@ -317,7 +317,7 @@ class OrchestrationHalf:
         step.route(inst.iid, start)
         self.entities.on_orchestration_end(step, inst)
         inst.executor = None
-        inst.remote_history = None
+        inst.delegated_history = None
         return OrchestrationStatus.RUNNING
 
     def _record(
@@ -377,7 +377,7 @@ class OrchestrationHalf:
             reply_to_parent(step, inst.parent, result.output if completed else None, failure)
         self.entities.on_orchestration_end(step, inst)
         inst.executor = None
-        inst.remote_history = None
+        inst.delegated_history = None
 
     def _terminate_pending(self, inst: Instance, msg: Message, step: StepState) -> RecordWrite:
         inst.status = OrchestrationStatus.TERMINATED

@@ -29,8 +29,8 @@ from .instances import Instance
 from .leases import LeaseTable
 from .orchestration_step import OrchestrationHalf
 from .partition import PartitionRunner
-from .remote import RemoteRunner
 from .telemetry import Telemetry
+from .work_runner import WorkRunner
 
 log = logging.getLogger("durable.worker")
 
@@ -102,7 +102,7 @@ class Runtime:
             consumer=self.worker_id,
             caps=self.caps,
         )
-        self.remote = RemoteRunner(
+        self.work = WorkRunner(
             store=store,
             registry=registry,
             config=config,
@@ -170,7 +170,7 @@ class Runtime:
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(self.activities.run)
-                await tg.start(self.remote.run)
+                await tg.start(self.work.run)
                 self._tg = tg
                 tg.start_soon(self._balance_loop, tg)
                 task_status.started()
@@ -209,7 +209,7 @@ class Runtime:
         for runner in list(self.runners.values()):
             runner.stop()
         with anyio.move_on_after(self.config.drain_timeout):
-            self.remote.stop_reading()
+            self.work.stop_reading()
             await self.activities.drain(self.config.drain_timeout)
             while self.runners:
                 for runner in list(self.runners.values()):

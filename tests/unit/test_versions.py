@@ -12,10 +12,10 @@ import pytest
 
 from durable._core import events as ev
 from durable._core.context import OrchestrationContext
+from durable._core.delegation import step_result_from, step_result_record
 from durable._core.executor import OrchestrationExecutor, StepResult
 from durable._core.model import OrchestrationStatus
 from durable._core.registry import Registry, capability, name_of, split_capability, version_key
-from durable._core.remote import step_result_from, step_result_record
 from durable._core.replay import normalize_event, replay_one
 from durable._core.serialization import decode, encode
 from durable._runtime.capabilities import CapabilityView

@@ -3,7 +3,7 @@
 A partition owner that lacks an instance's code (an orchestration version, an entity) sends a
 *work item* to the work stream of that capability and moves on. A worker that has the code runs
 the step (the replay executor or the entity batch executor, exactly as the owner would) and sends
-the outcome back to the owner's inbox as a ``remote_result`` message; the owner commits it with
+the outcome back to the owner's inbox as a ``step_result`` message; the owner commits it with
 the usual fencing, as if it had run the step itself. Pure: the (de)serialization of what travels.
 
 Work item (msgpack, field ``m`` of a work stream entry)::
@@ -15,7 +15,7 @@ Work item (msgpack, field ``m`` of a work stream entry)::
 
 Result message (inbox)::
 
-    {"kind": "remote_result", "target", "wid",
+    {"kind": "step_result", "target", "wid",
      "missing": bool,           # no worker had the code within the grace period: the item comes back
      "item": <work item>,       # ... with it
      "ver", "result"            # orchestrations: the pinned version and the StepResult

@@ -5,7 +5,7 @@ registered, "any version" of each orchestrator name, every entity). For an orche
 loads the instance's history, replays it and runs the item's events through the replay executor;
 for an entity item it loads the entity's record and runs the batch executor on the item's
 messages. Either way exactly the code the owner would have run, and nothing is written: the
-outcome goes back to the owner's inbox (``remote_result``), which commits it with its fencing.
+outcome goes back to the owner's inbox (``step_result``), which commits it with its fencing.
 An item whose instance moved on (``wi`` no longer names it) is dropped. Items of a worker that died
 are taken over after the activity visibility timeout; running one twice is harmless (the owner
 applies the first outcome and drops the second).
@@ -27,11 +27,11 @@ from redis.exceptions import RedisError
 
 from .._core import events as ev
 from .._core.context import OrchestrationContext
+from .._core.delegation import entity_outcome_record, step_result_record
 from .._core.entities import EntityBatch, EntityId, EntityRecord
 from .._core.executor import OrchestrationExecutor
 from .._core.model import FailureDetails
 from .._core.registry import name_of, split_capability
-from .._core.remote import entity_outcome_record, step_result_record
 from .._core.serialization import pack_record, unpack_record
 from .._store.keys import ACTIVITY_GROUP
 from .instances import check_history_size, load_histories
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from .._store.store import Fields, Store
     from .capabilities import CapabilityView
 
-log = logging.getLogger("durable.remote")
+log = logging.getLogger("durable.work")
 
 #: items read at once (each runs to completion before the next)
 _BATCH = 16
@@ -50,7 +50,7 @@ _BATCH = 16
 _SWEEP_BATCH = 100
 
 
-class RemoteRunner:
+class WorkRunner:
     """Runs orchestration and entity steps for other partitions' owners; sweeps stranded work."""
 
     def __init__(
@@ -161,7 +161,7 @@ class RemoteRunner:
         result = executor.execute(events)
         result = check_history_size(iid, executor, result, self.config)
         return {
-            "kind": ev.MSG_REMOTE_RESULT,
+            "kind": ev.MSG_STEP_RESULT,
             "target": iid,
             "wid": wid,
             "ver": executor.version,
@@ -182,7 +182,7 @@ class RemoteRunner:
         batch = EntityBatch(entity_id, impl, record, int(item["ts"]), self.dedup_window, self.dedup_seconds)
         result = batch.run(list(item.get("msgs") or []))
         state, outcome = entity_outcome_record(record, result)
-        return {"kind": ev.MSG_REMOTE_RESULT, "target": target, "wid": wid, "record": state, "batch": outcome}
+        return {"kind": ev.MSG_STEP_RESULT, "target": target, "wid": wid, "record": state, "batch": outcome}
 
     # -- maintenance ---------------------------------------------------------------------------
     async def _maintenance_loop(self) -> None:
@@ -241,7 +241,7 @@ class RemoteRunner:
             return
         what = f"entity {name!r}" if kind == "e" else f"orchestrator {name!r}"
         log.warning("no live worker has had %s for %gs: its work goes back to %s", what, grace, target)
-        back = {"kind": ev.MSG_REMOTE_RESULT, "target": target, "wid": item.get("wid"), "missing": True}
+        back = {"kind": ev.MSG_STEP_RESULT, "target": target, "wid": item.get("wid"), "missing": True}
         back["item"] = item
         await self.store.send_message(target, pack_record(back))
         await self.store.ack_work(cap, [eid])
