@@ -25,7 +25,7 @@ COPY durable ./durable
 RUN pip install . \
     && rm -rf /app/build /app/*.egg-info
 
-# Sample applications (orchestrations.patterns:worker is the default CMD).
+# Sample applications: orchestrations.patterns:worker (the default CMD) and entities:worker.
 COPY orchestrations ./orchestrations
 COPY entities ./entities
 ENV PYTHONPATH=/app

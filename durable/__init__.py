@@ -11,6 +11,7 @@ from ._config import WorkerConfig
 from ._core.context import EntityLock, OrchestrationContext
 from ._core.entities import Entity, EntityContext, EntityId, EntityState
 from ._core.model import (
+    ActivityTimeoutError,
     FailureDetails,
     NonDeterminismError,
     OrchestrationAlreadyExistsError,
@@ -27,6 +28,7 @@ from ._worker import Worker
 
 __all__ = [
     "ActivityContext",
+    "ActivityTimeoutError",
     "AsyncClient",
     "Client",
     "Entity",

@@ -29,6 +29,7 @@ from ._core.model import (
 from ._core.registry import check_version, name_of
 from ._core.serialization import decode, encode, is_blob_ref, pack_record, unpack_record
 from ._loop import LoopThread
+from ._store import lifecycle
 from ._store.store import Store
 
 if TYPE_CHECKING:
@@ -246,14 +247,24 @@ class AsyncClient:
             raise OrchestrationNotFoundError(f"no orchestration with id {instance_id!r}")
 
     async def raise_orchestration_event(self, instance_id: str, event_name: str, *, data: Any = None) -> None:
-        """Deliver an external event; it is buffered until the orchestration waits for it."""
+        """Deliver an external event; it is buffered until the orchestration waits for it.
+
+        Raises OrchestrationNotFoundError when no instance has this id (never started, or purged).
+        An event for an instance that has finished is accepted and discarded, as in Durable
+        Functions: an event can always cross the instance's completion, so returning means the
+        event was delivered, not that the orchestration used it.
+        """
         payload = encode(data, what=f"data of event {event_name!r}")
         await self._send(instance_id, {"kind": ev.MSG_EVENT, "name": event_name, "input": payload})
 
-    async def terminate_orchestration(self, instance_id: str, *, output: Any = None) -> None:
-        """Stop the instance; its status becomes TERMINATED with ``output``."""
+    async def terminate_orchestration(
+        self, instance_id: str, *, output: Any = None, recursive: bool = True
+    ) -> None:
+        """Stop the instance; its status becomes TERMINATED with ``output``. With ``recursive``
+        its sub-orchestrations still running are terminated too, transitively."""
         payload = encode(output, what="termination output")
-        await self._send(instance_id, {"kind": ev.MSG_TERMINATE, "output": payload})
+        body = {"kind": ev.MSG_TERMINATE, "output": payload, "recursive": recursive}
+        await self._send(instance_id, body)
 
     async def suspend_orchestration(self, instance_id: str, *, reason: str | None = None) -> None:
         """Pause the instance; events that arrive meanwhile are kept and applied on resume."""
@@ -263,16 +274,75 @@ class AsyncClient:
         """Resume a suspended instance."""
         await self._send(instance_id, {"kind": ev.MSG_RESUME, "reason": reason})
 
-    async def purge_orchestration(self, instance_id: str) -> bool:
-        """Delete a finished instance's state and history; False if there is no such instance.
-
-        Raises ValueError when the instance has not finished (terminate it first).
-        """
+    async def purge_orchestration(self, instance_id: str, *, recursive: bool = True) -> bool:
+        """Delete a finished instance and everything it owns (history, state, large payloads);
+        with ``recursive``, its sub-orchestrations too, transitively. False if there is no such
+        instance. Raises ValueError when it (or a sub-orchestration) has not finished: terminate
+        it first."""
         store = await self._get_store()
-        res = await store.purge_instance(instance_id)
-        if res < 0:
-            raise ValueError(f"orchestration {instance_id!r} is still running; terminate it before purging")
-        return res == 1
+        purged, running = await lifecycle.purge_tree(store, instance_id, recursive=recursive)
+        if running is not None:
+            detail = "" if running == instance_id else f" (a sub-orchestration of {instance_id!r})"
+            raise ValueError(
+                f"orchestration {running!r}{detail} is still running; terminate it before purging"
+            )
+        return purged
+
+    async def purge_orchestrations(
+        self,
+        *,
+        status: OrchestrationStatus | str | list[OrchestrationStatus | str] | None = None,
+        name: str | None = None,
+        created_from: _dt.datetime | None = None,
+        created_to: _dt.datetime | None = None,
+        timeout: float = 300.0,
+    ) -> int:
+        """Purge the terminal instances that match the filters (status: terminal ones only) and
+        return how many were purged. Each partition's owner purges its part in bounded batches;
+        this waits until every partition has answered (TimeoutError after ``timeout`` seconds: are
+        workers running?)."""
+        low = datetime_to_ms(created_from) if created_from else None
+        high = datetime_to_ms(created_to) if created_to else None
+        return await lifecycle.purge_matching(await self._get_store(), status, name, low, high, timeout)
+
+    async def rewind_orchestration(
+        self, instance_id: str, *, reason: str | None = None, timeout: float = 60.0
+    ) -> None:
+        """Bring a FAILED instance back to RUNNING: its failed activity and sub-orchestration calls
+        are forgotten and run again (a failed sub-orchestration is rewound in turn); successful
+        steps are not run again. Returns once a worker applied it (TimeoutError after ``timeout``
+        seconds; it is still applied later). Raises ValueError when the instance has not failed,
+        or when it cannot be rewound (the message says why)."""
+        before = await self.get_orchestration_state(instance_id)
+        if before is None:
+            raise OrchestrationNotFoundError(f"no orchestration with id {instance_id!r}")
+        if before.runtime_status != OrchestrationStatus.FAILED:
+            raise ValueError(
+                f"only a FAILED orchestration can be rewound; {instance_id!r} is {before.runtime_status}"
+            )
+        await self._send(instance_id, {"kind": ev.MSG_REWIND, "reason": reason})
+        after = await self._wait(
+            instance_id,
+            timeout,
+            lambda s: s.runtime_status != before.runtime_status or s.last_updated_at > before.last_updated_at,
+        )
+        refused = after.failure_details if after.runtime_status == OrchestrationStatus.FAILED else None
+        if refused is not None and refused.error_type == "RewindError":
+            raise ValueError(refused.message)
+
+    async def restart_orchestration(self, instance_id: str, *, new_instance_id: bool = False) -> str:
+        """Start a finished instance again with the same input, as a new execution under the same
+        id (its old history is replaced) or, with ``new_instance_id``, under a new id; returns
+        the id. Raises ValueError when the instance has not finished."""
+        state = await self.get_orchestration_state(instance_id)
+        if state is None:
+            raise OrchestrationNotFoundError(f"no orchestration with id {instance_id!r}")
+        if not state.runtime_status.is_terminal:
+            raise ValueError(
+                f"only a finished orchestration can be restarted; {instance_id!r} is {state.runtime_status}"
+            )
+        target = uuid.uuid4().hex if new_instance_id else instance_id
+        return await self.schedule_new_orchestration(state.name, input=state.input, instance_id=target)
 
     async def list_orchestrations(
         self,
@@ -462,9 +532,11 @@ class Client:
         """See :meth:`AsyncClient.raise_orchestration_event`."""
         self._call(self._async.raise_orchestration_event, instance_id, event_name, data=data)
 
-    def terminate_orchestration(self, instance_id: str, *, output: Any = None) -> None:
+    def terminate_orchestration(
+        self, instance_id: str, *, output: Any = None, recursive: bool = True
+    ) -> None:
         """See :meth:`AsyncClient.terminate_orchestration`."""
-        self._call(self._async.terminate_orchestration, instance_id, output=output)
+        self._call(self._async.terminate_orchestration, instance_id, output=output, recursive=recursive)
 
     def suspend_orchestration(self, instance_id: str, *, reason: str | None = None) -> None:
         """See :meth:`AsyncClient.suspend_orchestration`."""
@@ -474,9 +546,42 @@ class Client:
         """See :meth:`AsyncClient.resume_orchestration`."""
         self._call(self._async.resume_orchestration, instance_id, reason=reason)
 
-    def purge_orchestration(self, instance_id: str) -> bool:
+    def purge_orchestration(self, instance_id: str, *, recursive: bool = True) -> bool:
         """See :meth:`AsyncClient.purge_orchestration`."""
-        return bool(self._call(self._async.purge_orchestration, instance_id))
+        return bool(self._call(self._async.purge_orchestration, instance_id, recursive=recursive))
+
+    def purge_orchestrations(
+        self,
+        *,
+        status: OrchestrationStatus | str | list[OrchestrationStatus | str] | None = None,
+        name: str | None = None,
+        created_from: _dt.datetime | None = None,
+        created_to: _dt.datetime | None = None,
+        timeout: float = 300.0,
+    ) -> int:
+        """See :meth:`AsyncClient.purge_orchestrations`."""
+        return int(
+            self._call(
+                self._async.purge_orchestrations,
+                status=status,
+                name=name,
+                created_from=created_from,
+                created_to=created_to,
+                timeout=timeout,
+            )
+        )
+
+    def rewind_orchestration(
+        self, instance_id: str, *, reason: str | None = None, timeout: float = 60.0
+    ) -> None:
+        """See :meth:`AsyncClient.rewind_orchestration`."""
+        self._call(self._async.rewind_orchestration, instance_id, reason=reason, timeout=timeout)
+
+    def restart_orchestration(self, instance_id: str, *, new_instance_id: bool = False) -> str:
+        """See :meth:`AsyncClient.restart_orchestration`."""
+        return str(
+            self._call(self._async.restart_orchestration, instance_id, new_instance_id=new_instance_id)
+        )
 
     def list_orchestrations(
         self,

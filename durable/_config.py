@@ -6,6 +6,7 @@ A leaf of the package: it imports only :mod:`durable._embedded` (which knows not
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 from dataclasses import dataclass, field
 
@@ -101,3 +102,10 @@ class WorkerConfig:
     #: worker that has it; it fails only once no live worker of the hub has had it for this long
     #: (orchestration versions never fail for it: their instances wait)
     missing_code_grace_ms: int = 300_000
+    #: terminal instances that finished longer ago than this are purged automatically, in
+    #: bounded batches by their partition's owner; None keeps them until purged explicitly
+    retention: _dt.timedelta | None = None
+
+    def __post_init__(self) -> None:
+        if self.retention is not None and self.retention <= _dt.timedelta(0):
+            raise ValueError("retention must be a positive timedelta (or None to keep instances)")

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -35,6 +36,8 @@ from redis.retry import Retry
 __all__ = [
     "DEFAULT_DATA_DIR",
     "EmbeddedRedis",
+    "EmbeddedStatus",
+    "embedded_redis_status",
     "ensure_embedded_redis",
     "find_redis_server",
     "resolve_redis_url",
@@ -92,7 +95,7 @@ def find_redis_server() -> str:
     override = os.environ.get(ENV_REDIS_SERVER, "").strip()
     if override:
         if os.sep in override or (os.altsep and os.altsep in override):
-            path = Path(override).expanduser()
+            path = Path(override).expanduser().resolve()  # the server runs in its own data folder
             if path.is_file() and os.access(path, os.X_OK):
                 return str(path)
             raise RuntimeError(f"${ENV_REDIS_SERVER} is set to {override!r}, which is not an executable file")
@@ -504,6 +507,48 @@ def ensure_embedded_redis(data_dir: str | os.PathLike[str] | None = None) -> str
         tmp.write_text(json.dumps(info, indent=2) + "\n")
         os.replace(tmp, directory / SERVER_JSON)
         return server.url
+
+
+@dataclass(frozen=True)
+class EmbeddedStatus:
+    """What :func:`embedded_redis_status` found for one data directory."""
+
+    #: the data directory (absolute)
+    data_dir: Path
+    #: a recorded server is alive and answers PING
+    running: bool
+    port: int | None = None
+    pid: int | None = None
+    #: unix time at which the recorded server was started
+    started_at: float | None = None
+    #: the redis-server binary of the recorded server
+    redis_server: str | None = None
+
+    @property
+    def url(self) -> str | None:
+        """The server's URL while it runs."""
+        return f"redis://{_HOST}:{self.port}/0" if self.running and self.port is not None else None
+
+
+def embedded_redis_status(data_dir: str | os.PathLike[str] | None = None) -> EmbeddedStatus:
+    """Whether the shared embedded Redis of ``data_dir`` runs (read-only: starts and creates nothing).
+
+    ``data_dir`` defaults to ``./.durable/redis``.
+    """
+    directory = _data_dir(data_dir)
+    live = _live_recorded_server(directory) if directory.is_dir() else None
+    if live is None:
+        return EmbeddedStatus(directory, False)
+    record = _read_server_json(directory) or {}
+    started, binary = record.get("started_at"), record.get("redis_server")
+    return EmbeddedStatus(
+        directory,
+        True,
+        port=live[0],
+        pid=live[1],
+        started_at=float(started) if isinstance(started, int | float) else None,
+        redis_server=binary if isinstance(binary, str) else None,
+    )
 
 
 def stop_embedded_redis(data_dir: str | os.PathLike[str] | None = None, timeout: float = 10.0) -> bool:

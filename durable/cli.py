@@ -6,8 +6,11 @@
     and exit 0. A second signal stops at once (exit 1).
 
 ``durable demo``
-    Run the sample patterns of the repository's ``orchestrations/`` folder against an embedded
-    (or the given) Redis, with live progress and a summary.
+    Run the sample patterns of the ``orchestrations`` and ``entities`` packages against an
+    embedded (or the given) Redis, with live progress and a summary.
+
+``durable redis status|stop``
+    Show or stop the embedded Redis server of a data folder (default ``./.durable/redis``).
 
 Exit codes: 0 success, 1 failure, 2 usage error.
 """
@@ -15,11 +18,14 @@ Exit codes: 0 success, 1 failure, 2 usage error.
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import importlib
+import json
 import logging
 import os
 import signal
 import sys
+import textwrap
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,13 +41,18 @@ from ._cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
+    HELP_WIDTH,
     Commands,
+    command_group,
+    help_formatter,
     leaf,
     leaf_exceptions,
     positive_int_arg,
     redact_url,
+    render_fields,
     signal_receiver,
 )
+from ._cli.sidecar import add_sidecar_parser, load_sidecar_class
 from ._client import AsyncClient
 from ._config import (
     ENV_CONCURRENCY,
@@ -57,6 +68,7 @@ from ._config import (
     resolve_hub,
     resolve_url,
 )
+from ._embedded import DEFAULT_DATA_DIR, _pid_alive, embedded_redis_status, stop_embedded_redis
 from ._worker import Worker
 
 log = logging.getLogger("durable.cli")
@@ -98,6 +110,18 @@ def _env(name: str, parse: Callable[[str], Any]) -> Any:
         return parse(raw)
     except (argparse.ArgumentTypeError, ValueError) as exc:
         raise UsageError(f"invalid ${name}: {exc}") from None
+
+
+def _ops_token() -> str | None:
+    """The ops API bearer token of ``$DURABLE_OPS_TOKEN`` (None: unset or empty); a token that
+    would turn authentication off (only whitespace) or that no request could match (not
+    printable ASCII) is a usage error."""
+    from ._ops.http import InvalidTokenError, check_token
+
+    try:
+        return check_token(os.environ.get(ENV_OPS_TOKEN))
+    except InvalidTokenError as exc:
+        raise UsageError(f"invalid ${ENV_OPS_TOKEN}: {exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,12 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="run the sample orchestration patterns with live progress",
+        help="run the sample orchestration and entity patterns with live progress",
         description=(
-            "Run the sample patterns of the repository's orchestrations/ folder (function chaining, "
-            "fan-out/fan-in, human interaction, monitor, sub-orchestrations, retries) with an "
-            "in-process worker, show their progress and a summary. Uses an embedded Redis unless "
-            f"--redis-url or ${ENV_REDIS_URL} is given. Run it from the repository root."
+            "Run the sample patterns with an in-process worker, show their progress and a summary: "
+            "the orchestrations package (function chaining, fan-out/fan-in, human interaction, "
+            "monitor, sub-orchestrations, retries) and the entities package (a counter, a bank "
+            "account whose failed operation rolls back, transfers in critical sections, a scheduled "
+            "signal, an entity signalling another, IoT readings sent with a plain XADD). Uses an "
+            f"embedded Redis unless --redis-url or ${ENV_REDIS_URL} is given; the embedded Redis "
+            "keeps running afterwards (see 'durable redis')."
         ),
     )
     demo.add_argument("--version", action="version", version=f"durable {VERSION}")
@@ -200,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up when the patterns have not finished after S seconds (default: 120)",
     )
     demo.set_defaults(handler=_cmd_demo)
+
+    _register_redis_commands(commands)
+
+    sidecar = add_sidecar_parser(commands, _add_redis_options, _port)
+    sidecar.set_defaults(handler=_cmd_sidecar)
 
     serve = commands.add_parser(
         "serve",
@@ -256,6 +288,70 @@ def _register_operator_commands(parser: argparse.ArgumentParser, commands: Comma
     doctor.register(commands)
     replay.register(commands)
     lint.register(commands)
+
+
+def _register_redis_commands(commands: Commands) -> None:
+    """``durable redis status|stop``: the embedded Redis of a data folder."""
+    group = command_group(
+        commands,
+        "redis",
+        "show or stop the embedded Redis server",
+        textwrap.fill(
+            "The embedded Redis (used when no --redis-url or $" + ENV_REDIS_URL + " is given) is a "
+            "redis-server shared by every durable process that uses the same data folder. It keeps "
+            "running after they exit, so the CLI and the dashboard can still reach it; these commands "
+            "show it and stop it. Its data stays in the folder and is loaded again on the next start.",
+            HELP_WIDTH,
+        ),
+    )
+    for name, handler, summary, description in (
+        (
+            "status",
+            _cmd_redis_status,
+            "show whether the embedded Redis runs (exit 0) or not (exit 1)",
+            "Show whether the embedded Redis of the data folder runs: its URL, pid, start time and "
+            "binary. Exit code 0 when it runs, 1 when it does not. Starts nothing.",
+        ),
+        (
+            "stop",
+            _cmd_redis_stop,
+            "stop the embedded Redis (its data stays)",
+            "Shut the embedded Redis of the data folder down (SHUTDOWN, which writes its append-only "
+            "file, then SIGTERM, then SIGKILL after the timeout). Exit code 0 when it stopped or was "
+            "not running, 1 when it could not be stopped. The data stays in the folder.",
+        ),
+    ):
+        parser = group.add_parser(
+            name,
+            help=summary,
+            description=textwrap.fill(description, HELP_WIDTH),
+            epilog=EXIT_CODES_HELP,
+            formatter_class=help_formatter,
+        )
+        parser.add_argument(
+            "--data-dir",
+            metavar="DIR",
+            default=str(DEFAULT_DATA_DIR),
+            help=f"the embedded Redis's data folder (default: ./{DEFAULT_DATA_DIR})",
+        )
+        if name == "status":
+            parser.add_argument(
+                "--output",
+                dest="format",
+                choices=("table", "json"),
+                default="table",
+                metavar="FORMAT",
+                help="'table' (default): for people; 'json': for scripts",
+            )
+        else:
+            parser.add_argument(
+                "--timeout",
+                type=_seconds,
+                default=10.0,
+                metavar="S",
+                help="wait up to S seconds for each way of stopping it (default: 10)",
+            )
+        parser.set_defaults(handler=handler)
 
 
 def _add_redis_options(parser: argparse.ArgumentParser, default_hub: str | None) -> None:
@@ -337,7 +433,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     )
     ops_port = args.ops_port if args.ops_port is not None else _env(ENV_OPS_PORT, _port)
     ops_host = args.ops_host or os.environ.get(ENV_OPS_HOST, "").strip() or "0.0.0.0"
-    ops_token = os.environ.get(ENV_OPS_TOKEN, "").strip() or None
+    ops_token = _ops_token() if ops_port else None
     env: dict[str, str] = {}
     if args.redis_url:
         env[ENV_REDIS_URL] = args.redis_url
@@ -463,8 +559,53 @@ async def _serve_worker(worker: Worker, ops: OpsSettings | None) -> int:
     if not started:
         log.info("worker stopped before it started")
     elif exit_code == EXIT_OK:
-        log.info("worker stopped: in-flight work drained and partition leases released")
+        runtime = worker._runtime
+        handed_back = runtime.activities.handed_back if runtime is not None else 0
+        if handed_back:
+            # their threads are daemons: they do not keep this process alive, the tasks run again
+            log.info(
+                "worker stopped: drain timeout reached, %d unfinished activity task(s) handed back "
+                "for redelivery; partition leases released",
+                handed_back,
+            )
+        else:
+            log.info("worker stopped: in-flight work drained and partition leases released")
     return exit_code
+
+
+# ------------------------------------------------------------------------------------------------
+# durable sidecar
+
+
+def _cmd_sidecar(args: argparse.Namespace) -> int:
+    _configure_logging(args.log_level or _env(ENV_LOG_LEVEL, _log_level) or "info")
+    try:
+        sidecar_class = load_sidecar_class()
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        hub = resolve_hub(args.hub)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    sidecar = sidecar_class(args.redis_url, hub, host=args.host, port=args.port)
+    partitions = args.partitions or _env(ENV_PARTITIONS, positive_int_arg)
+    if partitions is not None:
+        sidecar.config.partitions = partitions
+    drain = args.drain_timeout if args.drain_timeout is not None else _env(ENV_DRAIN_TIMEOUT, _seconds)
+    if drain is not None:
+        sidecar.config.drain_timeout = drain
+    ops_port = args.ops_port if args.ops_port is not None else _env(ENV_OPS_PORT, _port)
+    ops_host = args.ops_host or os.environ.get(ENV_OPS_HOST, "").strip() or "0.0.0.0"
+    ops = (
+        OpsSettings(ops_host, ops_port, os.environ.get(ENV_OPS_TOKEN, "").strip() or None)
+        if ops_port
+        else None
+    )
+    try:
+        return anyio.run(_serve_worker, sidecar, ops)
+    except Exception as exc:
+        log.error("sidecar failed: %s", "; ".join(f"{type(e).__name__}: {e}" for e in leaf_exceptions(exc)))
+        return EXIT_FAILURE
 
 
 # ------------------------------------------------------------------------------------------------
@@ -475,7 +616,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     _configure_logging(args.log_level or _env(ENV_LOG_LEVEL, _log_level) or "info")
     port = args.ops_port if args.ops_port is not None else (_env(ENV_OPS_PORT, _port) or 9464)
     host = args.ops_host or os.environ.get(ENV_OPS_HOST, "").strip() or "0.0.0.0"
-    token = os.environ.get(ENV_OPS_TOKEN, "").strip() or None
+    token = _ops_token()
 
     async def serve() -> int:
         from ._ops.server import serve_ops
@@ -511,6 +652,64 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         timeout=args.timeout,
     )
     return run_demo(options)
+
+
+# ------------------------------------------------------------------------------------------------
+# durable redis
+
+
+def _cmd_redis_status(args: argparse.Namespace) -> int:
+    try:
+        status = embedded_redis_status(args.data_dir)
+    except OSError as exc:
+        print(f"durable redis status: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    started = (
+        _dt.datetime.fromtimestamp(status.started_at, _dt.UTC).replace(microsecond=0)
+        if status.started_at is not None
+        else None
+    )
+    if args.format == "json":
+        data = {
+            "running": status.running,
+            "data_dir": str(status.data_dir),
+            "url": status.url,
+            "pid": status.pid,
+            "started_at": started.isoformat().replace("+00:00", "Z") if started else None,
+            "redis_server": status.redis_server,
+        }
+        print(json.dumps(data, indent=2))
+    elif status.running:
+        pairs = [
+            ("Embedded Redis", "running"),
+            ("URL", str(status.url)),
+            ("PID", str(status.pid)),
+            ("Data folder", str(status.data_dir)),
+            ("Started", started.strftime("%Y-%m-%d %H:%M:%SZ") if started else "-"),
+            ("Binary", status.redis_server or "-"),
+        ]
+        print(render_fields(pairs))
+    else:
+        print(render_fields([("Embedded Redis", "not running"), ("Data folder", str(status.data_dir))]))
+    return EXIT_OK if status.running else EXIT_FAILURE
+
+
+def _cmd_redis_stop(args: argparse.Namespace) -> int:
+    try:
+        status = embedded_redis_status(args.data_dir)
+        stopped = stop_embedded_redis(args.data_dir, timeout=args.timeout)
+    except OSError as exc:
+        print(f"durable redis stop: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not stopped:
+        print(f"No embedded Redis is running for {status.data_dir} (nothing to stop).")
+        return EXIT_OK
+    if status.pid is not None and _pid_alive(status.pid):
+        print(f"durable redis stop: error: redis-server (pid {status.pid}) is still running", file=sys.stderr)
+        return EXIT_FAILURE
+    what = f"pid {status.pid}, {status.url}" if status.running else "it"
+    print(f"Stopped the embedded Redis ({what}); its data stays in {status.data_dir}.")
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -54,7 +54,9 @@ class RedisServer:
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.startup_timeout = startup_timeout
-        self.binary = binary or find_redis_server()
+        binary = binary or find_redis_server()
+        # the server runs in its data directory: a relative path must not depend on that
+        self.binary = os.path.abspath(binary) if os.sep in binary else binary
         self.log_path = self.data_dir / "redis.log"
         self.extra_args = list(extra_args or [])
         self._proc: subprocess.Popen[bytes] | None = None

@@ -199,10 +199,22 @@ def fmt_ranges(numbers: Iterable[int]) -> str:
 # argument types
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is out of range for a number")
+    return value
+
+
 def json_arg(text: str) -> Any:
+    """A JSON argument; strict like the wire format (no NaN, no Infinity, no overflowing numbers)."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except ValueError as exc:  # JSONDecodeError is a ValueError
         raise argparse.ArgumentTypeError(f"invalid JSON {text!r}: {exc}") from None
     except RecursionError:
         raise argparse.ArgumentTypeError("invalid JSON: nested too deeply") from None

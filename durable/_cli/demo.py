@@ -1,37 +1,53 @@
-"""``durable demo``: run the sample patterns with an in-process worker, live progress, a summary.
+"""``durable demo``: run the sample applications with an in-process worker, live progress, a summary.
 
-The samples live in the repository's ``orchestrations/`` folder (not in the installed package);
-they are found from the current directory or, for an editable install, next to this package.
+The samples are the top-level packages ``orchestrations`` and ``entities`` (the repository's
+folders of those names, shipped in the wheel beside ``durable``). Each one owns its demo: its
+``demo`` module has
+
+* ``GROUP``: the name of its group of patterns in the summary (``"Orchestrations"``),
+* ``register(worker)``: registers its orchestrators, activities and entities,
+* ``cases(settings)``: the :data:`Case` list to run (:class:`OrchestrationCase`: one
+  orchestration instance, scheduled and followed; :class:`ScriptCase`: an async script that
+  drives entities through a :class:`DemoRun`).
+
+They are imported from the current directory (a checkout) or from beside this package (a
+checkout's editable install, or the wheel's site-packages).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TextIO
 
 import anyio
 
 from .._client import AsyncClient
 from .._config import ENV_REDIS_URL, WorkerConfig, resolve_url
+from .._core.entities import EntityId
 from .._core.model import OrchestrationState, OrchestrationStatus
+from .._embedded import DEFAULT_DATA_DIR, embedded_redis_status
 from .._worker import Worker
 from .common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, leaf_exceptions, redact_url, signal_receiver
 
-_SAMPLES_PACKAGE = "orchestrations"
-_SAMPLES_MODULE = "orchestrations.patterns"
+#: The sample packages, in the order their patterns are shown.
+SAMPLE_PACKAGES = ("orchestrations", "entities")
 _REFRESH_S = 0.1
 _APPROVER_DELAY_S = 0.5
+_POLL_S = 0.05
+_CLEANUP_S = 5.0
 
-#: What a row of the live view and of the summary shows while an instance has no state yet.
+#: What a row of the live view and of the summary shows while a case has not started.
 _SCHEDULED = "SCHEDULED"
 
 
@@ -53,44 +69,47 @@ class DemoOptions:
 
 
 # ------------------------------------------------------------------------------------------------
-# finding the samples
+# what the samples' demo modules build
 
 
-def _sample_roots() -> list[Path]:
-    """Folders that may hold the ``orchestrations`` package: the cwd, then the source checkout."""
-    roots = [Path.cwd(), Path(__file__).resolve().parent.parent]
-    return [r for r in roots if (r / _SAMPLES_PACKAGE / "patterns.py").is_file()]
+@dataclass(frozen=True)
+class DemoSettings:
+    """What the command line lets a sample's ``cases()`` adapt to."""
+
+    fan_out: int = 200
 
 
-def load_patterns() -> Any:
-    """Import ``orchestrations.patterns``, putting the folder that holds it on ``sys.path``."""
-    for root in reversed(_sample_roots()):
-        path = str(root)
-        if path in sys.path:
-            sys.path.remove(path)
-        sys.path.insert(0, path)
-    try:
-        return importlib.import_module(_SAMPLES_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name not in (_SAMPLES_PACKAGE, _SAMPLES_MODULE):
-            raise
-        raise DemoError(
-            "cannot find the sample orchestrations (the 'orchestrations/' folder of the durable "
-            "repository). Run 'durable demo' from the root of the repository."
-        ) from None
+@dataclass(frozen=True)
+class Outcome:
+    """How a case ended, as its ``check`` and ``describe`` see it."""
+
+    status: OrchestrationStatus
+    output: Any = None
+    #: the failure message (a failed orchestration or script)
+    failure: str | None = None
+
+    @classmethod
+    def of(cls, state: OrchestrationState) -> Outcome:
+        details = state.failure_details
+        return cls(state.runtime_status, state.output, details.message if details else None)
 
 
-# ------------------------------------------------------------------------------------------------
-# the cases
+Check = Callable[[Outcome], str | None]
+Describe = Callable[[Outcome], str]
 
 
-Check = Callable[[OrchestrationState], str | None]
-Describe = Callable[[OrchestrationState], str]
+def expect(condition: bool, message: str) -> str | None:
+    """A check's verdict: None when ``condition`` holds, else ``message``."""
+    return None if condition else message
 
 
-@dataclass
-class Case:
-    """One orchestration instance the demo runs and checks."""
+def _no_children(instance_id: str) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class OrchestrationCase:
+    """One orchestration instance the demo schedules, follows and checks."""
 
     key: str
     title: str
@@ -99,160 +118,223 @@ class Case:
     check: Check
     describe: Describe
     expected_status: OrchestrationStatus = OrchestrationStatus.COMPLETED
+    #: play the approver: raise this event once the custom status is "waiting for approval"
     approve_event: str | None = None
+    #: shown while the instance runs and has no custom status
     hint: str = ""
-    children: list[str] = field(default_factory=list)
+    #: the instance ids of the children it starts (purged with it), from its own instance id
+    children: Callable[[str], list[str]] = _no_children
+    #: show "k/N activities done" while it runs: (activity name, N) ...
+    progress_activity: tuple[str, int] | None = None
+    #: ... and, under this label, the rate of those activities in the summary
+    rate_label: str | None = None
+
+
+@dataclass(frozen=True)
+class ScriptCase:
+    """A case driven by an async script (signals, entity reads, orchestrations, raw Redis): the
+    script's return value is the case's output; an exception fails the case."""
+
+    key: str
+    title: str
+    script: Callable[[DemoRun], Awaitable[Any]]
+    check: Check
+    describe: Describe
+    hint: str = ""
+
+
+Case = OrchestrationCase | ScriptCase
+
+
+class DemoRun:
+    """What a :class:`ScriptCase`'s script works with: the client, the Redis and hub, and helpers
+    that keep the ids of one run apart from another's and clean up after it."""
+
+    def __init__(self, client: AsyncClient, redis_url: str, hub: str, run_id: str, row: _Row) -> None:
+        self.client = client
+        self.redis_url = redis_url
+        self.hub = hub
+        self.run_id = run_id
+        self._row = row
+
+    def key(self, name: str) -> str:
+        """A key (or instance id) unique to this run of the demo."""
+        return f"demo-{self.run_id}-{name}"
+
+    def entity(self, name: str, key: str) -> EntityId:
+        """The id of entity ``name`` with a key unique to this run (deleted when the demo ends)."""
+        entity_id = EntityId(name, self.key(key))
+        self._row.entities.append(str(entity_id))
+        return entity_id
+
+    def progress(self, text: str) -> None:
+        """Show ``text`` in the live view while the script runs."""
+        self._row.progress = text
+
+    async def entity_state(self, entity_id: EntityId | str) -> Any:
+        """The entity's state (None when it does not exist)."""
+        state = await self.client.get_entity(entity_id)
+        return None if state is None else state.state
+
+    async def wait_for_entity(self, entity_id: EntityId | str, until: Callable[[Any], bool]) -> Any:
+        """Poll the entity until ``until(state)`` holds (a signal has no completion to wait for);
+        returns that state. The demo's timeout bounds the wait."""
+        while True:
+            state = await self.entity_state(entity_id)
+            if until(state):
+                return state
+            await anyio.sleep(_POLL_S)
+
+    async def run_orchestration(self, orchestrator: Any, input: Any, key: str) -> OrchestrationState:
+        """Start an orchestration (instance id unique to this run, purged when the demo ends) and
+        wait for it to finish."""
+        instance_id = self.key(key)
+        self._row.instances.append(instance_id)
+        await self.client.schedule_new_orchestration(orchestrator, input=input, instance_id=instance_id)
+        return await self.client.wait_for_orchestration_completion(instance_id, timeout=3600)
+
+
+# ------------------------------------------------------------------------------------------------
+# finding the samples
+
+
+def _holds_samples(root: Path) -> bool:
+    return all((root / package / "demo.py").is_file() for package in SAMPLE_PACKAGES)
+
+
+def _sample_roots() -> list[Path]:
+    """Folders holding the sample packages: the current directory, the folder beside this package
+    (a checkout, or the site-packages of a wheel install), then wherever they are importable."""
+    roots = [Path.cwd(), Path(__file__).resolve().parent.parent.parent]
+    for package in SAMPLE_PACKAGES:
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.origin:
+            roots.append(Path(spec.origin).resolve().parent.parent)
+    unique = list(dict.fromkeys(roots))
+    return [r for r in unique if _holds_samples(r)]
+
+
+@dataclass
+class Sample:
+    """One sample package's demo module."""
+
+    group: str
+    module: ModuleType
+
+    def register(self, worker: Worker) -> None:
+        self.module.register(worker)
+
+    def cases(self, settings: DemoSettings) -> list[Case]:
+        return list(self.module.cases(settings))
+
+
+def load_samples() -> list[Sample]:
+    """Import the ``demo`` module of every sample package, putting the folder that holds them on
+    ``sys.path``."""
+    roots = _sample_roots()
+    if not roots:
+        raise DemoError(
+            "cannot find the sample applications (the 'orchestrations/' and 'entities/' folders of "
+            "the durable repository, which the durable wheel installs too). Run 'durable demo' "
+            "from the root of the repository, or reinstall durable."
+        )
+    for root in reversed(roots):
+        path = str(root)
+        if path in sys.path:
+            sys.path.remove(path)
+        sys.path.insert(0, path)
+    samples = []
+    for package in SAMPLE_PACKAGES:
+        module = importlib.import_module(f"{package}.demo")
+        samples.append(Sample(str(getattr(module, "GROUP", package.capitalize())), module))
+    return samples
+
+
+# ------------------------------------------------------------------------------------------------
+# a case while the demo runs
+
+
+@dataclass
+class _Row:
+    """A case of the demo, and what happened to it so far."""
+
+    case: Case
+    group: str
     instance_id: str = ""
+    children: list[str] = field(default_factory=list)
+    #: entities and orchestration instances a script created (cleaned up at the end)
+    entities: list[str] = field(default_factory=list)
+    instances: list[str] = field(default_factory=list)
+    started: bool = False
     scheduled_at: float = 0.0
     finished_at: float | None = None
     state: OrchestrationState | None = None
+    outcome: Outcome | None = None
+    progress: str | None = None
     note: str | None = None
     problem: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.case.key
+
+    @property
+    def title(self) -> str:
+        return self.case.title
 
     @property
     def finished(self) -> bool:
         return self.finished_at is not None
 
     @property
+    def expected_status(self) -> OrchestrationStatus:
+        if isinstance(self.case, OrchestrationCase):
+            return self.case.expected_status
+        return OrchestrationStatus.COMPLETED
+
+    @property
     def status_text(self) -> str:
-        return self.state.runtime_status.value if self.state is not None else _SCHEDULED
+        if self.outcome is not None:
+            return self.outcome.status.value
+        if self.state is not None:
+            return self.state.runtime_status.value
+        if self.started and isinstance(self.case, ScriptCase):
+            return OrchestrationStatus.RUNNING.value
+        return _SCHEDULED
 
     def elapsed(self, now: float) -> float:
-        if not self.instance_id:
+        if not self.started:
             return 0.0
         end = self.finished_at if self.finished_at is not None else now
         return max(end - self.scheduled_at, 0.0)
 
     def verdict(self) -> str | None:
-        """None when the instance ended as expected, else what is wrong."""
+        """None when the case ended as expected, else what is wrong."""
         if self.problem is not None:
             return self.problem
-        st = self.state
-        if st is None or not self.finished:
+        outcome = self.outcome
+        if outcome is None or not self.finished:
             return "did not finish"
-        if st.runtime_status != self.expected_status:
-            reason = f" ({st.failure_details.message})" if st.failure_details else ""
-            return f"expected {self.expected_status.value}, got {st.runtime_status.value}{reason}"
+        if outcome.status != self.expected_status:
+            reason = f" ({outcome.failure})" if outcome.failure else ""
+            return f"expected {self.expected_status.value}, got {outcome.status.value}{reason}"
         try:
-            return self.check(st)
+            return self.case.check(outcome)
         except Exception as exc:  # a malformed output
             return f"unexpected output: {type(exc).__name__}: {exc}"
 
-
-def _expect(condition: bool, message: str) -> str | None:
-    return None if condition else message
-
-
-def build_cases(patterns: Any, fan_out: int) -> list[Case]:
-    """The demo's instances: every pattern once (human interaction twice, retries twice)."""
-    order = patterns.sample_order(1)
-    total_squares = sum(i * i for i in range(1, fan_out + 1))
-    sub_count = 5
-    monitor_input = {"job": "nightly-export", "interval_s": 0.4, "max_checks": 10, "ready_after": 4}
-    retry_input = {"fail_times": 2, "max_attempts": 4, "first_retry_s": 0.2}
-    give_up_input = {"fail_times": 5, "max_attempts": 2, "first_retry_s": 0.2}
-
-    def chaining_text(st: OrchestrationState) -> str:
-        out = st.output
-        return f"order {out['order']} {out['status']}, total {out['total']}, {out['tracking']}"
-
-    def fan_text(st: OrchestrationState) -> str:
-        return f"{st.output['items']} results aggregated, total {st.output['total']}"
-
-    def monitor_text(st: OrchestrationState) -> str:
-        out = st.output
-        return f"job {out['job']} {out['status']} after {out['checks']} checks (continue-as-new)"
-
-    def sub_text(st: OrchestrationState) -> str:
-        return f"{st.output['orders']} child orchestrations, revenue {st.output['revenue']}"
-
-    def retry_text(st: OrchestrationState) -> str:
-        return str(st.output["result"])
-
-    def failure_text(st: OrchestrationState) -> str:
-        details = st.failure_details
-        return f"gave up: {details.message}" if details else "failed"
-
-    return [
-        Case(
-            "chaining",
-            "function chaining",
-            patterns.function_chaining,
-            order,
-            check=lambda st: _expect(st.output["status"] == "shipped", "order not shipped"),
-            describe=chaining_text,
-        ),
-        Case(
-            "fan-out",
-            f"fan-out/fan-in ({fan_out})",
-            patterns.fan_out_fan_in,
-            {"count": fan_out},
-            check=lambda st: _expect(
-                st.output == {"items": fan_out, "total": total_squares}, f"wrong aggregate {st.output!r}"
-            ),
-            describe=fan_text,
-        ),
-        Case(
-            "approved",
-            "human interaction: approved",
-            patterns.human_interaction,
-            {"subject": "new laptop", "approver": "alice", "timeout_s": 30},
-            check=lambda st: _expect(st.output == "approved", f"got {st.output!r}"),
-            describe=lambda st: str(st.output),
-            approve_event=patterns.APPROVAL_EVENT,
-        ),
-        Case(
-            "timeout",
-            "human interaction: timeout",
-            patterns.human_interaction,
-            {"subject": "conference trip", "approver": "bob", "timeout_s": 2},
-            check=lambda st: _expect(st.output == "timed out", f"got {st.output!r}"),
-            describe=lambda st: f"{st.output} (no approval within 2s)",
-        ),
-        Case(
-            "monitor",
-            "monitor",
-            patterns.monitor,
-            monitor_input,
-            check=lambda st: _expect(
-                st.output == {"job": "nightly-export", "status": "done", "checks": 4}, f"got {st.output!r}"
-            ),
-            describe=monitor_text,
-        ),
-        Case(
-            "sub",
-            f"sub-orchestrations ({sub_count})",
-            patterns.sub_orchestrations,
-            {"count": sub_count},
-            check=lambda st: _expect(
-                st.output["orders"] == sub_count and len(st.output["tracking"]) == sub_count,
-                f"got {st.output!r}",
-            ),
-            describe=sub_text,
-        ),
-        Case(
-            "retry",
-            "retry: recovers",
-            patterns.retry_with_backoff,
-            retry_input,
-            check=lambda st: _expect(st.output["attempts"] == 3, f"got {st.output!r}"),
-            describe=retry_text,
-            hint="calling a flaky service: fails twice, up to 4 attempts with backoff",
-        ),
-        Case(
-            "give-up",
-            "retry: gives up",
-            patterns.retry_with_backoff,
-            give_up_input,
-            check=lambda st: _expect(
-                st.failure_details is not None and "attempt 2" in st.failure_details.message,
-                "missing failure details",
-            ),
-            describe=failure_text,
-            hint="calling a flaky service: fails 5 times, only 2 attempts allowed",
-            expected_status=OrchestrationStatus.FAILED,
-        ),
-    ]
+    def described(self) -> str:
+        """The summary's text for a finished case: its description, or what is wrong."""
+        problem = self.verdict()
+        if problem is not None or self.outcome is None:
+            return problem or ""
+        try:
+            return self.case.describe(self.outcome)
+        except Exception:
+            return _compact(self.outcome.output)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -344,51 +426,47 @@ class Display:
         if self.tty:
             self.print(f"  {'PATTERN':<30} {'STATUS':<10} {'TIME':>6}  DETAIL")
 
-    def _detail(self, case: Case, progress: str | None) -> str:
-        if case.finished and case.state is not None:
-            try:
-                return case.describe(case.state) if case.verdict() is None else str(case.verdict())
-            except Exception:
-                return _compact(case.state.output)
-        custom = _compact(case.state.custom_status) if case.state is not None else ""
-        parts = [progress or custom or case.hint]
-        if case.note:
-            parts.append(case.note)
+    def _detail(self, row: _Row, progress: str | None) -> str:
+        if row.finished and row.outcome is not None:
+            return row.described()
+        custom = _compact(row.state.custom_status) if row.state is not None else ""
+        parts = [progress or row.progress or custom or row.case.hint]
+        if row.note:
+            parts.append(row.note)
         return "; ".join(p for p in parts if p)
 
-    def update(self, cases: list[Case], progress: dict[str, str]) -> None:
+    def update(self, rows: list[_Row], progress: dict[str, str]) -> None:
         if self.quiet:
             return
         now = time.monotonic()
         if self.tty:
             width = shutil.get_terminal_size((100, 24)).columns - 1
             lines = []
-            for case in cases:
-                detail = self._detail(case, progress.get(case.key))
-                line = f"  {case.title:<30} {case.status_text:<10} {case.elapsed(now):5.1f}s  {detail}"
+            for row in rows:
+                detail = self._detail(row, progress.get(row.key))
+                line = f"  {row.title:<30} {row.status_text:<10} {row.elapsed(now):5.1f}s  {detail}"
                 lines.append("\x1b[2K" + _short(line, width))
             up = f"\x1b[{self._drawn}A\r" if self._drawn else ""
             self.out.write(up + "\n".join(lines) + "\n")
             self.out.flush()
             self._drawn = len(lines)
             return
-        for case in cases:
-            # without a terminal: one line whenever status or custom status changes
-            shown = (case.status_text, self._detail(case, None))
-            if self._last.get(case.key) == shown:
+        for row in rows:
+            # without a terminal: one line whenever status or detail changes
+            shown = (row.status_text, self._detail(row, None))
+            if self._last.get(row.key) == shown:
                 continue
-            self._last[case.key] = shown
+            self._last[row.key] = shown
             status, detail = shown
             suffix = f" - {detail}" if detail else ""
-            self.print(f"  [{now - self._t0:5.1f}s] {case.title}: {status}{suffix}")
+            self.print(f"  [{now - self._t0:5.1f}s] {row.title}: {status}{suffix}")
 
     def summary(
         self,
-        cases: list[Case],
+        rows: list[_Row],
         ended: float,
         counters: Counters,
         wall: float,
-        fan_out: int,
         hub: str,
         url: str,
         interrupted: bool = False,
@@ -398,18 +476,10 @@ class Display:
         header = f"  {'PATTERN':<30} {'STATUS':<10} {'RESULT':<10} {'TIME':>7}  OUTPUT"
         self.print(header)
         self.print("  " + "-" * (len(header) - 2))
-        for case in cases:
-            problem = case.verdict()
-            result = "ok" if problem is None else "UNEXPECTED"
-            if problem is None and case.state is not None:
-                try:
-                    output = case.describe(case.state)
-                except Exception:
-                    output = _compact(case.state.output)
-            else:
-                output = problem or ""
-            took = case.elapsed(ended)
-            line = f"  {case.title:<30} {case.status_text:<10} {result:<10} {took:6.2f}s  {output}"
+        for row in rows:
+            result = "ok" if row.verdict() is None else "UNEXPECTED"
+            took = row.elapsed(ended)
+            line = f"  {row.title:<30} {row.status_text:<10} {result:<10} {took:6.2f}s  {row.described()}"
             self.print(line)  # static text: long lines may wrap
         self.print()
         acts, orchs = counters.activities, counters.orchestrations
@@ -422,20 +492,40 @@ class Display:
             self.print("  (over the whole run, the patterns' deliberate timers and timeouts included)")
         else:
             self.print(f"Throughput: (metrics unavailable); all patterns ran in {wall:.2f}s")
-        fan = next((c for c in cases if c.key == "fan-out"), None)
-        if fan is not None and fan.finished and fan.verdict() is None:
-            took = max(fan.elapsed(ended), 1e-6)
-            self.print(
-                f"Fan-out/fan-in: {fan_out} parallel activities in {took:.2f}s "
-                f"= {fan_out / took:.1f} activities/s"
-            )
-        bad = [c for c in cases if c.verdict() is not None]
+        for row in rows:
+            case = row.case
+            if not isinstance(case, OrchestrationCase) or not case.rate_label or not case.progress_activity:
+                continue
+            if row.finished and row.verdict() is None:
+                count = case.progress_activity[1]
+                took = max(row.elapsed(ended), 1e-6)
+                self.print(
+                    f"{case.rate_label}: {count} parallel activities in {took:.2f}s "
+                    f"= {count / took:.1f} activities/s"
+                )
+        bad = [r for r in rows if r.verdict() is not None]
         if interrupted:
-            self.print(f"Interrupted: {len(cases) - len(bad)} of {len(cases)} patterns had finished.")
-        elif bad:
-            self.print(f"{len(bad)} of {len(cases)} patterns did not behave as expected.")
-        else:
-            self.print(f"All {len(cases)} patterns behaved as expected.")
+            self.print(f"Interrupted: {len(rows) - len(bad)} of {len(rows)} patterns had finished.")
+            return
+        for group in dict.fromkeys(r.group for r in rows):
+            members = [r for r in rows if r.group == group]
+            failed = [r for r in members if r.verdict() is not None]
+            if failed:
+                self.print(f"{group}: {len(failed)} of {len(members)} patterns did not behave as expected.")
+            else:
+                self.print(f"{group}: All {len(members)} patterns behaved as expected.")
+
+    def embedded_note(self, data_dir: Path) -> None:
+        """Where the embedded Redis keeps its data, that it keeps running, and how to stop it."""
+        status = embedded_redis_status(data_dir)
+        if not status.running:
+            return
+        self.print()
+        self.print(
+            f"Embedded Redis: still running at {status.url} (pid {status.pid}), data in {status.data_dir}"
+        )
+        self.print("  It keeps running for the durable commands and the dashboard ('durable serve').")
+        self.print("  Stop it with 'durable redis stop' from this folder ('durable redis status' shows it).")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -447,16 +537,17 @@ def run_demo(options: DemoOptions) -> int:
     out = options.out or sys.stdout
     display = Display(out, options.quiet)
     try:
-        patterns = load_patterns()
+        samples = load_samples()
     except DemoError as exc:
         print(f"durable demo: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     hub = options.hub or "demo"
     url = options.redis_url or os.environ.get(ENV_REDIS_URL, "").strip()
+    embedded = not url
     if url:
         where = "the given Redis"
     else:
-        display.info("Starting the embedded Redis (data in ./.durable/redis) ...")
+        display.info(f"Starting the embedded Redis (data in ./{DEFAULT_DATA_DIR}) ...")
         where = "the embedded Redis"
     try:
         url = resolve_url(url or None)
@@ -466,19 +557,26 @@ def run_demo(options: DemoOptions) -> int:
     shown_url = redact_url(url)
     display.info(f"durable demo: hub {hub!r} on {where} at {shown_url}")
     try:
-        return anyio.run(_run, patterns, url, hub, options, display, shown_url)
+        code = anyio.run(_run, samples, url, hub, options, display, shown_url)
     except Exception as exc:
         message = "; ".join(f"{type(e).__name__}: {e}" for e in leaf_exceptions(exc))
         print(f"durable demo: failed: {message}", file=sys.stderr)
-        return EXIT_FAILURE
+        code = EXIT_FAILURE
+    if embedded:
+        display.embedded_note(DEFAULT_DATA_DIR)
+    return code
 
 
 async def _run(
-    patterns: Any, url: str, hub: str, options: DemoOptions, display: Display, shown_url: str
+    samples: list[Sample], url: str, hub: str, options: DemoOptions, display: Display, shown_url: str
 ) -> int:
     config = WorkerConfig(balance_interval_ms=200, poll_ms=250, drain_timeout=10.0)
-    worker: Worker = patterns.register(Worker(url, hub, config=config))
-    cases = build_cases(patterns, options.fan_out)
+    worker = Worker(url, hub, config=config)
+    settings = DemoSettings(fan_out=options.fan_out)
+    rows: list[_Row] = []
+    for sample in samples:
+        sample.register(worker)
+        rows.extend(_Row(case, sample.group) for case in sample.cases(settings))
     run_id = uuid.uuid4().hex[:6]
     interrupted = False
     before = Counters.snapshot()
@@ -486,7 +584,11 @@ async def _run(
         display.info(
             f"Worker {worker.worker_id} started in this process ({worker.config.concurrency} activity slots)"
         )
-        display.info(f"Starting {len(cases)} orchestrations (run {run_id}) ...")
+        orchestrations = sum(isinstance(r.case, OrchestrationCase) for r in rows)
+        display.info(
+            f"Starting {orchestrations} orchestrations and {len(rows) - orchestrations} entity scenarios "
+            f"(run {run_id}) ..."
+        )
         display.info()
         display.begin()
         started = time.monotonic()
@@ -501,87 +603,113 @@ async def _run(
 
                 tg.start_soon(watch_signals)
                 with anyio.move_on_after(options.timeout):
-                    await _schedule(client, patterns, cases, run_id)
+                    await _schedule(client, rows, run_id)
                     async with anyio.create_task_group() as inner:
-                        for case in cases:
-                            inner.start_soon(_follow, client, case, options.timeout)
+                        for row in rows:
+                            case = row.case
+                            if isinstance(case, ScriptCase):
+                                run = DemoRun(client, url, hub, run_id, row)
+                                inner.start_soon(_script, row, case, run)
+                                continue
+                            inner.start_soon(_follow, client, row, options.timeout)
                             if case.approve_event:
-                                inner.start_soon(_approve, client, case, case.approve_event)
-                        inner.start_soon(_refresh, client, cases, display, options.fan_out)
+                                inner.start_soon(_approve, client, row, case.approve_event)
+                        inner.start_soon(_refresh, client, rows, display)
                 tg.cancel_scope.cancel()
-        ended = max([c.finished_at or time.monotonic() for c in cases if c.instance_id] or [started])
+        ended = max([r.finished_at or time.monotonic() for r in rows if r.started] or [started])
         wall = ended - started
-        display.update(cases, {})
+        display.update(rows, {})
         after = Counters.snapshot()
-        for case in cases:
-            if not case.finished and case.problem is None:
-                case.problem = "interrupted" if interrupted else f"did not finish within {options.timeout:g}s"
+        for row in rows:
+            if not row.finished and row.problem is None:
+                row.problem = "interrupted" if interrupted else f"did not finish within {options.timeout:g}s"
         with anyio.CancelScope(shield=True):
-            await _clean_up(client, cases, keep=options.keep)
-    display.summary(cases, ended, after.since(before), wall, options.fan_out, hub, shown_url, interrupted)
+            await _clean_up(client, rows, keep=options.keep)
+    display.summary(rows, ended, after.since(before), wall, hub, shown_url, interrupted)
     if interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_OK if all(c.verdict() is None for c in cases) else EXIT_FAILURE
+    return EXIT_OK if all(r.verdict() is None for r in rows) else EXIT_FAILURE
 
 
-async def _schedule(client: AsyncClient, patterns: Any, cases: list[Case], run_id: str) -> None:
-    """Start every case's orchestration, with instance ids unique to this run."""
-    for case in cases:
-        case.scheduled_at = time.monotonic()
-        case.instance_id = await client.schedule_new_orchestration(
+async def _schedule(client: AsyncClient, rows: list[_Row], run_id: str) -> None:
+    """Start every orchestration case's instance, with instance ids unique to this run."""
+    for row in rows:
+        case = row.case
+        if not isinstance(case, OrchestrationCase):
+            continue
+        row.scheduled_at = time.monotonic()
+        row.started = True
+        row.instance_id = await client.schedule_new_orchestration(
             case.orchestrator, input=case.input, instance_id=f"demo-{run_id}-{case.key}"
         )
-        if case.key == "sub":
-            case.children = [
-                patterns.child_instance_id(case.instance_id, patterns.sample_order(i))
-                for i in range(1, int(case.input["count"]) + 1)
-            ]
+        row.children = case.children(row.instance_id)
 
 
-async def _follow(client: AsyncClient, case: Case, timeout: float) -> None:
+async def _follow(client: AsyncClient, row: _Row, timeout: float) -> None:
     """Wait for the instance to finish (woken by its status notifications)."""
-    state = await client.wait_for_orchestration_completion(case.instance_id, timeout=timeout + 5)
-    case.finished_at = time.monotonic()
-    case.state = state
+    state = await client.wait_for_orchestration_completion(row.instance_id, timeout=timeout + 5)
+    row.finished_at = time.monotonic()
+    row.state = state
+    row.outcome = Outcome.of(state)
 
 
-async def _approve(client: AsyncClient, case: Case, event: str) -> None:
+async def _script(row: _Row, case: ScriptCase, run: DemoRun) -> None:
+    """Run a script case; its exception (not a cancellation) fails the case."""
+    row.scheduled_at = time.monotonic()
+    row.started = True
+    try:
+        output = await case.script(run)
+    except Exception as exc:
+        row.outcome = Outcome(OrchestrationStatus.FAILED, failure=f"{type(exc).__name__}: {exc}")
+    else:
+        row.outcome = Outcome(OrchestrationStatus.COMPLETED, output)
+    row.finished_at = time.monotonic()
+
+
+async def _approve(client: AsyncClient, row: _Row, event: str) -> None:
     """Play the approver: answer once the orchestration is waiting for approval."""
     while True:
-        state = await client.get_orchestration_state(case.instance_id)
+        state = await client.get_orchestration_state(row.instance_id)
         if state is not None and state.custom_status == "waiting for approval":
             break
         if state is not None and state.runtime_status.is_terminal:
             return
-        await anyio.sleep(0.05)
-    case.note = "approver is reading the request"
+        await anyio.sleep(_POLL_S)
+    row.note = "approver is reading the request"
     await anyio.sleep(_APPROVER_DELAY_S)
-    await client.raise_orchestration_event(case.instance_id, event, data={"approved": True, "by": "demo"})
-    case.note = "'approval' event raised"
+    await client.raise_orchestration_event(row.instance_id, event, data={"approved": True, "by": "demo"})
+    row.note = "'approval' event raised"
 
 
-async def _refresh(client: AsyncClient, cases: list[Case], display: Display, fan_out: int) -> None:
-    """Redraw the progress until every instance finished."""
-    fan_base = _counter_total("ACTIVITY_EXECUTIONS", name="process_item")
+async def _refresh(client: AsyncClient, rows: list[_Row], display: Display) -> None:
+    """Redraw the progress until every case finished."""
+    counted = {
+        row.key: row.case.progress_activity
+        for row in rows
+        if isinstance(row.case, OrchestrationCase) and row.case.progress_activity
+    }
+    bases = {key: _counter_total("ACTIVITY_EXECUTIONS", name=name) for key, (name, _) in counted.items()}
     while True:
-        for case in cases:
-            if not case.finished:
-                state = await client.get_orchestration_state(case.instance_id)
-                if state is not None and not case.finished:
-                    case.state = state
+        for row in rows:
+            if row.instance_id and not row.finished:
+                state = await client.get_orchestration_state(row.instance_id)
+                if state is not None and not row.finished:
+                    row.state = state
         progress: dict[str, str] = {}
-        fan_done = _counter_total("ACTIVITY_EXECUTIONS", name="process_item")
-        if fan_done is not None and fan_base is not None:
-            progress["fan-out"] = f"{min(int(fan_done - fan_base), fan_out)}/{fan_out} activities done"
-        display.update(cases, progress)
-        if all(c.finished for c in cases):
+        for key, (name, total) in counted.items():
+            done, base = _counter_total("ACTIVITY_EXECUTIONS", name=name), bases[key]
+            if done is not None and base is not None:
+                progress[key] = f"{min(int(done - base), total)}/{total} activities done"
+        display.update(rows, progress)
+        if all(r.finished for r in rows):
             return
         await anyio.sleep(_REFRESH_S)
 
 
-async def _clean_up(client: AsyncClient, cases: list[Case], *, keep: bool) -> None:
-    """Terminate the demo's instances that still run; purge them all unless ``keep``."""
-    ids = [iid for case in cases for iid in [case.instance_id, *case.children] if iid]
+async def _clean_up(client: AsyncClient, rows: list[_Row], *, keep: bool) -> None:
+    """Terminate the demo's instances that still run and, unless ``keep``, purge them and delete
+    the entities the scripts used (best effort: a leftover is harmless)."""
+    ids = [iid for row in rows for iid in [row.instance_id, *row.children, *row.instances] if iid]
     for iid in ids:
         try:
             state = await client.get_orchestration_state(iid)
@@ -591,5 +719,21 @@ async def _clean_up(client: AsyncClient, cases: list[Case], *, keep: bool) -> No
                     await client.wait_for_orchestration_completion(iid, timeout=5)
             if not keep:
                 await client.purge_orchestration(iid)
-        except Exception:  # best effort: a leftover instance is harmless
+        except Exception:
             continue
+    if not keep:
+        await _delete_entities(client, [e for row in rows for e in row.entities])
+
+
+async def _delete_entities(client: AsyncClient, entities: Iterable[str]) -> None:
+    remaining = list(dict.fromkeys(entities))
+    try:
+        for entity in remaining:
+            await client.signal_entity(entity, "delete")
+        with anyio.move_on_after(_CLEANUP_S):
+            while remaining:
+                remaining = [e for e in remaining if await client.get_entity(e) is not None]
+                if remaining:
+                    await anyio.sleep(_POLL_S)
+    except Exception:
+        return

@@ -6,11 +6,18 @@ See :mod:`durable._cli_ops` for what every command shares.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
-from .._config import ENV_HUB
+import anyio
+
+from .._config import ENV_HUB, ENV_OPS_PORT, ENV_OPS_TOKEN
 from .._core.model import ms_to_datetime
 from .._store import queries as q
 from .._store.keys import FORMAT_VERSION
@@ -38,6 +45,12 @@ WAITAOF_VERSION = (7, 2)
 #: Memory use (of maxmemory) from which doctor warns, and fails.
 MEMORY_WARN_RATIO = 0.80
 MEMORY_FAIL_RATIO = 0.95
+
+#: Seconds allowed to one probe of an ops server, and the worker hosts probed at most.
+OPS_PROBE_TIMEOUT_SECONDS = 2.0
+MAX_OPS_PROBES = 16
+#: Port of the workers' ops servers when $DURABLE_OPS_PORT does not say (the chart's default).
+DEFAULT_OPS_PORT = 9464
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 _SEVERITY = {OK: 0, WARN: 1, FAIL: 2}
@@ -158,8 +171,78 @@ async def _lease_check(store: Store) -> Check:
     return Check("leases", OK, f"{total}/{total} partitions leased by {workers_text}")
 
 
-async def doctor_checks(session: Session) -> list[Check]:
-    """Everything ``durable doctor`` checks, in order."""
+def _probe_ops(url: str) -> tuple[str, str]:
+    """Ask the ops server at ``url`` for ``/v1/hub`` without a token: ("open" | "token" |
+    "unknown", what it answered)."""
+    request = urllib.request.Request(f"{url.rstrip('/')}/v1/hub", headers={"Accept": "application/json"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # straight to the worker
+    try:
+        with opener.open(request, timeout=OPS_PROBE_TIMEOUT_SECONDS) as response:
+            body = json.loads(response.read(65536))
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        if exc.code == 401:
+            return "token", "requires a token"
+        return "unknown", f"answered HTTP {exc.code}"
+    except (OSError, ValueError) as exc:  # refused, unresolvable, timed out, not JSON
+        reason = getattr(exc, "reason", None) or exc
+        return "unknown", f"not reachable ({reason})"
+    if isinstance(body, dict) and body.get("auth_required") is False:
+        return "open", "answers without a token"
+    return "unknown", "answered, but not like a durable ops server"
+
+
+def _ops_targets(workers: list[dict[str, Any]]) -> list[str]:
+    """``http://HOST:PORT`` of the live workers' hosts, on the port of $DURABLE_OPS_PORT."""
+    raw = os.environ.get(ENV_OPS_PORT, "").strip()
+    port = int(raw) if raw.isdigit() and 0 < int(raw) < 65536 else DEFAULT_OPS_PORT
+    hosts = dict.fromkeys(w["host"] for w in workers if w.get("host"))
+    return [f"http://{host}:{port}" for host in list(hosts)[:MAX_OPS_PROBES]]
+
+
+async def _ops_token_check(workers: list[dict[str, Any]], urls: Sequence[str]) -> Check:
+    """Whether the ops servers answer their API without a token, found by asking them: those
+    at ``urls``, else those of the live workers' hosts. A server that cannot be reached is not
+    judged (the check says so)."""
+    targets = list(dict.fromkeys(urls)) or _ops_targets(workers)
+    if not targets:
+        return Check("ops-token", OK, "not checked: no live workers (give --ops-url URL to check a server)")
+    verdicts: dict[str, tuple[str, str]] = {}
+
+    async def probe(url: str) -> None:
+        verdicts[url] = await anyio.to_thread.run_sync(_probe_ops, url)
+
+    async with anyio.create_task_group() as tg:
+        for url in targets:
+            tg.start_soon(probe, url)
+    open_ = [url for url in targets if verdicts[url][0] == "open"]
+    protected = [url for url in targets if verdicts[url][0] == "token"]
+    unknown = [url for url in targets if verdicts[url][0] == "unknown"]
+    if open_:
+        return Check(
+            "ops-token",
+            WARN,
+            f"{', '.join(open_)} {'answers' if len(open_) == 1 else 'answer'} the ops API without a "
+            "token: anyone who reaches it can start, terminate and purge orchestrations "
+            f"(set ${ENV_OPS_TOKEN})",
+        )
+    if protected:
+        detail = f"{', '.join(protected)} {'requires' if len(protected) == 1 else 'require'} a token"
+        if unknown:
+            detail += f"; not checked: {', '.join(unknown)} (not reachable from here)"
+        return Check("ops-token", OK, detail)
+    first = verdicts[unknown[0]][1]
+    return Check(
+        "ops-token",
+        OK,
+        f"not checked: no ops server answered at {', '.join(unknown)} ({first}); "
+        "give --ops-url URL to check a server",
+    )
+
+
+async def doctor_checks(session: Session, ops_urls: Sequence[str] = ()) -> list[Check]:
+    """Everything ``durable doctor`` checks, in order; ``ops_urls`` are ops servers to ask
+    whether they require a token (default: the live workers' hosts)."""
     store = session.store
     checks: list[Check] = []
     # -- the servers
@@ -247,11 +330,12 @@ async def doctor_checks(session: Session) -> list[Check]:
             )
         )
     checks.append(await _lease_check(store))
+    checks.append(await _ops_token_check(await q.live_workers(store), ops_urls))
     return checks
 
 
 async def doctor(session: Session, args: argparse.Namespace) -> Outcome:
-    checks = await doctor_checks(session)
+    checks = await doctor_checks(session, args.ops_url or ())
     counts = {s: sum(1 for c in checks if c.status == s) for s in (OK, WARN, FAIL)}
     failed = counts[FAIL] > 0
     data = {
@@ -268,13 +352,24 @@ async def doctor(session: Session, args: argparse.Namespace) -> Outcome:
 
 def register(commands: Commands) -> None:
     """Add ``durable doctor``."""
-    leaf(
+    parser = leaf(
         commands,
         "doctor",
         doctor,
         "check Redis and the hub for problems",
         "Check the Redis server(s) and the hub: Redis version and features (XAUTOCLAIM needs "
         "6.2+, WAITAOF 7.2+), cluster mode, maxmemory-policy (must be noeviction), appendonly and "
-        "appendfsync, memory headroom, hub metadata, partition count and format version, and the "
-        "partition leases. Prints each check as OK, WARN or FAIL; exits 1 when any check FAILs.",
+        "appendfsync, memory headroom, hub metadata, partition count and format version, the "
+        "partition leases, and whether the ops servers answer their API without a token (WARN): "
+        "doctor asks those given with --ops-url, else the live workers' hosts on port "
+        f"${ENV_OPS_PORT} (else {DEFAULT_OPS_PORT}), GET /v1/hub without a token; a server it "
+        "cannot reach is not judged. Prints each check as OK, WARN or FAIL; exits 1 when any "
+        "check FAILs.",
+    )
+    parser.add_argument(
+        "--ops-url",
+        action="append",
+        metavar="URL",
+        help="an ops server to check for a token, e.g. http://127.0.0.1:9464 (repeatable; "
+        "default: the live workers' hosts)",
     )

@@ -1,4 +1,5 @@
-"""``durable orchestration start|list|describe|history|raise-event|terminate|suspend|resume|purge``.
+"""``durable orchestration start|list|describe|history|raise-event|terminate|suspend|resume|purge|
+rewind|restart``.
 
 The JSON output is the ops HTTP API's (:func:`durable._ops_views.state_json`,
 :func:`durable._ops_views.history_event_json`); see :mod:`durable._cli_ops` for what every
@@ -8,7 +9,9 @@ command shares.
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -74,6 +77,18 @@ def _seconds_arg(text: str) -> float:
     return value
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def _age_arg(text: str) -> _dt.timedelta:
+    """A duration such as ``90s``, ``30m``, ``12h``, ``7d`` or ``2w`` (a bare number: seconds)."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 30m, 12h or 7d, got {text!r}")
+    return _dt.timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
 def _status_arg(text: str) -> list[OrchestrationStatus]:
     out: list[OrchestrationStatus] = []
     for part in text.split(","):
@@ -108,6 +123,10 @@ def _state_text(data: Mapping[str, Any]) -> str:
         ("Custom status", compact_json(data.get("custom_status"))),
         ("Failure", f"{failure['error_type']}: {failure['message']}" if failure else "-"),
     ]
+    cause = failure.get("inner_failure") if failure else None
+    while isinstance(cause, Mapping):
+        pairs.append(("Caused by", f"{cause['error_type']}: {cause['message']}"))
+        cause = cause.get("inner_failure")
     return render_fields(pairs)
 
 
@@ -259,7 +278,9 @@ async def orchestration_raise_event(session: Session, args: argparse.Namespace) 
 async def orchestration_terminate(session: Session, args: argparse.Namespace) -> Outcome:
     client = await _existing_client(session, args.instance_id)
     try:
-        await client.terminate_orchestration(args.instance_id, output=args.termination_output)
+        await client.terminate_orchestration(
+            args.instance_id, output=args.termination_output, recursive=args.recursive
+        )
     except OrchestrationNotFoundError:
         raise _missing_instance(session, args.instance_id) from None
     except (SerializationError, PayloadTooLargeError) as exc:
@@ -292,16 +313,84 @@ async def orchestration_resume(session: Session, args: argparse.Namespace) -> Ou
     return await _suspend_or_resume(session, args, "resume")
 
 
+def _purge_filters(args: argparse.Namespace) -> dict[str, Any]:
+    statuses = [s for group in args.status or [] for s in group]
+    created_to = args.created_to
+    if args.older_than is not None:
+        cutoff = _dt.datetime.now(_dt.UTC) - args.older_than
+        created_to = cutoff if created_to is None else min(created_to, cutoff)
+    return {
+        "status": statuses or None,
+        "name": args.name,
+        "created_from": args.created_from,
+        "created_to": created_to,
+    }
+
+
+def _check_purge(args: argparse.Namespace) -> None:
+    filters = _purge_filters(args)
+    if args.instance_id is not None and any(v is not None for v in filters.values()):
+        raise CommandError("give an instance id or filters, not both", EXIT_USAGE)
+    if args.instance_id is None and all(v is None for v in filters.values()) and not args.all:
+        raise CommandError(
+            "give an instance id, or filters (--status, --name, --older-than, --created-from, "
+            "--created-to), or --all",
+            EXIT_USAGE,
+        )
+    if args.instance_id is None and any(not s.is_terminal for s in filters["status"] or []):
+        raise CommandError(
+            "only terminal instances (COMPLETED, FAILED, TERMINATED) can be purged", EXIT_USAGE
+        )
+
+
 async def orchestration_purge(session: Session, args: argparse.Namespace) -> Outcome:
+    if args.instance_id is None:
+        if not session.hub_exists:
+            return Outcome({"purged": 0}, "Purged 0 orchestrations.")
+        client = await session.client()
+        try:
+            count = await client.purge_orchestrations(**_purge_filters(args), timeout=args.timeout)
+        except TimeoutError as exc:
+            raise CommandError(str(exc)) from None
+        return Outcome({"purged": count}, f"Purged {count} orchestration{'' if count == 1 else 's'}.")
     client = await _existing_client(session, args.instance_id)
     try:
-        purged = await client.purge_orchestration(args.instance_id)
+        purged = await client.purge_orchestration(args.instance_id, recursive=args.recursive)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     if not purged:
         raise _missing_instance(session, args.instance_id)
     return Outcome(
         {"instance_id": args.instance_id, "purged": True}, f"Purged orchestration {args.instance_id!r}."
+    )
+
+
+async def orchestration_rewind(session: Session, args: argparse.Namespace) -> Outcome:
+    client = await _existing_client(session, args.instance_id)
+    try:
+        await client.rewind_orchestration(args.instance_id, reason=args.reason, timeout=args.timeout)
+    except OrchestrationNotFoundError:
+        raise _missing_instance(session, args.instance_id) from None
+    except (ValueError, TimeoutError) as exc:
+        raise CommandError(str(exc)) from None
+    return Outcome(
+        {"instance_id": args.instance_id, "action": "rewind"},
+        f"Rewound orchestration {args.instance_id!r}: its failed steps run again.",
+    )
+
+
+async def orchestration_restart(session: Session, args: argparse.Namespace) -> Outcome:
+    client = await _existing_client(session, args.instance_id)
+    try:
+        iid = await client.restart_orchestration(args.instance_id, new_instance_id=args.new_id)
+    except OrchestrationNotFoundError:
+        raise _missing_instance(session, args.instance_id) from None
+    except (ValueError, OrchestrationAlreadyExistsError) as exc:
+        raise CommandError(str(exc)) from None
+    return Outcome(
+        {"instance_id": iid, "restarted": args.instance_id},
+        f"Restarted orchestration {args.instance_id!r}"
+        + (f" as {iid!r}." if iid != args.instance_id else "."),
     )
 
 
@@ -425,6 +514,7 @@ def register(commands: Commands) -> None:
         metavar="JSON",
         help="the termination output, as JSON (default: null)",
     )
+    _recursive_flag(p, "terminate its running sub-orchestrations too, transitively")
 
     for action, command, summary in (
         ("suspend", orchestration_suspend, "suspend an orchestration"),
@@ -440,11 +530,68 @@ def register(commands: Commands) -> None:
         )
         p.add_argument("--reason", metavar="R", help="a reason, recorded in the history")
 
-    _instance_command(
+    p = leaf(
         sub,
         "purge",
         orchestration_purge,
-        "delete a finished orchestration",
-        "Delete the state and history of a finished (completed, failed or terminated) "
-        "orchestration instance. A running instance is refused (exit 1): terminate it first.",
+        "delete finished orchestrations",
+        "Delete a finished (completed, failed or terminated) orchestration instance and everything "
+        "it owns, with its sub-orchestrations; a running one is refused (exit 1): terminate it first. "
+        "Without an ID, delete every finished instance that matches the filters (each partition's "
+        "worker purges its part in batches; workers must be running) and print how many.",
+    )
+    p.add_argument("instance_id", metavar="ID", nargs="?", help="the instance id")
+    _recursive_flag(p, "purge its sub-orchestrations too, transitively")
+    p.add_argument(
+        "--status",
+        type=_status_arg,
+        nargs="+",
+        action="extend",
+        metavar="S",
+        help="without ID: only these statuses (COMPLETED, FAILED, TERMINATED; comma-separated)",
+    )
+    p.add_argument("--name", metavar="N", help="without ID: only instances of orchestrator N")
+    p.add_argument(
+        "--older-than",
+        type=_age_arg,
+        metavar="AGE",
+        help="without ID: only instances created longer ago than AGE (30m, 12h, 7d, 2w)",
+    )
+    p.add_argument("--created-from", type=iso_arg, metavar="ISO", help="without ID: created at or after")
+    p.add_argument("--created-to", type=iso_arg, metavar="ISO", help="without ID: created at or before")
+    p.add_argument("--all", action="store_true", help="without ID and filters: every finished instance")
+    p.add_argument(
+        "--timeout", type=_seconds_arg, default=300.0, metavar="S", help="without ID: wait at most S seconds"
+    )
+    p.set_defaults(ops_check=_check_purge)
+
+    p = _instance_command(
+        sub,
+        "rewind",
+        orchestration_rewind,
+        "rewind a failed orchestration",
+        "Bring a FAILED orchestration back to RUNNING: its failed activity and sub-orchestration "
+        "calls are forgotten and run again, its successful steps are not. Waits until a worker "
+        "applied it; exit 1 when the instance has not failed or cannot be rewound.",
+    )
+    p.add_argument("--reason", metavar="R", help="a reason, recorded in the history")
+    p.add_argument("--timeout", type=_seconds_arg, default=60.0, metavar="S", help="wait at most S seconds")
+
+    p = _instance_command(
+        sub,
+        "restart",
+        orchestration_restart,
+        "restart a finished orchestration",
+        "Start a finished orchestration again with the same input: a new execution under the same "
+        "id (its old history is replaced), or with --new-id under a new id, which is printed.",
+    )
+    p.add_argument("--new-id", action="store_true", help="run it under a new instance id")
+
+
+def _recursive_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--recursive",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"{what} (default; --no-recursive: only the instance itself)",
     )

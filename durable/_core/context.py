@@ -119,11 +119,23 @@ class OrchestrationContext:
         *,
         input: Any = None,
         retry_policy: RetryPolicy | None = None,
+        timeout: _dt.timedelta | None = None,
+        heartbeat_timeout: _dt.timedelta | None = None,
     ) -> Task[Any]:
-        """Schedule an activity; the task completes with its result or fails with TaskFailedError."""
+        """Schedule an activity; the task completes with its result or fails with TaskFailedError.
+
+        ``timeout`` limits each attempt from the moment a worker starts running it (waiting for a
+        free slot does not count); ``heartbeat_timeout`` times out an attempt that does not call
+        ``ActivityContext.heartbeat()`` this often. Either failure has the error type
+        ``ActivityTimeoutError`` and is retried by ``retry_policy`` like any other.
+        """
         name = self._name_of(activity, "activity")
         data = encode(input, what=f"input of activity {name!r}")
         action: ev.Event = {"k": ev.TASK_SCHEDULED, "name": name, "input": data}
+        for key, limit in (("to", timeout), ("hbt", heartbeat_timeout)):
+            if limit is not None:
+                ms = _positive_ms(limit, "timeout" if key == "to" else "heartbeat_timeout")
+                action[key] = ms
         return self._schedule(action, f"activity {name!r}", retry_policy)
 
     def call_sub_orchestrator(
@@ -157,7 +169,15 @@ class OrchestrationContext:
 
     def _emit_call(self, action: ev.Event, task: CompletableTask[Any]) -> None:
         action = dict(action)
+        if isinstance(task, RetryableTask) and task.call is not None:
+            # a retry: the same call (stable idempotency key), its attempt number, and what the
+            # earlier attempts last recorded with heartbeat(details)
+            action["call"], action["attempt"] = task.call, task.attempt
+            if task.details is not None:
+                action["hb"] = task.details
         tid = self._add_action(action, task)
+        if isinstance(task, RetryableTask) and task.call is None:
+            task.call = tid
         if action["k"] == ev.SUB_CREATED and not action.get("iid"):
             action["iid"] = f"{self._instance_id}:{tid:04d}"
 
@@ -170,7 +190,8 @@ class OrchestrationContext:
 
     def _create_retry_timer(self, retryable: RetryableTask[Any], delay: _dt.timedelta) -> None:
         fire_at = datetime_to_ms(self._now + delay)
-        tid = self._add_action({"k": ev.TIMER_CREATED, "fire_at": fire_at, "retry": True}, None)
+        timer: ev.Event = {"k": ev.TIMER_CREATED, "fire_at": fire_at, "retry": True, "call": retryable.call}
+        tid = self._add_action(timer, None)
         self._retry_timers[tid] = retryable
 
     def wait_for_external_event(self, name: str) -> Task[Any]:
@@ -350,3 +371,12 @@ class _EntityCalls:
         assert isinstance(task, CompletableTask)
         task.fail(f"{task.description} failed: {details.message}", details)
         return True
+
+
+def _positive_ms(value: _dt.timedelta, what: str) -> int:
+    if not isinstance(value, _dt.timedelta):
+        raise TypeError(f"{what} must be a datetime.timedelta, not {type(value).__qualname__}")
+    ms = int(value.total_seconds() * 1000)
+    if ms <= 0:
+        raise ValueError(f"{what} must be positive (at least a millisecond)")
+    return ms

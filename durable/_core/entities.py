@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import events as ev
-from .model import FailureDetails, datetime_to_ms, ms_to_datetime
+from .model import FailureDetails, datetime_to_ms, is_interrupt, ms_to_datetime
 from .registry import name_of
 from .serialization import decode, encode, pack_record, unpack_record
 
@@ -551,7 +551,9 @@ class EntityBatch:
                 else None
             )
             state, deleted = ctx._finish()
-        except Exception as exc:  # the operation failed: its changes are discarded
+        except BaseException as exc:  # the operation failed: its changes are discarded
+            if is_interrupt(exc):
+                raise
             details = FailureDetails.from_exception(exc)
             result.failed += 1
             if kind == ev.MSG_CALL:

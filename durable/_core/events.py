@@ -15,9 +15,9 @@ Event = dict[str, Any]
 # History event kinds
 ORCHESTRATOR_STARTED: Final = "OrchestratorStarted"  # ts: the step's time
 EXECUTION_STARTED: Final = "ExecutionStarted"  # name, input, exec, parent, ver (the pinned version)
-TASK_SCHEDULED: Final = "TaskScheduled"  # tid, name, input
+TASK_SCHEDULED: Final = "TaskScheduled"  # tid, name, input[, to, hbt, call, attempt, hb]
 TASK_COMPLETED: Final = "TaskCompleted"  # tid, result
-TASK_FAILED: Final = "TaskFailed"  # tid, failure
+TASK_FAILED: Final = "TaskFailed"  # tid, failure[, details: last heartbeat details]
 SUB_CREATED: Final = "SubOrchestrationCreated"  # tid, name, iid, input
 SUB_COMPLETED: Final = "SubOrchestrationCompleted"  # tid, result
 SUB_FAILED: Final = "SubOrchestrationFailed"  # tid, failure
@@ -34,6 +34,7 @@ EXECUTION_SUSPENDED: Final = "ExecutionSuspended"  # reason
 EXECUTION_RESUMED: Final = "ExecutionResumed"  # reason
 EXECUTION_TERMINATED: Final = "ExecutionTerminated"  # output
 EXECUTION_COMPLETED: Final = "ExecutionCompleted"  # status, result, failure
+EXECUTION_REWOUND: Final = "ExecutionRewound"  # reason: a failed execution was rewound to running
 PATCH_MARKER: Final = "PatchMarker"  # patch: the id ctx.is_patched() was asked about (it said True)
 
 #: Events that schedule work; during replay each must match an action the code produced.
@@ -66,5 +67,8 @@ MSG_SIGNAL: Final = "signal"
 MSG_CALL: Final = "call"
 MSG_LOCK: Final = "lock"
 MSG_UNLOCK: Final = "unlock"
-#: the outcome of a step that a worker with the code ran for the partition owner (see remote.py)
+MSG_REWIND: Final = "rewind"
+#: to a partition (no target): purge the terminal instances that match a filter, in batches
+MSG_PURGE: Final = "purge"
+#: the outcome of a step that a worker with the code ran for the partition owner (delegation.py)
 MSG_STEP_RESULT: Final = "step_result"

@@ -8,7 +8,8 @@ match the action the code produces at that point, or :class:`NonDeterminismError
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
+import datetime as _dt
 import inspect
 from collections import deque
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import Any
 
 from . import events as ev
 from .context import NameOf, OrchestrationContext
-from .model import FailureDetails, NonDeterminismError, OrchestrationStatus, ms_to_datetime
+from .model import FailureDetails, NonDeterminismError, OrchestrationStatus, is_interrupt, ms_to_datetime
 from .registry import UNVERSIONED
 from .serialization import SerializationError, decode, encode
 from .tasks import CompletableTask, RetryableTask, Task
@@ -37,6 +38,11 @@ _COMPLETIONS = {
 }
 
 
+#: events that act on the instance rather than on one execution: a step's control events that
+#: arrive after its execution continued as new apply to the next execution
+_CONTROL_EVENTS = frozenset({ev.EXECUTION_TERMINATED, ev.EXECUTION_SUSPENDED, ev.EXECUTION_RESUMED})
+
+
 @dataclass
 class StepResult:
     """What one step produced."""
@@ -51,6 +57,8 @@ class StepResult:
     continue_as_new: tuple[bytes | None, list[tuple[str, bytes | None]]] | None = None
     #: the version the next execution is pinned to (with continue_as_new)
     continue_version: str | None = None
+    #: after a continue-as-new: the step's later terminate/suspend/resume events, for the next execution
+    continue_with: list[ev.Event] = field(default_factory=list)
     nondeterminism: bool = False
 
 
@@ -163,9 +171,11 @@ class OrchestrationExecutor:
         self.ctx._custom_status_set = False
         if self._replay_error is not None:
             return self._fail_nondeterministic(self._replay_error, result)
+        leftover: list[ev.Event] = []
         try:
-            for event in new_events:
+            for i, event in enumerate(new_events):
                 if self._done:
+                    leftover = new_events[i:]
                     break
                 if self._apply(event):
                     self._append(event, result)
@@ -199,8 +209,13 @@ class OrchestrationExecutor:
                 if save_events:
                     for queue in self.ctx._received_events.values():
                         carried.extend(queue)
+                    # events of this step after the point where the code continued as new
+                    carried.extend(
+                        (str(e["name"]), e.get("input")) for e in leftover if e["k"] == ev.EVENT_RAISED
+                    )
                 result.continue_as_new = (data, carried)
                 result.continue_version = self.version if version is None else version
+                result.continue_with = [e for e in leftover if e["k"] in _CONTROL_EVENTS]
         result.status = self.status
         result.output = self._output
         result.failure = self._failure
@@ -256,7 +271,7 @@ class OrchestrationExecutor:
             self._close_driver()
             self._finish(OrchestrationStatus.TERMINATED, event.get("output"), None)
             return True
-        if kind in (ev.EXECUTION_COMPLETED, ev.PATCH_MARKER):
+        if kind in (ev.EXECUTION_COMPLETED, ev.EXECUTION_REWOUND, ev.PATCH_MARKER):
             return True
         if kind == ev.EXECUTION_SUSPENDED:
             self._suspended = True
@@ -303,8 +318,7 @@ class OrchestrationExecutor:
                     "failed", "Error"
                 )
                 if isinstance(task, RetryableTask):
-                    elapsed = ms_to_datetime(ctx._now_ms) - ms_to_datetime(task.first_attempt_ms)
-                    delay = task.policy.next_delay(task.attempt, elapsed)
+                    delay, details = self._retry_delay(task, event, details)
                     if delay is not None:
                         ctx._create_retry_timer(task, delay)
                         return True
@@ -313,6 +327,21 @@ class OrchestrationExecutor:
             self._resume()
             return True
         return self._deliver_extension(event)
+
+    def _retry_delay(
+        self, task: RetryableTask[Any], event: ev.Event, details: FailureDetails
+    ) -> tuple[_dt.timedelta | None, FailureDetails]:
+        """The wait before the next attempt of a failed retryable call (None: give up), and the
+        failure to report if it gives up."""
+        if isinstance(event.get("details"), bytes):
+            task.details = event["details"]
+        elapsed = ms_to_datetime(self.ctx._now_ms) - ms_to_datetime(task.first_attempt_ms)
+        try:
+            return task.policy.next_delay(task.attempt, elapsed, details), details
+        except BaseException as exc:  # should_retry raised: the call fails with that error
+            if is_interrupt(exc):
+                raise
+            return None, dataclasses.replace(FailureDetails.from_exception(exc), inner_failure=details)
 
     def _deliver_extension(self, event: ev.Event) -> bool:
         """Hook for event kinds owned by other modules (entities); unknown kinds are dropped."""
@@ -374,7 +403,9 @@ class OrchestrationExecutor:
         try:
             value = decode(event.get("input"))
             out = fn(self.ctx, value)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too: user code fails its instance, not the worker
+            if is_interrupt(exc):
+                raise
             self._finish(OrchestrationStatus.FAILED, None, FailureDetails.from_exception(exc))
             return
         if inspect.isgenerator(out) or inspect.iscoroutine(out):
@@ -402,7 +433,9 @@ class OrchestrationExecutor:
             return
         except NonDeterminismError:
             raise
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too: user code fails its instance, not the worker
+            if is_interrupt(exc):
+                raise
             self._driver = None
             self._finish(OrchestrationStatus.FAILED, None, FailureDetails.from_exception(exc))
             return
@@ -447,9 +480,12 @@ class OrchestrationExecutor:
 
     def _close_driver(self) -> None:
         if self._driver is not None:
-            with contextlib.suppress(Exception):
-                self._driver.close()
-            self._driver = None
+            driver, self._driver = self._driver, None
+            try:
+                driver.close()  # runs the code's finally blocks; what they raise is ignored
+            except BaseException as exc:
+                if is_interrupt(exc):
+                    raise
 
 
 def _describe(event: ev.Event) -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
+
+from .activity import ActivityContext as ActivityContext  # re-exported: its historic home
 
 _NAME_ATTR = "__durable_name__"
 
@@ -68,17 +69,6 @@ def split_capability(cap: str) -> tuple[str, str, str | None]:
         name, _, version = rest.rpartition("|")
         return kind, name, None if version == ANY_VERSION else version
     return kind, rest, None
-
-
-@dataclass(frozen=True)
-class ActivityContext:
-    """Passed to every activity invocation."""
-
-    orchestration_id: str
-    task_id: int
-    attempt: int
-    idempotency_key: str
-    name: str = ""
 
 
 class Registry:

@@ -89,6 +89,10 @@ class RetryableTask(CompletableTask[T]):
         self.policy = policy
         self.attempt = 1
         self.first_attempt_ms = first_attempt_ms
+        #: the task id of the first attempt: the call's identity across retries
+        self.call: int | None = None
+        #: the last heartbeat details an attempt recorded (encoded), passed to the next attempt
+        self.details: bytes | None = None
 
 
 class CompositeTask(Task[T], abc.ABC):

@@ -1,1 +1,1 @@
-"""_ops"""
+"""The ops HTTP server: health probes, Prometheus metrics, the JSON API and the dashboard."""

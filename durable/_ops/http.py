@@ -3,8 +3,22 @@
 A deliberately small HTTP/1.1 server on anyio TCP streams (so it runs inside the worker's own
 event loop, under asyncio or trio): one request per connection (``Connection: close``), bodies
 with ``Content-Length`` only, at most :data:`MAX_BODY_BYTES`. What a request means is up to the
-application (:class:`durable._ops_server.OpsApp`): it says whether a request is authorized before
-its body is read, and turns a :class:`Request` into a :class:`Response`.
+application (:class:`durable._ops.server.OpsApp`): it admits or refuses a request from its head,
+before the body is read, says which requests are health probes, and turns a :class:`Request` into
+a :class:`Response`.
+
+Anyone who can reach the port can open connections, so no connection holds anything scarce until
+it has sent its request head, within :attr:`Limits.head_timeout`. Only then does a request take
+one of :attr:`Limits.max_requests` slots, and health probes take none: they never wait behind
+other requests. One client address keeps at most :attr:`Limits.per_client` connections open (a
+new one closes the oldest of that address still waiting for its head, else it is refused with
+503), and at most :attr:`Limits.max_waiting` connections wait for their head in all (a new one
+closes the oldest).
+
+Writes (every method but GET and HEAD) must say ``Content-Type: application/json`` (else 415) and
+must not come from another site in a browser (an ``Origin`` that is not the ``Host``, or
+``Sec-Fetch-Site: cross-site``: 403), so that a web page cannot send them, token or not. JSON
+bodies are strict: ``NaN``, ``Infinity`` and numbers beyond the float range are refused (400).
 
 Errors are JSON: ``{"error": "<code>", "detail": "<human readable>"}`` (:class:`HTTPError`).
 """
@@ -15,6 +29,7 @@ import datetime as _dt
 import hmac
 import json
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,9 +47,13 @@ __all__ = [
     "MAX_BODY_BYTES",
     "TOKEN_ENV",
     "HTTPError",
+    "InvalidTokenError",
+    "Limits",
     "Request",
     "Response",
     "Route",
+    "check_token",
+    "check_write",
     "error_response",
     "json_response",
     "serve",
@@ -48,10 +67,22 @@ TOKEN_ENV = ENV_OPS_TOKEN
 MAX_BODY_BYTES = 2 * 1024 * 1024
 #: Largest accepted request line plus headers.
 MAX_HEADER_BYTES = 64 * 1024
-#: Time allowed to receive a whole request.
+#: Time allowed to receive the request line and headers, from the connection's arrival.
+HEAD_TIMEOUT_SECONDS = 5.0
+#: Time allowed to receive the body, once the head is in.
 READ_TIMEOUT_SECONDS = 15.0
-#: Requests handled at the same time; further connections wait.
+#: Time allowed to send the response.
+WRITE_TIMEOUT_SECONDS = 15.0
+#: Requests handled at the same time (health probes aside); further requests wait for a slot ...
 MAX_CONCURRENT_REQUESTS = 64
+#: ... this long at most, then get 503.
+QUEUE_TIMEOUT_SECONDS = 10.0
+#: Open connections of one client address.
+MAX_CONNECTIONS_PER_CLIENT = 32
+#: Connections waiting for their request head, all clients together.
+MAX_WAITING_CONNECTIONS = 512
+#: Methods that change nothing; every other method is a write.
+SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 _REASONS = {
     100: "Continue",
@@ -60,12 +91,14 @@ _REASONS = {
     204: "No Content",
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
     409: "Conflict",
     411: "Length Required",
     413: "Content Too Large",
+    415: "Unsupported Media Type",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     501: "Not Implemented",
@@ -229,8 +262,27 @@ def datetime_param(request: Request, name: str) -> _dt.datetime | None:
     return value if value.tzinfo is not None else value.replace(tzinfo=_dt.UTC)
 
 
+class _NonFiniteNumber(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NonFiniteNumber(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFiniteNumber(f"the number {text[:40]} is out of range")
+    return value
+
+
 def json_body(request: Request) -> Any:
-    """The request body parsed as JSON; an empty body is ``null``."""
+    """The request body parsed as strict JSON; an empty body is ``null``.
+
+    ``NaN``, ``Infinity`` and ``-Infinity`` (which Python's parser accepts) and numbers too large
+    for a float (which it turns into infinity) are refused, as the wire format refuses them.
+    """
     if not request.body.strip():
         return None
     try:
@@ -238,7 +290,11 @@ def json_body(request: Request) -> Any:
     except UnicodeDecodeError as exc:
         raise HTTPError(400, "invalid_json", f"the body is not UTF-8: {exc}") from None
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except _NonFiniteNumber as exc:
+        raise HTTPError(
+            400, "invalid_json", f"the body is not valid JSON: {exc} (NaN and Infinity are not allowed)"
+        ) from None
     except json.JSONDecodeError as exc:
         raise HTTPError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     except RecursionError:
@@ -292,11 +348,85 @@ def resolve(routes: Sequence[Route], request: Request) -> tuple[Handler, list[st
     raise HTTPError(404, "not_found", f"no route for {request.path}")
 
 
+class InvalidTokenError(ValueError):
+    """An ops token that would silently turn authentication off, or that no request could match."""
+
+
+def check_token(raw: str | None) -> str | None:
+    """The bearer token ``raw`` without surrounding whitespace; None (no auth) when it is unset
+    or empty.
+
+    Raises :class:`InvalidTokenError` for a token of only whitespace (taking it for "no token"
+    would turn authentication off without a word) and for one with characters an HTTP header
+    cannot carry, non-ASCII or control characters (no request could ever match it).
+    """
+    if raw is None or raw == "":
+        return None
+    token = raw.strip()
+    if not token:
+        raise InvalidTokenError(
+            "the ops token is only whitespace, which would turn authentication off: "
+            "set a real token, or unset it to run without one"
+        )
+    if not all(" " <= c <= "~" for c in token):
+        raise InvalidTokenError(
+            "the ops token contains a character that is not printable ASCII (a non-ASCII letter or "
+            "a control character); an HTTP header cannot carry it, so no request could ever match"
+        )
+    return token
+
+
 def resolve_token(token: str | None) -> str | None:
-    """``token``, else ``$DURABLE_OPS_TOKEN``; None (no auth) for an empty string."""
-    if token is None:
-        token = os.environ.get(TOKEN_ENV) or None
-    return token or None
+    """``token``, else ``$DURABLE_OPS_TOKEN``, checked by :func:`check_token`; None (no auth) for
+    an empty string."""
+    return check_token(os.environ.get(TOKEN_ENV) if token is None else token)
+
+
+def _default_port(scheme: str) -> int | None:
+    return {"http": 80, "https": 443}.get(scheme)
+
+
+def _same_origin(origin: str, host: str | None) -> bool:
+    """Whether the browser's ``Origin`` names the server the request was sent to (``Host``)."""
+    if not host or origin == "null":
+        return False
+    try:
+        sent = urlsplit(origin)
+        target = urlsplit(f"//{host}")
+        sent_port = sent.port or _default_port(sent.scheme.lower())
+        target_port = target.port or _default_port(sent.scheme.lower())
+    except ValueError:
+        return False
+    if sent.scheme.lower() not in ("http", "https") or not sent.hostname or not target.hostname:
+        return False
+    return sent.hostname == target.hostname and sent_port == target_port
+
+
+def check_write(request: Request) -> None:
+    """Refuse a write (any method but GET and HEAD) that a web page of another site could have
+    sent (403), or whose body is not declared JSON (415); nothing for other methods.
+
+    Browsers send ``Origin`` with every cross-origin write and ``Sec-Fetch-Site`` with every
+    request; the content type matters because a page may send the three "simple" ones
+    (form-encoded, multipart, text/plain) anywhere without asking, but not ``application/json``.
+    """
+    if request.method in SAFE_METHODS:
+        return
+    if request.headers.get("sec-fetch-site", "").strip().lower() == "cross-site":
+        raise HTTPError(403, "cross_site", "writes are refused from pages of another site")
+    origin = request.headers.get("origin")
+    if origin is not None and not _same_origin(origin.strip(), request.headers.get("host")):
+        raise HTTPError(
+            403, "cross_site", f"writes are refused from another origin ({origin[:100]!r} is not this server)"
+        )
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        shown = f"{media_type[:60]!r}" if media_type else "none"
+        raise HTTPError(
+            415,
+            "unsupported_media_type",
+            f"{request.method} requests must send 'Content-Type: application/json' (got {shown})",
+        )
 
 
 def bearer_authorized(request: Request, token: str | None, public_paths: Collection[str]) -> bool:
@@ -313,27 +443,184 @@ def bearer_authorized(request: Request, token: str | None, public_paths: Collect
 class App(Protocol):
     """What the transport needs of the application."""
 
-    def authorized(self, request: Request) -> bool: ...
+    def admit(self, request: Request) -> object:
+        """Raise :class:`HTTPError` to refuse ``request`` from its head, before its body is read
+        (what it returns is not used)."""
+        ...
+
+    def is_probe(self, request: Request) -> bool:
+        """Whether ``request`` is a health probe, which never waits for a request slot."""
+        ...
 
     async def handle(self, request: Request) -> Response: ...
+
+
+_CLOSED_ERRORS = (
+    anyio.EndOfStream,
+    anyio.IncompleteRead,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How the server protects itself, and its health probes, from slow or numerous clients."""
+
+    #: seconds for the request line and headers, counted from the connection's arrival
+    head_timeout: float = HEAD_TIMEOUT_SECONDS
+    #: seconds for the body, once the head is in
+    body_timeout: float = READ_TIMEOUT_SECONDS
+    #: seconds to send the response
+    write_timeout: float = WRITE_TIMEOUT_SECONDS
+    #: requests handled at the same time; health probes do not count
+    max_requests: int = MAX_CONCURRENT_REQUESTS
+    #: seconds a request waits for a slot before it gets 503
+    queue_timeout: float = QUEUE_TIMEOUT_SECONDS
+    #: open connections of one client address
+    per_client: int = MAX_CONNECTIONS_PER_CLIENT
+    #: connections waiting for their head, all clients together
+    max_waiting: int = MAX_WAITING_CONNECTIONS
+
+
+def _client_address(stream: anyio.abc.SocketStream) -> str:
+    address = stream.extra(anyio.abc.SocketAttribute.remote_address)
+    host = address[0] if isinstance(address, tuple) else str(address)
+    return host.removeprefix("::ffff:")  # an IPv4 client of a dual-stack socket
+
+
+class _Registry:
+    """The open connections of every client address, and those still waiting for their request
+    head (oldest first): the ones closed to make room for newer connections."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.open: dict[str, int] = {}
+        self.waiting: dict[_Connection, None] = {}  # insertion order: oldest first
+        self.waiting_of: dict[str, dict[_Connection, None]] = {}
+
+    def add(self, conn: _Connection) -> bool:
+        """Count ``conn`` in; False when its address has its fill of connections that all sent
+        their head already (``conn`` must then be refused)."""
+        client = conn.client
+        if self.open.get(client, 0) >= self.limits.per_client:
+            waiting = self.waiting_of.get(client)
+            if not waiting:
+                return False
+            self._evict(next(iter(waiting)))
+        if len(self.waiting) >= self.limits.max_waiting:
+            self._evict(next(iter(self.waiting)))
+        self.open[client] = self.open.get(client, 0) + 1
+        conn.counted = True
+        self.waiting[conn] = None
+        self.waiting_of.setdefault(client, {})[conn] = None
+        return True
+
+    def head_received(self, conn: _Connection) -> None:
+        self.waiting.pop(conn, None)
+        waiting = self.waiting_of.get(conn.client)
+        if waiting is not None:
+            waiting.pop(conn, None)
+            if not waiting:
+                del self.waiting_of[conn.client]
+
+    def remove(self, conn: _Connection) -> None:
+        self.head_received(conn)
+        if conn.counted:
+            conn.counted = False
+            left = self.open[conn.client] - 1
+            if left:
+                self.open[conn.client] = left
+            else:
+                del self.open[conn.client]
+
+    def _evict(self, conn: _Connection) -> None:
+        log.debug("ops connection from %s closed before its request head: too many connections", conn.client)
+        self.remove(conn)
+        conn.evict()
 
 
 class _Connection:
     """Reads one request from a stream, answers it and closes."""
 
-    def __init__(self, app: App, stream: anyio.abc.SocketStream) -> None:
+    def __init__(
+        self,
+        app: App,
+        stream: anyio.abc.SocketStream,
+        client: str,
+        limits: Limits,
+        slots: anyio.Semaphore,
+    ) -> None:
         self.app = app
         self.stream = stream
+        self.client = client
+        self.limits = limits
+        self.slots = slots
         self.reader = BufferedByteReceiveStream(stream)
         self.body_consumed = True
+        self.counted = False
+        self.evicted = False
+        self.length = 0
+        # the head's deadline runs from the connection's arrival; evict() cancels it early
+        self.head_scope = anyio.CancelScope(deadline=anyio.current_time() + limits.head_timeout)
 
-    async def read_request(self) -> Request:
+    def evict(self) -> None:
+        """Close this connection, which has not sent its request head yet, without an answer."""
+        self.evicted = True
+        self.head_scope.cancel()
+
+    async def run(self, registry: _Registry) -> None:
         try:
-            head = await self.reader.receive_until(b"\r\n\r\n", MAX_HEADER_BYTES)
-        except anyio.DelimiterNotFound:
-            raise HTTPError(
-                431, "headers_too_large", f"request head exceeds {MAX_HEADER_BYTES} bytes"
-            ) from None
+            error: HTTPError | None = None
+            try:
+                request = await self._receive_head()
+            except HTTPError as exc:
+                request, error = None, exc
+            registry.head_received(self)
+            if error is not None:
+                await self._send(error_response(error), None)
+            elif request is not None:  # None: evicted, closed without an answer
+                await self._send(await self._respond(request), request)
+        except _CLOSED_ERRORS:
+            pass
+        except OSError as exc:
+            log.debug("ops connection error: %s", exc)
+        finally:
+            registry.remove(self)
+            with anyio.CancelScope(shield=True):
+                await self.stream.aclose()
+
+    async def refuse(self) -> None:
+        """Answer 503 without reading the request: the client has too many connections open."""
+        try:
+            error = HTTPError(
+                503,
+                "too_many_connections",
+                f"more than {self.limits.per_client} connections from {self.client} are open",
+                {"Retry-After": "1"},
+            )
+            self.body_consumed = False
+            await self._send(error_response(error), None)
+        except (*_CLOSED_ERRORS, OSError):
+            pass
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.stream.aclose()
+
+    async def _receive_head(self) -> Request | None:
+        """The request from its head, admitted by the application; None when evicted."""
+        with self.head_scope:
+            try:
+                head = await self.reader.receive_until(b"\r\n\r\n", MAX_HEADER_BYTES)
+            except anyio.DelimiterNotFound:
+                raise HTTPError(
+                    431, "headers_too_large", f"request head exceeds {MAX_HEADER_BYTES} bytes"
+                ) from None
+        if self.head_scope.cancelled_caught:
+            if self.evicted:
+                return None
+            self.body_consumed = False
+            raise HTTPError(408, "request_timeout", "the request head was not received in time")
         method, target, headers = parse_request_head(head)
         try:
             path, segments, query = split_target(target)
@@ -349,57 +636,57 @@ class _Connection:
         raw_length = headers.get("content-length", "0")
         if not raw_length.isdigit():
             raise HTTPError(400, "bad_request", f"invalid Content-Length {raw_length[:30]!r}")
-        length = int(raw_length)
-        if not self.app.authorized(request):
-            # refuse before reading (or inviting, with 100-continue) the body
-            self.body_consumed = length == 0
-            raise unauthorized()
-        if length > MAX_BODY_BYTES:
-            self.body_consumed = False
+        self.length = int(raw_length)
+        # refuse before reading (or inviting, with 100-continue) the body
+        self.body_consumed = self.length == 0
+        self.app.admit(request)
+        if self.length > MAX_BODY_BYTES:
             raise HTTPError(
-                413, "payload_too_large", f"the request body ({length} bytes) exceeds {MAX_BODY_BYTES} bytes"
+                413,
+                "payload_too_large",
+                f"the request body ({self.length} bytes) exceeds {MAX_BODY_BYTES} bytes",
             )
-        if length:
-            if headers.get("expect", "").lower() == "100-continue":
-                await self.stream.send(b"HTTP/1.1 100 Continue\r\n\r\n")
-            self.body_consumed = False
-            request.body = await self.reader.receive_exactly(length)
-            self.body_consumed = True
         return request
 
-    async def run(self) -> None:
-        request: Request | None = None
+    async def _respond(self, request: Request) -> Response:
+        """Handle ``request``: at once for a health probe, else in one of the request slots."""
+        if self.app.is_probe(request):
+            return await self._complete(request)
+        acquired = False
+        with anyio.move_on_after(self.limits.queue_timeout):
+            await self.slots.acquire()
+            acquired = True
+        if not acquired:
+            error = HTTPError(503, "busy", "the server is busy; try again", {"Retry-After": "1"})
+            return error_response(error)
         try:
+            return await self._complete(request)
+        finally:
+            self.slots.release()
+
+    async def _complete(self, request: Request) -> Response:
+        """Receive the body of ``request`` and let the application answer it."""
+        if self.length:
             try:
-                with anyio.fail_after(READ_TIMEOUT_SECONDS):
-                    request = await self.read_request()
-            except HTTPError as exc:
-                response = error_response(exc)
+                with anyio.fail_after(self.limits.body_timeout):
+                    if request.headers.get("expect", "").lower() == "100-continue":
+                        await self.stream.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    request.body = await self.reader.receive_exactly(self.length)
             except TimeoutError:
-                response = error_response(
-                    HTTPError(408, "request_timeout", "the request was not received in time")
+                return error_response(
+                    HTTPError(408, "request_timeout", "the request body was not received in time")
                 )
-                self.body_consumed = False
-            else:
-                response = await self.app.handle(request)
-            head_only = request is not None and request.method == "HEAD"
+            self.body_consumed = True
+        return await self.app.handle(request)
+
+    async def _send(self, response: Response, request: Request | None) -> None:
+        head_only = request is not None and request.method == "HEAD"
+        with anyio.move_on_after(self.limits.write_timeout):
             await self.stream.send(response.encode(head_only))
             if request is not None:
                 log.debug("%s %s -> %d", request.method, request.path, response.status)
             if not self.body_consumed:
                 await self._linger()
-        except (
-            anyio.EndOfStream,
-            anyio.IncompleteRead,
-            anyio.BrokenResourceError,
-            anyio.ClosedResourceError,
-        ):
-            pass
-        except OSError as exc:
-            log.debug("ops connection error: %s", exc)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.stream.aclose()
 
     async def _linger(self) -> None:
         """Read and drop what the client still sends, so closing does not reset the connection
@@ -423,15 +710,28 @@ async def serve(
     host: str,
     port: int,
     *,
+    limits: Limits | None = None,
     task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Answer connections on ``host:port`` with ``app`` until cancelled; reports the bound port
-    through ``task_status``. At most :data:`MAX_CONCURRENT_REQUESTS` are handled at a time."""
-    limiter = anyio.CapacityLimiter(MAX_CONCURRENT_REQUESTS)
+    through ``task_status``. See :class:`Limits` for what a client may hold."""
+    limits = limits or Limits()
+    slots = anyio.Semaphore(limits.max_requests)
+    registry = _Registry(limits)
 
     async def on_connection(stream: anyio.abc.SocketStream) -> None:
-        async with limiter:
-            await _Connection(app, stream).run()
+        try:
+            client = _client_address(stream)
+        except OSError:  # gone already
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            return
+        conn = _Connection(app, stream, client, limits, slots)
+        if not registry.add(conn):
+            log.debug("ops connection from %s refused: %d connections open", client, limits.per_client)
+            await conn.refuse()
+            return
+        await conn.run(registry)
 
     listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
     async with listener:

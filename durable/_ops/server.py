@@ -16,8 +16,12 @@ Routes::
     GET    /v1/orchestrations/{instance_id}           -> state | 404
     GET    /v1/orchestrations/{instance_id}/history   -> [event, ...] | 404
     POST   /v1/orchestrations/{instance_id}/events/{event}    body: data -> 202
-    POST   /v1/orchestrations/{instance_id}/terminate|suspend|resume    -> 202
-    DELETE /v1/orchestrations/{instance_id}           -> 200 purged | 404 | 409 still running
+    POST   /v1/orchestrations/{instance_id}/terminate[?recursive=false]|suspend|resume    -> 202
+    POST   /v1/orchestrations/{instance_id}/rewind    body: reason -> 200 | 202 not applied yet | 404 | 409
+    POST   /v1/orchestrations/{instance_id}/restart[?new_instance_id=true]  -> 202 {"instance_id"}
+    DELETE /v1/orchestrations/{instance_id}[?recursive=false]   -> 200 purged | 404 | 409 still running
+    POST   /v1/orchestrations/purge                   body: {"status", "name", "created_from",
+                                                      "created_to"} -> 200 {"purged": n}
     GET    /v1/entities?name=&limit=                  -> [{entity_id, name, key, last_modified_at}]
     GET    /v1/entities/{name}/{key}                  -> {"state": ...} | 404 | 501
     POST   /v1/entities/{name}/{key}/{operation}      body: input -> 202 | 501
@@ -30,6 +34,13 @@ an empty string disables it) every route requires ``Authorization: Bearer <token
 ``/healthz`` and ``/readyz`` (the kubelet cannot send a token) and ``/`` (a static page with no
 data, which asks for the token and sends it with its API calls). ``/metrics`` is protected:
 it names orchestrations and activities, and the Helm chart's ServiceMonitor sends the token.
+A token of only whitespace, or with characters a header cannot carry, is refused at start
+(:class:`~durable._ops.http.InvalidTokenError`); without a token the server logs a warning.
+
+Writes (POST, DELETE) must send ``Content-Type: application/json`` and must not come from a
+page of another site (see :func:`~durable._ops.http.check_write`), token or not. The health
+probes never wait for a request slot, and no connection takes one before it has sent its request
+head (see :class:`~durable._ops.http.Limits`).
 
 ``GET /metrics`` first refreshes the gauges only this server can see: the activity slots of the
 worker and, for the partitions it owns, their inbox backlog, oldest message age and pending timers.
@@ -65,6 +76,7 @@ from .._runtime import metrics as _metrics
 from .._runtime.runtime import Runtime
 from .._store import queries as q
 from .._store.store import Store
+from . import lifecycle as lifecycle
 from . import views as views
 from .http import (
     MAX_BODY_BYTES,
@@ -75,6 +87,7 @@ from .http import (
     Response,
     Route,
     bearer_authorized,
+    check_write,
     datetime_param,
     error_response,
     int_param,
@@ -108,7 +121,8 @@ LIVENESS_MARGIN_SECONDS = 5.0
 #: Largest page of ``GET /v1/orchestrations`` and ``GET /v1/entities``.
 MAX_LIST_LIMIT = 1000
 
-_PUBLIC_PATHS = frozenset({"/", "/index.html", "/healthz", "/readyz"})
+_PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+_PUBLIC_PATHS = frozenset({"/", "/index.html", *_PROBE_PATHS})
 
 _CSP = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
@@ -164,6 +178,7 @@ class OpsApp:
             Route(("readyz",), {"GET": self.readyz}),
             Route(("v1", "hub"), {"GET": self.hub_info}),
             Route(("v1", o), {"GET": self.list_orchestrations}),
+            Route(("v1", o, "purge"), {"POST": self.purge_matching}),  # before POST /v1/o/{name}
             Route(
                 ("v1", o, None),
                 {"GET": self.get_orchestration, "POST": self.start_orchestration, "DELETE": self.purge},
@@ -172,6 +187,8 @@ class OpsApp:
             Route(("v1", o, None, "terminate"), {"POST": self.terminate}),
             Route(("v1", o, None, "suspend"), {"POST": self.suspend}),
             Route(("v1", o, None, "resume"), {"POST": self.resume}),
+            Route(("v1", o, None, "rewind"), {"POST": self.rewind}),
+            Route(("v1", o, None, "restart"), {"POST": self.restart}),
             Route(("v1", o, None, "events", None), {"POST": self.raise_event}),
             Route(("v1", "entities"), {"GET": self.list_entities}),
             Route(("v1", "entities", None, None), {"GET": self.get_entity}),
@@ -193,11 +210,22 @@ class OpsApp:
     def resolve(self, request: Request) -> tuple[Handler, list[str]]:
         return resolve(self.routes, request)
 
+    def admit(self, request: Request) -> tuple[Handler, list[str]]:
+        """The handler of ``request``, or the error refusing it, judged from its head alone:
+        401 without the token, 404/405 without a route, 403/415 for a write a web page could
+        have sent (see :func:`check_write`)."""
+        if not self.authorized(request):
+            raise unauthorized()
+        found = self.resolve(request)
+        check_write(request)
+        return found
+
+    def is_probe(self, request: Request) -> bool:
+        return request.path in _PROBE_PATHS and request.method in ("GET", "HEAD")
+
     async def handle(self, request: Request) -> Response:
         try:
-            if not self.authorized(request):
-                raise unauthorized()
-            handler, params = self.resolve(request)
+            handler, params = self.admit(request)
             return await handler(request, params)
         except HTTPError as exc:
             return error_response(exc)
@@ -403,7 +431,9 @@ class OpsApp:
         iid = params[0]
         output = json_body(request)
         try:
-            await self.client.terminate_orchestration(iid, output=output)
+            await self.client.terminate_orchestration(
+                iid, output=output, recursive=lifecycle.flag(request, "recursive", True)
+            )
         except OrchestrationNotFoundError:
             raise _not_found(iid) from None
         except (SerializationError, PayloadTooLargeError) as exc:
@@ -429,12 +459,23 @@ class OpsApp:
     async def purge(self, request: Request, params: list[str]) -> Response:
         iid = params[0]
         try:
-            purged = await self.client.purge_orchestration(iid)
+            purged = await self.client.purge_orchestration(
+                iid, recursive=lifecycle.flag(request, "recursive", True)
+            )
         except ValueError as exc:
             raise HTTPError(409, "still_running", str(exc)) from None
         if not purged:
             raise _not_found(iid)
         return json_response(200, {"instance_id": iid, "purged": True})
+
+    async def purge_matching(self, request: Request, params: list[str]) -> Response:
+        return await lifecycle.purge_matching(self.client, request)
+
+    async def rewind(self, request: Request, params: list[str]) -> Response:
+        return await lifecycle.rewind(self.client, params[0], _reason_body(request))
+
+    async def restart(self, request: Request, params: list[str]) -> Response:
+        return await lifecycle.restart(self.client, request, params[0])
 
     # -- entities --------------------------------------------------------------------------------
     @staticmethod
@@ -522,8 +563,23 @@ async def serve_ops(
 
     ``runtime`` is the worker's runtime (None for an API-only server), ``client`` performs the
     API's reads and commands. ``token`` (default ``$DURABLE_OPS_TOKEN``; ``""`` disables it)
-    protects every route but ``/healthz``, ``/readyz`` and the static ``/`` page. Reports the
-    port actually bound through ``task_status`` (pass ``port=0`` for any free port).
+    protects every route but ``/healthz``, ``/readyz`` and the static ``/`` page; a token of only
+    whitespace or with characters a header cannot carry raises
+    :class:`~durable._ops.http.InvalidTokenError` (a ValueError) before anything is bound.
+    Without a token, a warning is logged. Reports the port actually bound through
+    ``task_status`` (pass ``port=0`` for any free port).
     """
-    app = OpsApp(runtime, client, resolve_token(token))
-    await serve(app, host, port, task_status=task_status)
+    resolved = resolve_token(token)
+    app = OpsApp(runtime, client, resolved)
+    async with anyio.create_task_group() as tg:
+        bound: int = await tg.start(serve, app, host, port)
+        if resolved is None:
+            log.warning(
+                "the ops server on %s:%d runs without a token ($%s is not set): anyone who can reach "
+                "it can read the hub and start, terminate and purge orchestrations; set $%s",
+                host,
+                bound,
+                TOKEN_ENV,
+                TOKEN_ENV,
+            )
+        task_status.started(bound)

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from .._core.model import OrchestrationState, ms_to_datetime
+from .._core.model import FailureDetails, OrchestrationState, ms_to_datetime
 from .._store import queries as q
 from .._store.store import Store
 
@@ -108,6 +108,18 @@ def to_json_value(value: Any) -> Any:
 
 
 # -- orchestrations --------------------------------------------------------------------------------
+def failure_json(failure: FailureDetails | None) -> dict[str, Any] | None:
+    """The JSON form of failure details, with their cause (``inner_failure``), if any."""
+    if failure is None:
+        return None
+    return {
+        "message": failure.message,
+        "error_type": failure.error_type,
+        "stack_trace": failure.stack_trace,
+        "inner_failure": failure_json(failure.inner_failure),
+    }
+
+
 def state_json(state: OrchestrationState) -> dict[str, Any]:
     """The JSON form of an orchestration state (OrchestrationState field names)."""
     failure = state.failure_details
@@ -118,11 +130,7 @@ def state_json(state: OrchestrationState) -> dict[str, Any]:
         "input": to_json_value(state.input),
         "output": to_json_value(state.output),
         "custom_status": to_json_value(state.custom_status),
-        "failure_details": (
-            {"message": failure.message, "error_type": failure.error_type, "stack_trace": failure.stack_trace}
-            if failure is not None
-            else None
-        ),
+        "failure_details": failure_json(failure),
         "created_at": _iso(state.created_at),
         "last_updated_at": _iso(state.last_updated_at),
         "scheduled_start_at": _iso(state.scheduled_start_at),

@@ -8,16 +8,21 @@ import contextlib
 import functools
 import inspect
 import logging
+import queue
+import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import anyio
 from redis.exceptions import RedisError
 
 from .._core import events as ev
-from .._core.model import FailureDetails
+from .._core.model import ActivityTimeoutError, FailureDetails, OrchestrationStatus, is_interrupt
 from .._core.registry import ActivityContext, capability
 from .._core.serialization import decode, encode, is_blob_ref, pack_record, unpack_record
+from .._store import lifecycle
+from .attempts import Attempt, AttemptWatch
 
 if TYPE_CHECKING:
     from .._config import WorkerConfig
@@ -28,6 +33,90 @@ if TYPE_CHECKING:
     from .telemetry import Telemetry
 
 log = logging.getLogger("durable.activities")
+
+#: statuses of an orchestration whose activities are still wanted
+_ALIVE = (OrchestrationStatus.RUNNING.value, OrchestrationStatus.SUSPENDED.value)
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+_Work = tuple["concurrent.futures.Future[Any]", Callable[[], Any]]
+
+
+class _DaemonThreadPool(concurrent.futures.Executor):
+    """The threads that run plain-function activities: up to ``max_workers`` daemon threads.
+
+    ThreadPoolExecutor joins its threads when the interpreter exits, so one activity that hangs
+    would keep a stopping worker alive after its drain timeout, until the activity returned. The
+    interpreter does not wait for daemon threads: once the drain timeout has passed, the process
+    exits, and the task that was still running has been handed back to be delivered again.
+    """
+
+    def __init__(self, max_workers: int, thread_name_prefix: str) -> None:
+        self._max_workers = max_workers
+        self._prefix = thread_name_prefix
+        self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(
+        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> concurrent.futures.Future[_T]:
+        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the activity threads were shut down")
+            self._work.put((future, functools.partial(fn, *args, **kwargs)))
+            if not self._idle.acquire(blocking=False) and len(self._threads) < self._max_workers:
+                thread = threading.Thread(
+                    target=self._serve, name=f"{self._prefix}_{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+        return future
+
+    def _serve(self) -> None:
+        while (item := self._work.get()) is not None:
+            _run(*item)
+            del item
+            self._idle.release()
+        self._work.put(None)  # the stop marker: pass it on to the next thread
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                if cancel_futures:
+                    with contextlib.suppress(queue.Empty):
+                        while True:
+                            item = self._work.get_nowait()
+                            if item is not None:
+                                item[0].cancel()
+                self._work.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+
+def _run(future: concurrent.futures.Future[Any], call: Callable[[], Any]) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = call()
+    except BaseException as exc:  # SystemExit too: on this thread it can only be the activity's own
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+def _worker_cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` is the worker cancelling the current task (so it must propagate), rather
+    than a cancellation exception the activity raised or leaked while nobody cancelled it."""
+    if not isinstance(exc, anyio.get_cancelled_exc_class()):
+        return False
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 class ActivityRunner:
@@ -55,9 +144,13 @@ class ActivityRunner:
         self.names = sorted(registry.activities)
         self.concurrency = config.concurrency
         self.in_flight: dict[str, float] = {}
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self.concurrency, thread_name_prefix="durable-activity"
+        # A thread cannot be killed: a sync attempt that timed out keeps its thread until it
+        # returns, while its slot is given back at once. The headroom lets the slots' new
+        # attempts start meanwhile (threads are only created when needed).
+        self._pool = _DaemonThreadPool(
+            max_workers=2 * self.concurrency, thread_name_prefix="durable-activity"
         )
+        self.watch = AttemptWatch(self._time_out)
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by run()
         self._results: list[tuple[str, str, bytes]] = []
         self._results_ready = anyio.Event()
@@ -93,6 +186,7 @@ class ActivityRunner:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._flush_loop)
+                tg.start_soon(self.watch.run)
                 tg.start_soon(self._maintenance_loop, tg)
                 tg.start_soon(self._read_loop, tg)
                 await self._done.wait()
@@ -100,19 +194,34 @@ class ActivityRunner:
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
+    #: how many unfinished tasks the last :meth:`drain` handed back for redelivery
+    handed_back = 0
+
     async def drain(self, timeout: float) -> None:
-        """Stop taking tasks; wait for in-flight ones; hand back what did not finish."""
+        """Stop taking tasks; wait for in-flight ones; hand back what did not finish.
+
+        The hand-back also happens when the caller's own deadline (or a second stop signal)
+        cuts the wait short. A task handed back may still be running on its thread: it is left
+        behind, its result is not delivered, and the task runs again elsewhere."""
         self.stop_reading()
-        with anyio.move_on_after(timeout):
-            while self.in_flight:
-                await self._wait_change()
-        leftover = list(self.in_flight)
-        with anyio.move_on_after(5, shield=True):
-            await self._flush()
-            if leftover:
-                with contextlib.suppress(RedisError, OSError):
-                    await self.store.hand_back_tasks(leftover, self.config.activity_visibility_ms)
-        self._done.set()
+        try:
+            with anyio.move_on_after(timeout):
+                while self.in_flight:
+                    await self._wait_change()
+        finally:
+            with anyio.move_on_after(5, shield=True):
+                await self._flush()
+                leftover = list(self.in_flight)
+                self.handed_back = len(leftover)
+                if leftover:
+                    log.warning(
+                        "%d activity task(s) did not finish before the worker stopped: handed "
+                        "back for redelivery",
+                        len(leftover),
+                    )
+                    with contextlib.suppress(RedisError, OSError):
+                        await self.store.hand_back_tasks(leftover, self.config.activity_visibility_ms)
+            self._done.set()
 
     async def _read_loop(self, tg: anyio.abc.TaskGroup) -> None:
         failures = 0
@@ -148,6 +257,7 @@ class ActivityRunner:
             try:
                 if self.in_flight:
                     await self.store.touch_tasks(self.consumer, list(self.in_flight))
+                await self._cancel_ended(tg)
                 if not self._reading or self._isolating:
                     continue
                 free = self.concurrency - len(self.in_flight)
@@ -238,12 +348,19 @@ class ActivityRunner:
             tg.start_soon(self._reject_malformed, eid, fields, exc)
             return
         self.metrics.schedule_to_start("activity", eid, self.clock.now_ms())
+        attempt = Attempt(eid, msg)
+        self.watch.add(attempt)
+        hb = msg.get("hb")
         ctx = ActivityContext(
             orchestration_id=target,
             task_id=tid,
-            attempt=delivered,
-            idempotency_key=f"{target}:{msg.get('exec')}:{tid}",
+            attempt=int(msg.get("attempt") or 1),
+            # the call's first task id: the same key for every attempt and delivery of the call
+            idempotency_key=f"{target}:{msg.get('exec')}:{msg.get('call', tid)}",
             name=name,
+            delivery=delivered,
+            heartbeat_details=hb if isinstance(hb, bytes) else None,
+            monitor=attempt,
         )
         fn = self.registry.activities.get(name)
         raw = msg.get("input")
@@ -258,8 +375,17 @@ class ActivityRunner:
         except Exception as exc:
             self._complete(eid, msg, ctx, started, None, exc)
             return
-        future = self._loop.run_in_executor(self._pool, fn, ctx, value)
+        future = self._loop.run_in_executor(self._pool, self._run_sync, attempt, fn, ctx, value)
         future.add_done_callback(functools.partial(self._sync_done, eid, msg, ctx, started))
+
+    def _run_sync(self, attempt: Attempt, fn: Any, ctx: ActivityContext, value: Any) -> Any:
+        """On a pool thread: the attempt's time limits count from here (not while it queued)."""
+        if attempt.abandoned:
+            return None  # its orchestration ended while it waited for a thread
+        attempt.start()
+        if attempt.limited:
+            self._loop.call_soon_threadsafe(self.watch.arm)
+        return fn(ctx, value)
 
     def _sync_done(
         self, eid: str, msg: dict[str, Any], ctx: ActivityContext, started: float, future: Any
@@ -268,6 +394,52 @@ class ActivityRunner:
             return  # the worker is shutting down; the task stays pending and is handed back
         exc = future.exception()
         self._complete(eid, msg, ctx, started, None if exc else future.result(), exc)
+
+    def _time_out(self, attempt: Attempt, reason: str) -> None:
+        """An attempt passed its time limit: it fails now, and its slot is given back once the
+        failure is delivered; whatever it returns later is discarded."""
+        attempt.abandon()
+        self.watch.remove(attempt.eid)
+        failure = FailureDetails.of(ActivityTimeoutError, f"activity timed out: {reason}")
+        reply: dict[str, Any] = {
+            "kind": ev.MSG_TASK_FAILED,
+            "target": attempt.target,
+            "exec": attempt.exec,
+            "tid": attempt.tid,
+            "failure": failure.to_record(),
+        }
+        if attempt.details is not None:
+            reply["details"] = attempt.details
+        name = attempt.name
+        log.warning("activity %r of %s timed out: %s", name, attempt.target, reason)
+        self.metrics.activity_done(name, "failed", attempt.elapsed())
+        self._results.append((attempt.target, attempt.eid, pack_record(reply)))
+        self._results_ready.set()
+
+    async def _cancel_ended(self, tg: anyio.abc.TaskGroup) -> None:
+        """Cancel the running attempts whose orchestration ended (or moved to another execution):
+        their results would be dropped anyway. Their tasks are acknowledged without a reply."""
+        running = self.watch.running()
+        if not running:
+            return
+        execs = await lifecycle.instance_execs(self.store, sorted({a.target for a in running}))
+        for attempt in running:
+            status, current = execs.get(attempt.target, (None, None))
+            alive = status in _ALIVE and current == attempt.exec
+            if alive or attempt.abandoned or attempt.eid not in self.in_flight:
+                continue
+            log.info("activity task %s: its orchestration %s ended; cancelled", attempt.eid, attempt.target)
+            attempt.abandon()
+            self.watch.remove(attempt.eid)
+            tg.start_soon(self._drop, attempt.eid)
+
+    async def _drop(self, eid: str) -> None:
+        try:
+            await self.store.ack_tasks([eid])
+        except (RedisError, OSError) as exc:  # delivered again later, and cancelled again
+            log.warning("cannot acknowledge cancelled task %s: %s", eid, exc)
+        finally:
+            self._release(eid)
 
     async def _execute_async(
         self, eid: str, msg: dict[str, Any], fn: Any, ctx: ActivityContext, started: float
@@ -296,11 +468,25 @@ class ActivityRunner:
             if fn is None:
                 raise LookupError(f"no activity named {ctx.name!r} is registered with this worker")
             value = decode(raw)
-            if inspect.iscoroutinefunction(fn):
-                result = await fn(ctx, value)
-            else:
-                result = await self._loop.run_in_executor(self._pool, fn, ctx, value)
-        except Exception as exc:
+            attempt = self.watch.attempts.get(eid)
+            with anyio.CancelScope() as scope:
+                if attempt is not None:
+                    attempt.scope = scope
+                if inspect.iscoroutinefunction(fn):
+                    if attempt is not None:
+                        attempt.start()
+                        if attempt.limited:
+                            self.watch.arm()
+                    result = await fn(ctx, value)
+                else:
+                    result = await self._loop.run_in_executor(
+                        self._pool, self._run_sync, attempt or Attempt(eid, {}), fn, ctx, value
+                    )
+            if scope.cancelled_caught:
+                return  # timed out, or its orchestration ended: already answered for
+        except BaseException as exc:  # SystemExit too: user code fails its task, not the worker
+            if _worker_cancelled(exc) or is_interrupt(exc):
+                raise
             error = exc
         self._complete(eid, msg, ctx, started, result, error)
 
@@ -313,6 +499,9 @@ class ActivityRunner:
         result: Any,
         error: BaseException | None,
     ) -> None:
+        if ctx.is_cancelled:
+            return  # a late result of an attempt that timed out or was cancelled: discarded
+        attempt = self.watch.remove(eid)
         reply: dict[str, Any] = {"target": ctx.orchestration_id, "exec": msg.get("exec"), "tid": ctx.task_id}
         if error is None:
             try:
@@ -323,6 +512,8 @@ class ActivityRunner:
         if error is not None:
             reply["kind"] = ev.MSG_TASK_FAILED
             reply["failure"] = FailureDetails.from_exception(error).to_record()
+            if attempt is not None and attempt.details is not None:
+                reply["details"] = attempt.details  # where the next attempt may resume
         status = "completed" if error is None else "failed"
         self.metrics.activity_done(ctx.name, status, time.monotonic() - started)
         self._results.append((ctx.orchestration_id, eid, pack_record(reply)))
@@ -361,6 +552,7 @@ class ActivityRunner:
 
     def _release(self, eid: str) -> None:
         self.in_flight.pop(eid, None)
+        self.watch.remove(eid)
         self._notify()
 
     async def _flush_loop(self) -> None:

@@ -50,16 +50,16 @@ class DelegatedSteps:
     # -- sending a step away -----------------------------------------------------------------
     def delegate(self, step: StepState, inst: Instance, msgs: list[Message]) -> None:
         half = self.half
-        incoming = half._incoming(inst, msgs, step)
+        ts = max(step.now, inst.last_ts)
+        incoming = half._incoming(inst, msgs, step, ts)
         if not incoming.events:
-            half.run_local(step, inst, incoming)
+            half.run_local(step, inst, incoming, ts)
             return
         if incoming.start is None:
             terminate = next((e for e in incoming.events if e["k"] == ev.EXECUTION_TERMINATED), None)
             if terminate is not None:  # needs no code: end it here and now
                 self.terminate(step, inst, terminate.get("output"))
                 return
-        ts = max(step.now, inst.last_ts)
         inst.last_ts = ts
         version = incoming.start.get("ver") if incoming.start is not None else inst.ver
         wid = uuid.uuid4().hex
@@ -161,10 +161,12 @@ class DelegatedSteps:
         if events and events[0].get("k") == ev.EXECUTION_STARTED:
             incoming.start = {"ver": events[0].get("ver")}
             incoming.start_input = events[0].get("input")
+            inst.executor = self.half._new_executor(inst.iid)
+            inst.delegated_history = None
         elif inst.executor is None:
             self._settle_executor(inst, force=True)
         before = len(step.plan.records)
-        self.half.run_local(step, inst, incoming)
+        self.half.run_local(step, inst, incoming, max(step.now, inst.last_ts))
         for rec in step.plan.records[before:]:
             if rec.hash_key == step.keys.instance(inst.iid):
                 rec.fields.update(wi="", pk=b"")

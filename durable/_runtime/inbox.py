@@ -48,6 +48,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is out of range for a number")
+    return value
+
+
 def _text(fields: dict[bytes, bytes], name: str, required: bool) -> str | None:
     raw = fields.get(name.encode())
     if raw is None or raw == b"":
@@ -65,7 +72,7 @@ def _payload(enc: str, data: bytes | None) -> bytes | None:
         return None
     if enc == "json":
         try:
-            value = json.loads(data, parse_constant=_reject_constant)
+            value = json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
         except RecursionError:
             raise MalformedMessage("field 'data' is not valid JSON (enc=json): nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as exc:

@@ -17,6 +17,8 @@ from .step import Message, StepState
 if TYPE_CHECKING:
     from .._config import WorkerConfig
     from .._store.store import RecordWrite, Store
+    from .lifecycle_step import Loaded, Rewound
+    from .remote import RemoteState
 
 log = logging.getLogger("durable.partition")
 
@@ -29,6 +31,8 @@ COMPLETION_MSGS = {
 }
 #: history event fields that carry (encoded) user payloads
 PAYLOAD_FIELDS = ("input", "result", "output")
+#: fields of an activity's TaskScheduled event that its task message carries
+ACTIVITY_OPTIONS = ("to", "hbt", "call", "attempt", "hb")
 LIVE = (OrchestrationStatus.RUNNING, OrchestrationStatus.SUSPENDED)
 
 
@@ -45,6 +49,12 @@ class Instance:
     parent: dict[str, Any] | None = None
     executor: OrchestrationExecutor | None = None
     last_ts: int = 0
+    #: events raised before a scheduled start ran: delivered right after it starts
+    pending_events: list[ev.Event] = field(default_factory=list)
+    #: set while the instance's code runs in a remote executor (a Durable Task SDK: ``remote.py``)
+    remote: RemoteState | None = None
+    #: read for a lifecycle command of this step while the instance is not running
+    loaded: Loaded | None = None
     #: the version it is pinned to (None: not started yet, or started unpinned and not run yet)
     ver: str | None = None
     #: the work item of a step delegated to a worker that has its version ("" none): messages
@@ -79,6 +89,12 @@ class Incoming:
     start_input: bytes | None = None
     #: a start that never ran and was terminated: its record (no executor runs)
     terminated_pending: RecordWrite | None = None
+    #: events for an instance whose (scheduled) start has not run yet: kept for it
+    held: list[ev.Event] = field(default_factory=list)
+    #: a recursive terminate, passed on to the open sub-orchestrations once applied
+    terminate: Message | None = None
+    #: a rewind that brought a failed instance back to running
+    rewound: Rewound | None = None
 
 
 def reply_to_parent(
@@ -96,6 +112,22 @@ def reply_to_parent(
     else:
         msg["failure"] = failure.to_record()
     step.route(parent["iid"], msg)
+
+
+def carried_events(start: Message) -> list[ev.Event]:
+    """What a continue-as-new start message carries into the new execution: the saved events, and
+    the control events (terminate, suspend, resume) that arrived after the restart point."""
+    out: list[ev.Event] = []
+    for item in start.get("events") or ():
+        name, data = item
+        out.append({"k": ev.EVENT_RAISED, "name": str(name), "input": data})
+    for control in start.get("control") or ():
+        kind = control.get("k")
+        if kind == ev.EXECUTION_TERMINATED:
+            out.append({"k": kind, "output": control.get("output")})
+        elif kind in (ev.EXECUTION_SUSPENDED, ev.EXECUTION_RESUMED):
+            out.append({"k": kind, "reason": control.get("reason")})
+    return out
 
 
 def started_event(msg: Message, inst: Instance) -> ev.Event:
@@ -139,9 +171,11 @@ def check_history_size(
 async def load_histories(
     store: Store, index: int, ids: list[str]
 ) -> list[tuple[dict[bytes, bytes], list[ev.Event]]]:
-    """The hashes and histories of instances of partition ``index``, large payloads resolved."""
+    """The hashes and histories of instances of partition ``index``, large payloads resolved (the
+    history's and the output's)."""
     loaded = await store.load_instances(index, ids)
     histories = [[unpack_record(h) for h in history] for _, history in loaded]
+    outputs = [fields.get(b"output") for fields, _ in loaded]
     refs = [
         e[f][len(BLOB_REF_PREFIX) :].decode()
         for events in histories
@@ -149,6 +183,7 @@ async def load_histories(
         for f in PAYLOAD_FIELDS
         if is_blob_ref(e.get(f))
     ]
+    refs.extend(o[len(BLOB_REF_PREFIX) :].decode() for o in outputs if o is not None and is_blob_ref(o))
     if refs:  # large payloads live beside the history
         blobs = await store.get_blobs(refs)
         for events in histories:
@@ -156,6 +191,10 @@ async def load_histories(
                 for f in PAYLOAD_FIELDS:
                     if is_blob_ref(e.get(f)):
                         e[f] = blobs[e[f][len(BLOB_REF_PREFIX) :].decode()]
+        for fields, _ in loaded:
+            output = fields.get(b"output")
+            if output is not None and is_blob_ref(output):
+                fields[b"output"] = blobs.get(output[len(BLOB_REF_PREFIX) :].decode(), output)
     return [(fields, events) for (fields, _), events in zip(loaded, histories, strict=True)]
 
 
@@ -171,6 +210,8 @@ def to_event(msg: dict[str, Any], exec_id: str) -> ev.Event | None:
             event["failure"] = msg["failure"]
         if "fire_at" in msg:
             event["fire_at"] = msg["fire_at"]
+        if isinstance(msg.get("details"), bytes):
+            event["details"] = msg["details"]  # an activity's last heartbeat details
         return event
     if kind == ev.MSG_EVENT:
         return {"k": ev.EVENT_RAISED, "name": str(msg.get("name", "")), "input": msg.get("input")}

@@ -40,12 +40,14 @@ __all__ = [
     "METRIC_DEFINITIONS",
     "NONDETERMINISM_ERRORS",
     "ORCHESTRATIONS_FINISHED",
+    "ORCHESTRATIONS_PURGED",
     "ORCHESTRATIONS_STARTED",
     "ORCHESTRATIONS_WAITING_FOR_VERSION",
     "ORCHESTRATION_DURATION",
     "PARTITIONS_OWNED",
     "PARTITION_BACKLOG",
     "PARTITION_OLDEST_MESSAGE_AGE",
+    "PURGE_REASONS",
     "REDELIVERIES",
     "REGISTRY",
     "REPLAY_CACHE_EVENTS",
@@ -76,6 +78,8 @@ ACTIVITY_STATUSES: Final[tuple[str, ...]] = ("completed", "failed")
 LEASE_EVENT_NAMES: Final[tuple[str, ...]] = ("acquired", "lost", "released", "renew_failed")
 #: Label values of ``durable_replay_cache_events_total{event}``.
 REPLAY_CACHE_EVENT_NAMES: Final[tuple[str, ...]] = ("hit", "miss", "evict")
+#: Label values of ``durable_orchestrations_purged_total{reason}``.
+PURGE_REASONS: Final[tuple[str, ...]] = ("retention", "request")
 #: Label values of ``durable_worker_slots{state}``.
 WORKER_SLOT_STATES: Final[tuple[str, ...]] = ("used", "available")
 
@@ -138,6 +142,13 @@ METRIC_DEFINITIONS: Final[tuple[MetricDefinition, ...]] = (
         "counter",
         "Orchestration instances that reached a terminal state, by orchestration name and final status.",
         ("name", "status"),
+    ),
+    MetricDefinition(
+        "durable_orchestrations_purged_total",
+        "counter",
+        "Terminal orchestration instances purged by this worker, by reason (retention, or a "
+        "purge_orchestrations request).",
+        ("reason",),
     ),
     MetricDefinition(
         "durable_orchestration_duration_seconds",
@@ -299,6 +310,7 @@ def _histogram(name: str) -> Histogram:
 
 ORCHESTRATIONS_STARTED: Final[Counter] = _counter("durable_orchestrations_started_total")
 ORCHESTRATIONS_FINISHED: Final[Counter] = _counter("durable_orchestrations_finished_total")
+ORCHESTRATIONS_PURGED: Final[Counter] = _counter("durable_orchestrations_purged_total")
 ORCHESTRATION_DURATION: Final[Histogram] = _histogram("durable_orchestration_duration_seconds")
 WORK_ITEM_DURATION: Final[Histogram] = _histogram("durable_work_item_duration_seconds")
 SCHEDULE_TO_START: Final[Histogram] = _histogram("durable_schedule_to_start_seconds")
@@ -358,4 +370,6 @@ for _kind in WORK_ITEM_KINDS:
     REDELIVERIES.labels(kind=_kind)
 for _state in WORKER_SLOT_STATES:
     WORKER_SLOTS.labels(state=_state)
-del _event, _kind, _state
+for _reason in PURGE_REASONS:
+    ORCHESTRATIONS_PURGED.labels(reason=_reason)
+del _event, _kind, _state, _reason

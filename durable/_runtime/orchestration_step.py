@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._core import events as ev
 from .._core.executor import OrchestrationExecutor, StepResult
+from .._core.lifecycle import open_timers
 from .._core.model import FailureDetails, OrchestrationStatus
 from .._core.registry import capability
 from .._core.serialization import (
@@ -26,20 +27,28 @@ from .._core.serialization import (
 from .._store.store import RecordWrite
 from .delegation import DelegatedSteps
 from .instances import (
+    ACTIVITY_OPTIONS,
     LIVE,
     PAYLOAD_FIELDS,
     Incoming,
     Instance,
+    carried_events,
     check_history_size,
     load_histories,
     reply_to_parent,
     started_event,
     to_event,
 )
+from .lifecycle_step import (
+    Rewinder,
+    Rewound,
+    from_its_parent,
+    loaded_view,
+    merge,
+    redo_child,
+    terminate_children,
+)
 from .step import Message, StepState
-
-#: continue-as-new restarts run inline in one step up to this many times
-_MAX_INLINE_RESTARTS = 100
 
 if TYPE_CHECKING:
     from .._config import WorkerConfig
@@ -49,9 +58,13 @@ if TYPE_CHECKING:
     from .cache import InstanceCache
     from .capabilities import CapabilityView
     from .entity_step import EntityHalf
+    from .remote import RemoteOrchestrations
     from .telemetry import Telemetry
 
 log = logging.getLogger("durable.partition")
+
+#: continue-as-new restarts run inline in one step up to this many times
+_MAX_INLINE_RESTARTS = 100
 
 
 class OrchestrationHalf:
@@ -69,8 +82,11 @@ class OrchestrationHalf:
         context_factory: Callable[[str, Any], OrchestrationContext],
         name_of: Callable[[Any, str], str],
         caps: CapabilityView,
+        remote: RemoteOrchestrations | None = None,
         strict_replay: bool = False,
     ) -> None:
+        #: instances whose code runs in a remote executor (a Durable Task SDK via the sidecar)
+        self.remote = remote
         self.store = store
         self.registry = registry
         self.config = config
@@ -79,9 +95,11 @@ class OrchestrationHalf:
         self.entities = entities
         self.context_factory = context_factory
         self.name_of = name_of
+        self.rewinder = Rewinder(self._new_executor, reply_to_parent, store.keys.status_channel)
         self.caps = caps
         #: compare inputs too when replaying (a test environment's always_replay)
         self.strict_replay = strict_replay
+        #: steps of versions this worker lacks, run by workers that have them (``delegation.py``)
         self.delegation = DelegatedSteps(self)
 
     # -- the StepHalf shape --------------------------------------------------------------------
@@ -89,6 +107,8 @@ class OrchestrationHalf:
         return not target.startswith("@")
 
     async def load(self, step: StepState, targets: list[str]) -> None:
+        if self.remote is not None:
+            await self.remote.prepare(step)
         starts = {
             str(m["name"])
             for t in targets
@@ -99,25 +119,48 @@ class OrchestrationHalf:
             await self.caps.refresh()  # a worker that has it may have started since the last heartbeat
         cached = self.cache.partition(step.index)
         step.instances.update((t, cached[t]) for t in targets if t in cached)
-        ids = [t for t in targets if t not in step.instances]
+        # a lifecycle command on an instance that is not running needs its history: read it again
+        ids = [
+            t
+            for t in targets
+            if t not in step.instances or (t in step.needs_history and not step.instances[t].running)
+        ]
         if not ids:
             return
         loaded = await load_histories(self.store, step.index, ids)
         for iid, (fields, events) in zip(ids, loaded, strict=True):
-            inst = step.instances[iid] = self._instance_from(iid, fields, events)
+            remote = self.remote is not None and self.remote.is_remote(fields)
+            inst = step.instances[iid] = self._instance_from(iid, fields, [] if remote else events)
             self.cache.partition(step.index)[iid] = inst
+            if remote and self.remote is not None:
+                self.remote.attach(inst, fields, events)
+            elif iid in step.needs_history and not inst.running:
+                inst.loaded = loaded_view(fields, events)
             self.metrics.cache_event("miss")
 
     def process(self, step: StepState, target: str, msgs: list[Message]) -> None:
         inst = step.instances[target]
-        if inst.delegated:  # a step runs on another worker: its messages wait for its outcome
-            msgs = self.delegation.settle(step, inst, msgs)
-        if not msgs:
-            return
-        if self._runs_here(inst, msgs):
-            self.run_local(step, inst, self._incoming(inst, msgs, step))
-        else:
-            self.delegation.delegate(step, inst, msgs)
+        try:
+            if inst.delegated:  # a step runs on another worker: its messages wait for its outcome
+                msgs = self.delegation.settle(step, inst, msgs)
+                if not msgs:
+                    return
+            if (
+                self.remote is not None
+                and not self._durable_elsewhere(msgs)
+                and self.remote.takes(inst, msgs)
+            ):
+                self.remote.process(self, step, inst, msgs)
+                return
+            if not self._runs_here(inst, msgs):
+                self.delegation.delegate(step, inst, msgs)
+                return
+            ts = max(step.now, inst.last_ts)
+            if any(m["kind"] == ev.MSG_REWIND for m in msgs):
+                ts = max(ts, inst.last_ts + 1)  # a rewind shows as a newer record, even a refused one
+            self.run_local(step, inst, self._incoming(inst, msgs, step, ts), ts)
+        finally:
+            inst.loaded = None
 
     def _runs_here(self, inst: Instance, msgs: list[Message]) -> bool:
         """Whether this worker has the code of the step these messages make: the instance's
@@ -133,24 +176,45 @@ class OrchestrationHalf:
             return True
         return version is None and not self.caps.recent(capability("o", name))
 
-    def run_local(self, step: StepState, inst: Instance, incoming: Incoming) -> None:
+    def _durable_elsewhere(self, msgs: list[Message]) -> bool:
+        """A start that this worker cannot run but another durable worker can: it is delegated
+        to that worker, not handed to a Durable Task SDK executor that runs "any" name."""
+        start = next((m for m in reversed(msgs) if m.get("kind") == ev.MSG_START), None)
+        if start is None:
+            return False
+        name, version = str(start.get("name", "")), start.get("ver")
+        return not self.registry.can_run(name, version) and self.caps.recent(capability("o", name, version))
+
+    def run_local(self, step: StepState, inst: Instance, incoming: Incoming, ts: int) -> None:
         """Run the step's events through this worker's executor and plan the outcome."""
-        if not incoming.events:
+        if not incoming.events and incoming.rewound is None:
             if incoming.terminated_pending is not None:
+                inst.pending_events = []
                 step.plan.records.append(incoming.terminated_pending)
                 step.touched[inst.iid] = inst
+            elif incoming.held:
+                step.plan.records.append(self._hold(inst, incoming.held, step))
+                step.touched[inst.iid] = inst
+            if incoming.terminate is not None and inst.loaded is not None:
+                terminate_children(step, inst, inst.loaded.history, incoming.terminate)
             return
-        if incoming.start is not None:
-            inst.executor = self._new_executor(inst.iid)
-            inst.delegated_history = None
         assert inst.executor is not None
-        ts = max(step.now, inst.last_ts)
         inst.last_ts = ts
         prev_status = inst.status
-        result, new_execution, start_input = self._execute(inst, incoming, ts, step)
+        rewound = incoming.rewound
+        if rewound is not None:
+            prev_status = OrchestrationStatus.FAILED
+            result, new_execution, start_input = rewound.result, False, None
+            if incoming.events and inst.running:
+                more = inst.executor.execute([{"k": ev.ORCHESTRATOR_STARTED, "ts": ts}, *incoming.events])
+                result = merge(result, more)
+        else:
+            result, new_execution, start_input = self._execute(inst, incoming, ts, step)
         inst.ver = inst.executor.version
         result = check_history_size(inst.iid, inst.executor, result, self.config)
-        self.conclude(step, inst, result, ts, new_execution, start_input, prev_status)
+        self.conclude(
+            step, inst, result, ts, new_execution, start_input, prev_status, rewound, incoming.terminate
+        )
 
     def conclude(
         self,
@@ -161,16 +225,25 @@ class OrchestrationHalf:
         new_execution: bool,
         start_input: bytes | None,
         prev_status: OrchestrationStatus | None,
+        rewound: Rewound | None = None,
+        terminate: Message | None = None,
     ) -> RecordWrite:
-        """Plan a step's outcome (wherever it ran): the record, the actions, the end."""
+        """Plan a step's outcome (wherever its code ran): the record, the actions, the end."""
         status = result.status
         if status == OrchestrationStatus.CONTINUED_AS_NEW:
             status = self._continue_next_step(inst, result, step)
         inst.status = status
         rec = self._record(inst, result, status, ts, new_execution, start_input, prev_status, step)
+        if rewound is not None:  # the rewritten history replaces the old one
+            rec.mode = "r"
+            rec.events[:0] = [self._persisted(inst.iid, e, rec, step) for e in rewound.prefix]
+            if not status.is_terminal:
+                rec.fields.update(output=b"", failure=b"")
         step.plan.records.append(rec)
         step.touched[inst.iid] = inst
         self._route_actions(inst, result, step, rec)
+        if terminate is not None and status == OrchestrationStatus.TERMINATED:
+            terminate_children(step, inst, inst.history, terminate)
         if status.is_terminal:
             self._finish(inst, result, status, step)
         return rec
@@ -193,6 +266,8 @@ class OrchestrationHalf:
         inst.last_ts = int(get(b"updated", b"0"))
         parent = get(b"parent")
         inst.parent = unpack_record(parent) if parent else None
+        pending = get(b"pending")
+        inst.pending_events = unpack_record(pending) if pending else []
         ver = get(b"ver")
         inst.ver = ver.decode() if ver is not None else None
         inst.delegated = get(b"wi", b"").decode()
@@ -223,35 +298,62 @@ class OrchestrationHalf:
         )
 
     # -- one instance's step, along its seams ---------------------------------------------------
-    def _incoming(self, inst: Instance, msgs: list[Message], step: StepState) -> Incoming:
-        """Turn the messages into history events (a start begins a new execution)."""
+    def _incoming(self, inst: Instance, msgs: list[Message], step: StepState, ts: int) -> Incoming:
+        """Turn the messages into history events: a start (re)creates the executor, a rewind
+        revives a failed one."""
         incoming = Incoming()
-        live = inst.running
         for msg in msgs:
             kind = msg["kind"]
+            if kind == ev.MSG_REWIND and incoming.rewound is None:
+                rewound, record, start = self.rewinder.apply(inst, msg, inst.loaded, step, ts)
+                if record is not None:
+                    step.plan.records.append(record)
+                    step.touched[inst.iid] = inst
+                if rewound is not None and not incoming.events:
+                    incoming.rewound = rewound
+                if start is None:
+                    continue
+                msg = start
+                kind = ev.MSG_START
+            sender = msg.get("from") if kind == ev.MSG_TERMINATE else None
+            if sender is not None and not from_its_parent(inst, sender):
+                continue  # passed on by a parent this instance does not belong to
+            if kind == ev.MSG_TERMINATE and msg.get("recursive"):
+                incoming.terminate = msg
             if kind == ev.MSG_START:
-                if self._accept_start(inst, msg, step, live):
-                    live = True
+                if self._accept_start(inst, msg, step):
                     incoming.start = msg
                     incoming.start_input = msg.get("input")
-                    incoming.events = [started_event(msg, inst)]
-                    # events a continue-as-new carried over (save_events) into this execution
-                    carried = msg.get("events") or []
-                    incoming.events.extend({"k": ev.EVENT_RAISED, "name": n, "input": d} for n, d in carried)
+                    early = [*inst.pending_events, *incoming.held]  # raised before it started
+                    inst.pending_events, incoming.held = [], []
+                    incoming.events = [started_event(msg, inst), *carried_events(msg), *early]
                 continue
-            if kind == ev.MSG_TERMINATE and not live and inst.status == OrchestrationStatus.PENDING:
+            if kind == ev.MSG_TERMINATE and not inst.running and inst.status == OrchestrationStatus.PENDING:
                 # terminated before it started (e.g. a scheduled start): it never runs
                 incoming.terminated_pending = self._terminate_pending(inst, msg, step)
                 continue
-            if not live:
+            if not inst.running:
+                if kind == ev.MSG_EVENT and inst.status == OrchestrationStatus.PENDING:
+                    # a scheduled start has not run yet: the event waits for it (as a started
+                    # instance buffers an event it does not wait for yet)
+                    held = to_event(msg, inst.exec)
+                    if held is not None:
+                        incoming.held.append(held)
                 continue
             event = to_event(msg, inst.exec)
             if event is not None:
                 incoming.events.append(event)
         return incoming
 
-    def _accept_start(self, inst: Instance, msg: Message, step: StepState, live: bool) -> bool:
-        if live:
+    def _hold(self, inst: Instance, held: list[ev.Event], step: StepState) -> RecordWrite:
+        """Keep events raised to an instance whose start has not run yet, in its record."""
+        inst.pending_events = [*inst.pending_events, *held]
+        rec = RecordWrite(step.keys.instance(inst.iid), step.keys.history(inst.iid), inst.version)
+        rec.fields["pending"] = pack_record(inst.pending_events)
+        return rec
+
+    def _accept_start(self, inst: Instance, msg: Message, step: StepState) -> bool:
+        if inst.running:
             if msg.get("exec") != inst.exec and msg.get("parent"):
                 failure = FailureDetails(
                     f"an orchestration with id {inst.iid!r} is already running",
@@ -262,6 +364,7 @@ class OrchestrationHalf:
         started_before = inst.status not in (None, OrchestrationStatus.PENDING)
         if msg.get("exec") == inst.exec and started_before:
             return False  # duplicate delivery of a start we already applied
+        inst.executor = self._new_executor(inst.iid)
         inst.exec = str(msg.get("exec") or uuid.uuid4().hex)
         inst.name = str(msg["name"])
         inst.parent = msg.get("parent")
@@ -283,7 +386,7 @@ class OrchestrationHalf:
             self._route_actions(inst, result, step)
             restarts += 1
             data, carried = result.continue_as_new
-            self.entities.on_orchestration_end(step, inst)
+            self._end_execution(inst, step)
             inst.executor = self._new_executor(inst.iid)
             inst.exec = uuid.uuid4().hex
             new_execution = True
@@ -297,6 +400,7 @@ class OrchestrationHalf:
             }
             evs: list[ev.Event] = [started_event(restart, inst)]
             evs.extend({"k": ev.EVENT_RAISED, "name": n, "input": d} for n, d in carried)
+            evs.extend(result.continue_with)  # a terminate (or suspend) that came after the restart point
             result = inst.executor.execute([{"k": ev.ORCHESTRATOR_STARTED, "ts": ts}, *evs])
         return result, new_execution, start_input
 
@@ -312,10 +416,14 @@ class OrchestrationHalf:
             "exec": uuid.uuid4().hex,
             "parent": inst.parent,
             "events": carried,
+            "control": [
+                {"k": e["k"], "output": e.get("output"), "reason": e.get("reason")}
+                for e in result.continue_with
+            ],
             "ver": result.continue_version,
         }
         step.route(inst.iid, start)
-        self.entities.on_orchestration_end(step, inst)
+        self._end_execution(inst, step)
         inst.executor = None
         inst.delegated_history = None
         return OrchestrationStatus.RUNNING
@@ -346,7 +454,13 @@ class OrchestrationHalf:
             f["ver"] = inst.ver
         if new_execution:
             f.update(
-                name=inst.name, exec=inst.exec, created=inst.created, output=b"", failure=b"", custom=b""
+                name=inst.name,
+                exec=inst.exec,
+                created=inst.created,
+                output=b"",
+                failure=b"",
+                custom=b"",
+                pending=b"",
             )
             f["input"] = self._offload(inst.iid, start_input, rec, step) or b""
             f["parent"] = pack_record(inst.parent) if inst.parent else b""
@@ -362,6 +476,10 @@ class OrchestrationHalf:
         if status != prev_status or new_execution:
             rec.channel = self.store.keys.status_channel(inst.iid)
             rec.message = status.value
+        if status.is_terminal:
+            step.plan.finished[inst.iid] = ts  # retention counts from here
+        elif new_execution or prev_status == OrchestrationStatus.FAILED:
+            step.plan.finished[inst.iid] = None
         return rec
 
     def _finish(
@@ -375,18 +493,29 @@ class OrchestrationHalf:
                 None if completed else (result.failure or FailureDetails("terminated", "TerminatedError"))
             )
             reply_to_parent(step, inst.parent, result.output if completed else None, failure)
-        self.entities.on_orchestration_end(step, inst)
+        self._end_execution(inst, step)
         inst.executor = None
         inst.delegated_history = None
+
+    def _end_execution(self, inst: Instance, step: StepState) -> None:
+        """An execution ends (finished, or continued as new): release its entity locks and drop
+        its pending timers (they could only fire into nothing)."""
+        self.entities.on_orchestration_end(step, inst)
+        for tid in open_timers(inst.history):
+            step.plan.delete_timers.append(f"t|{inst.iid}|{inst.exec}|{tid}")
 
     def _terminate_pending(self, inst: Instance, msg: Message, step: StepState) -> RecordWrite:
         inst.status = OrchestrationStatus.TERMINATED
         rec = RecordWrite(step.keys.instance(inst.iid), step.keys.history(inst.iid), inst.version, mode="r")
-        rec.fields.update(status=inst.status.value, updated=step.now, output=msg.get("output") or b"")
+        rec.fields.update(
+            status=inst.status.value, updated=step.now, output=msg.get("output") or b"", pending=b""
+        )
         rec.events = [
             pack_record({"k": ev.EXECUTION_TERMINATED, "eid": 0, "ts": step.now, "output": msg.get("output")})
         ]
         rec.channel, rec.message = self.store.keys.status_channel(inst.iid), inst.status.value
+        step.plan.delete_timers.append(f"start|{inst.iid}|{inst.exec}")  # its scheduled start
+        step.plan.finished[inst.iid] = step.now
         return rec
 
     # -- payloads ------------------------------------------------------------------------------
@@ -425,6 +554,9 @@ class OrchestrationHalf:
                     "name": action["name"],
                     "input": self._offload(inst.iid, action.get("input"), rec, step),
                 }
+                for key in ACTIVITY_OPTIONS:  # time limits; a retry's call, attempt, details
+                    if action.get(key) is not None:
+                        body[key] = action[key]
                 step.plan.outbox.append({"dst": self.store.keys.tasks, "m": pack_record(body)})
             elif kind == ev.TIMER_CREATED:
                 body = {
@@ -436,6 +568,8 @@ class OrchestrationHalf:
                 }
                 member = f"t|{inst.iid}|{inst.exec}|{action['tid']}"
                 step.plan.timers.append((int(action["fire_at"]), member, pack_record(body)))
+            elif kind == ev.SUB_CREATED and action.get("redo"):
+                step.route(str(action["iid"]), redo_child(inst, action))
             elif kind == ev.SUB_CREATED:
                 child = str(action["iid"])
                 start = {

@@ -14,6 +14,7 @@ from .._core import events as ev
 from .._store.store import CommitPlan, ConflictError, FencedError, Store, StreamEntry
 from .inbox import MalformedMessage, dlq_fields, forwarded_position, parse_entry, stream_id
 from .poison import plan_poison
+from .purge import PartitionPurger, PurgeJob
 from .step import Message, StepHalf, StepState
 
 if TYPE_CHECKING:
@@ -77,6 +78,11 @@ class PartitionRunner:
         self.attempts = 0
         self.isolate_left = 0
         self._counted = False
+        self.purger = PartitionPurger(
+            index, store=store, config=config, clock=clock, metrics=metrics, cache=cache
+        )
+        #: purge requests of the step being built, kept once it commits
+        self._accepted: list[PurgeJob] = []
 
     # -- lifecycle -------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -92,6 +98,7 @@ class PartitionRunner:
         state = await self.store.read_partition_state(self.index)
         self.cursor = state.get("cursor", "0-0")
         self.src_pos = {k[4:]: v for k, v in state.items() if k.startswith("src:")}
+        self.purger.load(state)
         self.next_due = await self.store.next_timer_due(self.index)
 
     async def _note_attempt(self) -> None:
@@ -160,9 +167,14 @@ class PartitionRunner:
         if self.next_due is not None and self.next_due <= now + 1:
             _, self.next_due, redis_now = await self.store.promote_timers(self.index, self.lease)
             self.clock.observe(redis_now)
-        block = self.config.poll_ms
+        if self.purger.due_in_ms() == 0:  # one bounded batch between steps
+            await self.purger.run_once(self.lease)
+        block: int | None = self.config.poll_ms
         if self.next_due is not None:
-            block = max(1, min(block, self.next_due - self.clock.now_ms() + 1))
+            block = max(1, min(self.config.poll_ms, self.next_due - self.clock.now_ms() + 1))
+        purge_due = self.purger.due_in_ms()
+        if purge_due is not None:
+            block = None if purge_due == 0 else max(1, min(block or purge_due, purge_due))
         with anyio.CancelScope() as scope:
             self._read_scope = scope
             if self.stopping or self.draining():
@@ -231,12 +243,19 @@ class PartitionRunner:
                 step.plan.dead_letters.append(dlq_fields(eid, fields, str(exc)))
                 step.dead_lettered.append("malformed")
                 continue
+            if msg["kind"] == ev.MSG_PURGE:  # for the partition itself: recorded in the commit
+                job = self.purger.accept(msg, step)
+                if job is not None:
+                    self._accepted.append(job)
+                continue
             if msg["kind"] == "wake":  # a timer was added from outside (a scheduled start)
                 due = msg.get("due")
                 if isinstance(due, int):
                     self.next_due = due if self.next_due is None else min(self.next_due, due)
                 continue
             msg["_eid"] = eid
+            if msg["kind"] == ev.MSG_REWIND or (msg["kind"] == ev.MSG_TERMINATE and msg.get("recursive")):
+                step.needs_history.add(msg["target"])
             if msg["kind"] == ev.MSG_TIMER_FIRED and isinstance(msg.get("fire_at"), int):
                 self.metrics.timer_fired((step.now - msg["fire_at"]) / 1000)
             groups.setdefault(msg["target"], []).append(msg)
@@ -244,6 +263,7 @@ class PartitionRunner:
 
     async def _step(self, entries: list[StreamEntry]) -> None:
         step = self._new_step(entries[-1][0])
+        self._accepted = []
         groups, src_updates = self._decode(entries, step)
         step.messages = groups
         for half in self.halves:
@@ -261,6 +281,7 @@ class PartitionRunner:
             left = max(self.isolate_left - 1, 0)
             step.plan.state["recov"] = f"{step.plan.new_cursor}|0|{left}" if left else ""
         forward = await self._commit(step)
+        self.purger.add(self._accepted)
         self.steps += 1
         self.cursor = step.plan.new_cursor
         if self.isolate_left > 0 or self.attempts:

@@ -80,5 +80,6 @@ async def _fail_instance(store: Store, iid: str, reason: str, step: StepState) -
     rec.events = [pack_record(completed)]
     rec.channel, rec.message = store.keys.status_channel(iid), failed
     step.plan.records.append(rec)
+    step.plan.finished[iid] = step.now  # retention counts from here
     if parent:
         reply_to_parent(step, unpack_record(parent), None, failure)

@@ -20,6 +20,7 @@ from .._config import WorkerConfig
 from .._core.context import OrchestrationContext
 from .._core.registry import Registry, name_of
 from .._store.store import LeaseRenewer, Store, SyncLeaseRenewer
+from .._store.workitems import WorkItemStore
 from .activities import ActivityRunner
 from .cache import InstanceCache
 from .capabilities import CapabilityView
@@ -29,10 +30,14 @@ from .instances import Instance
 from .leases import LeaseTable
 from .orchestration_step import OrchestrationHalf
 from .partition import PartitionRunner
+from .remote import RemoteOrchestrations
 from .telemetry import Telemetry
 from .work_runner import WorkRunner
 
 log = logging.getLogger("durable.worker")
+
+#: the worker ids of ``durable sidecar`` processes start with this
+SIDECAR_PREFIX = "sidecar-"
 
 
 def _rendezvous(partition: int, workers: list[str]) -> str:
@@ -78,6 +83,8 @@ class Runtime:
             self.clock.now_ms, config.missing_code_grace_ms, registry.capabilities(), store.capabilities
         )
         self.entities = EntityHalf(store=store, registry=registry, metrics=self.metrics, caps=self.caps)
+        #: instances whose code runs in remote executors (Durable Task SDK workers via the sidecar)
+        self.remote = RemoteOrchestrations(WorkItemStore(store), registry)
         self.orchestrations = OrchestrationHalf(
             store=store,
             registry=registry,
@@ -88,8 +95,11 @@ class Runtime:
             context_factory=OrchestrationContext,
             name_of=name_of,
             caps=self.caps,
+            remote=self.remote,
             strict_replay=always_replay,
         )
+        #: False: this process runs no activities of its own (``durable sidecar``)
+        self.run_activities = True
         self.runners: dict[int, PartitionRunner] = {}
         self.draining = False
         self.stopped = anyio.Event()
@@ -169,8 +179,9 @@ class Runtime:
         thread.start()
         try:
             async with anyio.create_task_group() as tg:
-                await tg.start(self.activities.run)
-                await tg.start(self.work.run)
+                if self.run_activities:  # a process that runs code of its own
+                    await tg.start(self.activities.run)
+                    await tg.start(self.work.run)
                 self._tg = tg
                 tg.start_soon(self._balance_loop, tg)
                 task_status.started()
@@ -257,7 +268,9 @@ class Runtime:
         if self.worker_id not in live:
             live.append(self.worker_id)
         holders = await self.store.lease_holders()
-        mine = {p for p in range(self.store.partitions) if _rendezvous(p, live) == self.worker_id}
+        # a sidecar runs no code of its own: where workers that do are live, they own the partitions
+        owners = [w for w in live if not w.startswith(SIDECAR_PREFIX)] or live
+        mine = {p for p in range(self.store.partitions) if _rendezvous(p, owners) == self.worker_id}
         owned = set(self.owned_partitions())
         for p in owned - mine:
             runner = self.runners.get(p)

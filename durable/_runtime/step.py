@@ -35,7 +35,8 @@ class StepState:
     inbox_of: Callable[[int], str]
     now: int
     plan: CommitPlan
-    #: the step's messages by target, in inbox order
+    #: the step's messages by target, in inbox order (what the halves will process), for a look
+    #: ahead in ``load``
     messages: dict[str, list[Message]] = field(default_factory=dict)
     #: the orchestration instances the step addresses, held for the step (the replay cache may
     #: evict one while another partition's step commits)
@@ -45,6 +46,9 @@ class StepState:
     started: list[Instance] = field(default_factory=list)
     #: the metric kind of every message this step dead-letters (counted once it commits)
     dead_lettered: list[str] = field(default_factory=list)
+    #: instances addressed by a lifecycle command (rewind, recursive terminate) that needs their
+    #: history even when they are not running
+    needs_history: set[str] = field(default_factory=set)
 
     def route(self, target: str, msg: Message) -> None:
         """Send ``msg`` to the partition of ``target`` as part of this step's commit."""

@@ -70,6 +70,9 @@ class Telemetry:
         self._child(m.ACTIVITY_DURATION, name).observe(seconds)
         self._child(m.WORK_ITEM_DURATION, "activity").observe(seconds)
 
+    def purged(self, reason: str, count: int) -> None:
+        self._child(m.ORCHESTRATIONS_PURGED, reason).inc(count)
+
     def entity_operation(self, entity: str, status: str) -> None:
         self._child(m.ENTITY_OPERATIONS, entity, status).inc()
 

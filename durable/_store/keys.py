@@ -72,6 +72,10 @@ class HubKeys:
         """Pub/sub channel announcing status changes of one instance (a hint for waiting clients)."""
         return f"{self.tag}:status:{instance_id}"
 
+    def purge_reply(self, request_id: str) -> str:
+        """List: each partition's count of instances purged for one ``purge_orchestrations``."""
+        return f"{self.tag}:purged:{request_id}"
+
     def partition(self, index: int) -> PartitionKeys:
         return _partition_keys(self.hub, index)
 
@@ -126,6 +130,12 @@ class PartitionKeys:
     def instances(self) -> str:
         """Sorted set: orchestration instance ids scored by creation time (ms)."""
         return f"{self.tag}:index"
+
+    @property
+    def finished(self) -> str:
+        """Sorted set: terminal orchestration instance ids scored by when they finished (ms), the
+        order in which retention purges them."""
+        return f"{self.tag}:done"
 
     @property
     def entity_index(self) -> str:

@@ -3,6 +3,14 @@
 A wait registers interest in one instance's channel; a single reader task wakes the waiters when a
 status message arrives. Notifications are hints only: waiters re-read the state, and re-check on
 a timer so a lost message (or a reconnect) never strands them.
+
+Because they are hints, nothing that goes wrong in the subscription layer reaches a waiter:
+``register`` and ``unregister`` never raise (short of cancellation). Any failure of a pub/sub call
+counts, not only ``RedisError``/``OSError``: while Redis restarts, redis-py can also fail with an
+``AttributeError`` (a write on a connection its reader just tore down) or a ``RuntimeError``. A
+failure marks the pub/sub connection broken; the reader task -- the only one that ever drops it,
+and only while no (un)subscribe is using it, since a dropped pub/sub hands its connection back to
+the shared pool -- builds a new one, subscribes what is still wanted and wakes every waiter.
 """
 
 from __future__ import annotations
@@ -11,8 +19,6 @@ import asyncio
 import contextlib
 import logging
 from typing import Any
-
-from redis.exceptions import RedisError
 
 log = logging.getLogger("durable.client")
 
@@ -23,45 +29,56 @@ class StatusNotifier:
     def __init__(self, redis: Any) -> None:
         self._redis = redis
         self._pubsub: Any = None
+        #: the pub/sub connection failed: the reader replaces it
+        self._broken = False
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._reader: asyncio.Task[None] | None = None
+        #: held by every (un)subscribe and by the reader while it replaces the pub/sub connection
         self._lock = asyncio.Lock()
 
     async def register(self, channel: str) -> asyncio.Event:
+        """An event set when ``channel`` announces a change (or whenever a re-check is due)."""
         event = asyncio.Event()
         async with self._lock:
             waiters = self._waiters.setdefault(channel, set())
             waiters.add(event)
-            if len(waiters) == 1:
-                await self._subscribe(channel)
+            if len(waiters) == 1 and not self._broken:
+                try:
+                    if self._pubsub is None:
+                        self._pubsub = self._redis.pubsub()
+                    await self._pubsub.subscribe(channel)
+                except Exception as exc:
+                    self._lost(exc)  # the reader subscribes again, with every wanted channel
+            if self._reader is None or self._reader.done():
+                self._reader = asyncio.get_running_loop().create_task(self._read())
         return event
 
     async def unregister(self, channel: str, event: asyncio.Event) -> None:
+        """Forget ``event``; the last waiter of a channel unsubscribes it (best effort)."""
         async with self._lock:
             waiters = self._waiters.get(channel)
             if waiters is None:
                 return
             waiters.discard(event)
-            if not waiters:
-                del self._waiters[channel]
-                if self._pubsub is not None:
-                    with contextlib.suppress(RedisError, OSError):
-                        await self._pubsub.unsubscribe(channel)
+            if waiters:
+                return
+            del self._waiters[channel]
+            if self._pubsub is None or self._broken:
+                return
+            try:
+                await self._pubsub.unsubscribe(channel)
+            except Exception as exc:
+                self._lost(exc)
 
-    async def _subscribe(self, channel: str) -> None:
-        try:
-            if self._pubsub is None:
-                self._pubsub = self._redis.pubsub()
-            await self._pubsub.subscribe(channel)
-        except (RedisError, OSError):
-            await self._reset()
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.get_running_loop().create_task(self._read())
+    def _lost(self, exc: BaseException) -> None:
+        log.debug("status subscription lost: %r", exc)
+        self._broken = True
 
     async def _reset(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
+        self._broken = False
         if pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(Exception):
                 await pubsub.aclose()
 
     def _wake_all(self) -> None:
@@ -73,26 +90,28 @@ class StatusNotifier:
         failures = 0
         while self._waiters:
             try:
-                if self._pubsub is None:
+                if self._pubsub is None or self._broken:
                     async with self._lock:
+                        await self._reset()
+                        if not self._waiters:
+                            break
                         self._pubsub = self._redis.pubsub()
                         await self._pubsub.subscribe(*self._waiters)
                     self._wake_all()  # whatever happened meanwhile: re-check
                 msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 failures = 0
-            except (RedisError, OSError) as exc:
+            except Exception as exc:
                 failures += 1
-                log.debug("status subscription lost: %s", exc)
-                await self._reset()
+                self._lost(exc)
                 self._wake_all()
                 await asyncio.sleep(min(0.05 * 2**failures, 1.0))
                 continue
-            if msg is None or msg.get("type") != "message":
+            if not isinstance(msg, dict) or msg.get("type") != "message":
                 continue
-            channel = msg["channel"]
+            channel = msg.get("channel")
             if isinstance(channel, bytes):
-                channel = channel.decode()
-            for event in self._waiters.get(channel, ()):
+                channel = channel.decode(errors="replace")
+            for event in self._waiters.get(str(channel), ()):
                 event.set()
 
     async def close(self) -> None:

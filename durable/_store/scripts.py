@@ -67,6 +67,7 @@ return {#due, nd, now}
 #   ndeleg, [key index, then k v ...]          (HSET the partition's delegated-instances hash)
 #   nundeleg, [key index, then k ...]          (HDEL from it)
 #   ndlq, [dlq key index, maxlen, then per entry: nfields, k v ...]   (dead letters)
+#   nfin, [finished index key index, then per instance: member, score ('' = ZREM)]
 #   trim ('1' to XTRIM the inbox up to new_cursor)
 #   audit ('1': XADD lease, prev and new cursor to the last key, the partition's audit stream)
 # Returns {1, outbox ids...} | {-1} fenced | {-2, cursor} cursor moved | {-3, i} version conflict
@@ -188,6 +189,15 @@ if ndl > 0 then
     redis.call('XADD', dlq, 'MAXLEN', '~', maxlen, '*', unpack(f))
   end
 end
+local nfin = tonumber(nxt())
+if nfin > 0 then
+  local fin = KEYS[tonumber(nxt())]
+  for i = 1, nfin do
+    local member = nxt(); local score = nxt()
+    if score == '' then redis.call('ZREM', fin, member)
+    else redis.call('ZADD', fin, tonumber(score), member) end
+  end
+end
 if nxt() == '1' then redis.call('XTRIM', KEYS[3], 'MINID', newc) end
 if nxt() == '1' then  -- test builds: an audit trail of every accepted commit (last key)
   redis.call('XADD', KEYS[#KEYS], '*', 'lease', lease, 'prev', prev, 'new', newc)
@@ -204,7 +214,8 @@ local st = redis.call('HGET', KEYS[1], 'status')
 if st and st ~= 'COMPLETED' and st ~= 'FAILED' and st ~= 'TERMINATED' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'PENDING', 'name', ARGV[3], 'input', ARGV[4], 'created', ARGV[2],
            'updated', ARGV[2], 'exec', ARGV[8])
-redis.call('HDEL', KEYS[1], 'output', 'failure', 'custom', 'scheduled', 'parent', 'ver', 'wi', 'pk')
+redis.call('HDEL', KEYS[1], 'output', 'failure', 'custom', 'scheduled', 'parent', 'pending', 'ver', 'wi',
+           'pk')
 if ARGV[10] == '1' then redis.call('HSET', KEYS[1], 'ver', ARGV[11]) end
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'scheduled', ARGV[5])
@@ -226,20 +237,21 @@ redis.call('XADD', KEYS[2], '*', 'm', ARGV[1])
 return 1
 """
 
-# Client purge. KEYS: instance hash, history, index, blob set, then the blobs the caller read from
-# the set ; ARGV: instance id, number of blobs  ->  1 purged, 0 not found, -1 not terminal,
-# -2 the blob set changed (read it again)
+# Client purge. KEYS: instance hash, history, index, blob set, finished index, then the blobs the
+# caller read from the set ; ARGV: instance id, number of blobs  ->  1 purged, 0 not found,
+# -1 not terminal, -2 the blob set changed (read it again)
 PURGE = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 0 end
 if st ~= 'COMPLETED' and st ~= 'FAILED' and st ~= 'TERMINATED' then return -1 end
 if redis.call('SCARD', KEYS[4]) ~= tonumber(ARGV[2]) then return -2 end
-for i = 5, #KEYS do
+for i = 6, #KEYS do
   if redis.call('SISMEMBER', KEYS[4], KEYS[i]) == 0 then return -2 end
 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
-for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
+for i = 6, #KEYS do redis.call('DEL', KEYS[i]) end
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
 return 1
 """
 
@@ -259,4 +271,44 @@ n = n + 1
 if n > tonumber(ARGV[3]) and left == 0 then left = tonumber(ARGV[4]) end
 redis.call('HSET', KEYS[2], 'recov', cur .. '|' .. n .. '|' .. left)
 return {n, left}
+"""
+
+# A partition owner's purge batch (retention, or a purge_orchestrations request).
+# KEYS: 1 lease, 2 state, 3 index, 4 finished index, then per instance: hash, history, blob set,
+#       then the blobs the caller read from the set
+# ARGV: lease, state field of the request ('' = none), its new value ('' = HDEL), n,
+#       then per instance: id, required status ('' = any terminal one), number of blobs
+# Each instance is purged only if it is terminal (with that status) and its blob set is what the
+# caller read; an instance that is not terminal leaves the finished index (it runs again).
+# -> {1, purged ids...} | {-1} fenced
+PURGE_BATCH = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1} end
+local out = {1}
+local k, a = 5, 5
+for i = 1, tonumber(ARGV[4]) do
+  local hk, lk, bs = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  local iid, want, nb = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local st = redis.call('HGET', hk, 'status')
+  local terminal = st == 'COMPLETED' or st == 'FAILED' or st == 'TERMINATED'
+  local same = redis.call('SCARD', bs) == nb
+  for j = 1, nb do
+    if same and redis.call('SISMEMBER', bs, KEYS[k + 2 + j]) == 0 then same = false end
+  end
+  if terminal and (want == '' or want == st) and same then
+    redis.call('DEL', hk, lk, bs)
+    for j = 1, nb do redis.call('DEL', KEYS[k + 2 + j]) end
+    redis.call('ZREM', KEYS[3], iid)
+    redis.call('ZREM', KEYS[4], iid)
+    out[#out + 1] = iid
+  elseif not terminal then
+    redis.call('ZREM', KEYS[4], iid)
+  end
+  k = k + 3 + nb
+  a = a + 3
+end
+if ARGV[2] ~= '' then
+  if ARGV[3] == '' then redis.call('HDEL', KEYS[2], ARGV[2])
+  else redis.call('HSET', KEYS[2], ARGV[2], ARGV[3]) end
+end
+return out
 """

@@ -1,4 +1,6 @@
-"""The store: the only code that talks to Redis.
+"""The store of one hub: the typed Redis operations of the worker and the client. With the rest of
+the ``_store`` package (scripts, keys, queries, notifications) it is the only code that talks to
+Redis; the layers above reach Redis only through it.
 
 Typed async methods over redis.asyncio; no business logic. Multi-key operations only ever touch
 keys of one partition (one hash tag), so the same code runs on Redis Cluster.
@@ -20,6 +22,7 @@ from .._config import ENV_AUDIT
 from .._core.serialization import BLOB_REF_PREFIX, is_blob_ref, pack_record, unpack_record
 from . import scripts as _scripts
 from .autopipe import AutoPipeline
+from .errors import TypedScripts, typed_error
 from .keys import DEFAULT_PARTITIONS, FORMAT_VERSION, HubKeys, PartitionKeys, partition_of
 from .notify import StatusNotifier
 from .resp import pack_command
@@ -94,6 +97,8 @@ class CommitPlan:
     #: whose delegated step came back
     delegated: dict[str, bytes] = field(default_factory=dict)
     undelegated: list[str] = field(default_factory=list)
+    #: the finished-instance index: instance id -> when it finished (ms), or None to remove it
+    finished: dict[str, int | None] = field(default_factory=dict)
     trim: bool = True
 
 
@@ -136,6 +141,7 @@ class Store(TaskStreams, WorkStreams):
         self._register(client)
 
     def _register(self, client: Any) -> None:
+        client = TypedScripts(client)  # error replies typed on Redis 6.2 too
         self._acquire = client.register_script(_scripts.ACQUIRE)
         self._renew = client.register_script(_scripts.RENEW)
         self._release = client.register_script(_scripts.RELEASE)
@@ -381,6 +387,12 @@ class Store(TaskStreams, WorkStreams):
             args.append(DEAD_LETTER_MAXLEN)
             for entry in plan.dead_letters:
                 args.extend(_flat(entry))
+        args.append(len(plan.finished))
+        if plan.finished:
+            keys.append(pk.finished)
+            args.append(len(keys))
+            for member, finished_ms in plan.finished.items():
+                args.extend((member, "" if finished_ms is None else finished_ms))
         args.append("1" if plan.trim else "0")
         args.append("1" if self.audit else "0")
         if self.audit:
@@ -457,8 +469,10 @@ class Store(TaskStreams, WorkStreams):
             for _ in publish:
                 await conn.read_response()
             return res
-        except BaseException:
+        except BaseException as exc:
             await conn.disconnect()
+            if isinstance(exc, ResponseError) and (typed := typed_error(exc)) is not exc:
+                raise typed from exc
             raise
         finally:
             await pool.release(conn)
@@ -616,7 +630,14 @@ class Store(TaskStreams, WorkStreams):
         blob_set = pk.blobs(instance_id)
         while True:
             blobs = sorted(b.decode() for b in await self.redis.smembers(blob_set))
-            keys = [pk.instance(instance_id), pk.history(instance_id), pk.instances, blob_set, *blobs]
+            keys = [
+                pk.instance(instance_id),
+                pk.history(instance_id),
+                pk.instances,
+                blob_set,
+                pk.finished,
+                *blobs,
+            ]
             res = int(await self._call_script(self._purge, keys, [instance_id, len(blobs)]))
             if res != -2:
                 return res
@@ -667,7 +688,13 @@ class Store(TaskStreams, WorkStreams):
             for raw in commands:
                 name, *rest = _unpack_command(raw)
                 pipe.execute_command(name.decode(), *rest)
-            return list(await pipe.execute(raise_on_error=raise_errors))
+            try:
+                replies = list(await pipe.execute(raise_on_error=raise_errors))
+            except ResponseError as exc:
+                if (typed := typed_error(exc)) is exc:
+                    raise
+                raise typed from exc
+            return [typed_error(r) if isinstance(r, ResponseError) else r for r in replies]
         pool = self.redis.connection_pool
         conn = await pool.get_connection()
         try:
@@ -678,8 +705,9 @@ class Store(TaskStreams, WorkStreams):
                 try:
                     replies.append(await conn.read_response())
                 except ResponseError as exc:  # keep reading: the other replies are on the wire
-                    error = error or exc
-                    replies.append(exc)
+                    typed = typed_error(exc)
+                    error = error or typed
+                    replies.append(typed)
             if error is not None and raise_errors:
                 raise error
             return replies

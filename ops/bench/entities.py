@@ -13,25 +13,25 @@ each step applies a batch of signals to an entity with one read and one write of
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 import uuid
-from typing import Any
+from pathlib import Path
 
 import anyio
 import redis
 
-from durable import AsyncClient, EntityContext, Worker, WorkerConfig
+from durable import AsyncClient, Worker, WorkerConfig
 from durable._core.serialization import decode
 from durable._embedded import EmbeddedRedis
 from durable._runtime.entity_step import EntityHalf
 from durable._store.keys import HubKeys, partition_of
 
-
-def counter(ctx: EntityContext, value: Any) -> Any:
-    if ctx.operation == "add":
-        ctx.set_state(ctx.get_state(0) + value)
-    return ctx.get_state(0)
+# the counter is the sample one (entities/counter.py); the repository root goes first on the
+# import path, or this file, which has the same name, would be imported instead of the package
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from entities.counter import counter
 
 
 def _send(url: str, hub: str, signals: list[tuple[str, int]], concurrency: int = 32) -> float:

@@ -7,8 +7,9 @@ accounts). Lease and visibility timings are short so faults heal within seconds.
 Run by the harness as ``python -m durable worker ops.chaos.app:worker``.
 
 Every activity execution appends one line to the side-effect ledger *before* it returns:
-``idempotency_key <TAB> logical id <TAB> attempt <TAB> pid``. The harness reads the ledger to
-count real executions without trusting anything the engine records.
+``idempotency_key <TAB> logical id <TAB> delivery <TAB> pid`` (``delivery``: how often this attempt
+was delivered, more than 1 after a worker died running it). The harness reads the ledger to count
+real executions without trusting anything the engine records.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _record(ctx: ActivityContext, logical_id: str) -> None:
     global _ledger
     if _ledger is None:
         _ledger = redis.Redis.from_url(os.environ["LEDGER_URL"])
-    line = f"{ctx.idempotency_key}\t{logical_id}\t{ctx.attempt}\t{os.getpid()}"
+    line = f"{ctx.idempotency_key}\t{logical_id}\t{ctx.delivery}\t{os.getpid()}"
     for attempt in range(50):  # the ledger server is never faulted; retry only transient errors
         try:
             _ledger.rpush(_LEDGER_KEY, line)
@@ -85,7 +86,11 @@ if os.environ.get("CHAOS_ENTITIES") == "1":
 
     def account(ctx: Any, value: Any) -> Any:
         """A bank account: ``add`` applies a delta; no de-duplication here, so a doubly applied
-        operation shows in the final balance and operation count."""
+        operation shows in the final balance and operation count.
+
+        Deliberately not the sample ``entities.bank.Account``: the oracle needs the count of
+        applications next to the balance, and signed deltas that are never refused (the workload
+        model predicts every balance without modelling refusals)."""
         state = ctx.get_state({"balance": workload.ACCOUNT_START, "ops": 0})
         if ctx.operation == "add":
             state["balance"] += value["delta"]

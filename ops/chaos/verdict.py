@@ -175,7 +175,8 @@ class Verdict:
                     continue
                 if e.get("k") == "TaskScheduled" and name == "input":
                     logical_id = value.get("id") if isinstance(value, dict) else None
-                    scheduled_keys[f"{iid}:{exec_id}:{e['tid']}"] = logical_id
+                    call = e.get("call", e["tid"])  # a retry runs under its call's first task id
+                    scheduled_keys[f"{iid}:{exec_id}:{call}"] = logical_id
         if status not in TERMINAL:
             return False
         if status != "COMPLETED":

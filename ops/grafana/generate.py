@@ -169,6 +169,17 @@ def rows() -> list[Row]:
                     unit="ops",
                     stack=True,
                 ),
+                Panel(
+                    "Orchestrations purged",
+                    [
+                        Target(
+                            f"sum by (reason) (rate(durable_orchestrations_purged_total{{{SEL}}}[{RATE}]))",
+                            "{{reason}}",
+                        )
+                    ],
+                    unit="ops",
+                    description="Terminal instances purged by workers: retention, or purge_orchestrations.",
+                ),
             ],
         ),
         Row(

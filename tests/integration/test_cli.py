@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import queue
 import re
+import shutil
 import signal
+import site
 import subprocess
 import sys
 import threading
 import time
+import tomllib
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +24,7 @@ import pytest
 from _redis import connect, free_port
 
 from durable import Client, OrchestrationStatus, Worker, WorkerConfig
+from durable._embedded import DEFAULT_DATA_DIR, embedded_redis_status, stop_embedded_redis
 from durable.cli import main
 from orchestrations import patterns
 
@@ -518,3 +523,135 @@ def test_serve_runs_the_ops_server_without_a_worker(redis_url: str, hub: str) ->
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# ------------------------------------------------------------------------------------------------
+# durable demo: the entity patterns, the embedded Redis, an installed wheel
+
+ENTITY_TITLES = (
+    "entity: counter",
+    "entity: overdraw rolls back",
+    "entity: transfers (locks)",
+    "entity: scheduled signal",
+    "entity: signals an entity",
+    "entity: IoT readings (XADD)",
+)
+
+
+def test_demo_runs_the_entity_patterns_and_deletes_their_entities(redis_url: str, hub: str) -> None:
+    res = _durable("demo", "--redis-url", redis_url, "--hub", hub, "--fan-out", "20", timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    for title in ENTITY_TITLES:
+        assert re.search(rf"^  {re.escape(title)}\s+COMPLETED\s+ok\s", out, re.MULTILINE), title
+    assert "12 concurrent transfers" in out and "total still 300" in out
+    assert "balance still 100" in out and "8 readings from 3 devices" in out
+    assert "Orchestrations: All 8 patterns behaved as expected." in out
+    assert "Entities: All 6 patterns behaved as expected." in out
+    assert "Embedded Redis" not in out  # the given Redis is not the demo's to mention
+    # the demo deletes the entities it used, and purges the orchestrations (transfers included)
+    assert _keys(redis_url, f"durable:{{{hub}:*}}:e:*") == []
+    assert _keys(redis_url, f"durable:{{{hub}:*}}:i:*") == []
+
+
+def test_demo_on_the_embedded_redis_says_where_it_runs_and_how_to_stop_it(tmp_path: Path) -> None:
+    data = tmp_path / DEFAULT_DATA_DIR
+    try:
+        res = _durable("demo", "--quiet", "--fan-out", "5", cwd=tmp_path, timeout=120)
+        assert res.returncode == 0, res.stdout + res.stderr
+        status = embedded_redis_status(data)
+        assert status.running  # the demo leaves it running, by design ...
+        out = res.stdout
+        assert f"Embedded Redis: still running at {status.url} (pid {status.pid})" in out
+        assert f"data in {data.resolve()}" in out  # ... and says where, why and how to stop it
+        assert "durable serve" in out and "'durable redis stop'" in out
+        assert _durable("redis", "status", cwd=tmp_path).returncode == 0
+        stop = _durable("redis", "stop", cwd=tmp_path)
+        assert stop.returncode == 0, stop.stderr
+        assert not embedded_redis_status(data).running
+        assert _durable("redis", "status", cwd=tmp_path).returncode == 1
+    finally:
+        stop_embedded_redis(data)
+
+
+def _copy_sources(destination: Path) -> Path:
+    """The files a wheel is built from (pyproject's package patterns) copied to ``destination``, so
+    that the build neither writes into the checkout nor picks up a stale build/ folder."""
+    config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    destination.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO_ROOT / name, destination / name)
+    packages = [
+        p.name
+        for p in REPO_ROOT.iterdir()
+        if (p / "__init__.py").is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in patterns)
+    ]
+    assert {"durable", "orchestrations", "entities"} <= set(packages)
+    for name in packages:
+        shutil.copytree(REPO_ROOT / name, destination / name, ignore=ignore)
+    return destination
+
+
+def _dependency_dirs() -> list[str]:
+    """Where this interpreter's installed packages (the wheel's dependencies) are."""
+    dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    return [d for d in dict.fromkeys(dirs) if Path(d).is_dir()]
+
+
+@pytest.mark.slow
+def test_demo_runs_from_an_installed_wheel_outside_the_checkout(
+    tmp_path: Path, redis_url: str, hub: str
+) -> None:
+    sources = _copy_sources(tmp_path / "src")
+    dist, target, elsewhere = tmp_path / "dist", tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    built = subprocess.run(
+        [*pip, "wheel", "--no-deps", "-q", "-w", str(dist), "."],
+        cwd=sources,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    [wheel] = dist.glob("durable-*.whl")
+    installed = subprocess.run(
+        [*pip, "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    script = target / "bin" / "durable"
+    assert script.is_file()
+    env = _env(PYTHONPATH=os.pathsep.join([str(target), *_dependency_dirs()]))
+    # the installed copies are the ones imported: nothing comes from the checkout
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import durable, entities, orchestrations as o\n"
+            "print(durable.__file__, entities.__file__, o.__file__)",
+        ],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert all(Path(f).is_relative_to(target) for f in probe.stdout.split()), probe.stdout
+    res = subprocess.run(
+        [str(script), "demo", "--redis-url", redis_url, "--hub", hub, "--fan-out", "20"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Orchestrations: All 8 patterns behaved as expected." in res.stdout
+    assert "Entities: All 6 patterns behaved as expected." in res.stdout
+    assert not (elsewhere / ".durable").exists()  # the given Redis was used

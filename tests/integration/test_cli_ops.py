@@ -11,11 +11,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -23,9 +25,10 @@ from urllib.parse import unquote
 import anyio
 import pytest
 from _redis import RedisServer, free_port
+from anyio.from_thread import start_blocking_portal
 
 from durable import AsyncClient, Worker, WorkerConfig
-from durable._ops.server import OpsApp, Request
+from durable._ops.server import OpsApp, Request, serve_ops
 from durable.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -174,6 +177,8 @@ COMMANDS = [
             "suspend",
             "resume",
             "purge",
+            "rewind",
+            "restart",
         )
     ),
     ["entity"],
@@ -222,6 +227,8 @@ def test_usage_errors_exit_2(cli: Callable[..., Result]) -> None:
         (["orchestration", "describe"], "required"),
         (["entity", "get", "bad@name", "k"], "'@'"),
         (["entity", "signal", "counter", "k", "add", "--input", "five"], "invalid JSON"),
+        (["entity", "signal", "counter", "k", "add", "--input", "NaN"], "NaN is not valid JSON"),
+        (["orchestration", "start", "greetings", "--input", "[1e400]"], "out of range"),
         (["partitions", "--output", "yaml"], "invalid choice"),
     ]
     for args, message in cases:
@@ -495,6 +502,49 @@ def test_raise_event_suspend_resume_terminate_purge(cli: Callable[..., Result]) 
     assert cli("orchestration", "describe", iid)[0] == 1
 
 
+def test_rewind_restart_and_purge_by_filter(cli: Callable[..., Result]) -> None:
+    failed = f"broken-{uuid.uuid4().hex[:8]}"
+    cli("orchestration", "start", "broken", "--id", failed)
+    _wait_completed(cli, failed, "FAILED")
+    code, out, _ = cli("orchestration", "rewind", failed, "--reason", "try again")
+    assert code == 0 and "Rewound" in out  # applied (the broken code fails again by itself)
+    kinds = [e["kind"] for e in _json(cli("orchestration", "history", failed, "--output", "json"))]
+    assert kinds.count("ExecutionRewound") == 1
+
+    done = f"greet-{uuid.uuid4().hex[:8]}"
+    cli("orchestration", "start", "greetings", "--id", done, "--input", '["Ada"]', "--wait")
+    code, _, err = cli("orchestration", "rewind", done)
+    assert code == 1 and "only a FAILED" in err
+    assert _json(cli("orchestration", "restart", done, "--output", "json")) == {
+        "instance_id": done,
+        "restarted": done,
+    }
+    _wait_completed(cli, done)
+    copy = _json(cli("orchestration", "restart", done, "--new-id", "--output", "json"))["instance_id"]
+    assert copy != done and _wait_completed(cli, copy)["input"] == ["Ada"]
+
+    code, _, err = cli("orchestration", "purge")
+    assert code == 2 and "filters" in err
+    code, _, err = cli("orchestration", "purge", done, "--status", "COMPLETED")
+    assert code == 2 and "not both" in err
+    code, _, err = cli("orchestration", "purge", "--status", "RUNNING")
+    assert code == 2 and "terminal" in err
+    code, _, err = cli("orchestration", "purge", "--older-than", "soon")
+    assert code == 2 and "duration" in err
+    code, out, _ = cli(
+        "orchestration", "purge", "--status", "FAILED", "--name", "broken", "--older-than", "1h"
+    )
+    assert code == 0 and out.strip() == "Purged 0 orchestrations."  # none is that old
+    assert (
+        _json(cli("orchestration", "purge", "--status", "FAILED", "--name", "broken", "--output", "json"))[
+            "purged"
+        ]
+        >= 1
+    )
+    assert cli("orchestration", "describe", failed)[0] == 1
+    assert cli("orchestration", "purge", done, "--no-recursive")[0] == 0
+
+
 @pytest.mark.parametrize("fmt", ["table", "json"])
 def test_not_found_exits_1(cli: Callable[..., Result], fmt: str) -> None:
     missing = f"missing-{uuid.uuid4().hex[:8]}"
@@ -505,6 +555,8 @@ def test_not_found_exits_1(cli: Callable[..., Result], fmt: str) -> None:
         ["suspend", missing],
         ["resume", missing],
         ["purge", missing],
+        ["rewind", missing],
+        ["restart", missing],
     ):
         code, out, err = cli("orchestration", *args, "--output", fmt)
         assert code == 1, args
@@ -635,6 +687,7 @@ DOCTOR_CHECKS = {
     "hub",
     "format",
     "leases",
+    "ops-token",
 }
 
 
@@ -658,6 +711,55 @@ def test_doctor_on_the_fixture_redis(cli: Callable[..., Result]) -> None:
     _assert_aligned(lines[: lines.index("")])
     assert any(line.startswith("OK      maxmemory-policy  noeviction") for line in lines)
     assert lines[-1].endswith("0 FAIL")
+
+
+@asynccontextmanager
+async def _ops_server(redis_url: str, hub: str, host: str, token: str | None) -> AsyncIterator[int]:
+    """An ops server (no worker) for the hub; yields its port."""
+    async with AsyncClient(redis_url, hub) as client, anyio.create_task_group() as tg:
+        port = await tg.start(serve_ops, None, client, host, 0, token)
+        yield port
+        tg.cancel_scope.cancel()
+
+
+def test_doctor_warns_about_an_ops_server_without_a_token(
+    env: tuple[str, str], cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """doctor asks the ops server (GET /v1/hub without a token) whether it lets anyone in."""
+    redis_url, hub = env
+    monkeypatch.delenv("DURABLE_OPS_TOKEN", raising=False)
+    with start_blocking_portal() as portal:
+        for token, status, says in (
+            (None, "WARN", "without a token"),
+            ("doc-token", "OK", "requires a token"),
+        ):
+            with portal.wrap_async_context_manager(_ops_server(redis_url, hub, "127.0.0.1", token)) as port:
+                url = f"http://127.0.0.1:{port}"
+                report = _json(cli("doctor", "--output", "json", "--ops-url", url))
+                check = {c["name"]: c for c in report["checks"]}["ops-token"]
+                assert check["status"] == status, check
+                assert url in check["detail"] and says in check["detail"]
+                assert report["ok"] is True  # a WARN, not a FAIL
+                code, out, _ = cli("doctor", "--ops-url", url)
+                assert code == 0
+                assert any(line.startswith(f"{status:<8}ops-token") for line in out.splitlines()), out
+
+        # without --ops-url, doctor asks the live workers' hosts, on the port of $DURABLE_OPS_PORT
+        host = socket.gethostname()
+        try:
+            socket.getaddrinfo(host, None)
+        except OSError:
+            pytest.skip(f"this machine's host name {host!r} does not resolve")
+        with portal.wrap_async_context_manager(_ops_server(redis_url, hub, "0.0.0.0", None)) as port:
+            monkeypatch.setenv("DURABLE_OPS_PORT", str(port))
+            report = _json(cli("doctor", "--output", "json"))
+            check = {c["name"]: c for c in report["checks"]}["ops-token"]
+            assert check["status"] == "WARN", check
+            assert f"http://{host}:{port}" in check["detail"]
+    # nothing answers there any more: not judged
+    report = _json(cli("doctor", "--output", "json", "--ops-url", f"http://127.0.0.1:{port}"))
+    check = {c["name"]: c for c in report["checks"]}["ops-token"]
+    assert check["status"] == "OK" and check["detail"].startswith("not checked")
 
 
 @pytest.mark.standalone_only

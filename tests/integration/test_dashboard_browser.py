@@ -221,6 +221,8 @@ async def test_dashboard_in_headless_chromium(redis_url: str, hub: str, chromium
                     page.locator('[data-testid="history-event"][data-kind="ExecutionTerminated"]')
                 ).to_have_count(1)
                 await expect(page.get_by_test_id("action-purge")).to_be_enabled()
+                await expect(page.get_by_test_id("action-restart")).to_be_enabled()
+                await expect(page.get_by_test_id("action-rewind")).to_be_disabled()  # only FAILED ones
 
                 # purge it (confirmed), back to the list without it
                 await page.get_by_test_id("action-purge").click()

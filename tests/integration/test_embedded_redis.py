@@ -309,3 +309,96 @@ def test_shared_redis_url_and_hub(redis_url: str, hub: str) -> None:
         client.delete(f"{hub}:probe")
     finally:
         client.close()
+
+
+# --------------------------------------------------------------------------- durable redis status|stop
+
+
+def _durable_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DURABLE_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "durable", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_status_of_the_embedded_redis_reads_and_starts_nothing(shared_dir: Path) -> None:
+    missing = _embedded.embedded_redis_status(shared_dir)
+    assert not missing.running and missing.url is None and missing.pid is None
+    assert not shared_dir.exists()  # looking created nothing
+    url = ensure_embedded_redis(shared_dir)
+    record = _record(shared_dir)
+    assert record is not None
+    status = _embedded.embedded_redis_status(shared_dir)
+    assert status.running and status.url == url and status.pid == record["pid"]
+    assert status.data_dir == shared_dir.resolve() and status.redis_server == record["redis_server"]
+    assert status.started_at == record["started_at"]
+    os.kill(int(record["pid"]), signal.SIGKILL)  # a crash leaves a stale record behind
+    assert _embedded._wait_pid_gone(int(record["pid"]), time.monotonic() + 10)
+    stale = _embedded.embedded_redis_status(shared_dir)
+    assert not stale.running and stale.url is None
+
+
+def test_cli_redis_status_and_stop(shared_dir: Path, tmp_path: Path) -> None:
+    folder = str(shared_dir)
+    url = ensure_embedded_redis(shared_dir)
+    record = _record(shared_dir)
+    assert record is not None
+    pid = int(record["pid"])
+
+    res = _durable_cli("redis", "status", "--data-dir", folder, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert re.search(r"^Embedded Redis:\s+running$", res.stdout, re.MULTILINE)
+    assert url in res.stdout and re.search(rf"^PID:\s+{pid}$", res.stdout, re.MULTILINE)
+    assert str(shared_dir.resolve()) in res.stdout
+    res = _durable_cli("redis", "status", "--data-dir", folder, "--output", "json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["running"] is True and data["url"] == url and data["pid"] == pid
+    assert data["data_dir"] == str(shared_dir.resolve()) and data["started_at"].endswith("Z")
+
+    res = _durable_cli("redis", "stop", "--data-dir", folder, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert f"Stopped the embedded Redis (pid {pid}, {url})" in res.stdout
+    assert _embedded._wait_pid_gone(pid, time.monotonic() + 10)
+    with pytest.raises(redis.ConnectionError):
+        _client(url).ping()
+    assert (shared_dir / "appendonly.aof").exists() or (shared_dir / "appendonlydir").is_dir()  # data kept
+
+    res = _durable_cli("redis", "status", "--data-dir", folder, cwd=tmp_path)
+    assert res.returncode == 1
+    assert re.search(r"^Embedded Redis:\s+not running$", res.stdout, re.MULTILINE)
+    res = _durable_cli("redis", "status", "--data-dir", folder, "--output", "json", cwd=tmp_path)
+    assert res.returncode == 1 and json.loads(res.stdout)["running"] is False
+
+
+def test_cli_redis_stop_when_none_runs(tmp_path: Path) -> None:
+    never = tmp_path / "never started"
+    res = _durable_cli("redis", "stop", "--data-dir", str(never), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "No embedded Redis is running" in res.stdout and "nothing to stop" in res.stdout
+    res = _durable_cli("redis", "status", "--data-dir", str(never), cwd=tmp_path)
+    assert res.returncode == 1 and "not running" in res.stdout
+    assert not never.exists()
+
+
+def test_cli_redis_defaults_to_the_folder_the_embedded_redis_uses(tmp_path: Path) -> None:
+    default = tmp_path / _embedded.DEFAULT_DATA_DIR
+    try:
+        url = ensure_embedded_redis(default)
+        res = _durable_cli("redis", "status", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert url in res.stdout and str(default.resolve()) in res.stdout
+        res = _durable_cli("redis", "stop", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert "Stopped the embedded Redis" in res.stdout
+        assert not _embedded.embedded_redis_status(default).running
+    finally:
+        stop_embedded_redis(default)
+
+
+@pytest.mark.parametrize("argv", [["redis"], ["redis", "restart"], ["redis", "stop", "--timeout", "soon"]])
+def test_cli_redis_usage_errors_exit_2(argv: list[str], tmp_path: Path) -> None:
+    res = _durable_cli(*argv, cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import anyio
 import pytest
@@ -33,7 +33,8 @@ class Procs:
         self.url, self.hub, self.delay, self.direct = url, hub, delay, direct
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self) -> subprocess.Popen[bytes]:
+    def spawn(self, *args: str, stderr: IO[str] | None = None) -> subprocess.Popen[bytes]:
+        """Start a worker process; ``args`` are added to its command line."""
         env = dict(os.environ)
         env.update(
             DURABLE_REDIS_URL=self.url,
@@ -52,9 +53,11 @@ class Procs:
                 "fixtures.engine_app:worker",
                 "--log-level",
                 "warning",
+                *args,
             ],
             env=env,
             cwd=str(TESTS),
+            stderr=stderr,
         )
         self.procs.append(proc)
         return proc
@@ -379,3 +382,73 @@ def test_ambiguous_commits_and_lost_replies_are_harmless(
             assert state.output == 4 + sum(range(1, 5))
             check_history(client.get_orchestration_history(iid))
     assert injected["before"] > 5 and injected["after"] > 5, injected
+
+
+# -- stopping with an activity that hangs ----------------------------------------------------------
+def _start_hung_activity(
+    procs: Procs, client: Client, ledger: Any, log: IO[str], drain_timeout: float
+) -> tuple[subprocess.Popen[bytes], str, str]:
+    """A worker process running an activity that blocks until the test releases it."""
+    proc = procs.spawn("--log-level", "info", "--drain-timeout", str(drain_timeout), stderr=log)
+    key = f"hang:{procs.hub}"
+    iid = client.schedule_new_orchestration("waits_for_hang", input=key)
+    _poll(lambda: ledger.llen(f"{key}:started") == 1, 60, "the activity to start")
+    return proc, key, iid
+
+
+def _redelivered_and_completed(
+    procs: Procs, client: Client, ledger: Any, key: str, iid: str, first: subprocess.Popen[bytes]
+) -> None:
+    """The task the stopped worker abandoned runs again on a second worker and completes."""
+    second = procs.spawn()
+    _poll(lambda: ledger.llen(f"{key}:started") == 2, 60, "the task to be delivered again")
+    assert ledger.lrange(f"{key}:started", 0, -1) == [str(p.pid).encode() for p in (first, second)]
+    ledger.rpush(key, "go")
+    state = client.wait_for_orchestration_completion(iid, timeout=60)
+    assert state.runtime_status == OrchestrationStatus.COMPLETED, state.failure_details
+    assert state.output == "released"
+    check_history(client.get_orchestration_history(iid))
+
+
+def test_sigterm_with_a_hung_activity_exits_after_the_drain_timeout(
+    redis_url: str, hub: str, tmp_path: Path
+) -> None:
+    """The activity would block for 120 s: the worker still exits 0 once the 1 s drain timeout
+    has passed, says it handed the task back, and the task then completes on another worker."""
+    procs = Procs(redis_url, hub, delay=0.0)
+    ledger = connect(_ledger_url(redis_url))
+    try:
+        with open(tmp_path / "worker.log", "w") as log, Client(redis_url, hub=hub) as client:
+            first, key, iid = _start_hung_activity(procs, client, ledger, log, drain_timeout=1)
+            first.send_signal(signal.SIGTERM)
+            assert first.wait(timeout=30) == 0  # not when the activity returns
+            text = (tmp_path / "worker.log").read_text()
+            assert "SIGTERM: draining" in text
+            assert "1 unfinished activity task(s) handed back for redelivery" in text, text
+            assert "in-flight work drained" not in text
+            _redelivered_and_completed(procs, client, ledger, key, iid, first)
+    finally:
+        procs.close()
+        ledger.close()
+
+
+@pytest.mark.parametrize("again", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_second_signal_with_a_hung_activity_exits_at_once(
+    redis_url: str, hub: str, tmp_path: Path, again: signal.Signals
+) -> None:
+    """During a 60 s drain a second signal stops the worker at once (exit 1), the hung activity
+    notwithstanding; its task is not lost."""
+    procs = Procs(redis_url, hub, delay=0.0)
+    ledger = connect(_ledger_url(redis_url))
+    try:
+        with open(tmp_path / "worker.log", "w") as log, Client(redis_url, hub=hub) as client:
+            first, key, iid = _start_hung_activity(procs, client, ledger, log, drain_timeout=60)
+            first.send_signal(signal.SIGTERM)
+            _poll(lambda: "SIGTERM: draining" in (tmp_path / "worker.log").read_text(), 30, "the drain")
+            first.send_signal(again)
+            assert first.wait(timeout=30) == 1  # neither after the drain timeout nor the activity
+            assert f"{again.name} again: stopping without waiting" in (tmp_path / "worker.log").read_text()
+            _redelivered_and_completed(procs, client, ledger, key, iid, first)
+    finally:
+        procs.close()
+        ledger.close()

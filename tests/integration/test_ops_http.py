@@ -168,7 +168,8 @@ class Ops:
             all_headers.setdefault("Authorization", f"Bearer {self.token}")
         if json_body is not None:
             data = json.dumps(json_body).encode()
-            all_headers.setdefault("Content-Type", "application/json")
+        if method not in ("GET", "HEAD"):
+            all_headers.setdefault("Content-Type", "application/json")  # writes must declare JSON
         url = f"http://127.0.0.1:{self.port}{path}"
         return await anyio.to_thread.run_sync(_urllib, url, method, data, all_headers)
 
@@ -486,7 +487,7 @@ async def test_bad_requests(redis_url: str, hub: str) -> None:
         # bodies over 2 MB: refused from the Content-Length, without reading the body ...
         head = (
             f"POST /v1/orchestrations/greetings HTTP/1.1\r\nHost: x\r\n"
-            f"Content-Length: {MAX_BODY_BYTES + 1}\r\n\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {MAX_BODY_BYTES + 1}\r\n\r\n"
         ).encode()
         error(await ops.raw(head), 413, "payload_too_large")
         # ... and also when the client sends it all
@@ -509,7 +510,8 @@ async def test_bad_requests(redis_url: str, hub: str) -> None:
 
         # Expect: 100-continue is honoured
         reply = await ops.raw(
-            b"POST /v1/orchestrations/greetings HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 7\r\n\r\n"
+            b"POST /v1/orchestrations/greetings HTTP/1.1\r\nExpect: 100-continue\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 7\r\n\r\n"
             b'["Eve"]'
         )
         assert reply.status == 100  # the interim response comes first ...
@@ -782,3 +784,53 @@ async def test_dashboard_page_is_served(redis_url: str, hub: str) -> None:
         html = reply.body.decode()
         assert 'id="instances-table"' in html and 'id="history-timeline"' in html
         assert "http://" not in html and "https://" not in html  # self-contained, no CDN
+
+
+async def test_lifecycle_routes(redis_url: str, hub: str) -> None:
+    async with ops_stack(redis_url, hub) as ops:
+        client = ops.client
+        broken_id = (await ops.post("/v1/orchestrations/broken")).json()["instance_id"]
+        done_id = (await ops.post("/v1/orchestrations/greetings", json_body=["Ada"])).json()["instance_id"]
+        for iid in (broken_id, done_id):
+            await client.wait_for_orchestration_completion(iid, timeout=20)
+
+        # rewind: the broken code fails again by itself, but the rewind was applied
+        reply = await ops.post(f"/v1/orchestrations/{broken_id}/rewind", json_body={"reason": "retry"})
+        assert reply.status == 200 and reply.json()["applied"] is True
+        history = (await ops.get(f"/v1/orchestrations/{broken_id}/history")).json()
+        assert [e["kind"] for e in history].count("ExecutionRewound") == 1
+        reply = await ops.post(f"/v1/orchestrations/{done_id}/rewind")
+        assert reply.status == 409 and reply.json()["error"] == "cannot_rewind"
+        assert (await ops.post("/v1/orchestrations/nope/rewind")).status == 404
+
+        # restart: under the same id, and under a new one
+        reply = await ops.post(f"/v1/orchestrations/{done_id}/restart")
+        assert reply.status == 202 and reply.json() == {"instance_id": done_id, "restarted": done_id}
+        again = await client.wait_for_orchestration_completion(done_id, timeout=20)
+        assert again.output == ["Hello Ada!"]
+        reply = await ops.post(f"/v1/orchestrations/{done_id}/restart?new_instance_id=true")
+        new_id = reply.json()["instance_id"]
+        assert reply.status == 202 and new_id != done_id and reply.headers["location"].endswith(new_id)
+        assert (await client.wait_for_orchestration_completion(new_id, timeout=20)).input == ["Ada"]
+        await ops.post("/v1/orchestrations/approval?instance_id=life-wait")
+        await client.wait_for_orchestration_start("life-wait", timeout=20)
+        assert (await ops.post("/v1/orchestrations/life-wait/restart")).status == 409
+        assert (await ops.post("/v1/orchestrations/life-wait/restart?new_instance_id=maybe")).status == 400
+
+        # terminate without its sub-orchestrations; purge by filter
+        assert (await ops.post("/v1/orchestrations/life-wait/terminate?recursive=false")).status == 202
+        await client.wait_for_orchestration_completion("life-wait", timeout=20)
+        reply = await ops.post("/v1/orchestrations/purge", json_body={"status": ["RUNNING"]})
+        assert reply.status == 400 and reply.json()["error"] == "invalid_status"
+        reply = await ops.post("/v1/orchestrations/purge", json_body={"status": "nope"})
+        assert reply.status == 400
+        reply = await ops.post("/v1/orchestrations/purge", json_body={"created_to": "yesterday"})
+        assert reply.status == 400 and reply.json()["error"] == "invalid_body"
+        reply = await ops.post(
+            "/v1/orchestrations/purge", json_body={"status": ["COMPLETED"], "name": "greetings"}
+        )
+        assert reply.status == 200 and reply.json() == {"purged": 2}
+        assert (await ops.get(f"/v1/orchestrations/{done_id}")).status == 404
+        reply = await ops.post("/v1/orchestrations/purge", json_body={})
+        assert reply.status == 200 and reply.json() == {"purged": 2}  # the failed and the terminated one
+        assert await client.get_orchestration_state(broken_id) is None

@@ -68,15 +68,35 @@ def _block(marker: str) -> str:
     return next(b for b in blocks if marker in b)
 
 
-def test_readme_deploy_example_runs(redis_url: str, hub: str, tmp_path: Path) -> None:
-    script = tmp_path / "deploy.py"
-    script.write_text(_block("is_patched"))
+def _run_block(marker: str, redis_url: str, hub: str, tmp_path: Path) -> list[str]:
+    script = tmp_path / "example.py"
+    script.write_text(_block(marker))
     env = dict(os.environ, DURABLE_REDIS_URL=redis_url, DURABLE_HUB=hub, PYTHONPATH=str(REPO))
     out = subprocess.run(
         [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["v1", "v2"]
+    return out.stdout.splitlines()
+
+
+def test_readme_retry_and_timeout_example_runs(redis_url: str, hub: str, tmp_path: Path) -> None:
+    lines = _run_block("heartbeat_details", redis_url, hub, tmp_path)
+    assert len(lines) == 2 and lines[1] == "declined"
+    assert "attempt 3" in lines[0] and ":0, attempt" in lines[0]  # one key: the call's first task
+    assert "imported rows 1 to 1000" in lines[0]
+
+
+def test_readme_lifecycle_example_runs(redis_url: str, hub: str, tmp_path: Path) -> None:
+    assert _run_block("rewind_orchestration", redis_url, hub, tmp_path) == [
+        "FAILED True",
+        "courier booked with label for parcel-7",
+        "courier booked with label for parcel-7",
+        "0",
+    ]
+
+
+def test_readme_deploy_example_runs(redis_url: str, hub: str, tmp_path: Path) -> None:
+    assert " ".join(_run_block("is_patched", redis_url, hub, tmp_path)).split() == ["v1", "v2"]
 
 
 def test_readme_testing_example_passes(tmp_path: Path) -> None:

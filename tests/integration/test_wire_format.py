@@ -105,6 +105,8 @@ def test_parse_signal_event_and_start() -> None:
         ({"kind": "event", "target": "@counter@k"}, "needs an orchestration instance id"),
         ({"data": "{not json"}, "field 'data' is not valid JSON (enc=json)"),
         ({"data": "NaN"}, "field 'data' is not valid JSON (enc=json)"),
+        ({"data": "[1e400]"}, "out of range for a number"),
+        ({"data": "[" * 100_000 + "]" * 100_000}, "nested too deeply"),
         ({"enc": "xml"}, "unknown encoding 'xml'"),
         ({"enc": "msgpack", "data": b"\xc1"}, "not valid msgpack"),
         ({"at": "soon"}, "field 'at' must be an integer"),

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import base64
+import hashlib
+import json
+import re
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import NAMESPACE, RELEASE, template_args
 
 yaml = pytest.importorskip("yaml")
 
@@ -148,7 +156,11 @@ def test_defaults(render: Render) -> None:
         "maxUnavailable": 1,
     }
     assert "checksum/secret" in deployment["spec"]["template"]["metadata"]["annotations"]
-    assert "DURABLE_OPS_TOKEN" not in env_of(worker(manifests))
+    # the ops API is protected by default, with a token the chart generates
+    secret = one(manifests, "Secret")
+    assert env_of(worker(manifests))["DURABLE_OPS_TOKEN"] == {
+        "secretKeyRef": {"name": secret["metadata"]["name"], "key": "ops-token"}
+    }
     kinds = {m["kind"] for m in manifests}
     assert kinds == {"Deployment", "Service", "Secret", "ServiceAccount", "PodDisruptionBudget"}
 
@@ -238,6 +250,15 @@ def test_existing_secret(render: Render) -> None:
     ]
 
 
+def test_sidecar_switch(render: Render) -> None:
+    manifests = render(DEFAULTS, sets=["sidecar.enabled=true", "sidecar.port=4002"])
+    container = worker(manifests)
+    assert container["args"] == ["sidecar", "--host", "0.0.0.0", "--port", "4002", "--ops-port", "9464"]
+    assert {"name": "grpc", "containerPort": 4002, "protocol": "TCP"} in container["ports"]
+    ports = one(manifests, "Service")["spec"]["ports"]
+    assert {"name": "grpc", "port": 4002, "targetPort": "grpc", "protocol": "TCP"} in ports
+
+
 def test_custom_resources(render: Render) -> None:
     manifests = render(CUSTOM_RESOURCES)
     deployment = one(manifests, "Deployment")
@@ -321,3 +342,205 @@ def test_keda_caps_and_defaults(render: Render) -> None:
 def test_optional_objects_off_by_default(render: Render) -> None:
     kinds = {m["kind"] for m in render(DEFAULTS)}
     assert not kinds & {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
+
+
+# -- the ops token ---------------------------------------------------------------------------------
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9]{40}")
+
+
+def rendered_secret_text(helm: Callable[..., Any], *args: str) -> tuple[str, str]:
+    """(the rendered text of templates/secret.yaml, the Deployment's checksum/secret) of a render."""
+    result = helm(*args)
+    assert result.returncode == 0, result.stderr
+    docs = result.stdout.split("\n---\n")
+    body = next(d for d in docs if "# Source: durable/templates/secret.yaml" in d).split("\n", 1)[1]
+    checksum = re.search(r"checksum/secret: ([0-9a-f]{64})", result.stdout)
+    assert checksum is not None
+    return body, checksum.group(1)
+
+
+def test_generated_ops_token(render: Render, helm: Callable[..., Any]) -> None:
+    manifests = render(DEFAULTS)
+    token = one(manifests, "Secret")["stringData"]["ops-token"]
+    assert TOKEN_PATTERN.fullmatch(token), token
+    # random per install (no cluster to read a previous one from here)
+    assert one(render(DEFAULTS), "Secret")["stringData"]["ops-token"] != token
+    # generated once per render: the pods' checksum is that of the Secret they get
+    body, checksum = rendered_secret_text(helm, *template_args([DEFAULTS], []))
+    body = body.strip("\n")  # helm trims the template's surrounding newlines differently
+    variants = {f"{head}{body}{tail}" for head in ("", "\n") for tail in ("", "\n")}
+    assert checksum in {hashlib.sha256(text.encode()).hexdigest() for text in variants}
+
+
+def test_explicit_ops_token_and_opting_out(render: Render) -> None:
+    manifests = render(DEFAULTS, sets=["opsToken.value=my-own token"])
+    assert one(manifests, "Secret")["stringData"]["ops-token"] == "my-own token"
+
+    manifests = render(DEFAULTS, sets=["opsToken.enabled=false", "serviceMonitor.enabled=true"])
+    assert "DURABLE_OPS_TOKEN" not in env_of(worker(manifests))
+    assert "ops-token" not in one(manifests, "Secret")["stringData"]
+    assert "authorization" not in one(manifests, "ServiceMonitor")["spec"]["endpoints"][0]
+
+    # an existing Secret (or a value) wins over enabled=false
+    manifests = render(DEFAULTS, sets=["opsToken.enabled=false", "opsToken.existingSecret=mine"])
+    assert env_of(worker(manifests))["DURABLE_OPS_TOKEN"] == {
+        "secretKeyRef": {"name": "mine", "key": "ops-token"}
+    }
+
+
+def test_prometheus_scrapes_metrics_with_the_generated_token(render: Render) -> None:
+    manifests = render(DEFAULTS, sets=["serviceMonitor.enabled=true"])
+    secret = one(manifests, "Secret")
+    endpoint = one(manifests, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["authorization"] == {
+        "type": "Bearer",
+        "credentials": {"name": secret["metadata"]["name"], "key": "ops-token"},
+    }
+    # the probes need no token
+    container = worker(manifests)
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert "httpHeaders" not in container["livenessProbe"]["httpGet"]
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["serviceMonitor.enabled=true", "serviceMonitor.useOpsToken=false"], "Prometheus would get 401"),
+        (["opsToken.value=   "], "opsToken.value must be printable ASCII and not only spaces"),
+        (["opsToken.value=p\u00e4ssw\u00f6rd"], "opsToken.value must be printable ASCII"),
+    ],
+)
+def test_invalid_ops_token_settings_fail(
+    render_error: Callable[..., str], sets: list[str], message: str
+) -> None:
+    assert message in render_error(DEFAULTS, sets=sets)
+
+
+class _FakeKubeAPI(BaseHTTPRequestHandler):
+    """Just enough of a Kubernetes API server for ``helm template --dry-run=server``: discovery,
+    and the objects of a previous install of release ``rel`` (only its Secret has content)."""
+
+    secret_token = "token-of-the-previous-install"
+    resources = {
+        "/api/v1": (
+            "v1",
+            [("secrets", "Secret"), ("services", "Service"), ("serviceaccounts", "ServiceAccount")],
+        ),
+        "/apis/apps/v1": ("apps/v1", [("deployments", "Deployment")]),
+        "/apis/policy/v1": ("policy/v1", [("poddisruptionbudgets", "PodDisruptionBudget")]),
+    }
+
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0]
+        body: dict[str, Any]
+        if path == "/version":
+            body = {"major": "1", "minor": "30", "gitVersion": "v1.30.0"}
+        elif path == "/api":
+            body = {"kind": "APIVersions", "versions": ["v1"]}
+        elif path == "/apis":
+            groups = [
+                {
+                    "name": group,
+                    "versions": [{"groupVersion": f"{group}/v1", "version": "v1"}],
+                    "preferredVersion": {"groupVersion": f"{group}/v1", "version": "v1"},
+                }
+                for group in ("apps", "policy")
+            ]
+            body = {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+        elif path in self.resources:
+            group_version, kinds = self.resources[path]
+            body = {
+                "kind": "APIResourceList",
+                "groupVersion": group_version,
+                "resources": [
+                    {
+                        "name": name,
+                        "singularName": kind.lower(),
+                        "namespaced": True,
+                        "kind": kind,
+                        "verbs": ["get"],
+                    }
+                    for name, kind in kinds
+                ],
+            }
+        elif path == f"/api/v1/namespaces/{NAMESPACE}/secrets/{FULLNAME}":
+            body = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {
+                    "name": FULLNAME,
+                    "namespace": NAMESPACE,
+                    "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                    "annotations": {
+                        "meta.helm.sh/release-name": RELEASE,
+                        "meta.helm.sh/release-namespace": NAMESPACE,
+                    },
+                },
+                "data": {
+                    "redis-url": base64.b64encode(b"redis://redis:6379/0").decode(),
+                    "ops-token": base64.b64encode(self.secret_token.encode()).decode(),
+                },
+            }
+        else:
+            self._reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404})
+            return
+        self._reply(200, body)
+
+    def _reply(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def kube_api() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeKubeAPI)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_generated_ops_token_is_kept_across_upgrades(helm_bin: Path, kube_api: str, tmp_path: Path) -> None:
+    """An upgrade reads the token back from the release's Secret (``lookup``) instead of
+    generating a new one, which would lock out every client and scraper holding the old one."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+    args = [
+        *template_args([DEFAULTS], []),
+        "--dry-run=server",
+        "--disable-openapi-validation",
+        "--kube-apiserver",
+        kube_api,
+        "--kubeconfig",
+        str(kubeconfig),
+    ]
+    result = subprocess.run(
+        [str(helm_bin), *args], capture_output=True, text=True, timeout=120, check=False, cwd=REPO_ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    manifests = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert one(manifests, "Secret")["stringData"]["ops-token"] == _FakeKubeAPI.secret_token
+    # an explicit value still wins
+    result = subprocess.run(
+        [str(helm_bin), *args, "--set", "opsToken.value=rotated"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    manifests = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert one(manifests, "Secret")["stringData"]["ops-token"] == "rotated"

@@ -22,6 +22,7 @@ METRICS_FILE = Path(metrics.__file__)
 EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "durable_orchestrations_started_total": ("counter", ("name",)),
     "durable_orchestrations_finished_total": ("counter", ("name", "status")),
+    "durable_orchestrations_purged_total": ("counter", ("reason",)),
     "durable_orchestration_duration_seconds": ("histogram", ("name", "status")),
     "durable_work_item_duration_seconds": ("histogram", ("kind",)),
     "durable_schedule_to_start_seconds": ("histogram", ("kind",)),
@@ -47,6 +48,7 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
 ATTRIBUTES: dict[str, str] = {
     "durable_orchestrations_started_total": "ORCHESTRATIONS_STARTED",
     "durable_orchestrations_finished_total": "ORCHESTRATIONS_FINISHED",
+    "durable_orchestrations_purged_total": "ORCHESTRATIONS_PURGED",
     "durable_orchestration_duration_seconds": "ORCHESTRATION_DURATION",
     "durable_work_item_duration_seconds": "WORK_ITEM_DURATION",
     "durable_schedule_to_start_seconds": "SCHEDULE_TO_START",

@@ -22,10 +22,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runtime", ("durable._runtime",)),
     ("api", ("durable._client", "durable._worker")),
     ("ops", ("durable._ops",)),
+    ("sidecar", ("durable._sidecar",)),
     ("cli", ("durable.cli", "durable._cli", "durable.__main__")),
     ("package", ("durable",)),
 ]
-CORE_FORBIDDEN = ("redis", "anyio", "prometheus_client")
+CORE_FORBIDDEN = ("redis", "anyio", "prometheus_client", "grpc", "durabletask", "google")
+#: the optional extra ``durable[sidecar]``: only the sidecar package may import these
+SIDECAR_ONLY = ("grpc", "durabletask", "google")
 
 
 def _module_name(path: Path) -> str:
@@ -217,3 +220,16 @@ def test_layer_is_not_empty(layer: str) -> None:
     graph, _ = _graph()
     index = [name for name, _ in LAYERS].index(layer)
     assert any(_layer(m) == index for m in graph)
+
+
+def test_only_the_sidecar_imports_the_protocol() -> None:
+    """grpc and durabletask are an optional extra: nothing outside ``durable._sidecar`` imports them
+    (the ``durable sidecar`` command loads the package by name when it runs)."""
+    _, external = _graph()
+    offenders = sorted(
+        f"{m} imports {x}"
+        for m, e in external.items()
+        for x in e
+        if x.split(".")[0] in SIDECAR_ONLY and not m.startswith("durable._sidecar")
+    )
+    assert offenders == []

@@ -661,8 +661,13 @@ def flaky(ctx: Any, _: Any) -> Any:
     return (yield ctx.call_activity("flaky", input="x", retry_policy=RETRY))
 
 
-def retry_timer(tid: int, fire_at: int, ts: int) -> ev.Event:
-    return {"k": ev.TIMER_CREATED, "fire_at": fire_at, "retry": True, "tid": tid, "ts": ts}
+def retry_timer(tid: int, fire_at: int, ts: int, call: int = 0) -> ev.Event:
+    return {"k": ev.TIMER_CREATED, "fire_at": fire_at, "retry": True, "call": call, "tid": tid, "ts": ts}
+
+
+def retry_scheduled(tid: int, attempt: int, ts: int, call: int = 0) -> ev.Event:
+    """A retry of call ``call``: the same call id (stable idempotency key), its attempt number."""
+    return {**task_scheduled(tid, "flaky", "x"), "call": call, "attempt": attempt, "ts": ts}
 
 
 def test_failed_attempt_schedules_a_retry_timer_then_a_new_attempt(runner: Callable[..., Run]) -> None:
@@ -674,7 +679,7 @@ def test_failed_attempt_schedules_a_retry_timer_then_a_new_attempt(runner: Calla
     assert without_eid(failed.actions) == [retry_timer(1, T1 + 5_000, T1)]
 
     retry = run.step(T1 + 5_000, timer_fired(1, T1 + 5_000))
-    assert without_eid(retry.actions) == [{**task_scheduled(2, "flaky", "x"), "ts": T1 + 5_000}]
+    assert without_eid(retry.actions) == [retry_scheduled(2, 2, T1 + 5_000)]
 
     done = run.step(T1 + 6_000, task_completed(2, "finally"))
     assert done.status == Status.COMPLETED
@@ -686,16 +691,12 @@ def test_exhausted_retries_fail_the_call(runner: Callable[..., Run]) -> None:
     run.start()
     assert without_eid(run.step(T1, task_failed(0, "boom 1")).actions) == [retry_timer(1, T1 + 5_000, T1)]
     t = T1 + 5_000
-    assert without_eid(run.step(t, timer_fired(1, t)).actions) == [
-        {**task_scheduled(2, "flaky", "x"), "ts": t}
-    ]
+    assert without_eid(run.step(t, timer_fired(1, t)).actions) == [retry_scheduled(2, 2, t)]
     # the second wait doubles (backoff coefficient 2)
     t += 1_000
     assert without_eid(run.step(t, task_failed(2, "boom 2")).actions) == [retry_timer(3, t + 10_000, t)]
     t += 10_000
-    assert without_eid(run.step(t, timer_fired(3, t)).actions) == [
-        {**task_scheduled(4, "flaky", "x"), "ts": t}
-    ]
+    assert without_eid(run.step(t, timer_fired(3, t)).actions) == [retry_scheduled(4, 3, t)]
 
     t += 1_000
     result = run.step(t, task_failed(4, "boom 3", "IOError"))  # the third and last attempt
@@ -863,10 +864,6 @@ def test_continue_as_new_carries_unconsumed_events_with_save_events(save_events:
     assert result.continue_as_new == (encode([1]), carried)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="executor bug: events after the continue-as-new point of a step are dropped, not carried",
-)
 def test_continue_as_new_carries_events_later_in_the_same_step() -> None:
     def orch(ctx: Any, seen: list[Any]) -> Any:
         tick = yield ctx.wait_for_external_event("tick")
@@ -877,10 +874,24 @@ def test_continue_as_new_carries_events_later_in_the_same_step() -> None:
     result = execute(orch, old, new)
 
     assert result.status == Status.CONTINUED_AS_NEW
-    # the second tick arrived in the same step, after the code consumed the first one; the
-    # executor stops applying events once the execution is done, so it is neither recorded nor
-    # carried, and the partition has already taken it out of the inbox: it is lost
+    # the second tick arrived in the same step, after the code consumed the first one: it is
+    # carried into the next execution (the partition has already taken it out of the inbox)
     assert result.continue_as_new == (encode([1]), [("tick", encode(2))])
+
+
+def test_a_terminate_after_the_continue_as_new_point_applies_to_the_next_execution() -> None:
+    def orch(ctx: Any, seen: list[Any]) -> Any:
+        tick = yield ctx.wait_for_external_event("tick")
+        ctx.continue_as_new([*seen, tick])
+
+    old = [orchestrator_started(T0), execution_started([])]
+    terminate = {"k": ev.EXECUTION_TERMINATED, "output": encode("stop")}
+    new = [orchestrator_started(T1), event_raised("tick", 1), terminate]
+    result = execute(orch, old, new)
+
+    assert result.status == Status.CONTINUED_AS_NEW
+    assert result.continue_as_new == (encode([1]), [])  # save_events=False: no events carried ...
+    assert [e["k"] for e in result.continue_with] == [ev.EXECUTION_TERMINATED]  # ... but the terminate is
 
 
 # -- entities --------------------------------------------------------------------------------------

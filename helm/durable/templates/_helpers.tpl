@@ -96,8 +96,41 @@ redis-url
 {{- end }}
 {{- end }}
 
+{{/*
+Whether the workers get an ops token: by default, unless opsToken.enabled is false and neither
+a value nor an existing Secret is given.
+*/}}
 {{- define "durable.opsTokenEnabled" -}}
-{{- if or .Values.opsToken.existingSecret .Values.opsToken.value }}true{{- end }}
+{{- if or .Values.opsToken.existingSecret .Values.opsToken.value .Values.opsToken.enabled }}true{{- end }}
+{{- end }}
+
+{{/*
+Whether the chart's own Secret holds the ops token (key ops-token).
+*/}}
+{{- define "durable.opsTokenFromChart" -}}
+{{- if and (include "durable.opsTokenEnabled" .) (not .Values.opsToken.existingSecret) }}true{{- end }}
+{{- end }}
+
+{{/*
+The ops token the chart stores: opsToken.value, else the one its Secret already holds (so an
+upgrade keeps it), else a new random one. Generated once per render (remembered in
+.Values.opsToken, which the schema has been checked against already), so the Secret and the
+pods' checksum annotation agree.
+*/}}
+{{- define "durable.opsToken" -}}
+{{- if .Values.opsToken.value }}
+{{- .Values.opsToken.value }}
+{{- else }}
+{{- if not (hasKey .Values.opsToken "generatedToken") }}
+{{- $token := "" }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "durable.secretName" .) }}
+{{- if $existing }}
+{{- $token = get ($existing.data | default dict) "ops-token" | default "" | b64dec }}
+{{- end }}
+{{- $_ := set .Values.opsToken "generatedToken" ($token | default (randAlphaNum 40)) }}
+{{- end }}
+{{- .Values.opsToken.generatedToken }}
+{{- end }}
 {{- end }}
 
 {{- define "durable.opsTokenSecretName" -}}
@@ -131,7 +164,7 @@ Whether KEDA needs a TriggerAuthentication, and where its password lives.
 Whether the chart must create its own Secret.
 */}}
 {{- define "durable.createSecret" -}}
-{{- if or (not .Values.redis.existingSecret) (and (not .Values.opsToken.existingSecret) .Values.opsToken.value) }}true{{- end }}
+{{- if or (not .Values.redis.existingSecret) (include "durable.opsTokenFromChart" .) }}true{{- end }}
 {{- end }}
 
 {{/*
@@ -237,6 +270,12 @@ Cross-field validation that the JSON schema cannot express.
 {{- end }}
 {{- if and (include "durable.kedaRedisPasswordFromChart" .) (contains "%" (include "durable.redisUrlPassword" .)) }}
 {{- fail "the Redis password in redis.url is percent-encoded; put it in a Secret and set keda.redisStreams.auth.existingSecret for KEDA" }}
+{{- end }}
+{{- if and .Values.opsToken.value (or (not (trim .Values.opsToken.value)) (not (regexMatch "^[ -~]*$" .Values.opsToken.value))) }}
+{{- fail "opsToken.value must be printable ASCII and not only spaces: a worker refuses any other token at start (no HTTP header could carry it, or it would turn authentication off). Leave it empty to have the chart generate one" }}
+{{- end }}
+{{- if and .Values.serviceMonitor.enabled (not .Values.serviceMonitor.useOpsToken) (include "durable.opsTokenEnabled" .) }}
+{{- fail "serviceMonitor.useOpsToken is false, but the ops token protects /metrics: Prometheus would get 401. Keep useOpsToken true, or turn the token off (opsToken.enabled=false, no value or existingSecret)" }}
 {{- end }}
 {{- $_ := include "durable.terminationGracePeriodSeconds" . }}
 {{- end }}

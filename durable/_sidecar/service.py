@@ -1,0 +1,311 @@
+"""The ``TaskHubSidecarService`` implementation: worker RPCs go to the dispatcher, client RPCs to
+the engine's client operations (:class:`durable.AsyncClient`)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
+
+import grpc
+from durabletask.internal import orchestrator_service_pb2 as pb
+from durabletask.internal import orchestrator_service_pb2_grpc as stubs
+from google.protobuf import empty_pb2, wrappers_pb2
+
+from .._client import AsyncClient
+from .._core import events as ev
+from .._core.model import OrchestrationAlreadyExistsError, OrchestrationNotFoundError, OrchestrationStatus
+from . import convert
+from .dispatch import Dispatcher
+
+log = logging.getLogger("durable.sidecar")
+
+#: the RPCs this sidecar answers with UNIMPLEMENTED, and why
+UNSUPPORTED: dict[str, str] = {
+    "RewindInstance": "rewinding a failed instance is not supported by this engine",
+    "ListInstanceIds": "use QueryInstances",
+    "StreamInstanceHistory": "history streaming is not supported (histories are sent whole)",
+    "CreateTaskHub": "a hub is created on first use; nothing to do",
+    "DeleteTaskHub": "delete a hub's keys in Redis (durable hub commands)",
+    "CompleteEntityTask": "entities run in durable workers only (SDK entity workers are not supported yet)",
+    "AbandonTaskEntityWorkItem": "entities run in durable workers only",
+    "QueryEntities": "querying entities over the protocol is not supported yet",
+    "CleanEntityStorage": "cleaning entity storage is not supported yet",
+    "SkipGracefulOrchestrationTerminations": "not supported",
+}
+_PING_SECONDS = 30.0
+
+
+def _ms(value: Any) -> _dt.datetime:
+    return value.ToDatetime(tzinfo=_dt.UTC)  # type: ignore[no-any-return]
+
+
+class SidecarService(stubs.TaskHubSidecarServiceServicer):  # type: ignore[misc]
+    """One hub behind the Durable Task protocol."""
+
+    def __init__(self, client: AsyncClient, dispatcher: Dispatcher) -> None:
+        self.client = client
+        self.dispatcher = dispatcher
+        for name, why in UNSUPPORTED.items():
+            setattr(self, name, self._unsupported(name, why))
+
+    @staticmethod
+    def _unsupported(name: str, why: str) -> Any:
+        async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"durable sidecar: {name}: {why}")
+            raise AssertionError("unreachable")
+
+        return handler
+
+    # -- worker RPCs -------------------------------------------------------------------------------
+    async def Hello(self, request: empty_pb2.Empty, context: Any) -> empty_pb2.Empty:
+        return empty_pb2.Empty()
+
+    async def GetWorkItems(self, request: pb.GetWorkItemsRequest, context: Any) -> AsyncIterator[pb.WorkItem]:
+        conn = await self.dispatcher.connect(request)
+        log.info("an SDK worker connected (%s)", context.peer())
+        try:
+            while not self.dispatcher.stopping:
+                try:
+                    item = await _wait_for(conn.queue.get(), _PING_SECONDS)
+                except TimeoutError:
+                    item = pb.WorkItem(healthPing=pb.HealthPing())
+                yield item
+        finally:
+            self.dispatcher.disconnect(conn)
+
+    async def CompleteOrchestratorTask(
+        self, request: pb.OrchestratorResponse, context: Any
+    ) -> pb.CompleteTaskResponse:
+        await self._complete(self.dispatcher.complete_orchestration(request), context)
+        return pb.CompleteTaskResponse()
+
+    async def CompleteActivityTask(
+        self, request: pb.ActivityResponse, context: Any
+    ) -> pb.CompleteTaskResponse:
+        await self._complete(self.dispatcher.complete_activity(request), context)
+        return pb.CompleteTaskResponse()
+
+    async def _complete(self, work: Any, context: Any) -> None:
+        try:
+            await work
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    async def AbandonTaskOrchestratorWorkItem(self, request: Any, context: Any) -> Any:
+        self.dispatcher.abandon(request.completionToken)
+        return pb.AbandonOrchestrationTaskResponse()
+
+    async def AbandonTaskActivityWorkItem(self, request: Any, context: Any) -> Any:
+        self.dispatcher.abandon(request.completionToken)
+        return pb.AbandonActivityTaskResponse()
+
+    # -- client RPCs -------------------------------------------------------------------------------
+    async def StartInstance(
+        self, request: pb.CreateInstanceRequest, context: Any
+    ) -> pb.CreateInstanceResponse:
+        start_at = (
+            _ms(request.scheduledStartTimestamp) if request.HasField("scheduledStartTimestamp") else None
+        )
+        try:
+            value = convert.json_value(convert.optional_text(request, "input"))
+            iid = await self.client.schedule_new_orchestration(
+                request.name, input=value, instance_id=request.instanceId or None, start_at=start_at
+            )
+        except OrchestrationAlreadyExistsError as exc:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return pb.CreateInstanceResponse(instanceId=iid)
+
+    async def GetInstance(self, request: pb.GetInstanceRequest, context: Any) -> pb.GetInstanceResponse:
+        state = await self.client.get_orchestration_state(request.instanceId)
+        return self._instance_response(state, request.getInputsAndOutputs)
+
+    @staticmethod
+    def _instance_response(state: Any, payloads: bool) -> pb.GetInstanceResponse:
+        if state is None:
+            return pb.GetInstanceResponse(exists=False)
+        return pb.GetInstanceResponse(exists=True, orchestrationState=convert.state_to_pb(state, payloads))
+
+    async def WaitForInstanceStart(
+        self, request: pb.GetInstanceRequest, context: Any
+    ) -> pb.GetInstanceResponse:
+        return await self._wait(request, context, self.client.wait_for_orchestration_start)
+
+    async def WaitForInstanceCompletion(
+        self, request: pb.GetInstanceRequest, context: Any
+    ) -> pb.GetInstanceResponse:
+        return await self._wait(request, context, self.client.wait_for_orchestration_completion)
+
+    async def _wait(self, request: pb.GetInstanceRequest, context: Any, wait: Any) -> pb.GetInstanceResponse:
+        if await self.client.get_orchestration_state(request.instanceId) is None:
+            return pb.GetInstanceResponse(exists=False)
+        remaining = context.time_remaining()
+        timeout = remaining if remaining is not None else 365 * 86400.0
+        try:
+            state = await wait(request.instanceId, timeout=max(timeout, 0.001))
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"timed out waiting for instance {request.instanceId!r}"
+            )
+        return self._instance_response(state, request.getInputsAndOutputs)
+
+    async def RaiseEvent(self, request: pb.RaiseEventRequest, context: Any) -> pb.RaiseEventResponse:
+        value = convert.json_value(convert.optional_text(request, "input"))
+        try:
+            await self.client.raise_orchestration_event(request.instanceId, request.name, data=value)
+        except OrchestrationNotFoundError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        return pb.RaiseEventResponse()
+
+    async def TerminateInstance(self, request: pb.TerminateRequest, context: Any) -> pb.TerminateResponse:
+        value = convert.json_value(convert.optional_text(request, "output"))
+        try:
+            await self._terminate(request.instanceId, value, request.recursive)
+        except OrchestrationNotFoundError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        return pb.TerminateResponse()
+
+    async def _terminate(self, instance_id: str, output: Any, recursive: bool) -> None:
+        if recursive:
+            for child in await self._children(instance_id):
+                state = await self.client.get_orchestration_state(child)
+                if state is not None and not state.runtime_status.is_terminal:
+                    await self._terminate(child, output, True)
+        await self.client.terminate_orchestration(instance_id, output=output)
+
+    async def _children(self, instance_id: str) -> list[str]:
+        history = await self.client.get_orchestration_history(instance_id)
+        return [str(e["iid"]) for e in history if e.get("k") == ev.SUB_CREATED and e.get("iid")]
+
+    async def SuspendInstance(self, request: pb.SuspendRequest, context: Any) -> pb.SuspendResponse:
+        reason = convert.optional_text(request, "reason")
+        try:
+            await self.client.suspend_orchestration(request.instanceId, reason=reason)
+        except OrchestrationNotFoundError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        return pb.SuspendResponse()
+
+    async def ResumeInstance(self, request: pb.ResumeRequest, context: Any) -> pb.ResumeResponse:
+        reason = convert.optional_text(request, "reason")
+        try:
+            await self.client.resume_orchestration(request.instanceId, reason=reason)
+        except OrchestrationNotFoundError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        return pb.ResumeResponse()
+
+    async def PurgeInstances(
+        self, request: pb.PurgeInstancesRequest, context: Any
+    ) -> pb.PurgeInstancesResponse:
+        if request.instanceId:
+            ids = [request.instanceId]
+        elif request.HasField("purgeInstanceFilter"):
+            f = request.purgeInstanceFilter
+            states = await self.client.list_orchestrations(
+                status=[convert.STATUS_FROM_PB[s] for s in f.runtimeStatus] or None,
+                created_from=_ms(f.createdTimeFrom) if f.HasField("createdTimeFrom") else None,
+                created_to=_ms(f.createdTimeTo) if f.HasField("createdTimeTo") else None,
+                limit=1_000_000,
+            )
+            ids = [s.instance_id for s in states if s.runtime_status.is_terminal]
+        else:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give an instance id or a filter")
+        count = 0
+        for iid in ids:
+            count += await self._purge(iid, request.recursive)
+        return pb.PurgeInstancesResponse(
+            deletedInstanceCount=count, isComplete=wrappers_pb2.BoolValue(value=True)
+        )
+
+    async def _purge(self, instance_id: str, recursive: bool) -> int:
+        children = await self._children(instance_id) if recursive else []
+        try:
+            count = int(await self.client.purge_orchestration(instance_id))
+        except ValueError:
+            return 0  # still running: not purged
+        for child in children:
+            count += await self._purge(child, True)
+        return count
+
+    async def RestartInstance(
+        self, request: pb.RestartInstanceRequest, context: Any
+    ) -> pb.RestartInstanceResponse:
+        state = await self.client.get_orchestration_state(request.instanceId)
+        if state is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no orchestration with id {request.instanceId!r}")
+            raise AssertionError("unreachable")
+        if not state.runtime_status.is_terminal:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"orchestration {request.instanceId!r} has not finished"
+            )
+        new_id = None if request.restartWithNewInstanceId else request.instanceId
+        iid = await self.client.schedule_new_orchestration(state.name, input=state.input, instance_id=new_id)
+        return pb.RestartInstanceResponse(instanceId=iid)
+
+    async def QueryInstances(
+        self, request: pb.QueryInstancesRequest, context: Any
+    ) -> pb.QueryInstancesResponse:
+        query = request.query
+        offset = int(query.continuationToken.value or 0) if query.HasField("continuationToken") else 0
+        size = query.maxInstanceCount or 100
+        statuses = [convert.STATUS_FROM_PB[s] for s in query.runtimeStatus]
+        if OrchestrationStatus.RUNNING.value in statuses:
+            statuses.append(OrchestrationStatus.CONTINUED_AS_NEW.value)
+        prefix = query.instanceIdPrefix.value if query.HasField("instanceIdPrefix") else ""
+        states = await self.client.list_orchestrations(
+            status=list(statuses) or None,
+            created_from=_ms(query.createdTimeFrom) if query.HasField("createdTimeFrom") else None,
+            created_to=_ms(query.createdTimeTo) if query.HasField("createdTimeTo") else None,
+            limit=offset + size + 1 if not prefix else 1_000_000,
+        )
+        states = [s for s in states if s.instance_id.startswith(prefix)]
+        page = states[offset : offset + size]
+        out = pb.QueryInstancesResponse(
+            orchestrationState=[convert.state_to_pb(s, query.fetchInputsAndOutputs) for s in page]
+        )
+        if len(states) > offset + size:
+            out.continuationToken.value = str(offset + size)
+        return out
+
+    # -- entities (native entities, from SDK clients) ---------------------------------------------
+    async def SignalEntity(self, request: pb.SignalEntityRequest, context: Any) -> pb.SignalEntityResponse:
+        value = convert.json_value(convert.optional_text(request, "input"))
+        at = _ms(request.scheduledTime) if request.HasField("scheduledTime") else None
+        try:
+            await self.client.signal_entity(
+                request.instanceId,
+                request.name,
+                input=value,
+                signal_at=at,
+                signal_id=request.requestId or None,
+            )
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return pb.SignalEntityResponse()
+
+    async def GetEntity(self, request: pb.GetEntityRequest, context: Any) -> pb.GetEntityResponse:
+        try:
+            state = await self.client.get_entity(request.instanceId)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if state is None:
+            return pb.GetEntityResponse(exists=False)
+        meta = pb.EntityMetadata(
+            instanceId=str(state.entity_id),
+            lastModifiedTime=convert.timestamp_of(state.last_modified_at),
+            backlogQueueSize=state.backlog,
+        )
+        if state.locked_by:
+            meta.lockedBy.value = state.locked_by
+        text = convert.to_json(state.state)
+        if request.includeState and text is not None:
+            meta.serializedState.value = text
+        return pb.GetEntityResponse(exists=True, entity=meta)
+
+
+async def _wait_for(awaitable: Any, timeout: float) -> Any:
+    import asyncio
+
+    return await asyncio.wait_for(awaitable, timeout)
