@@ -15,7 +15,7 @@ import anyio
 import redis.asyncio as aredis
 
 from durable import OrchestrationState, OrchestrationStatus
-from durable._cli.demo import Case, DemoRun, DemoSettings, Outcome, ScriptCase, expect
+from durable._cli.demo_cases import Case, DemoRun, DemoSettings, Outcome, ScriptCase, expect
 
 from . import register
 from .bank import ACCOUNT, transfer

@@ -1,22 +1,76 @@
 """The orchestration patterns' part of ``durable demo``: every pattern once (human interaction
-twice, retries twice), with the output each one should produce.
+twice, retries twice), with the output each one should produce, and the support agent of
+:mod:`orchestrations.agent` with its scripted model.
 
-``durable demo`` (:mod:`durable._cli.demo`) imports this module, registers the patterns on its
-in-process worker with :func:`register` and runs :func:`cases`.
+``durable demo`` (:mod:`durable._cli.demo`) imports this module, registers the patterns and the
+agent on its in-process worker with :func:`register` and runs :func:`cases`.
 """
 
 from __future__ import annotations
 
-from durable import OrchestrationStatus
-from durable._cli.demo import Case, DemoSettings, OrchestrationCase, Outcome, expect
+from typing import Any
 
-from . import patterns
-from .patterns import register
+from durable import OrchestrationStatus, Worker
+from durable._cli.demo_cases import (
+    Case,
+    DemoRun,
+    DemoSettings,
+    OrchestrationCase,
+    Outcome,
+    ScriptCase,
+    expect,
+)
+from durable.agents import SESSION_ENTITY, ScriptedModel
+
+from . import agent, patterns
 
 __all__ = ["GROUP", "cases", "register"]
 
 #: The name of these patterns in the demo's summary.
 GROUP = "Orchestrations"
+
+#: The sample support agent, always with its scripted model here (offline and deterministic).
+DEMO_AGENT = agent.build_agent(ScriptedModel(agent.SCRIPT))
+#: Generous: the demo's own timeout bounds every wait.
+_WAIT_S = 3600.0
+
+
+def register(worker: Worker) -> Worker:
+    """Register the patterns and the demo's support agent on ``worker``; returns it."""
+    patterns.register(worker)
+    return DEMO_AGENT.register(worker)
+
+
+async def support_agent_script(run: DemoRun) -> dict[str, Any]:
+    """One turn of the support agent: it looks the order up, asks for a refund, which waits for
+    the supervisor (played by the demo), then answers."""
+    session = run.entity(SESSION_ENTITY, "support").key  # the session entity, deleted at the end
+    turn = run.key("support-turn")
+    for instance_id in DEMO_AGENT.instance_ids(turn):
+        run.track(instance_id)
+    await DEMO_AGENT.start_turn_async(run.client, session, agent.QUESTION, turn_id=turn)
+    run.progress("the model asks for tools")
+    pending = await DEMO_AGENT.wait_for_approvals_async(run.client, session, turn_id=turn, timeout=_WAIT_S)
+    for call in pending:
+        run.progress(f"supervisor approves {call['name']} of {call['arguments'].get('amount')}")
+        await DEMO_AGENT.approve_async(run.client, session, call["id"])
+    reply = await DEMO_AGENT.wait_turn_async(run.client, turn, timeout=_WAIT_S)
+    history = await DEMO_AGENT.history_async(run.client, session)
+    return {
+        "tools": [(c["name"], c["status"]) for c in reply.tool_calls],
+        "approved": [c["name"] for c in pending],
+        "results": [c["result"] for c in reply.tool_calls],
+        "text": reply.text,
+        "messages": len(history),
+    }
+
+
+def _agent_text(o: Outcome) -> str:
+    refund = o.output["results"][-1]
+    return (
+        f"looked order 7 up, refund of {refund['refunded']} approved and paid ({refund['reference']}), "
+        f"answered; {o.output['messages']} messages in the session"
+    )
 
 
 def cases(settings: DemoSettings) -> list[Case]:
@@ -128,5 +182,18 @@ def cases(settings: DemoSettings) -> list[Case]:
             describe=lambda o: f"gave up: {o.failure}" if o.failure else "failed",
             hint="calling a flaky service: fails 5 times, only 2 attempts allowed",
             expected_status=OrchestrationStatus.FAILED,
+        ),
+        ScriptCase(
+            "agent",
+            "AI agent: tools and approval",
+            support_agent_script,
+            check=lambda o: expect(
+                o.output["tools"] == [("lookup_order", "ok"), ("refund", "ok")]
+                and o.output["approved"] == ["refund"]
+                and o.output["text"] == agent.SCRIPT[-1],
+                f"got {o.output!r}",
+            ),
+            describe=_agent_text,
+            hint="a support agent (scripted model) with a tool that needs approval",
         ),
     ]

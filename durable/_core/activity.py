@@ -112,6 +112,14 @@ class ActivityContext:
         if self._monitor is not None:
             self._monitor.heartbeat(data)
 
+    def _with_key(self, idempotency_key: str) -> ActivityContext:
+        """This context with another idempotency key (an activity that runs several idempotent
+        pieces of work, such as an agent's tool calls, gives each its own key)."""
+        copy = ActivityContext.__new__(ActivityContext)
+        copy.__dict__.update(self.__dict__)
+        copy._idempotency_key = idempotency_key
+        return copy
+
     def __repr__(self) -> str:
         return (
             f"ActivityContext(orchestration_id={self._orchestration_id!r}, task_id={self._task_id}, "

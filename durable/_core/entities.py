@@ -330,6 +330,8 @@ class EntityRecord:
     lock: list[str] | None = None
     queue: list[dict[str, Any]] = field(default_factory=list)
     recent: list[tuple[int, bytes]] = field(default_factory=list)
+    #: operations of a remotely executed entity: waiting, or out in a work item (see remote_entities)
+    remote: list[Any] = field(default_factory=list)
     modified: int = 0
     version: int = 0
     control_version: int = 0
@@ -349,6 +351,8 @@ class EntityRecord:
             raw = control.get(b"q")
             rec.queue = list(unpack_record(raw)) if raw else []
             rec.recent = list(_RECENT.iter_unpack(control.get(b"r", b"")))
+            raw = control.get(b"x")
+            rec.remote = list(unpack_record(raw)) if raw else []
             rec.control_version = int(control.get(b"v", b"0"))
             rec.work = control.get(b"w", b"").decode()
             raw = control.get(b"p")
@@ -365,6 +369,7 @@ class EntityRecord:
             "l": pack_record(self.lock) if self.lock else b"",
             "q": pack_record(self.queue) if self.queue else b"",
             "r": b"".join(_RECENT.pack(ts, fp) for ts, fp in self.recent),
+            "x": pack_record(self.remote) if self.remote else b"",
         }
         if self.work or self.parked:  # only while a batch runs elsewhere
             fields.update(w=self.work.encode(), p=pack_record(self.parked))
@@ -515,7 +520,7 @@ class EntityBatch:
         rec, result = self.record, self.result
         kind = msg["kind"]
         op = str(msg.get("op", ""))
-        if self.impl is None:
+        if self._missing():
             reason = f"no entity named {self.entity_id.name!r} is registered (target {self.target})"
             if kind == ev.MSG_CALL:
                 self._respond(msg, None, FailureDetails(reason, "EntityNotFoundError"))
@@ -534,6 +539,15 @@ class EntityBatch:
                 for _, old in rec.recent[: -self.window]:
                     self._seen.discard(old)
                 del rec.recent[: -self.window]
+        self._execute(msg, kind, op)
+
+    def _missing(self) -> bool:
+        """Whether no code runs this entity (its operations fail, or are dead-lettered)."""
+        return self.impl is None
+
+    def _execute(self, msg: dict[str, Any], kind: str, op: str) -> None:
+        """Run one operation that passed the lock and de-duplication checks."""
+        rec, result = self.record, self.result
         ctx = self._ctx
         ctx._begin(op, rec.state)
         try:

@@ -40,7 +40,7 @@ A token of only whitespace, or with characters a header cannot carry, is refused
 Writes (POST, DELETE) must send ``Content-Type: application/json`` and must not come from a
 page of another site (see :func:`~durable._ops.http.check_write`), token or not. The health
 probes never wait for a request slot, and no connection takes one before it has sent its request
-head (see :class:`~durable._ops.http.Limits`).
+head (see :class:`~durable._ops.transport.Limits`).
 
 ``GET /metrics`` first refreshes the gauges only this server can see: the activity slots of the
 worker and, for the partitions it owns, their inbox backlog, oldest message age and pending timers.
@@ -95,9 +95,9 @@ from .http import (
     json_response,
     resolve,
     resolve_token,
-    serve,
     unauthorized,
 )
+from .transport import serve
 from .views import history_event_json, state_json, to_json_value
 
 __all__ = [

@@ -30,6 +30,7 @@ from .._core.entities import (
     held_locks,
 )
 from .._core.registry import capability
+from .._core.remote_entities import RemoteEntityBatch
 from .._core.serialization import pack_record
 from .._store.keys import partition_of
 from .._store.store import RecordWrite
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from .._store.store import Store
     from .capabilities import CapabilityView
     from .instances import Instance
+    from .remote import RemoteRoutes
     from .telemetry import Telemetry
 
 log = logging.getLogger("durable.entities")
@@ -82,6 +84,14 @@ class EntityHalf:
         self.metrics = metrics
         self.caps = caps
         self._steps: weakref.WeakKeyDictionary[StepState, _StepEntities] = weakref.WeakKeyDictionary()
+        #: which entities remote executors run (set by the runtime; None: no remote execution)
+        self.routes: RemoteRoutes | None = None
+
+    def _remote(self, name: str) -> bool:
+        """Whether the entity ``name`` runs in a remote executor (not registered here)."""
+        if name in self.registry.entities or self.routes is None:
+            return False
+        return self.routes.can_run_entity(name)
 
     def _step(self, step: StepState) -> _StepEntities:
         st = self._steps.get(step)
@@ -97,10 +107,12 @@ class EntityHalf:
         st = self._step(step)
         if not entity_ids:
             return
-        missing = {t.partition("@")[2].partition("@")[0].lower() for t in entity_ids}
+        missing = {t[1:].partition("@")[0].lower() for t in entity_ids}
         missing = {name for name in missing if name not in self.registry.entities}
         if any(not self.caps.recent(capability("e", name)) for name in missing):
             await self.caps.refresh()  # a worker that has it may have started since the last heartbeat
+        if self.routes is not None and any(not self._remote(n) for n in missing):
+            await self.routes.refresh()  # an SDK executor may have just connected: re-read the table
         keys: list[str] = []
         for target in entity_ids:
             keys.append(step.keys.entity(target))
@@ -138,8 +150,15 @@ class EntityHalf:
         if impl is None and self.caps.recent(capability("e", entity_id.name)):
             self._delegate(step, entity_id, loaded, msgs)  # a live worker has the code: it runs there
             return
-        batch = EntityBatch(entity_id, impl, loaded.record, step.now, self.dedup_window, self.dedup_seconds)
-        self._absorb(step, entity_id, impl is not None, loaded, batch.run(msgs))
+        remote = impl is None and self._remote(entity_id.name)  # a Durable Task SDK runs it
+        kind = RemoteEntityBatch if remote else EntityBatch
+        batch = kind(entity_id, impl, loaded.record, step.now, self.dedup_window, self.dedup_seconds)
+        result = batch.run(msgs)
+        if isinstance(batch, RemoteEntityBatch) and batch.dispatched and self.routes is not None:
+            body = {"eid": target, "token": batch.dispatched, "name": entity_id.name}
+            dst = self.routes.workitems.keys.entities
+            step.plan.outbox.append({"dst": dst, "m": pack_record(body)})
+        self._absorb(step, entity_id, impl is not None or remote, loaded, result)
 
     def _delegate(self, step: StepState, entity_id: EntityId, loaded: _Loaded, msgs: list[Message]) -> None:
         """Send the batch to the work stream of the entity: a worker that has its code runs it."""
@@ -279,6 +298,9 @@ class EntityHalf:
             }
             if kind == ev.ENTITY_CALLED:
                 msg["rid"], msg["orch"] = action["rid"], inst.iid
+            elif action.get("at") is not None:  # a delayed signal (Durable Task SDK orchestrations)
+                msg["at"] = int(action["at"])
+                msg["id"] = str(action.get("rid") or f"{inst.iid}:{action['tid']}")
             if action.get("cs"):
                 msg["cs"] = action["cs"]
             step.route(target, msg)
@@ -292,10 +314,15 @@ class EntityHalf:
             # every action kind the executor can produce is routed above or by the partition
             raise ValueError(f"no route for orchestration action {kind!r}")
 
-    def on_orchestration_end(self, step: StepState, inst: Instance) -> None:
+    def on_orchestration_end(
+        self, step: StepState, inst: Instance, history: list[ev.Event] | None = None
+    ) -> None:
         """Release the locks an ending execution still holds or waits for (sent at flush, after the
-        step's other messages, so a release never overtakes its own lock request)."""
-        history = inst.history
+        step's other messages, so a release never overtakes its own lock request). ``history``:
+        the execution's history when it has no local executor (remote execution); by default the
+        history this worker knows (its executor's, or the one of a step run elsewhere)."""
+        if history is None:
+            history = inst.history
         if not history:
             return
         st = self._step(step)

@@ -32,6 +32,10 @@ __all__ = [
     "ACTIVITY_DURATION",
     "ACTIVITY_EXECUTIONS",
     "ACTIVITY_STATUSES",
+    "AGENT_APPROVALS_WAITING",
+    "AGENT_MODEL_CALLS",
+    "AGENT_TOOL_CALLS",
+    "AGENT_TOOL_STATUSES",
     "BUILD_INFO",
     "CONTENT_TYPE",
     "ENTITY_OPERATIONS",
@@ -74,6 +78,8 @@ MetricKind = Literal["counter", "gauge", "histogram"]
 WORK_ITEM_KINDS: Final[tuple[str, ...]] = ("orchestration", "entity", "activity")
 #: Label values of ``durable_activity_executions_total{status}``.
 ACTIVITY_STATUSES: Final[tuple[str, ...]] = ("completed", "failed")
+#: Label values of ``durable_agent_tool_calls_total{status}``.
+AGENT_TOOL_STATUSES: Final[tuple[str, ...]] = ("ok", "error", "denied")
 #: Label values of ``durable_lease_events_total{event}``.
 LEASE_EVENT_NAMES: Final[tuple[str, ...]] = ("acquired", "lost", "released", "renew_failed")
 #: Label values of ``durable_replay_cache_events_total{event}``.
@@ -264,6 +270,25 @@ METRIC_DEFINITIONS: Final[tuple[MetricDefinition, ...]] = (
         ("state",),
     ),
     MetricDefinition(
+        "durable_agent_model_calls_total",
+        "counter",
+        "Model calls made by durable agents (every attempt), by agent name and outcome "
+        "(completed or failed).",
+        ("agent", "status"),
+    ),
+    MetricDefinition(
+        "durable_agent_tool_calls_total",
+        "counter",
+        "Tool calls of durable agents, by agent name, tool name and outcome (ok, error or denied).",
+        ("agent", "tool", "status"),
+    ),
+    MetricDefinition(
+        "durable_agent_approvals_waiting",
+        "gauge",
+        "Tool calls waiting for a person's approval, by agent name, in the turns this worker runs.",
+        ("agent",),
+    ),
+    MetricDefinition(
         "durable_build_info",
         "gauge",
         "Build information; always 1, labelled with the durable and Python versions.",
@@ -329,6 +354,9 @@ REPLAY_CACHE_SIZE: Final[Gauge] = _gauge("durable_replay_cache_size")
 NONDETERMINISM_ERRORS: Final[Counter] = _counter("durable_nondeterminism_errors_total")
 ORCHESTRATIONS_WAITING_FOR_VERSION: Final[Gauge] = _gauge("durable_orchestrations_waiting_for_version")
 WORKER_SLOTS: Final[Gauge] = _gauge("durable_worker_slots")
+AGENT_MODEL_CALLS: Final[Counter] = _counter("durable_agent_model_calls_total")
+AGENT_TOOL_CALLS: Final[Counter] = _counter("durable_agent_tool_calls_total")
+AGENT_APPROVALS_WAITING: Final[Gauge] = _gauge("durable_agent_approvals_waiting")
 BUILD_INFO: Final[Gauge] = _gauge("durable_build_info")
 
 

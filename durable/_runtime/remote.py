@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._core import events as ev
+from .._core.entities import held_locks
 from .._core.executor import StepResult
 from .._core.model import FailureDetails, OrchestrationStatus
+from .._core.remote_entities import MSG_REMOTE_RESULT
 from .._core.serialization import pack_record, unpack_record
-from .._store.workitems import ANY_NAME, WorkItemStore
+from .._store.workitems import ANY_ENTITY, ANY_NAME, ENTITY_PREFIX, WorkItemStore
 from .instances import carried_events, reply_to_parent, started_event, to_event
 
 if TYPE_CHECKING:
@@ -38,8 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("durable.remote")
 
-#: inbox message kind: an executor's reply to an orchestration work item
-MSG_REMOTE_RESULT = "remote_result"
+__all__ = ["MSG_REMOTE_RESULT", "RemoteOrchestrations", "RemoteRoutes", "RemoteState"]
 #: an advertised name counts for this long after the executor last advertised it
 ADVERTISEMENT_TTL_MS = 24 * 3600 * 1000
 
@@ -54,6 +55,22 @@ class RemoteState:
     ts: int = 0
     #: history events of the current execution (the next event id)
     length: int = 0
+    #: the execution's entity lock events (which critical section it holds or waits for)
+    locks: list[ev.Event] = field(default_factory=list)
+
+    def track(self, event: ev.Event) -> None:
+        if event.get("k") in _LOCK_EVENTS:
+            self.locks.append(event)
+
+    def section_of(self, target: str) -> str | None:
+        """The request id of the granted critical section that holds ``target``, if any."""
+        for rid, entities, granted in held_locks(self.locks):
+            if granted and target in entities:
+                return rid
+        return None
+
+
+_LOCK_EVENTS = frozenset({ev.ENTITY_LOCK_REQUESTED, ev.ENTITY_RESPONDED, ev.ENTITY_UNLOCKED})
 
 
 class RemoteRoutes:
@@ -66,6 +83,11 @@ class RemoteRoutes:
     def can_run(self, name: str) -> bool:
         horizon = int(time.time() * 1000) - ADVERTISEMENT_TTL_MS
         return any(self.names.get(n, 0) > horizon for n in (name, ANY_NAME))
+
+    def can_run_entity(self, name: str) -> bool:
+        """Whether an executor runs the entity ``name`` (advertised as ``@name``, or ``@*``)."""
+        horizon = int(time.time() * 1000) - ADVERTISEMENT_TTL_MS
+        return any(self.names.get(n, 0) > horizon for n in (ENTITY_PREFIX + name, ANY_ENTITY))
 
     async def refresh(self) -> None:
         self.names = await self.workitems.advertised()
@@ -122,6 +144,7 @@ class RemoteOrchestrations:
             sent=int(fields.get(b"rsent", b"0") or 0),
             ts=int(fields.get(b"rts", b"0") or 0),
             length=len(history),
+            locks=[e for e in history if e.get("k") in _LOCK_EVENTS],
         )
 
     # -- one step ----------------------------------------------------------------------------------
@@ -163,6 +186,7 @@ class _RemoteStep:
         event["eid"] = self.state.length
         event.setdefault("ts", self.ts)
         self.state.length += 1
+        self.state.track(event)
         self.result.new_events.append(event)
 
     # -- messages ----------------------------------------------------------------------------------
@@ -176,6 +200,10 @@ class _RemoteStep:
         elif kind == ev.MSG_TERMINATE:
             if self._running():
                 self._terminate(msg)
+        elif kind == ev.MSG_EVENT and self.inst.status == OrchestrationStatus.PENDING:
+            event = to_event(msg, self.inst.exec)  # before its (scheduled) start, in this step
+            if event is not None:
+                self.inst.pending_events.append(event)
         elif self._running():
             event = to_event(msg, self.inst.exec)
             if event is None:
@@ -210,7 +238,8 @@ class _RemoteStep:
         self.result = StepResult()
         self.new_execution = True
         self.start_input = msg.get("input")
-        self.state.pending = [started_event(msg, inst), *carried_events(msg)]
+        early, inst.pending_events = inst.pending_events, []  # raised before a scheduled start ran
+        self.state.pending = [started_event(msg, inst), *carried_events(msg), *early]
         self.dirty = True
 
     def _terminate(self, msg: Message) -> None:
@@ -224,6 +253,7 @@ class _RemoteStep:
     def _complete(
         self, status: OrchestrationStatus, output: bytes | None, failure: FailureDetails | None
     ) -> None:
+        self.half.entities.on_orchestration_end(self.step, self.inst, self.state.locks)
         self._append(
             {
                 "k": ev.EXECUTION_COMPLETED,
@@ -250,6 +280,10 @@ class _RemoteStep:
             self._append(event)
         actions: list[ev.Event] = [dict(a) for a in msg.get("actions") or ()]
         for action in actions:
+            if action["k"] in (ev.ENTITY_CALLED, ev.ENTITY_SIGNALED) and "cs" not in action:
+                section = state.section_of(str(action["entity"]))
+                if section is not None:  # sent inside the orchestration's critical section
+                    action["cs"] = section
             self._append(action)
         if msg.get("custom_set"):
             self.result.custom_status = msg.get("custom")
@@ -268,7 +302,7 @@ class _RemoteStep:
     def _continue_as_new(self, complete: dict[str, Any]) -> None:
         inst, state = self.inst, self.state
         left = state.pending
-        self.half.entities.on_orchestration_end(self.step, inst)
+        self.half.entities.on_orchestration_end(self.step, inst, state.locks)
         inst.exec = uuid.uuid4().hex
         inst.remote = RemoteState()
         self.result = StepResult()

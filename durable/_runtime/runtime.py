@@ -85,6 +85,7 @@ class Runtime:
         self.entities = EntityHalf(store=store, registry=registry, metrics=self.metrics, caps=self.caps)
         #: instances whose code runs in remote executors (Durable Task SDK workers via the sidecar)
         self.remote = RemoteOrchestrations(WorkItemStore(store), registry)
+        self.entities.routes = self.remote.routes
         self.orchestrations = OrchestrationHalf(
             store=store,
             registry=registry,

@@ -20,6 +20,7 @@ from durabletask.internal import orchestrator_service_pb2 as pb
 from google.protobuf import timestamp_pb2, wrappers_pb2
 
 from .._core import events as ev
+from .._core.entities import EntityId
 from .._core.model import FailureDetails, OrchestrationState, OrchestrationStatus, datetime_to_ms
 from .._core.serialization import decode, encode
 
@@ -168,6 +169,8 @@ def history_event(e: ev.Event, instance_id: str = "") -> pb.HistoryEvent:
         out.eventSent.instanceId = str(e.get("iid", ""))
         out.eventSent.name = str(e.get("name", ""))
         _set_packed(out.eventSent, "input", e.get("input"))
+    elif kind in _ENTITY_EVENTS:
+        _entity_event(out, e, instance_id)
     elif kind == ev.EXECUTION_SUSPENDED:
         out.executionSuspended.SetInParent()
         if e.get("reason") is not None:
@@ -187,6 +190,56 @@ def history_event(e: ev.Event, instance_id: str = "") -> pb.HistoryEvent:
     else:
         out.genericEvent.data.value = f"durable event {kind}"
     return out
+
+
+_ENTITY_EVENTS = frozenset(
+    {
+        ev.ENTITY_CALLED,
+        ev.ENTITY_SIGNALED,
+        ev.ENTITY_LOCK_REQUESTED,
+        ev.ENTITY_UNLOCKED,
+        ev.ENTITY_RESPONDED,
+    }
+)
+
+
+def _entity_event(out: pb.HistoryEvent, e: ev.Event, instance_id: str) -> None:
+    kind = e["k"]
+    rid = str(e.get("rid") or "")
+    if kind == ev.ENTITY_RESPONDED:
+        if "result" not in e and "failure" not in e:  # the last entity of a lock request answered
+            out.entityLockGranted.criticalSectionId = rid
+        elif e.get("failure") is not None:
+            out.entityOperationFailed.requestId = rid
+            _set_failure(out.entityOperationFailed, e.get("failure"))
+        else:
+            out.entityOperationCompleted.requestId = rid
+            _set_packed(out.entityOperationCompleted, "output", e.get("result"))
+        return
+    out.eventId = int(e.get("tid", -1))
+    if kind == ev.ENTITY_CALLED:
+        called = out.entityOperationCalled
+        called.requestId, called.operation = rid, str(e.get("name", ""))
+        called.targetInstanceId.value = str(e.get("entity", ""))
+        called.parentInstanceId.value = instance_id
+        _set_packed(called, "input", e.get("input"))
+    elif kind == ev.ENTITY_SIGNALED:
+        signaled = out.entityOperationSignaled
+        signaled.requestId, signaled.operation = rid, str(e.get("name", ""))
+        signaled.targetInstanceId.value = str(e.get("entity", ""))
+        if e.get("at") is not None:
+            signaled.scheduledTime.CopyFrom(timestamp(int(e["at"])))
+        _set_packed(signaled, "input", e.get("input"))
+    elif kind == ev.ENTITY_LOCK_REQUESTED:
+        requested = out.entityLockRequested
+        requested.criticalSectionId = rid
+        requested.lockSet.extend(str(t) for t in e.get("entities") or ())
+        requested.parentInstanceId.value = instance_id
+    else:  # ENTITY_UNLOCKED
+        unlocked = out.entityUnlockSent
+        unlocked.criticalSectionId = rid
+        unlocked.targetInstanceId.value = str((e.get("entities") or [""])[0])
+        unlocked.parentInstanceId.value = instance_id
 
 
 def _set_packed(message: Any, name: str, data: bytes | None) -> None:
@@ -247,6 +300,8 @@ def actions_from_pb(instance_id: str, actions: Any) -> tuple[list[ev.Event], dic
                     "input": packed_from_json(optional_text(send, "data")),
                 }
             )
+        elif which == "sendEntityMessage":
+            out.append(entity_action(tid, action.sendEntityMessage))
         elif which == "completeOrchestration":
             complete = _completion(action.completeOrchestration)
         else:
@@ -254,6 +309,56 @@ def actions_from_pb(instance_id: str, actions: Any) -> tuple[list[ev.Event], dic
                 f"durable sidecar does not support the orchestrator action {which!r} yet"
             )
     return out, complete
+
+
+def entity_target(text: str) -> str:
+    """An SDK's entity id (``@name@key``) in this engine's form (names are lower-case)."""
+    return str(EntityId.parse(text))
+
+
+def entity_action(tid: int, message: pb.SendEntityMessageAction) -> ev.Event:
+    """An SDK orchestration's entity message as this engine's entity action."""
+    which = message.WhichOneof("EntityMessageType")
+    if which == "entityOperationCalled":
+        called = message.entityOperationCalled
+        return {
+            "k": ev.ENTITY_CALLED,
+            "tid": tid,
+            "entity": entity_target(called.targetInstanceId.value),
+            "name": called.operation,
+            "input": packed_from_json(optional_text(called, "input")),
+            "rid": called.requestId,
+        }
+    if which == "entityOperationSignaled":
+        signaled = message.entityOperationSignaled
+        action: ev.Event = {
+            "k": ev.ENTITY_SIGNALED,
+            "tid": tid,
+            "entity": entity_target(signaled.targetInstanceId.value),
+            "name": signaled.operation,
+            "input": packed_from_json(optional_text(signaled, "input")),
+            "rid": signaled.requestId,
+        }
+        if signaled.HasField("scheduledTime"):
+            action["at"] = signaled.scheduledTime.ToMilliseconds()
+        return action
+    if which == "entityLockRequested":
+        requested = message.entityLockRequested
+        return {
+            "k": ev.ENTITY_LOCK_REQUESTED,
+            "tid": tid,
+            "entities": sorted({entity_target(t) for t in requested.lockSet}),
+            "rid": requested.criticalSectionId,
+        }
+    if which == "entityUnlockSent":
+        unlocked = message.entityUnlockSent
+        return {
+            "k": ev.ENTITY_UNLOCKED,
+            "tid": tid,
+            "entities": [entity_target(unlocked.targetInstanceId.value)],
+            "rid": unlocked.criticalSectionId,
+        }
+    raise UnsupportedActionError(f"durable sidecar does not support the entity message {which!r}")
 
 
 def _completion(done: pb.CompleteOrchestrationAction) -> dict[str, Any]:

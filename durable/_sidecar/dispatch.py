@@ -1,7 +1,8 @@
 """Work items for connected SDK workers: read from the hub's remote streams, streamed over
 ``GetWorkItems``, answered by ``Complete*Task``.
 
-This sidecar reads the hub's two remote streams (orchestration steps and activity tasks) as one
+This sidecar reads the hub's three remote streams (orchestration steps, activity tasks, entity
+batches) as one
 consumer of the group ``remote-executors``, only while some SDK worker is connected. Each entry
 becomes a protocol ``WorkItem`` offered to a connected worker whose work-item filters accept it
 (the least busy one). A completion token names everything needed to answer the item without
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,8 +32,8 @@ from .._core.model import FailureDetails
 from .._core.serialization import is_blob_ref, pack_record, unpack_record
 from .._runtime.remote import MSG_REMOTE_RESULT
 from .._store.store import Store
-from .._store.workitems import WorkItemStore
-from . import convert
+from .._store.workitems import ANY_ENTITY, ANY_NAME, ENTITY_PREFIX, WorkItemStore
+from . import convert, entity_items
 
 log = logging.getLogger("durable.sidecar")
 
@@ -47,11 +49,12 @@ class Connection:
 
     orchestrations: frozenset[str] | None
     activities: frozenset[str] | None
+    entities: frozenset[str] | None
     queue: asyncio.Queue[pb.WorkItem] = field(default_factory=asyncio.Queue)
     in_flight: dict[str, Item] = field(default_factory=dict)
 
     def accepts(self, item: Item) -> bool:
-        names = self.orchestrations if item.kind == "o" else self.activities
+        names = {"o": self.orchestrations, "a": self.activities}.get(item.kind, self.entities)
         return names is None or item.name in names
 
 
@@ -59,7 +62,7 @@ class Connection:
 class Item:
     """A work item this sidecar holds (waiting for a worker, or with one)."""
 
-    kind: str  # 'o' orchestration step, 'a' activity task
+    kind: str  # 'o' orchestration step, 'a' activity task, 'e' entity batch
     stream: str
     entry_id: str
     name: str
@@ -99,15 +102,18 @@ class Dispatcher:
     async def connect(self, request: pb.GetWorkItemsRequest) -> Connection:
         orchestrations: frozenset[str] | None = None
         activities: frozenset[str] | None = None
+        entities: frozenset[str] | None = None
         if request.HasField("workItemFilters"):
             filters = request.workItemFilters
             orchestrations = frozenset(f.name for f in filters.orchestrations)
             activities = frozenset(f.name for f in filters.activities)
-        names = set(orchestrations) if orchestrations is not None else {"*"}
+            entities = frozenset(f.name.lower() for f in filters.entities)
+        names = set(orchestrations) if orchestrations is not None else {ANY_NAME}
+        names |= {ENTITY_PREFIX + n for n in entities} if entities is not None else {ANY_ENTITY}
         if not names <= self.advertised:
             await self.workitems.advertise(names)  # owners now hand these names out
             self.advertised |= names
-        conn = Connection(orchestrations, activities)
+        conn = Connection(orchestrations, activities, entities)
         self.connections.append(conn)
         for item in list(self.waiting):
             if conn.accepts(item):
@@ -200,6 +206,15 @@ class Dispatcher:
         await self.workitems.reply(iid, pack_record(reply), stream, entry_id)
         self._done(response.completionToken)
 
+    async def complete_entity(self, response: pb.EntityBatchResult) -> None:
+        parts = parse_token(response.completionToken)
+        if len(parts) != 5 or parts[0] != "e":
+            raise ValueError("not an entity work item's completion token")
+        _, stream, entry_id, target, batch_token = parts
+        msg = entity_items.batch_reply(target, batch_token, response, int(time.time() * 1000))
+        await self.workitems.reply(target, pack_record(msg), stream, entry_id)
+        self._done(response.completionToken)
+
     # -- reading the streams ---------------------------------------------------------------------
     async def run(self) -> None:
         """Read work items while workers are connected; keep held ones fresh; reclaim stale ones."""
@@ -218,9 +233,8 @@ class Dispatcher:
                 await self._changed.wait()
                 continue
             try:
-                entries = await self.workitems.read(
-                    self.consumer, {keys.orchestrations: room, keys.activities: room}, 500
-                )
+                counts = {keys.orchestrations: room, keys.activities: room, keys.entities: room}
+                entries = await self.workitems.read(self.consumer, counts, 500)
                 failures = 0
             except (RedisError, OSError) as exc:
                 failures += 1
@@ -245,7 +259,7 @@ class Dispatcher:
                     await self.workitems.touch(stream, self.consumer, ids)
                 if self._capacity() <= 0:
                     continue
-                for stream in (keys.orchestrations, keys.activities):
+                for stream in (keys.orchestrations, keys.activities, keys.entities):
                     claimed = await self.workitems.claim_stale(stream, self.consumer, self.visibility_ms, 10)
                     for entry_id, fields, _ in claimed:
                         if not any(i.entry_id == entry_id for i in self.held.values()):
@@ -258,6 +272,8 @@ class Dispatcher:
             body = unpack_record(fields[b"m"])
             if stream == self.workitems.keys.orchestrations:
                 item = await self._orchestration_item(stream, entry_id, body)
+            elif stream == self.workitems.keys.entities:
+                item = await self._entity_item(stream, entry_id, body)
             else:
                 item = await self._activity_item(stream, entry_id, body)
         except (RedisError, OSError):
@@ -292,6 +308,17 @@ class Dispatcher:
         token = _token("o", stream, entry_id, iid, step_token)
         work = pb.WorkItem(orchestratorRequest=request, completionToken=token)
         return Item("o", stream, entry_id, str(body.get("name", "")), work)
+
+    async def _entity_item(self, stream: str, entry_id: str, body: dict[str, Any]) -> Item | None:
+        target, batch_token = str(body["eid"]), str(body["token"])
+        main, control = await self.workitems.entity_snapshot(target)
+        request, state = entity_items.batch_request(target, main, control, batch_token)
+        if request is None:
+            return None
+        entity_items.set_state(request, await self.store.resolve(state))
+        token = _token("e", stream, entry_id, target, batch_token)
+        work = pb.WorkItem(entityRequest=request, completionToken=token)
+        return Item("e", stream, entry_id, str(body.get("name", "")), work)
 
     async def _activity_item(self, stream: str, entry_id: str, body: dict[str, Any]) -> Item:
         iid, tid, name = str(body["target"]), int(body["tid"]), str(body["name"])

@@ -18,7 +18,7 @@ from durabletask.internal import orchestrator_service_pb2_grpc as stubs
 from .._client import AsyncClient
 from .._config import WorkerConfig
 from .._runtime.runtime import SIDECAR_PREFIX
-from .._store.workitems import ANY_NAME, WorkItemStore
+from .._store.workitems import ANY_ENTITY, ANY_NAME, WorkItemStore
 from .._worker import Worker
 from .dispatch import Dispatcher
 from .service import SidecarService
@@ -80,9 +80,9 @@ class Sidecar(Worker):
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(self._run_runtime)
-                # from now on, owners hand out every orchestration no local worker registered (it
-                # waits for an SDK worker that runs it, as with any Durable Task backend)
-                await dispatcher.workitems.advertise([ANY_NAME])
+                # from now on, owners hand out every orchestration and entity no local worker
+                # registered (it waits for an SDK worker that runs it, as with any Durable Task backend)
+                await dispatcher.workitems.advertise([ANY_NAME, ANY_ENTITY])
                 await server.start()
                 tg.start_soon(dispatcher.run)
                 log.info(

@@ -16,22 +16,18 @@ from google.protobuf import empty_pb2, wrappers_pb2
 from .._client import AsyncClient
 from .._core import events as ev
 from .._core.model import OrchestrationAlreadyExistsError, OrchestrationNotFoundError, OrchestrationStatus
+from .._core.serialization import encode
 from . import convert
 from .dispatch import Dispatcher
+from .entity_rpcs import EntityRpcs
 
 log = logging.getLogger("durable.sidecar")
 
 #: the RPCs this sidecar answers with UNIMPLEMENTED, and why
 UNSUPPORTED: dict[str, str] = {
     "RewindInstance": "rewinding a failed instance is not supported by this engine",
-    "ListInstanceIds": "use QueryInstances",
-    "StreamInstanceHistory": "history streaming is not supported (histories are sent whole)",
     "CreateTaskHub": "a hub is created on first use; nothing to do",
     "DeleteTaskHub": "delete a hub's keys in Redis (durable hub commands)",
-    "CompleteEntityTask": "entities run in durable workers only (SDK entity workers are not supported yet)",
-    "AbandonTaskEntityWorkItem": "entities run in durable workers only",
-    "QueryEntities": "querying entities over the protocol is not supported yet",
-    "CleanEntityStorage": "cleaning entity storage is not supported yet",
     "SkipGracefulOrchestrationTerminations": "not supported",
 }
 _PING_SECONDS = 30.0
@@ -41,7 +37,7 @@ def _ms(value: Any) -> _dt.datetime:
     return value.ToDatetime(tzinfo=_dt.UTC)  # type: ignore[no-any-return]
 
 
-class SidecarService(stubs.TaskHubSidecarServiceServicer):  # type: ignore[misc]
+class SidecarService(EntityRpcs, stubs.TaskHubSidecarServiceServicer):  # type: ignore[misc]
     """One hub behind the Durable Task protocol."""
 
     def __init__(self, client: AsyncClient, dispatcher: Dispatcher) -> None:
@@ -87,6 +83,12 @@ class SidecarService(stubs.TaskHubSidecarServiceServicer):  # type: ignore[misc]
         await self._complete(self.dispatcher.complete_activity(request), context)
         return pb.CompleteTaskResponse()
 
+    async def CompleteEntityTask(
+        self, request: pb.EntityBatchResult, context: Any
+    ) -> pb.CompleteTaskResponse:
+        await self._complete(self.dispatcher.complete_entity(request), context)
+        return pb.CompleteTaskResponse()
+
     async def _complete(self, work: Any, context: Any) -> None:
         try:
             await work
@@ -100,6 +102,10 @@ class SidecarService(stubs.TaskHubSidecarServiceServicer):  # type: ignore[misc]
     async def AbandonTaskActivityWorkItem(self, request: Any, context: Any) -> Any:
         self.dispatcher.abandon(request.completionToken)
         return pb.AbandonActivityTaskResponse()
+
+    async def AbandonTaskEntityWorkItem(self, request: Any, context: Any) -> Any:
+        self.dispatcher.abandon(request.completionToken)
+        return pb.AbandonEntityTaskResponse()
 
     # -- client RPCs -------------------------------------------------------------------------------
     async def StartInstance(
@@ -269,40 +275,57 @@ class SidecarService(stubs.TaskHubSidecarServiceServicer):  # type: ignore[misc]
             out.continuationToken.value = str(offset + size)
         return out
 
-    # -- entities (native entities, from SDK clients) ---------------------------------------------
-    async def SignalEntity(self, request: pb.SignalEntityRequest, context: Any) -> pb.SignalEntityResponse:
-        value = convert.json_value(convert.optional_text(request, "input"))
-        at = _ms(request.scheduledTime) if request.HasField("scheduledTime") else None
+    async def ListInstanceIds(
+        self, request: pb.ListInstanceIdsRequest, context: Any
+    ) -> pb.ListInstanceIdsResponse:
+        """Finished instances (completed time: the last update), newest first, paged."""
+        token = request.lastInstanceKey.value if request.HasField("lastInstanceKey") else ""
         try:
-            await self.client.signal_entity(
-                request.instanceId,
-                request.name,
-                input=value,
-                signal_at=at,
-                signal_id=request.requestId or None,
-            )
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return pb.SignalEntityResponse()
+            offset = int(token or 0)
+        except ValueError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad instance key {token!r}")
+        size = request.pageSize if request.pageSize > 0 else 100
+        terminal = [s for s in OrchestrationStatus if s.is_terminal]
+        wanted = [convert.STATUS_FROM_PB[s] for s in request.runtimeStatus] or [s.value for s in terminal]
+        lo = _ms(request.completedTimeFrom) if request.HasField("completedTimeFrom") else None
+        hi = _ms(request.completedTimeTo) if request.HasField("completedTimeTo") else None
+        states = await self.client.list_orchestrations(status=list(wanted), limit=1_000_000)
+        ids = [
+            s.instance_id
+            for s in states
+            if s.runtime_status.is_terminal
+            and (lo is None or s.last_updated_at >= lo)
+            and (hi is None or s.last_updated_at <= hi)
+        ]
+        out = pb.ListInstanceIdsResponse(instanceIds=ids[offset : offset + size])
+        if len(ids) > offset + size:
+            out.lastInstanceKey.value = str(offset + size)
+        return out
 
-    async def GetEntity(self, request: pb.GetEntityRequest, context: Any) -> pb.GetEntityResponse:
-        try:
-            state = await self.client.get_entity(request.instanceId)
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if state is None:
-            return pb.GetEntityResponse(exists=False)
-        meta = pb.EntityMetadata(
-            instanceId=str(state.entity_id),
-            lastModifiedTime=convert.timestamp_of(state.last_modified_at),
-            backlogQueueSize=state.backlog,
-        )
-        if state.locked_by:
-            meta.lockedBy.value = state.locked_by
-        text = convert.to_json(state.state)
-        if request.includeState and text is not None:
-            meta.serializedState.value = text
-        return pb.GetEntityResponse(exists=True, entity=meta)
+    async def StreamInstanceHistory(
+        self, request: pb.StreamInstanceHistoryRequest, context: Any
+    ) -> AsyncIterator[pb.HistoryChunk]:
+        """The history of the instance's current execution, in chunks."""
+        iid = request.instanceId
+        if await self.client.get_orchestration_state(iid) is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no orchestration with id {iid!r}")
+        history = await self.client.get_orchestration_history(iid)
+        wanted = convert.optional_text(request, "executionId")
+        started = next((e for e in history if e.get("k") == ev.EXECUTION_STARTED), {})
+        if wanted and started.get("exec") and wanted != started.get("exec"):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"{iid!r} has no execution {wanted!r}")
+        for start in range(0, len(history), _HISTORY_CHUNK):
+            chunk = [_packed(e) for e in history[start : start + _HISTORY_CHUNK]]
+            yield pb.HistoryChunk(events=[convert.history_event(e, iid) for e in chunk])
+
+
+def _packed(event: dict[str, Any]) -> dict[str, Any]:
+    """A history event whose payloads the client decoded, with them encoded again."""
+    return {k: encode(v) if k in _PAYLOADS and v is not None else v for k, v in event.items()}
+
+
+_PAYLOADS = ("input", "result", "output")
+_HISTORY_CHUNK = 200
 
 
 async def _wait_for(awaitable: Any, timeout: float) -> Any:

@@ -1,12 +1,13 @@
 """Remote work items: the hub's streams of work for executors outside the worker processes.
 
-A partition owner does not run the code of every instance it owns: orchestrations and activities
-of Durable Task SDK workers (connected to ``durable sidecar``) go out as work items on two hub-wide
-streams, read by the consumer group ``remote-executors``. Each work item is small (instance id and
-the token of the outstanding step, or an activity task); the executor replies through the inbox of
-the instance's partition, where the owner commits the reply with the usual fencing.
+A partition owner does not run the code of every instance it owns: orchestrations, activities and
+entity operations of Durable Task SDK workers (connected to ``durable sidecar``) go out as work
+items on three hub-wide streams, read by the consumer group ``remote-executors``. Each work item
+is small (instance or entity id and the token of the outstanding step or batch, or an activity
+task); the executor replies through the inbox of the instance's partition, where the owner
+commits the reply with the usual fencing.
 
-Executors advertise the orchestrator names they can run in the hub's executor table, so that an
+Executors advertise the orchestrator (and entity) names they can run in the hub's executor table, so that an
 owner knows which instances to hand out instead of failing them as unregistered.
 """
 
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
 REMOTE_GROUP = "remote-executors"
 #: the executor table entry meaning "runs any orchestrator name"
 ANY_NAME = "*"
+#: executor table entries for entities are ``@`` and the entity name ...
+ENTITY_PREFIX = "@"
+#: ... or this one: "runs any entity"
+ANY_ENTITY = "@*"
 
 Fields = dict[bytes, bytes]
 StreamEntry = tuple[str, Fields]
@@ -42,7 +47,10 @@ class WorkItemKeys:
         self.orchestrations = f"{tag}:remote:orchestrations"
         #: stream of activity tasks scheduled by remotely executed orchestrations
         self.activities = f"{tag}:remote:activities"
-        #: hash: orchestrator name (or ``*``) -> ms when an executor last advertised it
+        #: stream of entity work items (entity id, batch token)
+        self.entities = f"{tag}:remote:entities"
+        #: hash: orchestrator name (or ``*``; ``@name`` or ``@*`` for entities) -> ms when an
+        #: executor last advertised it
         self.executors = f"{tag}:remote:executors"
 
 
@@ -72,7 +80,7 @@ class WorkItemStore:
 
     # -- streams ---------------------------------------------------------------------------------
     async def ensure_groups(self) -> None:
-        for stream in (self.keys.orchestrations, self.keys.activities):
+        for stream in (self.keys.orchestrations, self.keys.activities, self.keys.entities):
             try:
                 await self._redis.xgroup_create(stream, REMOTE_GROUP, id="0", mkstream=True)
             except ResponseError as exc:
@@ -150,6 +158,15 @@ class WorkItemStore:
                 pack_command(b"XDEL", stream, entry_id),
             ]
         )
+
+    async def entity_snapshot(self, entity_id: str) -> tuple[Fields, Fields]:
+        """An entity's two hashes (state, control), read atomically (one slot: MULTI/EXEC)."""
+        pk = self.store.keys_for(entity_id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hgetall(pk.entity(entity_id))
+        pipe.hgetall(pk.entity_control(entity_id))
+        main, control = await pipe.execute()
+        return main, control
 
     async def snapshot(self, instance_id: str) -> tuple[Fields, list[bytes]]:
         """An instance's hash and history, read atomically (one slot: MULTI/EXEC)."""

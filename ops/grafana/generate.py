@@ -425,6 +425,40 @@ def rows() -> list[Row]:
                 ),
             ],
         ),
+        Row(
+            "Agents",
+            [
+                Panel(
+                    "Model calls",
+                    [
+                        Target(
+                            f"sum by (agent, status) "
+                            f"(rate(durable_agent_model_calls_total{{{SEL}}}[{RATE}]))",
+                            "{{agent}} {{status}}",
+                        )
+                    ],
+                    unit="ops",
+                    width=8,
+                ),
+                Panel(
+                    "Tool calls by outcome",
+                    [
+                        Target(
+                            f"sum by (agent, tool, status) "
+                            f"(rate(durable_agent_tool_calls_total{{{SEL}}}[{RATE}]))",
+                            "{{agent}} {{tool}} {{status}}",
+                        )
+                    ],
+                    unit="ops",
+                    width=8,
+                ),
+                Panel(
+                    "Approvals waiting",
+                    [Target(f"sum by (agent) (durable_agent_approvals_waiting{{{SEL}}})", "{{agent}}")],
+                    width=8,
+                ),
+            ],
+        ),
     ]
 
 

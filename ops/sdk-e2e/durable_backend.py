@@ -25,7 +25,11 @@ class _SidecarBackend:
     def __init__(self, port: int) -> None:
         config = WorkerConfig(partitions=4, poll_ms=100, balance_interval_ms=100, drain_timeout=2)
         self.sidecar = Sidecar(
-            os.environ["DURABLE_REDIS_URL"], f"sdk-e2e-{uuid.uuid4().hex[:8]}", host="[::]", port=port, config=config
+            os.environ["DURABLE_REDIS_URL"],
+            f"sdk-e2e-{uuid.uuid4().hex[:8]}",
+            host="[::]",
+            port=port,
+            config=config,
         )
         self.sidecar.start()
 

@@ -147,10 +147,12 @@ def test_demo_runs_every_pattern(redis_url: str, hub: str) -> None:
         "sub-orchestrations (5)",
         "retry: recovers",
         "retry: gives up",
+        "AI agent: tools and approval",
     ):
         assert re.search(rf"^  {re.escape(title)}\s+(COMPLETED|FAILED)\s+ok\s", out, re.MULTILINE), title
     assert "activities/s" in out and "orchestrations/s" in out
-    assert "All 8 patterns behaved as expected." in out
+    assert "All 9 patterns behaved as expected." in out
+    assert "refund of 249.0 approved and paid" in out  # the agent's refund waited for the demo's approval
     # without a terminal the progress is plain lines, no cursor movement
     assert "\x1b[" not in out
     assert "waiting for approval" in out
@@ -546,7 +548,7 @@ def test_demo_runs_the_entity_patterns_and_deletes_their_entities(redis_url: str
         assert re.search(rf"^  {re.escape(title)}\s+COMPLETED\s+ok\s", out, re.MULTILINE), title
     assert "12 concurrent transfers" in out and "total still 300" in out
     assert "balance still 100" in out and "8 readings from 3 devices" in out
-    assert "Orchestrations: All 8 patterns behaved as expected." in out
+    assert "Orchestrations: All 9 patterns behaved as expected." in out
     assert "Entities: All 6 patterns behaved as expected." in out
     assert "Embedded Redis" not in out  # the given Redis is not the demo's to mention
     # the demo deletes the entities it used, and purges the orchestrations (transfers included)
@@ -652,6 +654,6 @@ def test_demo_runs_from_an_installed_wheel_outside_the_checkout(
         timeout=180,
     )
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "Orchestrations: All 8 patterns behaved as expected." in res.stdout
+    assert "Orchestrations: All 9 patterns behaved as expected." in res.stdout
     assert "Entities: All 6 patterns behaved as expected." in res.stdout
     assert not (elsewhere / ".durable").exists()  # the given Redis was used

@@ -8,13 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _poll import wait_until
 from _redis import connect, free_port
 from fixtures import versions_app as app
 
@@ -24,19 +24,6 @@ from durable.cli import main
 
 TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
-
-
-def poll(cond: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    """Wait for a state only observable by looking (metrics, Redis keys, a history's length)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        value = cond()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
 
 
 class Apps:
@@ -95,7 +82,7 @@ def test_two_code_versions_serve_one_hub_and_instances_wait_for_theirs(
     v1 = apps.spawn("1")
     ops = free_port()
     apps.spawn("2", ops)
-    poll(lambda: {"o|flow|1", "o|flow|2", "a|stamp"} <= live_caps(redis_url, hub), "both workers")
+    wait_until(lambda: {"o|flow|1", "o|flow|2", "a|stamp"} <= live_caps(redis_url, hub), 20, "both workers")
     with Client(redis_url, hub) as client:
         pinned = {
             client.schedule_new_orchestration("flow", input=n, version=version): (version, n)
@@ -117,7 +104,7 @@ def test_two_code_versions_serve_one_hub_and_instances_wait_for_theirs(
         v1.send_signal(signal.SIGTERM)
         assert v1.wait(timeout=20) == 0
         waiting = [client.schedule_new_orchestration("flow", input=200 + n, version="1") for n in range(3)]
-        poll(lambda: waiting_gauge(ops) == 3, "the gauge to count the waiting instances")
+        wait_until(lambda: waiting_gauge(ops) == 3, 20, "the gauge to count the waiting instances")
         assert main(["partitions", "--redis-url", redis_url, "--hub", hub, "--output", "json"]) == 0
         partitions = json.loads(capsys.readouterr().out)
         assert sum(p["waiting_for_version"] for p in partitions) == 3
@@ -130,7 +117,7 @@ def test_two_code_versions_serve_one_hub_and_instances_wait_for_theirs(
             state = client.wait_for_orchestration_completion(iid, timeout=30)
             assert state.runtime_status == OrchestrationStatus.COMPLETED, state.failure_details
             assert state.output == {"version": "1", "result": f"hello v1 #{200 + n}"}
-        poll(lambda: waiting_gauge(ops) == 0, "the gauge to drop")
+        wait_until(lambda: waiting_gauge(ops) == 0, 20, "the gauge to drop")
 
 
 def variant(redis_url: str, hub: str, orchestrator: Callable[..., Any], **config: Any) -> Worker:
@@ -151,10 +138,10 @@ def test_is_patched_is_false_for_a_live_instance_of_old_code_and_true_for_new_on
     with Client(redis_url, hub) as client:
         with variant(redis_url, hub, app.checkout_old):
             old = client.schedule_new_orchestration("checkout", input="old order")
-            poll(lambda: waits_for_approval(client, old), "the old instance to wait for approval")
+            wait_until(lambda: waits_for_approval(client, old), 20, "the old instance to wait for approval")
         with variant(redis_url, hub, app.checkout_patched):  # the code changes under the live instance
             new = client.schedule_new_orchestration("checkout", input="new order")
-            poll(lambda: waits_for_approval(client, new), "the new instance to wait for approval")
+            wait_until(lambda: waits_for_approval(client, new), 20, "the new instance to wait for approval")
             for iid in (old, new):
                 client.raise_orchestration_event(iid, "approve", data=True)
             old_state = client.wait_for_orchestration_completion(old, timeout=20)
@@ -176,7 +163,7 @@ def test_replay_check_gates_a_deploy_from_the_hub_and_from_exported_histories(
         done = client.schedule_new_orchestration("checkout", input="d")
         client.raise_orchestration_event(done, "approve", data=1)
         assert client.wait_for_orchestration_completion(done, timeout=20).output["approved"] == 1
-        poll(lambda: waits_for_approval(client, waiting), "the instance to wait for approval")
+        wait_until(lambda: waits_for_approval(client, waiting), 20, "the instance to wait for approval")
 
     def check(*args: str) -> tuple[int, Any]:
         code = main(["replay-check", *args, "--output", "json"])

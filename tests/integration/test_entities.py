@@ -10,12 +10,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from _poll import wait_until
 from _redis import connect
 
 from durable import (
@@ -36,20 +37,6 @@ from durable._store.store import Store
 
 TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Wait for a condition only observable by polling Redis (entity state has no change event)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
 
 
 def counter(ctx: EntityContext, value: Any) -> Any:

@@ -9,11 +9,11 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _poll import wait_until
 from _redis import connect
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -24,20 +24,6 @@ from durable._store.keys import HubKeys, partition_of
 from durable._store.store import CommitPlan, Store
 
 FAST = WorkerConfig(balance_interval_ms=100, poll_ms=200, max_recoveries=2)
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll a condition that has no change event (entity state, dead-letter streams)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
 
 
 def counter(ctx: EntityContext, value: Any) -> Any:

@@ -79,6 +79,13 @@ def _run_block(marker: str, redis_url: str, hub: str, tmp_path: Path) -> list[st
     return out.stdout.splitlines()
 
 
+def test_readme_agent_example_runs(redis_url: str, hub: str, tmp_path: Path) -> None:
+    assert _run_block("durable.agents", redis_url, hub, tmp_path) == [
+        "Order 7 has shipped, and I refunded 5.00. ['ok', 'ok']",
+        "5 messages in the session",
+    ]
+
+
 def test_readme_retry_and_timeout_example_runs(redis_url: str, hub: str, tmp_path: Path) -> None:
     lines = _run_block("heartbeat_details", redis_url, hub, tmp_path)
     assert len(lines) == 2 and lines[1] == "declined"

@@ -4,11 +4,11 @@ and continue-as-new, and terminating an instance that waits for its version."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _poll import wait_until
 from _redis import connect
 
 from durable import Client, EntityId, OrchestrationStatus, TaskFailedError, Worker, WorkerConfig
@@ -24,19 +24,6 @@ FAST = {
     "activity_visibility_ms": 1500,
     "drain_timeout": 5,
 }
-
-
-def poll(cond: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    """Wait for a state only observable by looking at Redis."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        value = cond()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
 
 
 @pytest.fixture
@@ -86,9 +73,11 @@ def test_an_activity_waits_for_a_worker_that_has_it_and_fails_only_after_the_gra
     cap = capability("a", "stamp")
     with owner() as running:
         with stamper():
-            poll(lambda: knows(running, cap), "the owner to hear of the stamper")
+            wait_until(lambda: knows(running, cap), 20, "the owner to hear of the stamper")
         first = client.schedule_new_orchestration("stamps", input="one")
-        poll(lambda: work_length(redis_url, hub, cap), "the task to be left for a worker with 'stamp'")
+        wait_until(
+            lambda: work_length(redis_url, hub, cap), 20, "the task to be left for a worker with 'stamp'"
+        )
         assert client.get_orchestration_state(first).runtime_status == OrchestrationStatus.RUNNING
         with stamper():  # a worker that has it comes (back): it runs the task
             assert client.wait_for_orchestration_completion(first, timeout=20).output == "[one]"
@@ -122,15 +111,15 @@ def test_entity_operations_wait_for_a_worker_that_has_the_entity(
     cap = capability("e", "counter")
     with owner:
         with keeper():
-            poll(lambda: knows(owner, cap), "the owner to hear of the keeper")
+            wait_until(lambda: knows(owner, cap), 20, "the owner to hear of the keeper")
         for n in (1, 2, 3):
             client.signal_entity("@counter@c", "add", input=n)
         iid = client.schedule_new_orchestration("reads")
-        poll(lambda: work_length(redis_url, hub, cap), "the operations to be left for the keeper")
+        wait_until(lambda: work_length(redis_url, hub, cap), 20, "the operations to be left for the keeper")
         assert client.get_entity("@counter@c") is None  # nothing applied by a worker without the code
         with keeper():
             state = client.wait_for_orchestration_completion(iid, timeout=20)
-            poll(lambda: client.get_entity("@counter@c"), "the entity")
+            wait_until(lambda: client.get_entity("@counter@c"), 20, "the entity")
     assert state.runtime_status == OrchestrationStatus.COMPLETED and state.output == 6
     entity = client.get_entity("@counter@c")
     assert entity is not None and entity.state == 6
@@ -180,7 +169,7 @@ def test_an_instance_waiting_for_its_version_can_be_terminated(
 
     with worker:
         iid = client.schedule_new_orchestration("flow", version="9")  # nobody has version 9
-        poll(lambda: work_length(redis_url, hub, capability("o", "flow", "9")), "the step to wait")
+        wait_until(lambda: work_length(redis_url, hub, capability("o", "flow", "9")), 20, "the step to wait")
         assert client.get_orchestration_state(iid).runtime_status == OrchestrationStatus.PENDING
         client.terminate_orchestration(iid, output="gave up")
         state = client.wait_for_orchestration_completion(iid, timeout=20)

@@ -3,7 +3,7 @@ Redis, alone and side by side with native workers and clients on one hub."""
 
 from __future__ import annotations
 
-import os
+import datetime as _dt
 import re
 import signal
 import subprocess
@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 from durabletask import client as dt_client
+from durabletask import history
 from durabletask.internal import orchestrator_service_pb2 as pb
 from durabletask.internal import orchestrator_service_pb2_grpc as stubs
 from fixtures import sdk_app
@@ -57,6 +58,10 @@ def test_sdk_worker_runs_activities_events_timers_and_sub_orchestrations(
     assert state is not None and state.runtime_status == dt_client.OrchestrationStatus.COMPLETED
     assert state.serialized_output == '["Hello Tokyo!", "Hello Seattle!"]'
     assert state.serialized_input == '["Tokyo", "Seattle"]'
+    events = sdk.get_orchestration_history(iid)
+    scheduled = [e for e in events if isinstance(e, history.TaskScheduledEvent)]
+    assert [e.name for e in scheduled] == ["hello", "hello"]
+    assert isinstance(events[-1], history.ExecutionCompletedEvent)
 
     iid = sdk.schedule_new_orchestration(sdk_app.approval)
     started = sdk.wait_for_orchestration_start(iid, timeout=30)
@@ -65,6 +70,13 @@ def test_sdk_worker_runs_activities_events_timers_and_sub_orchestrations(
     state = sdk.wait_for_orchestration_completion(iid, timeout=30)
     assert state is not None and state.serialized_output == '{"approved": true}'
     assert state.serialized_custom_status == '"waiting"'
+
+    # an event raised before a scheduled start runs waits for the start
+    due = _dt.datetime.now(_dt.UTC) + _dt.timedelta(milliseconds=300)
+    iid = sdk.schedule_new_orchestration(sdk_app.approval, start_at=due)
+    sdk.raise_orchestration_event(iid, "approve", data="early")
+    state = sdk.wait_for_orchestration_completion(iid, timeout=30)
+    assert state is not None and state.serialized_output == '{"approved": "early"}'
 
     iid = sdk.schedule_new_orchestration(sdk_app.parent, input=["Oslo"])
     state = sdk.wait_for_orchestration_completion(iid, timeout=30)
@@ -106,6 +118,13 @@ def test_sdk_failures_terminate_suspend_resume_purge_and_query(sdk: dt_client.Ta
         dt_client.OrchestrationQuery(runtime_status=[dt_client.OrchestrationStatus.FAILED])
     )
     assert [s.instance_id for s in found] == [iid]
+    finished = sdk.list_instance_ids(page_size=2)
+    assert len(finished.items) == 2 and finished.continuation_token is not None
+    rest = sdk.list_instance_ids(page_size=2, continuation_token=finished.continuation_token)
+    assert sorted(finished.items + rest.items) == sorted([iid, waiting, stuck])
+    assert rest.continuation_token is None
+    failed = sdk.list_instance_ids(runtime_status=[dt_client.OrchestrationStatus.FAILED])
+    assert failed.items == [iid]
     assert sdk.purge_orchestration(iid).deleted_instance_count == 1
     assert sdk.get_orchestration_state(iid) is None
 
@@ -165,20 +184,6 @@ def test_two_sidecars_share_a_hub(redis_url: str, hub: str) -> None:
     assert owners  # both took part in partition ownership while running
 
 
-def _spawn_sdk_worker(address: str, markers: Path) -> subprocess.Popen[str]:
-    env = dict(os.environ, SDK_MARKER_DIR=str(markers), PYTHONPATH=os.pathsep.join([str(TESTS), str(REPO)]))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fixtures.sdk_app", address],
-        env=env,
-        cwd=str(TESTS),
-        stdout=subprocess.PIPE,
-        stderr=None if os.environ.get("SIDECAR_TEST_DEBUG") else subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    return proc
-
-
 def _wait_until(cond: Any, timeout: float) -> None:
     """Wait for a state observable only by polling (partition ownership, another process's files)."""
     deadline = time.monotonic() + timeout
@@ -195,7 +200,7 @@ def _wait_for_file(folder: Path, pattern: str, timeout: float) -> list[Path]:
 def test_sdk_worker_killed_mid_activity_work_completes_on_the_next_worker(
     sidecar: Sidecar, tmp_path: Path
 ) -> None:
-    first = _spawn_sdk_worker(sidecar.address, tmp_path)
+    first = sdk_app.spawn(sidecar.address, tmp_path)
     second: subprocess.Popen[str] | None = None
     try:
         sdk = dt_client.TaskHubGrpcClient(host_address=sidecar.address)
@@ -204,7 +209,7 @@ def test_sdk_worker_killed_mid_activity_work_completes_on_the_next_worker(
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         (tmp_path / "job.go").write_text("go")  # the next attempt may finish
-        second = _spawn_sdk_worker(sidecar.address, tmp_path)
+        second = sdk_app.spawn(sidecar.address, tmp_path)
         state = sdk.wait_for_orchestration_completion(iid, timeout=30)
         assert state is not None and state.runtime_status == dt_client.OrchestrationStatus.COMPLETED
         assert state.serialized_output == f'"job done by {second.pid}"'

@@ -5,22 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-import time
-from collections.abc import Callable
 from typing import Any
+
+from _poll import wait_until
 
 from durable import EntityId, OrchestrationStatus, TaskFailedError, Worker, WorkerConfig, when_all, when_any
 from durable.testing import TestEnvironment, replay_check
 
 DAY = dt.timedelta(days=1)
-
-
-def poll(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Wait for a state only observable by looking (a history reaching a point)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
 
 
 def make_worker() -> Worker:
@@ -146,8 +138,9 @@ def test_replay_check_finds_incompatible_code_in_recorded_histories() -> None:
         done = env.client.schedule_new_orchestration("flow")
         env.client.raise_orchestration_event(done, "go", data=1)
         assert env.client.wait_for_orchestration_completion(done, timeout=10).output == ["a", 1]
-        poll(
+        wait_until(
             lambda: any(e["k"] == "TaskCompleted" for e in env.client.get_orchestration_history(waiting)),
+            20,
             "the instance to wait for 'go'",
         )
         histories = {iid: env.client.get_orchestration_history(iid) for iid in (waiting, done)}

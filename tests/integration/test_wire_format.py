@@ -7,13 +7,13 @@ import json
 import re
 import shutil
 import subprocess
-import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _poll import wait_until
 from _redis import connect
 
 from durable import Client, EntityContext, OrchestrationStatus, Worker, WorkerConfig
@@ -29,20 +29,6 @@ pytestmark = pytest.mark.standalone_only
 REPO = Path(__file__).resolve().parents[2]
 WIRE = REPO / "tests" / "fixtures"
 DOC = REPO / "docs" / "wire-format.md"
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Wait for a condition only observable by polling Redis (entity state has no change event)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
 
 
 def entry(**fields: str | bytes) -> dict[bytes, bytes]:

@@ -41,6 +41,9 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "durable_nondeterminism_errors_total": ("counter", ("name",)),
     "durable_orchestrations_waiting_for_version": ("gauge", ("name", "version")),
     "durable_worker_slots": ("gauge", ("state",)),
+    "durable_agent_model_calls_total": ("counter", ("agent", "status")),
+    "durable_agent_tool_calls_total": ("counter", ("agent", "tool", "status")),
+    "durable_agent_approvals_waiting": ("gauge", ("agent",)),
     "durable_build_info": ("gauge", ("version", "python")),
 }
 
@@ -67,6 +70,9 @@ ATTRIBUTES: dict[str, str] = {
     "durable_nondeterminism_errors_total": "NONDETERMINISM_ERRORS",
     "durable_orchestrations_waiting_for_version": "ORCHESTRATIONS_WAITING_FOR_VERSION",
     "durable_worker_slots": "WORKER_SLOTS",
+    "durable_agent_model_calls_total": "AGENT_MODEL_CALLS",
+    "durable_agent_tool_calls_total": "AGENT_TOOL_CALLS",
+    "durable_agent_approvals_waiting": "AGENT_APPROVALS_WAITING",
     "durable_build_info": "BUILD_INFO",
 }
 

@@ -232,7 +232,7 @@ def test_request_id_window_is_bounded_by_count_and_age() -> None:
     EntityBatch(EntityId("counter", "k"), counter, rec, later, dedup_seconds=60).run(
         [{"kind": MSG_SWEEP, "target": "@counter@k"}]
     )
-    assert rec.recent == [] and rec.control_fields() == {"l": b"", "q": b"", "r": b""}
+    assert rec.recent == [] and rec.control_fields() == {"l": b"", "q": b"", "r": b"", "x": b""}
 
 
 def test_record_round_trip() -> None:

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("sidecar", ("durable._sidecar",)),
     ("cli", ("durable.cli", "durable._cli", "durable.__main__")),
     ("package", ("durable",)),
+    ("agents", ("durable.agents",)),
 ]
 CORE_FORBIDDEN = ("redis", "anyio", "prometheus_client", "grpc", "durabletask", "google")
 #: the optional extra ``durable[sidecar]``: only the sidecar package may import these
