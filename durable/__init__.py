@@ -22,6 +22,12 @@ from ._core.model import (
     TaskFailedError,
 )
 from ._core.registry import ActivityContext
+from ._core.schedules import (
+    ScheduleAlreadyExistsError,
+    ScheduleDescription,
+    ScheduleNotFoundError,
+    ScheduleStatus,
+)
 from ._core.serialization import PayloadTooLargeError, SerializationError
 from ._core.tasks import Task, when_all, when_any
 from ._worker import Worker
@@ -45,6 +51,10 @@ __all__ = [
     "OrchestrationStatus",
     "PayloadTooLargeError",
     "RetryPolicy",
+    "ScheduleAlreadyExistsError",
+    "ScheduleDescription",
+    "ScheduleNotFoundError",
+    "ScheduleStatus",
     "SerializationError",
     "Task",
     "TaskFailedError",

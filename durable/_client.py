@@ -7,7 +7,7 @@ import functools
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -18,17 +18,19 @@ from ._config import ENV_DURABILITY, resolve_hub, resolve_url
 from ._core import events as ev
 from ._core.entities import EntityId, EntityRecord, EntityState
 from ._core.model import (
-    FailureDetails,
     OrchestrationAlreadyExistsError,
     OrchestrationNotFoundError,
     OrchestrationState,
     OrchestrationStatus,
     datetime_to_ms,
-    ms_to_datetime,
+    encode_tags,
 )
 from ._core.registry import check_version, name_of
-from ._core.serialization import decode, encode, is_blob_ref, pack_record, unpack_record
+from ._core.serialization import decode, encode, pack_record
 from ._loop import LoopThread
+from ._query import AsyncQueries, SyncQueries, resolved, state_from
+from ._runtime import tracing
+from ._runtime.schedule_client import AsyncScheduleMethods, ScheduleMethods
 from ._store import lifecycle
 from ._store.store import Store
 
@@ -38,43 +40,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-async def _resolved(store: Store, fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
-    """Replace references to large payloads by the payloads."""
-    for key in (b"input", b"output", b"custom"):
-        if is_blob_ref(fields.get(key)):
-            fields[key] = await store.resolve(fields[key]) or b""
-    return fields
-
-
-def _state_from(instance_id: str, f: dict[bytes, bytes]) -> OrchestrationState:
-    def payload(key: bytes) -> Any:
-        raw = f.get(key)
-        return decode(raw) if raw else None
-
-    failure_raw = f.get(b"failure")
-    parent_raw = f.get(b"parent")
-    scheduled = f.get(b"scheduled")
-    status = f.get(b"status", b"PENDING").decode()
-    if status == OrchestrationStatus.CONTINUED_AS_NEW.value:
-        status = OrchestrationStatus.RUNNING.value
-    return OrchestrationState(
-        instance_id=instance_id,
-        name=f.get(b"name", b"").decode(),
-        runtime_status=OrchestrationStatus(status),
-        input=payload(b"input"),
-        output=payload(b"output"),
-        custom_status=payload(b"custom"),
-        failure_details=FailureDetails.from_record(unpack_record(failure_raw)) if failure_raw else None,
-        created_at=ms_to_datetime(int(f.get(b"created", b"0"))),
-        last_updated_at=ms_to_datetime(int(f.get(b"updated", b"0"))),
-        scheduled_start_at=ms_to_datetime(int(scheduled)) if scheduled else None,
-        parent_instance_id=unpack_record(parent_raw).get("iid") if parent_raw else None,
-        version=f.get(b"ver", b"").decode(),
-    )
-
-
-class AsyncClient:
-    """Starts, queries and controls orchestrations (and signals entities) of one hub."""
+class AsyncClient(AsyncQueries, AsyncScheduleMethods):
+    """Starts, queries and controls orchestrations (and signals entities, and manages schedules) of
+    one hub."""
 
     def __init__(
         self, redis_url: str | None = None, hub: str | None = None, *, durability: str | None = None
@@ -131,16 +99,17 @@ class AsyncClient:
         input: Any = None,
         instance_id: str | None = None,
         start_at: _dt.datetime | None = None,
+        tags: dict[str, str] | None = None,
         version: str | None = None,
     ) -> str:
         """Start an orchestration (now, or at ``start_at``); returns its instance id.
 
-        ``version`` pins the instance to that version of the orchestrator; None pins it, at its
-        first step, to the newest version registered by the worker that runs that step. A worker
-        that lacks the version never runs the instance: it waits for one that has it.
-
-        Raises SerializationError for an input msgpack cannot carry and
-        OrchestrationAlreadyExistsError when an instance with that id is still running.
+        ``tags`` (short strings) are kept with the instance and can be filtered on
+        (:meth:`list_orchestrations`). ``version`` pins the instance to that version of the
+        orchestrator; None pins it, at its first step, to the newest version registered by the
+        worker that runs that step. A worker that lacks the version never runs the instance: it
+        waits for one that has it. Raises SerializationError for an input msgpack cannot carry
+        and OrchestrationAlreadyExistsError when an instance with that id is still running.
         """
         name = name_of(orchestrator, "orchestrator")
         version = check_version(version)
@@ -148,10 +117,11 @@ class AsyncClient:
         if not iid or iid.startswith("@"):
             raise ValueError(f"invalid instance id {iid!r} (must be non-empty and not start with '@')")
         data = encode(input, what=f"input of orchestration {name!r}")
+        tag_text = encode_tags(tags)
         store = await self._get_store()
         created = self._now_ms()
         exec_id = uuid.uuid4().hex
-        start: dict[str, Any] = {
+        body: dict[str, Any] = {
             "kind": ev.MSG_START,
             "target": iid,
             "name": name,
@@ -159,15 +129,23 @@ class AsyncClient:
             "exec": exec_id,
             "created": created,
         }
+        if tag_text:
+            body["tags"] = tag_text
         if version is not None:
-            start["ver"] = version
-        message = pack_record(start)
+            body["ver"] = version
         scheduled = None
         if start_at is not None:
             scheduled = datetime_to_ms(start_at)
             if scheduled <= created:
                 scheduled = None
-        ok = await store.start_instance(iid, name, message, data, created, scheduled, exec_id, version)
+        span_attributes = {"durable.instance_id": iid, "durable.orchestration.name": name}
+        with tracing.client_span(f"create_orchestration:{name}", span_attributes) as traceparent:
+            if traceparent is not None:
+                body["traceparent"] = traceparent
+            message = pack_record(body)
+            ok = await store.start_instance(
+                iid, name, message, data, created, scheduled, exec_id, tag_text, version
+            )
         if not ok:
             raise OrchestrationAlreadyExistsError(
                 f"an orchestration with id {iid!r} already exists and is not finished"
@@ -180,7 +158,7 @@ class AsyncClient:
         fields = await store.get_instance(instance_id)
         if not fields or b"status" not in fields:
             return None
-        return _state_from(instance_id, await _resolved(store, fields))
+        return state_from(instance_id, await resolved(store, fields))
 
     async def get_orchestration_history(self, instance_id: str) -> list[dict[str, Any]]:
         """The recorded history events of the instance's current execution (payloads decoded)."""
@@ -243,6 +221,9 @@ class AsyncClient:
     async def _send(self, instance_id: str, body: dict[str, Any]) -> None:
         store = await self._get_store()
         body["target"] = instance_id
+        traceparent = tracing.current_traceparent()
+        if traceparent is not None:
+            body["traceparent"] = traceparent
         if not await store.send_to_instance(instance_id, pack_record(body)):
             raise OrchestrationNotFoundError(f"no orchestration with id {instance_id!r}")
 
@@ -344,47 +325,6 @@ class AsyncClient:
         target = uuid.uuid4().hex if new_instance_id else instance_id
         return await self.schedule_new_orchestration(state.name, input=state.input, instance_id=target)
 
-    async def list_orchestrations(
-        self,
-        *,
-        status: OrchestrationStatus | str | list[OrchestrationStatus | str] | None = None,
-        name: str | None = None,
-        created_from: _dt.datetime | None = None,
-        created_to: _dt.datetime | None = None,
-        limit: int = 100,
-    ) -> list[OrchestrationState]:
-        """Instances newest first, filtered by status(es), name and creation time."""
-        store = await self._get_store()
-        wanted: set[str] | None = None
-        if status is not None:
-            items = status if isinstance(status, list) else [status]
-            wanted = {OrchestrationStatus(s).value if isinstance(s, str) else s.value for s in items}
-        lo = datetime_to_ms(created_from) if created_from else None
-        hi = datetime_to_ms(created_to) if created_to else None
-        out: list[OrchestrationState] = []
-        scan = max(limit, 100) if (wanted or name) else limit
-        while True:
-            ids = await store.index_range(lo, hi, scan)
-            # examine candidates newest first until the page is full
-            for start in range(0, len(ids), 200):
-                chunk = ids[start : start + 200]
-                rows = await store.get_instances([iid for iid, _ in chunk])
-                for (iid, _), fields in zip(chunk, rows, strict=True):
-                    if not fields or b"status" not in fields:
-                        continue
-                    state = _state_from(iid, await _resolved(store, fields))
-                    if wanted is not None and state.runtime_status.value not in wanted:
-                        continue
-                    if name is not None and state.name != name:
-                        continue
-                    out.append(state)
-                    if len(out) >= limit:
-                        return out
-            if len(ids) < scan * store.partitions or scan >= 1_000_000:
-                return out
-            scan *= 4
-            out.clear()
-
     # -- entities --------------------------------------------------------------------------------
     async def signal_entity(
         self,
@@ -411,6 +351,9 @@ class AsyncClient:
         }
         if signal_at is not None:
             msg["at"] = datetime_to_ms(signal_at)
+        traceparent = tracing.current_traceparent()  # the entity's span joins the caller's trace
+        if traceparent is not None:
+            msg["traceparent"] = traceparent
         store = await self._get_store()
         await store.send_message(target, pack_record(msg))
         return sid
@@ -424,39 +367,17 @@ class AsyncClient:
         main, side = await store.load_records(pk.index, [pk.entity(target), pk.entity_control(target)])
         return EntityRecord.from_fields(main, side).to_state(eid)
 
-    async def list_entities(self, *, name: str | None = None, limit: int = 100) -> list[EntityState]:
-        """Entities (with their state), most recently modified first, optionally of one name."""
-        store = await self._get_store()
-        prefix = f"@{name.lower()}@" if name else None
-        scan = limit if prefix is None else max(limit * 4, 1000)
-        while True:
-            ids, complete = await store.recent_entities(scan)
-            if prefix is not None:
-                ids = [r for r in ids if r[0].startswith(prefix)]
-            out: list[EntityState] = []
-            for start in range(0, len(ids), 200):
-                chunk = [e for e, _ in ids[start : start + 200]]
-                keys: list[str] = []
-                for e in chunk:
-                    keys.extend((store.keys_for(e).entity(e), store.keys_for(e).entity_control(e)))
-                records = await store.load_records(0, keys)
-                for i, target in enumerate(chunk):
-                    try:
-                        record = EntityRecord.from_fields(records[2 * i], records[2 * i + 1])
-                        state = record.to_state(EntityId.parse(target))
-                    except ValueError:
-                        continue
-                    if state is not None:
-                        out.append(state)
-                        if len(out) >= limit:
-                            return out
-            if complete or scan >= 1_000_000:
-                return out
-            scan *= 4
+
+async def _with_trace_context(captured: Any, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run the coroutine ``make()`` with the trace context captured on the caller's thread."""
+    with tracing.attached(captured):
+        return await make()
 
 
-class Client:
+class Client(SyncQueries, ScheduleMethods):
     """Synchronous client; the same methods as :class:`AsyncClient`, blocking."""
+
+    _async: AsyncClient
 
     def __init__(
         self, redis_url: str | None = None, hub: str | None = None, *, durability: str | None = None
@@ -468,7 +389,9 @@ class Client:
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self._thread is None:
             raise RuntimeError("client is closed")
-        return self._thread.run(functools.partial(fn, *args, **kwargs)())
+        # the caller's trace context goes along (its active span is the parent of ours)
+        call = functools.partial(fn, *args, **kwargs)
+        return self._thread.run(_with_trace_context(tracing.capture(), call))
 
     def close(self) -> None:
         """Close connections and the client's background thread."""
@@ -492,6 +415,7 @@ class Client:
         input: Any = None,
         instance_id: str | None = None,
         start_at: _dt.datetime | None = None,
+        tags: dict[str, str] | None = None,
         version: str | None = None,
     ) -> str:
         """See :meth:`AsyncClient.schedule_new_orchestration`."""
@@ -502,6 +426,7 @@ class Client:
                 input=input,
                 instance_id=instance_id,
                 start_at=start_at,
+                tags=tags,
                 version=version,
             )
         )
@@ -583,25 +508,6 @@ class Client:
             self._call(self._async.restart_orchestration, instance_id, new_instance_id=new_instance_id)
         )
 
-    def list_orchestrations(
-        self,
-        *,
-        status: OrchestrationStatus | str | list[OrchestrationStatus | str] | None = None,
-        name: str | None = None,
-        created_from: _dt.datetime | None = None,
-        created_to: _dt.datetime | None = None,
-        limit: int = 100,
-    ) -> list[OrchestrationState]:
-        """See :meth:`AsyncClient.list_orchestrations`."""
-        return self._call(  # type: ignore[no-any-return]
-            self._async.list_orchestrations,
-            status=status,
-            name=name,
-            created_from=created_from,
-            created_to=created_to,
-            limit=limit,
-        )
-
     def signal_entity(
         self,
         entity_id: EntityId | str,
@@ -626,7 +532,3 @@ class Client:
     def get_entity(self, entity_id: EntityId | str) -> EntityState | None:
         """See :meth:`AsyncClient.get_entity`."""
         return self._call(self._async.get_entity, entity_id)  # type: ignore[no-any-return]
-
-    def list_entities(self, *, name: str | None = None, limit: int = 100) -> list[EntityState]:
-        """See :meth:`AsyncClient.list_entities`."""
-        return self._call(self._async.list_entities, name=name, limit=limit)  # type: ignore[no-any-return]

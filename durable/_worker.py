@@ -10,6 +10,7 @@ import anyio
 
 from ._config import WorkerConfig, resolve_hub, resolve_url
 from ._core.registry import Registry
+from ._core.schedules import SCHEDULE_ENTITY, schedule_entity
 from ._loop import LoopThread
 from ._runtime.runtime import Runtime
 from ._store.store import Store
@@ -40,6 +41,9 @@ class Worker:
         if concurrency is not None:
             self.config.concurrency = concurrency
         self.registry = Registry()
+        # Schedules are entities that any worker may own (their partition is where their id
+        # hashes), so every worker runs them; the name is reserved.
+        self.registry.add_entity(schedule_entity, SCHEDULE_ENTITY)
         self._runtime: Runtime | None = None
         self._thread: LoopThread | None = None
         self._future: Any = None

@@ -34,7 +34,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from ._cli import doctor, entity, hub, lint, orchestration, replay
+from ._cli import doctor, entity, hub, lint, orchestration, replay, schedule
 from ._cli.app import UsageError, load_worker
 from ._cli.common import (
     EXIT_CODES_HELP,
@@ -267,6 +267,16 @@ def _register_operator_commands(parser: argparse.ArgumentParser, commands: Comma
     parser.epilog = f"{parser.epilog or ''}\n\n{EXIT_CODES_HELP}".lstrip()
     orchestration.register(commands)
     entity.register(commands)
+    schedule.register(commands)
+    leaf(
+        commands,
+        "reindex",
+        hub.reindex,
+        "build the query indexes of instances and entities written by an older version",
+        "Add the query indexes (status, name, tags, creation time; entity ids and control "
+        "hashes) for instances and entities written before this version kept them, so that "
+        "listing and paging see them. Safe to run while workers run, and to run again.",
+    )
     leaf(
         commands,
         "partitions",

@@ -72,9 +72,32 @@ async def entity_list(session: cli.Session, args: argparse.Namespace) -> cli.Out
     name = args.name
     if name is not None and "@" in name:
         raise cli.CommandError(f"entity names cannot contain '@': {name!r}", cli.EXIT_USAGE)
-    rows: list[dict[str, Any]] = (
-        await views.entities_view(session.store, name, args.limit) if session.hub_exists else []
-    )
+    rows: list[dict[str, Any]] = []
+    token: str | None = args.continuation_token
+    if session.hub_exists:
+        client = await session.client()
+        filters: dict[str, Any] = {
+            "name": name,
+            "key_prefix": args.key_prefix,
+            "last_modified_from": args.modified_from,
+            "last_modified_to": args.modified_to,
+            "include_state": args.state,
+        }
+        try:
+            if name is None and args.key_prefix is None and token is None and not args.all:
+                states = await client.list_entities(**filters, limit=args.limit)
+            else:
+                states = []
+                while True:
+                    page = await client.entity_page(**filters, limit=args.limit, continuation_token=token)
+                    states.extend(page)
+                    token = page.continuation_token
+                    if not args.all or token is None:
+                        break
+        except ValueError as exc:
+            raise cli.CommandError(str(exc), cli.EXIT_USAGE) from None
+        rows = [views.entity_row(s, args.state) for s in states]
+    more = f"more: --continuation-token {token}" if token else None
     table = [
         [
             cli.fmt_cell(r["entity_id"], 50),
@@ -84,9 +107,14 @@ async def entity_list(session: cli.Session, args: argparse.Namespace) -> cli.Out
         ]
         for r in rows
     ]
+    headers = ["entity id", "name", "key", "last modified"]
+    if args.state:
+        headers.append("state")
+        for line, row in zip(table, rows, strict=True):
+            line.append(cli.fmt_cell(row.get("state"), 40))
     if not table:
-        return cli.Outcome(rows, "", note="no entities found")
-    return cli.Outcome(rows, cli.render_table(["entity id", "name", "key", "last modified"], table))
+        return cli.Outcome(rows, "", note=more or "no entities found")
+    return cli.Outcome(rows, cli.render_table(headers, table), note=more)
 
 
 def register(commands: cli.Commands) -> None:
@@ -113,8 +141,21 @@ def register(commands: cli.Commands) -> None:
     )
     p.add_argument("name", metavar="NAME", help="the entity's registered name")
     p.add_argument("key", metavar="KEY", help="the entity key")
-    p = cli.leaf(esub, "list", entity_list, "list entities", "List entities, most recently modified first.")
+    p = cli.leaf(
+        esub,
+        "list",
+        entity_list,
+        "list entities",
+        "List entities, most recently modified first; with --name or --key-prefix, in id order, "
+        "a page at a time.",
+    )
     p.add_argument("--name", metavar="N", help="only entities named N")
+    p.add_argument("--key-prefix", metavar="P", help="only keys starting with P")
+    p.add_argument("--modified-from", type=cli.iso_arg, metavar="ISO", help="last modified at or after")
+    p.add_argument("--modified-to", type=cli.iso_arg, metavar="ISO", help="last modified at or before")
+    p.add_argument("--state", action="store_true", help="show each entity's state")
+    p.add_argument("--continuation-token", metavar="T", help="the page after the one that printed it")
+    p.add_argument("--all", action="store_true", help="every page (--limit is then the page size)")
     p.add_argument(
         "--limit", type=cli.positive_int_arg, default=100, metavar="N", help="at most N (default: 100)"
     )

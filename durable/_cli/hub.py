@@ -6,6 +6,7 @@ import argparse
 
 from .._core.registry import split_capability
 from .._ops import views as views
+from .._store import listing
 from .._store import queries as q
 from .common import (
     HubMissingError,
@@ -66,6 +67,17 @@ async def workers(session: Session, args: argparse.Namespace) -> Outcome:
         return Outcome(data, "", note=f"no live workers in hub {session.hub!r}")
     headers = ["worker id", "host", "pid", "slots used", "partitions", "heartbeat expires in", "versions"]
     return Outcome(data, render_table(headers, rows))
+
+
+async def reindex(session: Session, args: argparse.Namespace) -> Outcome:
+    if not session.hub_exists:
+        raise HubMissingError(f"hub {session.hub!r} does not exist (no metadata): nothing to index")
+    store = session.store
+    store.partitions = await q.partition_count(store)
+    instances, entities, controls = await listing.reindex(store)
+    data = {"instances": instances, "entities": entities, "entity_control_hashes": controls}
+    text = f"Indexed {instances} instances, {entities} entities and {controls} entity control hashes."
+    return Outcome(data, text)
 
 
 def _versions(caps: list[str]) -> str:

@@ -77,6 +77,13 @@ def _seconds_arg(text: str) -> float:
     return value
 
 
+def _tag_arg(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
@@ -118,6 +125,7 @@ def _state_text(data: Mapping[str, Any]) -> str:
         ("Last updated", fmt_iso(data.get("last_updated_at"))),
         ("Scheduled start", fmt_iso(data.get("scheduled_start_at"))),
         ("Parent", q.text(data.get("parent_instance_id")) or "-"),
+        ("Tags", ", ".join(f"{k}={v}" for k, v in (data.get("tags") or {}).items()) or "-"),
         ("Input", compact_json(data.get("input"))),
         ("Output", compact_json(data.get("output"))),
         ("Custom status", compact_json(data.get("custom_status"))),
@@ -179,17 +187,28 @@ async def orchestration_start(session: Session, args: argparse.Namespace) -> Out
 
 async def orchestration_list(session: Session, args: argparse.Namespace) -> Outcome:
     statuses = [s for group in args.status or [] for s in group]
-    if not session.hub_exists:
-        states: list[OrchestrationState] = []
-    else:
+    states: list[OrchestrationState] = []
+    token: str | None = args.continuation_token
+    if session.hub_exists:
         client = await session.client()
-        states = await client.list_orchestrations(
-            status=list(statuses) or None,
-            name=args.name,
-            created_from=args.created_from,
-            created_to=args.created_to,
-            limit=args.limit,
-        )
+        while True:
+            try:
+                page = await client.list_orchestrations(
+                    status=list(statuses) or None,
+                    name=args.name,
+                    created_from=args.created_from,
+                    created_to=args.created_to,
+                    tags=dict(args.tag or []) or None,
+                    limit=args.limit,
+                    continuation_token=token,
+                )
+            except ValueError as exc:
+                raise CommandError(str(exc), EXIT_USAGE) from None
+            states.extend(page)
+            token = page.continuation_token
+            if not args.all or token is None:
+                break
+    more = f"more: --continuation-token {token}" if token else None
     data = [state_json(s) for s in states]
     rows = [
         [
@@ -202,8 +221,10 @@ async def orchestration_list(session: Session, args: argparse.Namespace) -> Outc
         for s in states
     ]
     if not rows:
-        return Outcome(data, "", note="no orchestrations found")
-    return Outcome(data, render_table(["instance id", "name", "status", "created", "updated"], rows))
+        return Outcome(data, "", note=more or "no orchestrations found")
+    return Outcome(
+        data, render_table(["instance id", "name", "status", "created", "updated"], rows), note=more
+    )
 
 
 async def orchestration_describe(session: Session, args: argparse.Namespace) -> Outcome:
@@ -468,6 +489,19 @@ def register(commands: Commands) -> None:
     )
     p.add_argument("--created-from", type=iso_arg, metavar="ISO", help="created at or after (no offset: UTC)")
     p.add_argument("--created-to", type=iso_arg, metavar="ISO", help="created at or before (no offset: UTC)")
+    p.add_argument(
+        "--tag",
+        type=_tag_arg,
+        action="append",
+        metavar="K=V",
+        help="only instances with tag K set to V (repeatable: all must match)",
+    )
+    p.add_argument(
+        "--continuation-token",
+        metavar="T",
+        help="the page after the one that printed 'more: --continuation-token T'",
+    )
+    p.add_argument("--all", action="store_true", help="every page (--limit is then the page size)")
 
     _instance_command(
         sub,

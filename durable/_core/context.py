@@ -14,10 +14,12 @@ from types import TracebackType
 from typing import Any
 
 from . import events as ev
+from .convert import return_type as _declared_return
 from .entities import EntityId, sort_entities
 from .model import FailureDetails, RetryPolicy, datetime_to_ms, ms_to_datetime
 from .registry import UNVERSIONED, check_version
-from .serialization import SerializationError, decode, encode
+from .replay_log import ReplaySafeLogger
+from .serialization import encode
 from .tasks import CompletableTask, RetryableTask, Task
 
 _UUID_NAMESPACE = uuid.UUID("9e952958-5e33-4daf-827f-2fa12937b875")
@@ -49,6 +51,12 @@ class OrchestrationContext:
         #: (input, save_events, version: None keeps the current one)
         self._continue_as_new: tuple[bytes | None, bool, str | None] | None = None
         self._extensions: dict[str, Any] = {}
+        self._name = ""
+        self._parent_instance_id: str | None = None
+        self._logger: ReplaySafeLogger | None = None
+        #: log records of the current step, kept until the step commits (None: emit at once);
+        #: the worker sets a list and emits the records once the step is committed
+        self._log_records: list[Any] | None = None
         self._version = UNVERSIONED
         #: what is_patched() answered, by patch id (one answer per execution)
         self._patches: dict[str, bool] = {}
@@ -72,6 +80,20 @@ class OrchestrationContext:
     def is_replaying(self) -> bool:
         """True while the code re-runs over recorded history (use it to silence logging)."""
         return self._is_replaying
+
+    @property
+    def parent_instance_id(self) -> str | None:
+        """The instance id of the orchestration that started this one as a sub-orchestration."""
+        return self._parent_instance_id
+
+    @property
+    def logger(self) -> ReplaySafeLogger:
+        """A :class:`logging.Logger`-compatible logger (``durable.orchestration``) that writes each
+        line once: records are dropped while the code replays history, and every record carries
+        ``instance_id``, ``orchestration_name`` and ``orchestration_version`` (``extra``)."""
+        if self._logger is None:
+            self._logger = ReplaySafeLogger(self)
+        return self._logger
 
     @property
     def version(self) -> str:
@@ -121,6 +143,7 @@ class OrchestrationContext:
         retry_policy: RetryPolicy | None = None,
         timeout: _dt.timedelta | None = None,
         heartbeat_timeout: _dt.timedelta | None = None,
+        return_type: Any = None,
     ) -> Task[Any]:
         """Schedule an activity; the task completes with its result or fails with TaskFailedError.
 
@@ -128,6 +151,9 @@ class OrchestrationContext:
         free slot does not count); ``heartbeat_timeout`` times out an attempt that does not call
         ``ActivityContext.heartbeat()`` this often. Either failure has the error type
         ``ActivityTimeoutError`` and is retried by ``retry_policy`` like any other.
+
+        The result is rebuilt into ``return_type``, else into the activity's annotated return
+        type when ``activity`` is the function itself (dataclasses, pydantic models, enums, ...).
         """
         name = self._name_of(activity, "activity")
         data = encode(input, what=f"input of activity {name!r}")
@@ -136,7 +162,8 @@ class OrchestrationContext:
             if limit is not None:
                 ms = _positive_ms(limit, "timeout" if key == "to" else "heartbeat_timeout")
                 action[key] = ms
-        return self._schedule(action, f"activity {name!r}", retry_policy)
+        rtype = _result_type(activity, return_type)
+        return self._schedule(action, f"activity {name!r}", retry_policy, rtype)
 
     def call_sub_orchestrator(
         self,
@@ -145,9 +172,11 @@ class OrchestrationContext:
         input: Any = None,
         instance_id: str | None = None,
         retry_policy: RetryPolicy | None = None,
+        return_type: Any = None,
         version: str | None = None,
     ) -> Task[Any]:
-        """Start a child orchestration and wait for its output.
+        """Start a child orchestration and wait for its output (rebuilt into ``return_type``, else
+        into the orchestrator's annotated return type when given the function).
 
         ``version`` pins the child to that version of the orchestrator; None pins it, at its
         first step, to the newest version the worker running that step has registered."""
@@ -156,14 +185,17 @@ class OrchestrationContext:
         action: ev.Event = {"k": ev.SUB_CREATED, "name": name, "input": data, "iid": instance_id}
         if check_version(version) is not None:
             action["ver"] = version
-        return self._schedule(action, f"sub-orchestration {name!r}", retry_policy)
+        rtype = _result_type(orchestrator, return_type)
+        return self._schedule(action, f"sub-orchestration {name!r}", retry_policy, rtype)
 
-    def _schedule(self, action: ev.Event, description: str, retry_policy: RetryPolicy | None) -> Task[Any]:
+    def _schedule(
+        self, action: ev.Event, description: str, retry_policy: RetryPolicy | None, result_type: Any = None
+    ) -> Task[Any]:
         task: CompletableTask[Any]
         if retry_policy is not None:
-            task = RetryableTask(description, dict(action), retry_policy, self._now_ms)
+            task = RetryableTask(description, dict(action), retry_policy, self._now_ms, result_type)
         else:
-            task = CompletableTask(description)
+            task = CompletableTask(description, result_type)
         self._emit_call(action, task)
         return task
 
@@ -194,14 +226,15 @@ class OrchestrationContext:
         tid = self._add_action(timer, None)
         self._retry_timers[tid] = retryable
 
-    def wait_for_external_event(self, name: str) -> Task[Any]:
-        """A task completed by the next event ``name`` raised on this instance (buffered if early)."""
+    def wait_for_external_event(self, name: str, *, data_type: Any = None) -> Task[Any]:
+        """A task completed by the next event ``name`` raised on this instance (buffered if early);
+        its data is rebuilt into ``data_type`` when given."""
         key = name.casefold()
-        task: CompletableTask[Any] = CompletableTask(f"event {name!r}")
+        task: CompletableTask[Any] = CompletableTask(f"event {name!r}", data_type)
         queue = self._received_events.get(key)
         if queue:
             _, data = queue.popleft()
-            task._set_result(decode(data))
+            task.complete_with_payload(data)
         else:
             self._event_waiters.setdefault(key, deque()).append(task)
         return task
@@ -240,14 +273,27 @@ class OrchestrationContext:
             self._extensions["deliver"] = calls.deliver
         return calls
 
-    def signal_entity(self, entity_id: EntityId | str, operation: str, *, input: Any = None) -> None:
-        """Send a one-way operation to an entity (durable; applied once, in the order sent)."""
-        self._entity_calls().send(ev.ENTITY_SIGNALED, EntityId.of(entity_id), operation, input)
+    def signal_entity(
+        self,
+        entity_id: EntityId | str,
+        operation: str,
+        *,
+        input: Any = None,
+        signal_at: _dt.datetime | None = None,
+    ) -> None:
+        """Send a one-way operation to an entity (durable; applied once, in the order sent);
+        ``signal_at`` delays it until that time (Redis clock)."""
+        at = datetime_to_ms(signal_at) if signal_at is not None else None
+        self._entity_calls().send(ev.ENTITY_SIGNALED, EntityId.of(entity_id), operation, input, at=at)
 
-    def call_entity(self, entity_id: EntityId | str, operation: str, *, input: Any = None) -> Task[Any]:
-        """Apply an operation on an entity; the task completes with the operation's return value,
-        or fails with TaskFailedError carrying the operation's failure details."""
-        task = self._entity_calls().send(ev.ENTITY_CALLED, EntityId.of(entity_id), operation, input)
+    def call_entity(
+        self, entity_id: EntityId | str, operation: str, *, input: Any = None, return_type: Any = None
+    ) -> Task[Any]:
+        """Apply an operation on an entity; the task completes with the operation's return value
+        (rebuilt into ``return_type`` when given), or fails with TaskFailedError carrying the
+        operation's failure details."""
+        calls = self._entity_calls()
+        task = calls.send(ev.ENTITY_CALLED, EntityId.of(entity_id), operation, input, result_type=return_type)
         assert task is not None
         return task
 
@@ -307,7 +353,16 @@ class _EntityCalls:
             action["rid"] = f"{ctx.instance_id}:{ctx._now_ms:x}:{tid}"
             self.open[tid] = (task, action)
 
-    def send(self, kind: str, entity: EntityId, operation: str, value: Any) -> CompletableTask[Any] | None:
+    def send(
+        self,
+        kind: str,
+        entity: EntityId,
+        operation: str,
+        value: Any,
+        *,
+        at: int | None = None,
+        result_type: Any = None,
+    ) -> CompletableTask[Any] | None:
         target = str(entity)
         held = self.held
         if kind == ev.ENTITY_CALLED:
@@ -320,11 +375,13 @@ class _EntityCalls:
                 raise RuntimeError(f"cannot call {target} while a lock request for it is pending")
         data = encode(value, what=f"input of operation {operation!r} on {target}")
         action: ev.Event = {"k": kind, "name": operation, "entity": target, "input": data}
+        if at is not None:
+            action["at"] = at
         if held is not None and target in held._targets:
             action["cs"] = held._rid
         task: CompletableTask[Any] | None = None
         if kind == ev.ENTITY_CALLED:
-            task = CompletableTask(f"operation {operation!r} on {target}")
+            task = CompletableTask(f"operation {operation!r} on {target}", result_type)
         self._add(action, task)
         return task
 
@@ -362,15 +419,22 @@ class _EntityCalls:
             return True
         failure = event.get("failure")
         if failure is None:
-            try:
-                task._set_result(decode(event.get("result")))
-                return True
-            except SerializationError as exc:
-                failure = FailureDetails.from_exception(exc).to_record()
+            assert isinstance(task, CompletableTask)
+            task.complete_with_payload(event.get("result"), undecodable_fails=True)
+            return True
         details = FailureDetails.from_record(failure) or FailureDetails("failed", "Error")
         assert isinstance(task, CompletableTask)
         task.fail(f"{task.description} failed: {details.message}", details)
         return True
+
+
+def _result_type(fn: Callable[..., Any] | str, explicit: Any) -> Any:
+    """``explicit`` if given, else the declared return type of ``fn`` when it is a function."""
+    if explicit is not None:
+        return explicit
+    if isinstance(fn, str) or not callable(fn):
+        return None
+    return _declared_return(fn)
 
 
 def _positive_ms(value: _dt.timedelta, what: str) -> int:

@@ -23,13 +23,15 @@ import functools
 import hashlib
 import inspect
 import struct
+import typing
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from . import events as ev
+from .convert import input_type, rebuild
 from .model import FailureDetails, datetime_to_ms, is_interrupt, ms_to_datetime
 from .registry import name_of
 from .serialization import decode, encode, pack_record, unpack_record
@@ -92,6 +94,11 @@ class EntityState:
     locked_by: str | None = None
     backlog: int = 0
 
+    def state_as(self, tp: Any) -> Any:
+        """The state rebuilt into type ``tp`` (a dataclass, a pydantic model, ``list[Item]``, ...);
+        raises SerializationError naming the field that does not fit."""
+        return rebuild(self.state, tp, f"state of entity {self.entity_id}")
+
 
 class EntityContext:
     """Passed to function entities (and available as ``self.context`` in class entities)."""
@@ -106,6 +113,8 @@ class EntityContext:
         self._dirty = False
         self._deleted = False
         self._actions: list[dict[str, Any]] = []
+        #: observations for the worker's metrics (kind, value); kept only if the operation succeeds
+        self._notes: list[tuple[str, Any]] = []
 
     def _begin(self, operation: str, state: bytes | None) -> None:
         self._operation = operation
@@ -115,6 +124,15 @@ class EntityContext:
         self._dirty = False
         self._deleted = False
         self._actions = []
+        self._notes = []
+
+    def _emit(self, msg: dict[str, Any]) -> None:
+        """Send a prepared message (with ``kind`` and ``target``) if this operation succeeds."""
+        self._actions.append(msg)
+
+    def _note(self, kind: str, value: Any) -> None:
+        """Leave an observation for the worker's metrics (counted once the step commits)."""
+        self._notes.append((kind, value))
 
     @property
     def entity_id(self) -> EntityId:
@@ -292,18 +310,49 @@ def _run_operation(impl: Any, ctx: EntityContext, operation: str, value: Any) ->
         had_state = ctx.has_state
         initial: bytes | None = None
         if had_state:
-            obj.state = ctx.get_state()
+            state_type = _STATE_TYPES.get(impl, _NO_TYPE)
+            if state_type is _NO_TYPE:
+                state_type = _STATE_TYPES[impl] = _state_type(impl)
+            obj.state = rebuild(ctx.get_state(), state_type, f"state of entity {ctx.entity_id}")
         else:
             obj.state = obj.initial_state()
             initial = encode(obj.state, what=f"initial state of entity {ctx.entity_id}")
         method = getattr(type(obj), method_name)
-        out = method(obj, value) if _takes_input(method, 1) else method(obj)
+        if _takes_input(method, 1):
+            value = rebuild(
+                value, input_type(method, 1), f"input of operation {operation!r} on {ctx.entity_id}"
+            )
+            out = method(obj, value)
+        else:
+            out = method(obj)
         if not ctx._deleted and not ctx._dirty:
             new = encode(obj.state, what=f"state of entity {ctx.entity_id}")
             if had_state or new != initial:
                 ctx.set_state(obj.state)
         return out
-    return impl(ctx, value) if _takes_input(impl, 1) else impl(ctx)
+    if not _takes_input(impl, 1):
+        return impl(ctx)
+    return impl(
+        ctx, rebuild(value, input_type(impl, 1), f"input of operation {operation!r} on {ctx.entity_id}")
+    )
+
+
+_STATE_TYPES: dict[type, Any] = {}
+_NO_TYPE = object()
+
+
+def _state_type(cls: type) -> Any:
+    """The annotated type of a class entity's ``state`` (None: kept as decoded)."""
+    for klass in cls.__mro__:
+        if klass is Entity:
+            break
+        if "state" in getattr(klass, "__annotations__", {}):
+            try:
+                hint = typing.get_type_hints(klass).get("state")
+            except Exception:
+                return None
+            return None if hint is Any else hint
+    return None
 
 
 def fingerprint(request_id: str) -> bytes:
@@ -404,11 +453,22 @@ class BatchResult:
     deleted: bool = False
     #: failures of signals (nobody waits for them): (operation, details)
     signal_failures: list[tuple[str, FailureDetails]] = field(default_factory=list)
+    #: observations of the operations that succeeded, for the metrics (see EntityContext._note)
+    notes: list[tuple[str, Any]] = field(default_factory=list)
 
 
 def _persistable(msg: dict[str, Any]) -> dict[str, Any]:
     """A message without the transient annotations (``_eid``, ``_wire``) the partition adds."""
     return {k: v for k, v in msg.items() if not k.startswith("_")}
+
+
+class OperationObserver(Protocol):
+    """Told when each operation starts and ends (the worker's tracing); ``begin`` returns the trace
+    context to put on the messages the operation sends."""
+
+    def begin(self, entity_id: str, operation: str, msg: dict[str, Any]) -> str | None: ...
+
+    def end(self, failure: FailureDetails | None) -> None: ...
 
 
 class EntityBatch:
@@ -422,7 +482,9 @@ class EntityBatch:
         now_ms: int,
         window: int = DEFAULT_DEDUP_WINDOW,
         dedup_seconds: int = DEFAULT_DEDUP_SECONDS,
+        observer: OperationObserver | None = None,
     ) -> None:
+        self.observer = observer
         self.entity_id = entity_id
         self.target = str(entity_id)
         self.impl = impl
@@ -550,6 +612,8 @@ class EntityBatch:
         rec, result = self.record, self.result
         ctx = self._ctx
         ctx._begin(op, rec.state)
+        observer = self.observer
+        traceparent = observer.begin(self.target, op, msg) if observer is not None else None
         try:
             value = decode(msg.get("input"))
             out = _run_operation(self.impl, ctx, op, value)
@@ -569,19 +633,27 @@ class EntityBatch:
             if is_interrupt(exc):
                 raise
             details = FailureDetails.from_exception(exc)
+            if observer is not None:
+                observer.end(details)
             result.failed += 1
             if kind == ev.MSG_CALL:
                 self._respond(msg, None, details)
             else:
                 result.signal_failures.append((op, details))
             return
+        if observer is not None:
+            observer.end(None)
         result.completed += 1
         rec.state = state
         if deleted:
             result.deleted = True
         if state is not None:
             result.deleted = False
+        if traceparent is not None:
+            for action in ctx._actions:
+                action["traceparent"] = traceparent
         result.out.extend(ctx._actions)
+        result.notes.extend(ctx._notes)
         if kind == ev.MSG_CALL:
             self._respond(msg, data, None)
 

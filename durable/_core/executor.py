@@ -18,6 +18,7 @@ from typing import Any
 
 from . import events as ev
 from .context import NameOf, OrchestrationContext
+from .convert import input_type, rebuild
 from .model import FailureDetails, NonDeterminismError, OrchestrationStatus, is_interrupt, ms_to_datetime
 from .registry import UNVERSIONED
 from .serialization import SerializationError, decode, encode
@@ -113,6 +114,11 @@ class OrchestrationExecutor:
     def replay_error(self) -> NonDeterminismError | None:
         """The mismatch :meth:`replay` found (it fails the next step), if any."""
         return self._replay_error
+
+    @property
+    def failure(self) -> FailureDetails | None:
+        """Why the execution failed (None unless it did)."""
+        return self._failure
 
     @property
     def is_done(self) -> bool:
@@ -294,7 +300,7 @@ class OrchestrationExecutor:
             key = str(event["name"]).casefold()
             waiters = ctx._event_waiters.get(key)
             if waiters:
-                waiters.popleft()._set_result(decode(event.get("input")))
+                waiters.popleft().complete_with_payload(event.get("input"))
             else:
                 ctx._received_events.setdefault(key, deque()).append((event["name"], event.get("input")))
             self._resume()
@@ -310,7 +316,7 @@ class OrchestrationExecutor:
             if task is None:
                 return False
             if kind in (ev.TASK_COMPLETED, ev.SUB_COMPLETED):
-                task._set_result(decode(event.get("result")))
+                task.complete_with_payload(event.get("result"))
             elif kind == ev.TIMER_FIRED:
                 task._set_result(None)
             else:
@@ -400,8 +406,13 @@ class OrchestrationExecutor:
                 ),
             )
             return
+        parent = event.get("parent")
+        self.ctx._parent_instance_id = parent.get("iid") if isinstance(parent, dict) else None
+        self.ctx._name = self.name
         try:
-            value = decode(event.get("input"))
+            value = rebuild(
+                decode(event.get("input")), input_type(fn), f"input of orchestration {self.name!r}"
+            )
             out = fn(self.ctx, value)
         except BaseException as exc:  # SystemExit too: user code fails its instance, not the worker
             if is_interrupt(exc):

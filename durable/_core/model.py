@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from .convert import rebuild
+
 
 class OrchestrationStatus(StrEnum):
     """The runtime status of an orchestration instance."""
@@ -187,6 +189,16 @@ class OrchestrationState:
     parent_instance_id: str | None = None
     #: the orchestrator version the instance is pinned to ("": unversioned, or not pinned yet)
     version: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def output_as(self, tp: Any) -> Any:
+        """The output rebuilt into type ``tp`` (a dataclass, a pydantic model, ``list[Item]``,
+        an enum, ...); raises SerializationError naming the field that does not fit."""
+        return rebuild(self.output, tp, f"output of orchestration {self.instance_id!r}")
+
+    def input_as(self, tp: Any) -> Any:
+        """The input rebuilt into type ``tp`` (see :meth:`output_as`)."""
+        return rebuild(self.input, tp, f"input of orchestration {self.instance_id!r}")
 
     def raise_if_failed(self) -> None:
         """Raise :class:`TaskFailedError` when the orchestration failed."""
@@ -263,16 +275,70 @@ class RetryPolicy:
         return delay
 
 
+#: at most this many tags per instance, each key and value at most this many characters
+MAX_TAGS = 32
+MAX_TAG_CHARS = 256
+
+
+def encode_tags(tags: dict[str, str] | None) -> str:
+    """Tags as stored (and indexed by the scripts): ``<len>:<key><len>:<value>...``, sorted by key.
+
+    Lengths count bytes of UTF-8. Raises ValueError/TypeError for tags that are not short strings."""
+    if not tags:
+        return ""
+    if not isinstance(tags, dict):
+        raise TypeError(f"tags must be a dict of str to str, got {type(tags).__qualname__}")
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"at most {MAX_TAGS} tags per instance, got {len(tags)}")
+    out: list[str] = []
+    for key in sorted(tags):
+        value = tags[key]
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"tags must map str to str: {key!r}: {value!r}")
+        if not key or len(key) > MAX_TAG_CHARS or len(value) > MAX_TAG_CHARS:
+            raise ValueError(
+                f"tag {key!r}: keys must be 1 to {MAX_TAG_CHARS} characters, values at most that"
+            )
+        for part in (key, value):
+            out.append(f"{len(part.encode())}:{part}")
+    return "".join(out)
+
+
+def decode_tags(data: bytes | str | None) -> dict[str, str]:
+    """Inverse of :func:`encode_tags`."""
+    if not data:
+        return {}
+    raw = data if isinstance(data, bytes) else data.encode()
+    parts: list[str] = []
+    i = 0
+    while i < len(raw):
+        colon = raw.index(b":", i)
+        size = int(raw[i:colon])
+        parts.append(raw[colon + 1 : colon + 1 + size].decode())
+        i = colon + 1 + size
+    return dict(zip(parts[0::2], parts[1::2], strict=True))
+
+
+def tag_index_part(key: str, value: str) -> str:
+    """One tag as it appears in an index key name (``q:t:<this>``)."""
+    return f"{len(key.encode())}:{key}{len(value.encode())}:{value}"
+
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+_MS = _dt.timedelta(milliseconds=1)
+
+
 def ms_to_datetime(ms: int) -> _dt.datetime:
-    """Milliseconds since the epoch to an aware UTC datetime."""
-    return _dt.datetime.fromtimestamp(ms / 1000.0, tz=_dt.UTC)
+    """Milliseconds since the epoch to an aware UTC datetime (exact: no float rounding, so
+    :func:`datetime_to_ms` gives ``ms`` back)."""
+    return _EPOCH + _dt.timedelta(milliseconds=int(ms))
 
 
 def datetime_to_ms(value: _dt.datetime) -> int:
-    """Aware datetime to milliseconds since the epoch (naive values are taken as UTC)."""
+    """Aware datetime to milliseconds since the epoch (naive values are taken as UTC; exact)."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=_dt.UTC)
-    return int(value.timestamp() * 1000)
+    return (value - _EPOCH) // _MS
 
 
 def is_interrupt(exc: BaseException) -> bool:

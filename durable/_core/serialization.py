@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import decimal
+import enum
+import sys
 import uuid
 from typing import Any
 
@@ -41,6 +44,39 @@ class PayloadTooLargeError(ValueError):
     """An encoded payload is larger than the configured cap."""
 
 
+def _pydantic_base() -> type | None:
+    module = sys.modules.get("pydantic")
+    base = getattr(module, "BaseModel", None) if module is not None else None
+    return base if isinstance(base, type) else None
+
+
+def is_pydantic_model(tp: Any) -> bool:
+    """Whether ``tp`` is a pydantic model class (only when the application imported pydantic)."""
+    base = _pydantic_base()
+    return base is not None and isinstance(tp, type) and issubclass(tp, base)
+
+
+def to_plain(obj: Any) -> Any:
+    """One level of conversion of a value msgpack cannot carry as is into plain values (the
+    encoder's fallback: nested values are converted when msgpack reaches them).
+
+    Raises TypeError for values with no plain form."""
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, decimal.Decimal):
+        return str(obj)
+    if isinstance(obj, _dt.date) and not isinstance(obj, _dt.datetime):
+        return obj.isoformat()
+    if isinstance(obj, _dt.timedelta):
+        return obj.total_seconds()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    base = _pydantic_base()
+    if base is not None and isinstance(obj, base):
+        return obj.model_dump(mode="python")  # type: ignore[attr-defined]
+    raise TypeError(f"cannot serialize a value of type {type(obj).__qualname__!r}")
+
+
 def _default(obj: Any) -> Any:
     if isinstance(obj, _dt.datetime):
         if obj.tzinfo is None:
@@ -52,8 +88,10 @@ def _default(obj: Any) -> Any:
         return msgpack.ExtType(_EXT_UUID, obj.bytes)
     if isinstance(obj, tuple):
         return msgpack.ExtType(_EXT_TUPLE, _pack(list(obj)))
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
+    try:
+        return to_plain(obj)
+    except TypeError:
+        pass
     raise SerializationError(f"cannot serialize a value of type {type(obj).__qualname__!r}: {obj!r:.80}")
 
 

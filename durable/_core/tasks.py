@@ -11,7 +11,9 @@ import abc
 from collections.abc import Generator, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
+from .convert import rebuild
 from .model import FailureDetails, TaskFailedError
+from .serialization import SerializationError, decode
 
 T = TypeVar("T")
 
@@ -71,9 +73,29 @@ class Task(Generic[T]):
 class CompletableTask(Task[T]):
     """A task completed by one history event (activity, timer, sub-orchestration, event, entity call)."""
 
-    def __init__(self, description: str = "") -> None:
+    def __init__(self, description: str = "", result_type: Any = None) -> None:
         super().__init__()
         self.description = description
+        #: the type the result payload is rebuilt into (None: as decoded)
+        self.result_type = result_type
+
+    def complete_with_payload(self, data: bytes | None, *, undecodable_fails: bool = False) -> None:
+        """Complete with an encoded result, rebuilt into :attr:`result_type`; a payload that does
+        not fit the type fails the task (with the field named). A payload that cannot be decoded
+        at all raises (the step fails: poison handling), unless ``undecodable_fails``."""
+        try:
+            decoded = decode(data)
+        except SerializationError as exc:
+            if not undecodable_fails:
+                raise
+            self.fail(str(exc), FailureDetails.from_exception(exc))
+            return
+        try:
+            value = rebuild(decoded, self.result_type, f"result of {self.description}")
+        except SerializationError as exc:
+            self.fail(str(exc), FailureDetails.from_exception(exc))
+            return
+        self._set_result(value)
 
     def fail(self, message: str, details: FailureDetails) -> None:
         """Complete the task with a failure."""
@@ -83,8 +105,15 @@ class CompletableTask(Task[T]):
 class RetryableTask(CompletableTask[T]):
     """An activity or sub-orchestration call with a retry policy; the context reschedules it."""
 
-    def __init__(self, description: str, action: dict[str, Any], policy: Any, first_attempt_ms: int) -> None:
-        super().__init__(description)
+    def __init__(
+        self,
+        description: str,
+        action: dict[str, Any],
+        policy: Any,
+        first_attempt_ms: int,
+        result_type: Any = None,
+    ) -> None:
+        super().__init__(description, result_type)
         self.action = action
         self.policy = policy
         self.attempt = 1

@@ -80,6 +80,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD"})
 _REASONS = {
     100: "Continue",
     200: "OK",
+    201: "Created",
     202: "Accepted",
     204: "No Content",
     400: "Bad Request",

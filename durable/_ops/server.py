@@ -11,9 +11,10 @@ Routes::
     GET    /healthz                                   liveness of the worker's own loops
     GET    /readyz                                    readiness: Redis reachable, balanced, not draining
     GET    /v1/hub                                    hub name, partition count, this worker, auth
-    POST   /v1/orchestrations/{name}[?instance_id=ID] body: input   -> 202 {"instance_id"}
-    GET    /v1/orchestrations?status=&name=&limit=    -> [state, ...]
-    GET    /v1/orchestrations/{instance_id}           -> state | 404
+    POST   /v1/orchestrations/{name}[?instance_id=ID&tag.K=V] body: input -> 202 {"instance_id"}
+    GET    /v1/orchestrations?status=&name=&created_from=&created_to=&tag.K=V&limit=
+                         &continuation_token=         -> [state, ...] (X-Continuation-Token: next page)
+    GET    /v1/orchestrations/{instance_id}[?wait=S]  -> 200 finished | 202 running, Retry-After | 404
     GET    /v1/orchestrations/{instance_id}/history   -> [event, ...] | 404
     POST   /v1/orchestrations/{instance_id}/events/{event}    body: data -> 202
     POST   /v1/orchestrations/{instance_id}/terminate[?recursive=false]|suspend|resume    -> 202
@@ -22,9 +23,12 @@ Routes::
     DELETE /v1/orchestrations/{instance_id}[?recursive=false]   -> 200 purged | 404 | 409 still running
     POST   /v1/orchestrations/purge                   body: {"status", "name", "created_from",
                                                       "created_to"} -> 200 {"purged": n}
-    GET    /v1/entities?name=&limit=                  -> [{entity_id, name, key, last_modified_at}]
+    GET    /v1/entities?name=&key_prefix=&last_modified_from=&last_modified_to=&include_state=&limit=
+                   &continuation_token=               -> [{entity_id, name, key, last_modified_at[, state]}]
     GET    /v1/entities/{name}/{key}                  -> {"state": ...} | 404 | 501
     POST   /v1/entities/{name}/{key}/{operation}      body: input -> 202 | 501
+    GET|POST /v1/schedules, GET|PATCH|DELETE /v1/schedules/{id},
+    POST   /v1/schedules/{id}/pause|resume|trigger    recurring schedules (see durable._ops.schedules)
     GET    /v1/scale[?target_per_worker=N]            -> recommended worker count and its inputs
     GET    /v1/partitions                             -> owner, lease, backlog, timers per partition
     GET    /v1/workers                                -> live workers
@@ -73,6 +77,7 @@ from .._client import AsyncClient
 from .._core.model import OrchestrationAlreadyExistsError, OrchestrationNotFoundError, OrchestrationStatus
 from .._core.serialization import PayloadTooLargeError, SerializationError
 from .._runtime import metrics as _metrics
+from .._runtime import tracing
 from .._runtime.runtime import Runtime
 from .._store import queries as q
 from .._store.store import Store
@@ -97,6 +102,7 @@ from .http import (
     resolve_token,
     unauthorized,
 )
+from .schedules import ScheduleRoutes
 from .transport import serve
 from .views import history_event_json, state_json, to_json_value
 
@@ -120,6 +126,12 @@ PROBE_TIMEOUT_SECONDS = 2.0
 LIVENESS_MARGIN_SECONDS = 5.0
 #: Largest page of ``GET /v1/orchestrations`` and ``GET /v1/entities``.
 MAX_LIST_LIMIT = 1000
+#: The response header holding the token of the next page of a list.
+CONTINUATION_HEADER = "X-Continuation-Token"
+#: ``GET /v1/orchestrations/{id}?wait=`` waits at most this long.
+MAX_WAIT_SECONDS = 300.0
+#: ``Retry-After`` of a 202 for an instance that has not finished.
+RETRY_AFTER_SECONDS = 1
 
 _PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 _PUBLIC_PATHS = frozenset({"/", "/index.html", *_PROBE_PATHS})
@@ -193,6 +205,7 @@ class OpsApp:
             Route(("v1", "entities"), {"GET": self.list_entities}),
             Route(("v1", "entities", None, None), {"GET": self.get_entity}),
             Route(("v1", "entities", None, None, None), {"POST": self.signal_entity}),
+            *ScheduleRoutes(client).routes(),
             Route(("v1", "scale"), {"GET": self.scale}),
             Route(("v1", "partitions"), {"GET": self.partitions}),
             Route(("v1", "workers"), {"GET": self.workers}),
@@ -380,9 +393,15 @@ class OpsApp:
         data = json_body(request)
         start_at = datetime_param(request, "start_at")
         try:
-            iid = await self.client.schedule_new_orchestration(
-                name, input=data, instance_id=request.param("instance_id"), start_at=start_at
-            )
+            # the caller's traceparent header is the parent of the create_orchestration span
+            with tracing.remote_parent(request.headers.get("traceparent")):
+                iid = await self.client.schedule_new_orchestration(
+                    name,
+                    input=data,
+                    instance_id=request.param("instance_id"),
+                    start_at=start_at,
+                    tags=_tags(request) or None,
+                )
         except OrchestrationAlreadyExistsError as exc:
             raise HTTPError(409, "already_exists", str(exc)) from None
         except (SerializationError, PayloadTooLargeError) as exc:
@@ -392,22 +411,39 @@ class OpsApp:
         return json_response(202, {"instance_id": iid}, {"Location": f"/v1/orchestrations/{_quote(iid)}"})
 
     async def get_orchestration(self, request: Request, params: list[str]) -> Response:
-        state = await self.client.get_orchestration_state(params[0])
+        """200 with the state once the instance has finished; 202 with ``Retry-After`` while it runs
+        (the async HTTP API pattern). ``?wait=SECONDS`` waits up to that long for the end first."""
+        iid = params[0]
+        wait = _seconds_param(request, "wait", MAX_WAIT_SECONDS)
+        state = await self.client.get_orchestration_state(iid)
         if state is None:
-            raise _not_found(params[0])
-        return json_response(200, state_json(state))
+            raise _not_found(iid)
+        if wait and not state.runtime_status.is_terminal:
+            with contextlib.suppress(TimeoutError):
+                state = await self.client.wait_for_orchestration_completion(iid, timeout=wait)
+            state = await self.client.get_orchestration_state(iid) or state
+        if state.runtime_status.is_terminal:
+            return json_response(200, state_json(state))
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS), "Location": f"/v1/orchestrations/{_quote(iid)}"}
+        return json_response(202, state_json(state), headers)
 
     async def list_orchestrations(self, request: Request, params: list[str]) -> Response:
         statuses = _status_filter(request.params("status"))
         limit = int_param(request, "limit", 100, 1, MAX_LIST_LIMIT)
-        states = await self.client.list_orchestrations(
-            status=statuses,
-            name=request.param("name"),
-            created_from=datetime_param(request, "created_from"),
-            created_to=datetime_param(request, "created_to"),
-            limit=limit,
-        )
-        return json_response(200, [state_json(s) for s in states])
+        tags = _tags(request)
+        try:
+            page = await self.client.list_orchestrations(
+                status=statuses,
+                name=request.param("name"),
+                created_from=datetime_param(request, "created_from"),
+                created_to=datetime_param(request, "created_to"),
+                tags=tags or None,
+                limit=limit,
+                continuation_token=request.param("continuation_token"),
+            )
+        except ValueError as exc:
+            raise HTTPError(400, "invalid_parameter", str(exc)) from None
+        return json_response(200, [state_json(s) for s in page], _token_header(page.continuation_token))
 
     async def history(self, request: Request, params: list[str]) -> Response:
         iid = params[0]
@@ -486,10 +522,32 @@ class OpsApp:
         return f"@{name.lower()}@{key}"
 
     async def list_entities(self, request: Request, params: list[str]) -> Response:
+        """Entities newest first; with ``name``/``key_prefix``/``continuation_token``, pages in id
+        order (the next page's token in ``X-Continuation-Token``)."""
         limit = int_param(request, "limit", 100, 1, MAX_LIST_LIMIT)
-        return json_response(
-            200, await views.entities_view(await self._store(), request.param("name"), limit)
-        )
+        name, key_prefix = request.param("name"), request.param("key_prefix")
+        include_state = (request.param("include_state") or "false").lower() in ("1", "true", "yes")
+        token = request.param("continuation_token")
+        filters: dict[str, Any] = {
+            "name": name,
+            "key_prefix": key_prefix,
+            "last_modified_from": datetime_param(request, "last_modified_from"),
+            "last_modified_to": datetime_param(request, "last_modified_to"),
+            "include_state": include_state,
+        }
+        if name is not None and "@" in name:
+            raise HTTPError(400, "invalid_entity_id", f"entity names cannot contain '@': {name!r}")
+        try:
+            if name is None and key_prefix is None and token is None:
+                states = await self.client.list_entities(**filters, limit=limit)
+                next_token = None
+            else:
+                page = await self.client.entity_page(**filters, limit=limit, continuation_token=token)
+                states, next_token = list(page), page.continuation_token
+        except ValueError as exc:
+            raise HTTPError(400, "invalid_parameter", str(exc)) from None
+        rows = [views.entity_row(s, include_state) for s in states]
+        return json_response(200, rows, _token_header(next_token))
 
     async def get_entity(self, request: Request, params: list[str]) -> Response:
         entity_id = self._entity_id(*params)
@@ -529,6 +587,30 @@ class OpsApp:
     async def workers(self, request: Request, params: list[str]) -> Response:
         me = self.runtime.worker_id if self.runtime is not None else None
         return json_response(200, await views.workers_view(await self._store(), me))
+
+
+def _tags(request: Request) -> dict[str, str]:
+    """``?tag.K=V`` query parameters."""
+    return {k[4:]: v[-1] for k, v in request.query.items() if k.startswith("tag.") and len(k) > 4 and v}
+
+
+def _seconds_param(request: Request, name: str, limit: float) -> float:
+    raw = request.param(name)
+    if raw is None:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise HTTPError(
+            400, "invalid_parameter", f"{name} must be a number of seconds, got {raw!r}"
+        ) from None
+    if not 0 <= value <= limit:
+        raise HTTPError(400, "invalid_parameter", f"{name} must be between 0 and {limit:g} seconds")
+    return value
+
+
+def _token_header(token: str | None) -> dict[str, str]:
+    return {CONTINUATION_HEADER: token} if token else {}
 
 
 def _entities_unavailable(exc: views.EntitiesUnavailableError) -> HTTPError:

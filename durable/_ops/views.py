@@ -30,6 +30,7 @@ __all__ = [
     "call_entity_method",
     "entities_view",
     "entity_json",
+    "entity_row",
     "entity_view",
     "history_event_json",
     "iso_ms",
@@ -135,6 +136,7 @@ def state_json(state: OrchestrationState) -> dict[str, Any]:
         "last_updated_at": _iso(state.last_updated_at),
         "scheduled_start_at": _iso(state.scheduled_start_at),
         "parent_instance_id": state.parent_instance_id,
+        "tags": dict(getattr(state, "tags", None) or {}),
         "version": state.version,
     }
 
@@ -223,6 +225,21 @@ async def signal_entity_view(client: Any, entity_id: str, operation: str, data: 
     if isinstance(result, str):
         body["signal_id"] = result
     return body
+
+
+def entity_row(state: Any, include_state: bool) -> dict[str, Any]:
+    """An entity in the list form of ``GET /v1/entities`` (with ``state`` when asked for)."""
+    entity_id = str(state.entity_id)
+    name, key = q.split_entity_id(entity_id)
+    row: dict[str, Any] = {
+        "entity_id": entity_id,
+        "name": name,
+        "key": key,
+        "last_modified_at": to_json_value(state.last_modified_at),
+    }
+    if include_state:
+        row["state"] = to_json_value(state.state)
+    return row
 
 
 async def entities_view(store: Store, name: str | None, limit: int) -> list[dict[str, Any]]:

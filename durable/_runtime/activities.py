@@ -18,10 +18,12 @@ import anyio
 from redis.exceptions import RedisError
 
 from .._core import events as ev
+from .._core.convert import input_type, rebuild
 from .._core.model import ActivityTimeoutError, FailureDetails, OrchestrationStatus, is_interrupt
 from .._core.registry import ActivityContext, capability
 from .._core.serialization import decode, encode, is_blob_ref, pack_record, unpack_record
 from .._store import lifecycle
+from . import tracing
 from .attempts import Attempt, AttemptWatch
 
 if TYPE_CHECKING:
@@ -153,6 +155,8 @@ class ActivityRunner:
         self.watch = AttemptWatch(self._time_out)
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by run()
         self._results: list[tuple[str, str, bytes]] = []
+        #: the span of each running attempt, emitted once its result is stored (tracing extra)
+        self._spans: dict[str, tracing.WorkSpan] = {}
         self._results_ready = anyio.Event()
         self._changed = anyio.Event()  # set (and replaced) whenever a slot frees or reading stops
         #: redelivered tasks run one at a time with nothing else in flight, so a task that kills
@@ -367,15 +371,30 @@ class ActivityRunner:
         if fn is None:  # another worker may have it: then the task waits for one (else it fails)
             tg.start_soon(self._leave_or_fail, eid, msg, fields, ctx, started)
             return
+        span = tracing.activity_span(
+            name,
+            msg.get("traceparent"),
+            {
+                "durable.instance_id": target,
+                "durable.activity.name": name,
+                "durable.task_id": tid,
+                "durable.activity.attempt": ctx.attempt,
+                "durable.activity.delivery": delivered,
+            },
+        )
+        if span is not None:
+            self._spans[eid] = span
         if inspect.iscoroutinefunction(fn) or is_blob_ref(raw):
             tg.start_soon(self._execute_async, eid, msg, fn, ctx, started)
             return
         try:
-            value = decode(raw)
+            value = rebuild(decode(raw), input_type(fn), f"input of activity {name!r}")
         except Exception as exc:
             self._complete(eid, msg, ctx, started, None, exc)
             return
-        future = self._loop.run_in_executor(self._pool, self._run_sync, attempt, fn, ctx, value)
+        future = self._loop.run_in_executor(
+            self._pool, self._run_sync, attempt, self._bound(eid, fn), ctx, value
+        )
         future.add_done_callback(functools.partial(self._sync_done, eid, msg, ctx, started))
 
     def _run_sync(self, attempt: Attempt, fn: Any, ctx: ActivityContext, value: Any) -> Any:
@@ -386,6 +405,11 @@ class ActivityRunner:
         if attempt.limited:
             self._loop.call_soon_threadsafe(self.watch.arm)
         return fn(ctx, value)
+
+    def _bound(self, eid: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` run with the attempt's span active (when traced), so the code's spans nest in it."""
+        span = self._spans.get(eid)
+        return span.bind(fn) if span is not None else fn
 
     def _sync_done(
         self, eid: str, msg: dict[str, Any], ctx: ActivityContext, started: float, future: Any
@@ -413,6 +437,9 @@ class ActivityRunner:
         name = attempt.name
         log.warning("activity %r of %s timed out: %s", name, attempt.target, reason)
         self.metrics.activity_done(name, "failed", attempt.elapsed())
+        span = self._spans.get(attempt.eid)
+        if span is not None:
+            span.done(failure)
         self._results.append((attempt.target, attempt.eid, pack_record(reply)))
         self._results_ready.set()
 
@@ -467,7 +494,7 @@ class ActivityRunner:
                 raise error
             if fn is None:
                 raise LookupError(f"no activity named {ctx.name!r} is registered with this worker")
-            value = decode(raw)
+            value = rebuild(decode(raw), input_type(fn), f"input of activity {ctx.name!r}")
             attempt = self.watch.attempts.get(eid)
             with anyio.CancelScope() as scope:
                 if attempt is not None:
@@ -477,10 +504,17 @@ class ActivityRunner:
                         attempt.start()
                         if attempt.limited:
                             self.watch.arm()
-                    result = await fn(ctx, value)
+                    span = self._spans.get(eid)
+                    with span.activate() if span is not None else contextlib.nullcontext():
+                        result = await fn(ctx, value)
                 else:
                     result = await self._loop.run_in_executor(
-                        self._pool, self._run_sync, attempt or Attempt(eid, {}), fn, ctx, value
+                        self._pool,
+                        self._run_sync,
+                        attempt or Attempt(eid, {}),
+                        self._bound(eid, fn),
+                        ctx,
+                        value,
                     )
             if scope.cancelled_caught:
                 return  # timed out, or its orchestration ended: already answered for
@@ -515,6 +549,9 @@ class ActivityRunner:
             if attempt is not None and attempt.details is not None:
                 reply["details"] = attempt.details  # where the next attempt may resume
         status = "completed" if error is None else "failed"
+        span = self._spans.get(eid)
+        if span is not None:
+            span.done(error)
         self.metrics.activity_done(ctx.name, status, time.monotonic() - started)
         self._results.append((ctx.orchestration_id, eid, pack_record(reply)))
         self._results_ready.set()
@@ -551,6 +588,7 @@ class ActivityRunner:
             self._release(eid)
 
     def _release(self, eid: str) -> None:
+        self._spans.pop(eid, None)  # no result stored: its span is never emitted
         self.in_flight.pop(eid, None)
         self.watch.remove(eid)
         self._notify()
@@ -574,4 +612,7 @@ class ActivityRunner:
                 await anyio.sleep(min(0.05 * 2**failures, 2.0))
                 continue
             for _, eid, _ in batch:
+                span = self._spans.pop(eid, None)
+                if span is not None:
+                    span.emit()
                 self._release(eid)

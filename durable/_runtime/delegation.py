@@ -100,7 +100,10 @@ class DelegatedSteps:
                 custom=b"",
                 ver=version if version is not None else "",
                 pk=b"",
+                tags=inst.tags,
+                notify=pack_record(inst.notify) if inst.notify else b"",
             )
+            step.plan.finished[inst.iid] = None  # not finished (any more): out of the retention index
             f["input"] = half._offload(inst.iid, incoming.start_input, rec, step) or b""
             f["parent"] = pack_record(inst.parent) if inst.parent else b""
             rec.index, rec.index_member, rec.index_score = "i", inst.iid, inst.created

@@ -34,6 +34,7 @@ from .._core.remote_entities import RemoteEntityBatch
 from .._core.serialization import pack_record
 from .._store.keys import partition_of
 from .._store.store import RecordWrite
+from . import tracing
 from .inbox import dlq_fields
 from .step import Message, StepState
 
@@ -152,8 +153,11 @@ class EntityHalf:
             return
         remote = impl is None and self._remote(entity_id.name)  # a Durable Task SDK runs it
         kind = RemoteEntityBatch if remote else EntityBatch
-        batch = kind(entity_id, impl, loaded.record, step.now, self.dedup_window, self.dedup_seconds)
+        spans = None if remote else tracing.entity_spans()
+        batch = kind(entity_id, impl, loaded.record, step.now, self.dedup_window, self.dedup_seconds, spans)
         result = batch.run(msgs)
+        if spans is not None and spans.spans:
+            step.after_commit.append(spans.emit)
         if isinstance(batch, RemoteEntityBatch) and batch.dispatched and self.routes is not None:
             body = {"eid": target, "token": batch.dispatched, "name": entity_id.name}
             dst = self.routes.workitems.keys.entities
@@ -216,6 +220,7 @@ class EntityHalf:
         for at, member, msg in result.timers:
             step.plan.timers.append((at, member, pack_record(msg)))
         st.dead.extend(result.dead)
+        step.notes.extend(result.notes)
         for _ in range(result.duplicates):
             self.metrics.duplicate_dropped()
         if known:
@@ -262,13 +267,17 @@ class EntityHalf:
             write = RecordWrite(control_key, control_key, rec.control_version)
             write.fields.update(_changed(control, loaded.raw_control))
             if write.fields:
+                # the control index: entities with a control hash, scored 1 while locked
+                write.index, write.index_member, write.index_score = "c", target, 1 if rec.lock else 0
                 writes.append(write)
             if "r" in write.fields and control["r"]:  # forget the ids once they expire
                 due = step.now + self.dedup_seconds * 1000 + 1000
                 sweep = pack_record({"kind": MSG_SWEEP, "target": target})
                 step.plan.timers.append((due, f"d|{target}", sweep))
         elif loaded.raw_control:
-            writes.append(RecordWrite(control_key, control_key, rec.control_version, mode="d"))
+            write = RecordWrite(control_key, control_key, rec.control_version, mode="d")
+            write.index, write.index_member = "c", target
+            writes.append(write)
         if loaded.deleted and rec.state is None:
             if loaded.raw:
                 write = RecordWrite(key, key, rec.version, mode="d")
@@ -303,6 +312,12 @@ class EntityHalf:
                 msg["id"] = str(action.get("rid") or f"{inst.iid}:{action['tid']}")
             if action.get("cs"):
                 msg["cs"] = action["cs"]
+            if action.get("at") is not None:  # a scheduled signal: parked by the entity until then
+                msg["at"] = action["at"]
+                msg["id"] = f"{inst.iid}:{inst.exec}:{action['tid']}"
+            traceparent = tracing.orchestration_traceparent(inst.iid, inst.exec, inst.traceparent)
+            if traceparent is not None:
+                msg["traceparent"] = traceparent
             step.route(target, msg)
         elif kind == ev.ENTITY_LOCK_REQUESTED:
             locks = list(action["entities"])

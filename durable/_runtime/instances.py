@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .._core import events as ev
 from .._core.executor import OrchestrationExecutor, StepResult
 from .._core.model import FailureDetails, OrchestrationStatus
-from .._core.serialization import BLOB_REF_PREFIX, is_blob_ref, unpack_record
+from .._core.serialization import BLOB_REF_PREFIX, encode, is_blob_ref, unpack_record
 from .step import Message, StepState
 
 if TYPE_CHECKING:
@@ -47,8 +47,14 @@ class Instance:
     exec: str = ""
     created: int = 0
     parent: dict[str, Any] | None = None
+    #: an entity to signal when the instance ends: {"entity": id, "op": operation} (schedule runs)
+    notify: dict[str, Any] | None = None
     executor: OrchestrationExecutor | None = None
     last_ts: int = 0
+    #: the instance's tags, as stored (:func:`durable._core.model.encode_tags`)
+    tags: str = ""
+    #: the trace context its start message carried (the parent of its orchestration span)
+    traceparent: str | None = None
     #: events raised before a scheduled start ran: delivered right after it starts
     pending_events: list[ev.Event] = field(default_factory=list)
     #: set while the instance's code runs in a remote executor (a Durable Task SDK: ``remote.py``)
@@ -114,6 +120,18 @@ def reply_to_parent(
     step.route(parent["iid"], msg)
 
 
+def notify_end(
+    step: StepState, instance_id: str, notify: dict[str, Any], status: OrchestrationStatus
+) -> None:
+    """Signal the entity that asked to hear of the instance's end (as part of ``step``'s commit)."""
+    target = notify.get("entity")
+    if not isinstance(target, str) or not target.startswith("@"):
+        return
+    body = {"instance_id": instance_id, "status": status.value}
+    msg = {"kind": ev.MSG_SIGNAL, "target": target, "op": str(notify.get("op") or ""), "input": encode(body)}
+    step.route(target, msg)
+
+
 def carried_events(start: Message) -> list[ev.Event]:
     """What a continue-as-new start message carries into the new execution: the saved events, and
     the control events (terminate, suspend, resume) that arrived after the restart point."""
@@ -131,7 +149,7 @@ def carried_events(start: Message) -> list[ev.Event]:
 
 
 def started_event(msg: Message, inst: Instance) -> ev.Event:
-    return {
+    event: ev.Event = {
         "k": ev.EXECUTION_STARTED,
         "name": inst.name,
         "input": msg.get("input"),
@@ -139,6 +157,9 @@ def started_event(msg: Message, inst: Instance) -> ev.Event:
         "parent": inst.parent,
         "ver": msg.get("ver"),  # None: pinned by the executor that runs it, to its newest version
     }
+    if msg.get("traceparent"):
+        event["traceparent"] = msg["traceparent"]
+    return event
 
 
 def check_history_size(

@@ -6,6 +6,7 @@ read is loading the instances missing from the replay cache)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import uuid
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._core import events as ev
+from .._core import replay_log
 from .._core.executor import OrchestrationExecutor, StepResult
 from .._core.lifecycle import open_timers
 from .._core.model import FailureDetails, OrchestrationStatus
@@ -25,6 +27,7 @@ from .._core.serialization import (
     unpack_record,
 )
 from .._store.store import RecordWrite
+from . import tracing
 from .delegation import DelegatedSteps
 from .instances import (
     ACTIVITY_OPTIONS,
@@ -35,6 +38,7 @@ from .instances import (
     carried_events,
     check_history_size,
     load_histories,
+    notify_end,
     reply_to_parent,
     started_event,
     to_event,
@@ -246,6 +250,8 @@ class OrchestrationHalf:
             terminate_children(step, inst, inst.history, terminate)
         if status.is_terminal:
             self._finish(inst, result, status, step)
+        elif inst.executor is not None:
+            self._after_commit(step, inst, inst.executor)
         return rec
 
     def flush(self, step: StepState) -> None:
@@ -264,8 +270,14 @@ class OrchestrationHalf:
         inst.exec = get(b"exec", b"").decode()
         inst.created = int(get(b"created", b"0"))
         inst.last_ts = int(get(b"updated", b"0"))
+        inst.tags = get(b"tags", b"").decode()
         parent = get(b"parent")
         inst.parent = unpack_record(parent) if parent else None
+        started = next((e for e in history if e.get("k") == ev.EXECUTION_STARTED), None)
+        if started is not None:
+            inst.traceparent = started.get("traceparent")
+        notify = get(b"notify")
+        inst.notify = unpack_record(notify) if notify else None
         pending = get(b"pending")
         inst.pending_events = unpack_record(pending) if pending else []
         ver = get(b"ver")
@@ -275,8 +287,7 @@ class OrchestrationHalf:
         inst.parked = list(unpack_record(parked)) if parked else []
         if inst.status in LIVE and history:
             if inst.ver is None:  # recorded before versions existed: its start says
-                started = next((e for e in history if e.get("k") == ev.EXECUTION_STARTED), {})
-                inst.ver = str(started.get("ver") or "")
+                inst.ver = str((started or {}).get("ver") or "")
             if self.registry.can_run(inst.name, inst.ver) and not inst.delegated:
                 executor = self._new_executor(iid)
                 executor.replay(history)
@@ -288,7 +299,7 @@ class OrchestrationHalf:
         return inst
 
     def _new_executor(self, iid: str) -> OrchestrationExecutor:
-        return OrchestrationExecutor(
+        executor = OrchestrationExecutor(
             iid,
             self.registry.orchestrators.get,
             self.name_of,
@@ -296,6 +307,22 @@ class OrchestrationHalf:
             resolve_version=self.registry.resolve_orchestrator,
             strict=self.strict_replay,
         )
+        executor.ctx._log_records = []  # ctx.logger's lines are written once the step commits
+        return executor
+
+    def _after_commit(self, step: StepState, inst: Instance, executor: OrchestrationExecutor | None) -> None:
+        """Leave the log lines of ``executor``'s step (and, once it has ended, its span) to be
+        emitted after the commit."""
+        if executor is None:
+            return
+        records = executor.ctx._log_records
+        if records:
+            executor.ctx._log_records = []
+            step.after_commit.append(functools.partial(replay_log.emit, records))
+        if executor.is_done and tracing.ENABLED:
+            step.after_commit.append(
+                functools.partial(_emit_span, inst.iid, executor, inst.traceparent, step.now)
+            )
 
     # -- one instance's step, along its seams ---------------------------------------------------
     def _incoming(self, inst: Instance, msgs: list[Message], step: StepState, ts: int) -> Incoming:
@@ -368,7 +395,10 @@ class OrchestrationHalf:
         inst.exec = str(msg.get("exec") or uuid.uuid4().hex)
         inst.name = str(msg["name"])
         inst.parent = msg.get("parent")
+        inst.notify = msg.get("notify")
         inst.created = int(msg.get("created") or step.now)
+        inst.tags = str(msg.get("tags") or "")
+        inst.traceparent = msg.get("traceparent")
         return True
 
     def _execute(
@@ -384,6 +414,7 @@ class OrchestrationHalf:
             if not self.registry.can_run(inst.name, result.continue_version):
                 break  # the next execution's version runs elsewhere: it starts in a later step
             self._route_actions(inst, result, step)
+            self._after_commit(step, inst, inst.executor)
             restarts += 1
             data, carried = result.continue_as_new
             self._end_execution(inst, step)
@@ -398,6 +429,8 @@ class OrchestrationHalf:
                 "parent": inst.parent,
                 "ver": result.continue_version,
             }
+            if inst.traceparent:
+                restart["traceparent"] = inst.traceparent
             evs: list[ev.Event] = [started_event(restart, inst)]
             evs.extend({"k": ev.EVENT_RAISED, "name": n, "input": d} for n, d in carried)
             evs.extend(result.continue_with)  # a terminate (or suspend) that came after the restart point
@@ -415,6 +448,7 @@ class OrchestrationHalf:
             "input": data,
             "exec": uuid.uuid4().hex,
             "parent": inst.parent,
+            "notify": inst.notify,
             "events": carried,
             "control": [
                 {"k": e["k"], "output": e.get("output"), "reason": e.get("reason")}
@@ -422,8 +456,11 @@ class OrchestrationHalf:
             ],
             "ver": result.continue_version,
         }
+        if inst.traceparent:
+            start["traceparent"] = inst.traceparent
         step.route(inst.iid, start)
         self._end_execution(inst, step)
+        self._after_commit(step, inst, inst.executor)
         inst.executor = None
         inst.delegated_history = None
         return OrchestrationStatus.RUNNING
@@ -445,6 +482,7 @@ class OrchestrationHalf:
             list_key=step.keys.history(inst.iid),
             expected_version=inst.version,
             mode="r" if new_execution else "a",
+            query_id=inst.iid,
         )
         rec.events = [self._persisted(inst.iid, e, rec, step) for e in result.new_events]
         f = rec.fields
@@ -464,6 +502,8 @@ class OrchestrationHalf:
             )
             f["input"] = self._offload(inst.iid, start_input, rec, step) or b""
             f["parent"] = pack_record(inst.parent) if inst.parent else b""
+            f["tags"] = inst.tags
+            f["notify"] = pack_record(inst.notify) if inst.notify else b""
             rec.index, rec.index_member, rec.index_score = "i", inst.iid, inst.created
             step.started.append(inst)
         if result.custom_status_set:
@@ -493,7 +533,10 @@ class OrchestrationHalf:
                 None if completed else (result.failure or FailureDetails("terminated", "TerminatedError"))
             )
             reply_to_parent(step, inst.parent, result.output if completed else None, failure)
+        if inst.notify:
+            notify_end(step, inst.iid, inst.notify, status)
         self._end_execution(inst, step)
+        self._after_commit(step, inst, inst.executor)
         inst.executor = None
         inst.delegated_history = None
 
@@ -506,7 +549,10 @@ class OrchestrationHalf:
 
     def _terminate_pending(self, inst: Instance, msg: Message, step: StepState) -> RecordWrite:
         inst.status = OrchestrationStatus.TERMINATED
-        rec = RecordWrite(step.keys.instance(inst.iid), step.keys.history(inst.iid), inst.version, mode="r")
+        keys = step.keys
+        rec = RecordWrite(
+            keys.instance(inst.iid), keys.history(inst.iid), inst.version, mode="r", query_id=inst.iid
+        )
         rec.fields.update(
             status=inst.status.value, updated=step.now, output=msg.get("output") or b"", pending=b""
         )
@@ -543,6 +589,7 @@ class OrchestrationHalf:
     def _route_actions(
         self, inst: Instance, result: StepResult, step: StepState, rec: RecordWrite | None = None
     ) -> None:
+        traceparent = tracing.orchestration_traceparent(inst.iid, inst.exec, inst.traceparent)
         for action in result.actions:
             kind = action["k"]
             if kind == ev.TASK_SCHEDULED:
@@ -557,6 +604,8 @@ class OrchestrationHalf:
                 for key in ACTIVITY_OPTIONS:  # time limits; a retry's call, attempt, details
                     if action.get(key) is not None:
                         body[key] = action[key]
+                if traceparent is not None:
+                    body["traceparent"] = traceparent
                 step.plan.outbox.append({"dst": self.store.keys.tasks, "m": pack_record(body)})
             elif kind == ev.TIMER_CREATED:
                 body = {
@@ -583,6 +632,8 @@ class OrchestrationHalf:
                 }
                 if action.get("ver") is not None:
                     start["ver"] = action["ver"]
+                if traceparent is not None:
+                    start["traceparent"] = traceparent
                 step.route(child, start)
             elif kind == ev.EVENT_SENT:
                 target = str(action["iid"])
@@ -595,3 +646,28 @@ class OrchestrationHalf:
                 step.route(target, event)
             else:
                 self.entities.route_action(step, inst, action)
+
+
+def _emit_span(iid: str, executor: OrchestrationExecutor, traceparent: str | None, now: int) -> None:
+    """The span of an execution that ended (run after the commit that ended it)."""
+    started = next((e for e in executor.history if e.get("k") == ev.EXECUTION_STARTED), None)
+    if started is None:
+        return
+    end = executor.history[-1].get("ts", now) if executor.history else now
+    timers = [
+        (int(e.get("ts", now)), int(e.get("tid", -1)), e.get("fire_at"))
+        for e in executor.history
+        if e.get("k") == ev.TIMER_FIRED
+    ]
+    tracing.emit_orchestration_span(
+        name=executor.name,
+        instance_id=iid,
+        execution_id=str(started.get("exec") or ""),
+        incoming=traceparent,
+        version=getattr(executor.ctx, "version", None),
+        start_ms=int(started.get("ts", now)),
+        end_ms=int(end),
+        status=executor.status.value,
+        failure=executor.failure,
+        timers=timers,
+    )

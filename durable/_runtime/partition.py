@@ -16,6 +16,7 @@ from .inbox import MalformedMessage, dlq_fields, forwarded_position, parse_entry
 from .poison import plan_poison
 from .purge import PartitionPurger, PurgeJob
 from .step import Message, StepHalf, StepState
+from .tracing import run_after_commit
 
 if TYPE_CHECKING:
     from .._config import WorkerConfig
@@ -281,6 +282,7 @@ class PartitionRunner:
             left = max(self.isolate_left - 1, 0)
             step.plan.state["recov"] = f"{step.plan.new_cursor}|0|{left}" if left else ""
         forward = await self._commit(step)
+        run_after_commit(step.after_commit)
         self.purger.add(self._accepted)
         self.steps += 1
         self.cursor = step.plan.new_cursor

@@ -16,7 +16,7 @@ from .._core.model import FailureDetails, OrchestrationStatus
 from .._core.serialization import pack_record, unpack_record
 from .._store.store import RecordWrite, Store, StreamEntry
 from .inbox import MalformedMessage, dlq_fields, parse_entry
-from .instances import reply_to_parent
+from .instances import notify_end, reply_to_parent
 from .step import StepState
 
 log = logging.getLogger("durable.partition")
@@ -60,12 +60,12 @@ async def plan_poison(
 
 
 async def _fail_instance(store: Store, iid: str, reason: str, step: StepState) -> None:
-    version, status, length, parent = await store.instance_brief(step.index, iid)
+    version, status, length, parent, notify = await store.instance_brief(step.index, iid)
     if status not in _ACTIVE:
         return
     failure = FailureDetails(reason, "PoisonMessageError")
     failed = OrchestrationStatus.FAILED.value
-    rec = RecordWrite(step.keys.instance(iid), step.keys.history(iid), version)
+    rec = RecordWrite(step.keys.instance(iid), step.keys.history(iid), version, query_id=iid)
     rec.fields.update(status=failed, updated=step.now, failure=pack_record(failure.to_record()), output=b"")
     rec.fields.update(wi="", pk=b"")  # a step of it running elsewhere is cancelled
     step.plan.undelegated.append(iid)
@@ -83,3 +83,5 @@ async def _fail_instance(store: Store, iid: str, reason: str, step: StepState) -
     step.plan.finished[iid] = step.now  # retention counts from here
     if parent:
         reply_to_parent(step, unpack_record(parent), None, failure)
+    if notify:
+        notify_end(step, iid, unpack_record(notify), OrchestrationStatus.FAILED)

@@ -232,6 +232,7 @@ class _RemoteStep:
         inst.exec = str(msg.get("exec") or uuid.uuid4().hex)
         inst.name = str(msg["name"])
         inst.parent = msg.get("parent")
+        inst.notify = msg.get("notify")  # a schedule's run tells its schedule when it ends
         inst.created = int(msg.get("created") or self.step.now)
         inst.status = OrchestrationStatus.RUNNING
         inst.remote = RemoteState()

@@ -46,6 +46,10 @@ class StepState:
     started: list[Instance] = field(default_factory=list)
     #: the metric kind of every message this step dead-letters (counted once it commits)
     dead_lettered: list[str] = field(default_factory=list)
+    #: what to do once the step has committed, and only then (emit spans and log lines)
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
+    #: what the step's entities observed for the metrics, e.g. schedule runs (counted once it commits)
+    notes: list[tuple[str, Any]] = field(default_factory=list)
     #: instances addressed by a lifecycle command (rewind, recursive terminate) that needs their
     #: history even when they are not running
     needs_history: set[str] = field(default_factory=set)

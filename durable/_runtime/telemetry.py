@@ -76,6 +76,16 @@ class Telemetry:
     def entity_operation(self, entity: str, status: str) -> None:
         self._child(m.ENTITY_OPERATIONS, entity, status).inc()
 
+    def schedule_run(self, schedule: str, outcome: str, value: float | int | None) -> None:
+        """A schedule started a run (``value``: its lateness in seconds, None when triggered) or
+        skipped ``value`` slots."""
+        if outcome == "skipped":
+            self._child(m.SCHEDULE_RUNS, schedule, outcome).inc(value or 0)
+            return
+        self._child(m.SCHEDULE_RUNS, schedule, outcome).inc()
+        if value is not None:
+            m.SCHEDULE_LATENESS.observe(max(float(value), 0.0))
+
     def timer_fired(self, lateness_seconds: float) -> None:
         m.TIMER_LATENESS.observe(max(lateness_seconds, 0.0))
 
@@ -90,6 +100,9 @@ class Telemetry:
             self._child(m.WORK_ITEM_DURATION, kind).observe(seconds)
         for inst in step.started:
             self._child(m.ORCHESTRATIONS_STARTED, inst.name).inc()
+        for kind, value in step.notes:
+            if kind == "schedule_run":
+                self.schedule_run(*value)
         for inst, result in step.finished:
             status = result.status.value
             m.ORCHESTRATIONS_FINISHED.labels(name=inst.name, status=status).inc()

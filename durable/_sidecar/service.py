@@ -266,12 +266,12 @@ class SidecarService(EntityRpcs, stubs.TaskHubSidecarServiceServicer):  # type: 
             created_to=_ms(query.createdTimeTo) if query.HasField("createdTimeTo") else None,
             limit=offset + size + 1 if not prefix else 1_000_000,
         )
-        states = [s for s in states if s.instance_id.startswith(prefix)]
-        page = states[offset : offset + size]
+        matching = [s for s in states if s.instance_id.startswith(prefix)]
+        page = matching[offset : offset + size]
         out = pb.QueryInstancesResponse(
             orchestrationState=[convert.state_to_pb(s, query.fetchInputsAndOutputs) for s in page]
         )
-        if len(states) > offset + size:
+        if len(matching) > offset + size:
             out.continuationToken.value = str(offset + size)
         return out
 

@@ -143,6 +143,22 @@ class PartitionKeys:
         return f"{self.tag}:entities"
 
     @property
+    def query_prefix(self) -> str:
+        """Prefix of the query indexes, maintained by the scripts that write instances and entities:
+        lex-ordered sorted sets (every score 0) whose members sort by creation time, then id
+        (``<created ms, 15 digits>|<instance id>``): ``q:all``, ``q:s:<STATUS>``, ``q:n:<name>``,
+        ``q:ns:<STATUS>:<name>``, ``q:t:<tag>``, ``q:ts:<STATUS>:<tag>`` (a tag is
+        ``<len>:<key><len>:<value>``); ``q:e`` (entity ids, lex order) and ``q:ctl`` (entities with
+        a control hash, scored 1 while locked). Derived from :attr:`instances` by the scripts."""
+        return f"{self.tag}:q:"
+
+    @property
+    def schedules(self) -> str:
+        """Sorted set: the ids of the partition's schedules (their entities live here), scored by
+        creation time (ms)."""
+        return f"{self.tag}:schedules"
+
+    @property
     def dlq(self) -> str:
         """Stream: inbox messages rejected as malformed or poison, with the reason."""
         return f"{self.tag}:dlq"

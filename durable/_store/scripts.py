@@ -49,13 +49,75 @@ if nxt[2] then nd = tonumber(nxt[2]) end
 return {#due, nd, now}
 """
 
+
+# Query indexes (see PartitionKeys.query_prefix), shared by COMMIT, START and PURGE. The prefix is
+# derived from the partition's instance index key ('...:index' -> '...:q:'), so the index keys
+# share the partition's hash tag. An instance's entries follow its status, name, creation time
+# and tags: qsync compares the hash's fields before and after a write and moves the entries.
+_QLIB = """
+local function qprefix(index_key) return string.sub(index_key, 1, #index_key - 5) .. 'q:' end
+local function qnet(s) return #s .. ':' .. s end
+local function qkeys(qp, st, name, tags)
+  if not st then return {} end
+  if st == 'CONTINUED_AS_NEW' then st = 'RUNNING' end
+  name = name or ''
+  local ks = {qp .. 'all', qp .. 's:' .. st, qp .. 'n:' .. name, qp .. 'ns:' .. st .. ':' .. name}
+  local i = 1
+  while tags and i <= #tags do
+    local c = string.find(tags, ':', i, true)
+    local n = tonumber(string.sub(tags, i, c - 1))
+    local k = string.sub(tags, c + 1, c + n)
+    i = c + n + 1
+    c = string.find(tags, ':', i, true)
+    n = tonumber(string.sub(tags, i, c - 1))
+    local v = string.sub(tags, c + 1, c + n)
+    i = c + n + 1
+    local t = qnet(k) .. qnet(v)
+    ks[#ks + 1] = qp .. 't:' .. t
+    ks[#ks + 1] = qp .. 'ts:' .. st .. ':' .. t
+  end
+  return ks
+end
+local function qmember(created, iid)
+  return string.format('%015d', tonumber(created) or 0) .. '|' .. iid
+end
+local QFIELDS = {'status', 'created', 'name', 'tags'}
+local function qread(hk) return redis.call('HMGET', hk, unpack(QFIELDS)) end
+local function qsync(qp, hk, iid, old)
+  local new = qread(hk)
+  if old[1] == new[1] and old[2] == new[2] and old[3] == new[3] and old[4] == new[4] then return end
+  if old[1] then
+    local m = qmember(old[2], iid)
+    for _, k in ipairs(qkeys(qp, old[1], old[3], old[4])) do redis.call('ZREM', k, m) end
+  end
+  if new[1] then
+    local m = qmember(new[2], iid)
+    for _, k in ipairs(qkeys(qp, new[1], new[3], new[4])) do redis.call('ZADD', k, 0, m) end
+  end
+end
+"""
+
+# Add the query index entries of instances written before the indexes existed (durable reindex).
+# KEYS: the partition's instance index ; ARGV: instance ids  ->  how many were looked at
+REINDEX = (
+    _QLIB
+    + """
+local QP = qprefix(KEYS[1])
+local tag = string.sub(KEYS[1], 1, #KEYS[1] - 5)
+local none = {false, false, false, false}
+for i = 1, #ARGV do qsync(QP, tag .. 'i:' .. ARGV[i], ARGV[i], none) end
+return #ARGV
+"""
+)
+
 # The partition commit.
 # KEYS: 1 lease, 2 state, 3 inbox, 4 outbox, 5 timers, 6 timer_data, 7 index, 8 entity index,
 #       then per record i: 7+2i record hash, 8+2i history list (orchestrations) or the hash again.
 # ARGV (read in order):
 #   lease, prev_cursor, new_cursor, n, then n expected versions,
 #   per record: mode ('a' append | 'r' replace history | 'd' delete record), nfields, k v ...,
-#               nevents, events ..., index ('i' | 'e' | ''), index member, index score ('' = keep),
+#               nevents, events ..., index ('i' | 'e' | 'c' | ''), index member, index score ('' = keep),
+#               query (an orchestration's instance id: its query index entries follow its fields; ''),
 #               channel ('' = none), message,
 #               nblobs, [blob set key index, then per blob: key index, data]   (large payloads)
 #   nself, per message: nfields, k v ...      (XADD to this partition's inbox)
@@ -71,7 +133,10 @@ return {#due, nd, now}
 #   trim ('1' to XTRIM the inbox up to new_cursor)
 #   audit ('1': XADD lease, prev and new cursor to the last key, the partition's audit stream)
 # Returns {1, outbox ids...} | {-1} fenced | {-2, cursor} cursor moved | {-3, i} version conflict
-COMMIT = """
+COMMIT = (
+    _QLIB
+    + """
+local QP = qprefix(KEYS[7])
 local pos = 1
 local function nxt() local v = ARGV[pos]; pos = pos + 1; return v end
 -- Lua's unpack() has a limit of about 8000 values: variadic calls go in chunks
@@ -101,6 +166,8 @@ for i = 1, n do
   local fields = {}
   for j = 1, nf * 2 do fields[j] = nxt() end
   local ne = tonumber(nxt())
+  local qold = nil
+  if ARGV[pos + ne + 3] ~= '' then qold = qread(hk) end  -- the query field, below
   if mode == 'd' then
     redis.call('DEL', hk)
     if lk ~= hk then redis.call('DEL', lk) end
@@ -118,10 +185,17 @@ for i = 1, n do
   local which = nxt(); local member = nxt(); local score = nxt()
   if which ~= '' then
     local idx = KEYS[7]
-    if which == 'e' then idx = KEYS[8] end
-    if mode == 'd' then redis.call('ZREM', idx, member)
-    elseif score ~= '' then redis.call('ZADD', idx, tonumber(score), member) end
+    if which == 'e' then idx = KEYS[8] elseif which == 'c' then idx = QP .. 'ctl' end
+    if mode == 'd' then
+      redis.call('ZREM', idx, member)
+      if which == 'e' then redis.call('ZREM', QP .. 'e', member) end
+    elseif score ~= '' then
+      redis.call('ZADD', idx, tonumber(score), member)
+      if which == 'e' then redis.call('ZADD', QP .. 'e', 0, member) end
+    end
   end
+  local qiid = nxt()
+  if qiid ~= '' then qsync(QP, hk, qiid, qold) end
   local ch = nxt(); local msg = nxt()
   if ch ~= '' then redis.call('PUBLISH', ch, msg) end
   local nb = tonumber(nxt())
@@ -204,19 +278,25 @@ if nxt() == '1' then  -- test builds: an audit trail of every accepted commit (l
 end
 return out
 """
+)
 
 # Client start. KEYS: instance hash, inbox, timers, timer_data, index
 # ARGV: message, created_ms, name, input, scheduled_ms ('' = now), timer member, instance id, execution id,
-#       timer wake-up message, pinned ('1': the version in the next argument; else not pinned), version
+#       timer wake-up message, tags ('' = none), pinned ('1': the version in the next argument; else
+#       not pinned), version
 # -> 1 started, 0 already exists and not terminal
-START = """
-local st = redis.call('HGET', KEYS[1], 'status')
+START = (
+    _QLIB
+    + """
+local qold = qread(KEYS[1])
+local st = qold[1]
 if st and st ~= 'COMPLETED' and st ~= 'FAILED' and st ~= 'TERMINATED' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'PENDING', 'name', ARGV[3], 'input', ARGV[4], 'created', ARGV[2],
            'updated', ARGV[2], 'exec', ARGV[8])
-redis.call('HDEL', KEYS[1], 'output', 'failure', 'custom', 'scheduled', 'parent', 'pending', 'ver', 'wi',
-           'pk')
-if ARGV[10] == '1' then redis.call('HSET', KEYS[1], 'ver', ARGV[11]) end
+redis.call('HDEL', KEYS[1], 'output', 'failure', 'custom', 'scheduled', 'parent', 'pending', 'tags', 'ver',
+           'wi', 'pk')
+if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'tags', ARGV[10]) end
+if ARGV[11] == '1' then redis.call('HSET', KEYS[1], 'ver', ARGV[12]) end
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'scheduled', ARGV[5])
   redis.call('ZADD', KEYS[3], tonumber(ARGV[5]), ARGV[6])
@@ -227,8 +307,10 @@ else
   redis.call('XADD', KEYS[2], '*', 'm', ARGV[1])
 end
 redis.call('ZADD', KEYS[5], tonumber(ARGV[2]), ARGV[7])
+qsync(qprefix(KEYS[5]), KEYS[1], ARGV[7], qold)
 return 1
 """
+)
 
 # Client message to an existing instance. KEYS: instance hash, inbox ; ARGV: message -> 1 sent, 0 unknown
 SEND_TO_INSTANCE = """
@@ -240,7 +322,9 @@ return 1
 # Client purge. KEYS: instance hash, history, index, blob set, finished index, then the blobs the
 # caller read from the set ; ARGV: instance id, number of blobs  ->  1 purged, 0 not found,
 # -1 not terminal, -2 the blob set changed (read it again)
-PURGE = """
+PURGE = (
+    _QLIB
+    + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 0 end
 if st ~= 'COMPLETED' and st ~= 'FAILED' and st ~= 'TERMINATED' then return -1 end
@@ -248,12 +332,15 @@ if redis.call('SCARD', KEYS[4]) ~= tonumber(ARGV[2]) then return -2 end
 for i = 6, #KEYS do
   if redis.call('SISMEMBER', KEYS[4], KEYS[i]) == 0 then return -2 end
 end
+local qold = qread(KEYS[1])
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
 for i = 6, #KEYS do redis.call('DEL', KEYS[i]) end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
+qsync(qprefix(KEYS[3]), KEYS[1], ARGV[1], qold)
 return 1
 """
+)
 
 # Count a (re)start of a partition's step at a cursor, for poison isolation.
 # KEYS: lease, state ; ARGV: lease, cursor, max_recoveries, isolation_window
@@ -281,8 +368,11 @@ return {n, left}
 # Each instance is purged only if it is terminal (with that status) and its blob set is what the
 # caller read; an instance that is not terminal leaves the finished index (it runs again).
 # -> {1, purged ids...} | {-1} fenced
-PURGE_BATCH = """
+PURGE_BATCH = (
+    _QLIB
+    + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1} end
+local QP = qprefix(KEYS[3])
 local out = {1}
 local k, a = 5, 5
 for i = 1, tonumber(ARGV[4]) do
@@ -295,10 +385,12 @@ for i = 1, tonumber(ARGV[4]) do
     if same and redis.call('SISMEMBER', bs, KEYS[k + 2 + j]) == 0 then same = false end
   end
   if terminal and (want == '' or want == st) and same then
+    local qold = qread(hk)
     redis.call('DEL', hk, lk, bs)
     for j = 1, nb do redis.call('DEL', KEYS[k + 2 + j]) end
     redis.call('ZREM', KEYS[3], iid)
     redis.call('ZREM', KEYS[4], iid)
+    qsync(QP, hk, iid, qold)
     out[#out + 1] = iid
   elseif not terminal then
     redis.call('ZREM', KEYS[4], iid)
@@ -312,3 +404,4 @@ if ARGV[2] ~= '' then
 end
 return out
 """
+)

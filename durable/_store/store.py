@@ -72,6 +72,9 @@ class RecordWrite:
     index: str = ""  # 'i' orchestration index, 'e' entity index, '' none
     index_member: str = ""
     index_score: int | None = None
+    #: an orchestration's instance id: the commit moves its query index entries (status, name,
+    #: creation time, tags) to follow the record's fields
+    query_id: str = ""
     channel: str = ""
     message: str = ""
     #: large payloads to store beside the record: blob key -> data, and the record's blob set
@@ -328,6 +331,7 @@ class Store(TaskStreams, WorkStreams):
             args.append(rec.index)
             args.append(rec.index_member)
             args.append("" if rec.index_score is None else rec.index_score)
+            args.append(rec.query_id)
             if self.strict_wait is not None and rec.channel:
                 publish.append((rec.channel, rec.message))  # announced only once replicated
                 args.extend(("", ""))
@@ -520,14 +524,16 @@ class Store(TaskStreams, WorkStreams):
             raise FencedError(f"partition {index}: lease lost")
         return int(attempts), int(left)
 
-    async def instance_brief(self, index: int, instance_id: str) -> tuple[int, str | None, int, bytes | None]:
-        """(version, status, history length, parent) without loading the history."""
+    async def instance_brief(
+        self, index: int, instance_id: str
+    ) -> tuple[int, str | None, int, bytes | None, bytes | None]:
+        """(version, status, history length, parent, notify) without loading the history."""
         pk = self.partition_keys(index)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(pk.instance(instance_id), "v", "status", "parent")
+        pipe.hmget(pk.instance(instance_id), "v", "status", "parent", "notify")
         pipe.llen(pk.history(instance_id))
-        (v, status, parent), length = await pipe.execute()
-        return int(v or 0), status.decode() if status else None, int(length), parent or None
+        (v, status, parent, notify), length = await pipe.execute()
+        return int(v or 0), status.decode() if status else None, int(length), parent or None, notify or None
 
     async def promote_timers(self, index: int, lease: str, limit: int = 500) -> tuple[int, int | None, int]:
         pk = self.partition_keys(index)
@@ -574,6 +580,7 @@ class Store(TaskStreams, WorkStreams):
         created_ms: int,
         scheduled_ms: int | None,
         execution_id: str,
+        tags: str = "",
         version: str | None = None,
     ) -> bool:
         pk = self.keys_for(instance_id)
@@ -590,6 +597,7 @@ class Store(TaskStreams, WorkStreams):
                 instance_id,
                 execution_id,
                 pack_record({"kind": "wake", "target": "", "due": scheduled_ms or 0}),
+                tags,
                 "0" if version is None else "1",
                 version or "",
             ],

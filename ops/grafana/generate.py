@@ -98,6 +98,7 @@ def rows() -> list[Row]:
     activity = "durable_activity_executions_total"
     cache = "durable_replay_cache_events_total"
     entity_ops = "durable_entity_operations_total"
+    schedule_runs = "durable_schedule_runs_total"
     return [
         Row(
             "Overview",
@@ -399,6 +400,31 @@ def rows() -> list[Row]:
                     ],
                     unit="ops",
                     width=24,
+                ),
+            ],
+        ),
+        Row(
+            "Schedules",
+            [
+                Panel(
+                    "Schedule runs",
+                    [
+                        Target(
+                            f"sum by (schedule, outcome) (rate({schedule_runs}{{{SEL}}}[{RATE}]))",
+                            "{{schedule}} {{outcome}}",
+                        )
+                    ],
+                    unit="ops",
+                    description="Calendar slots of recurring schedules: runs started, and slots "
+                    "skipped (missed beyond the catch-up window, or overlapping a running run).",
+                ),
+                Panel(
+                    "Schedule lateness p50 / p99",
+                    [
+                        Target(quantile(0.5, "durable_schedule_lateness_seconds", ""), "p50"),
+                        Target(quantile(0.99, "durable_schedule_lateness_seconds", ""), "p99"),
+                    ],
+                    unit="s",
                 ),
             ],
         ),

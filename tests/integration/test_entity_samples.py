@@ -25,6 +25,7 @@ from durable import (
     Worker,
     WorkerConfig,
 )
+from durable._core.schedules import SCHEDULE_ENTITY
 from entities.bank import ACCOUNT, Account, account, transfer
 from entities.counter import COUNTER, counter
 from entities.reminder import REMINDER, Reminder, reminder
@@ -97,7 +98,16 @@ def test_module_worker_is_lazy_and_has_everything_registered() -> None:
     w = entities.worker
     assert isinstance(w, Worker)
     assert w._runtime is None  # constructing it connected to nothing
-    assert set(w.registry.entities) == {COUNTER, ACCOUNT, REMINDER, "player", "leaderboard", TELEMETRY}
+    # every worker also registers the built-in schedule entity
+    assert set(w.registry.entities) == {
+        COUNTER,
+        ACCOUNT,
+        REMINDER,
+        "player",
+        "leaderboard",
+        TELEMETRY,
+        SCHEDULE_ENTITY,
+    }
     assert set(w.registry.orchestrators) == {"transfer"}
     assert w.registry.entities[ACCOUNT] is Account and w.registry.entities[COUNTER] is counter
 

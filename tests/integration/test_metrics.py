@@ -71,6 +71,11 @@ async def test_every_metric_moves(redis_url: str, hub: str) -> None:
         return sum(values) + retried
 
     worker.add_orchestrator(_v1, name="flow")
+
+    @worker.orchestrator
+    def nop(ctx: Any, _: Any) -> None:
+        return None
+
     entity_support = hasattr(AsyncClient, "signal_entity")
     if entity_support:
 
@@ -100,6 +105,12 @@ async def test_every_metric_moves(redis_url: str, hub: str) -> None:
                 with anyio.fail_after(30):
                     while (await client.get_entity("@counter@a")) is None:  # type: ignore[attr-defined]
                         await anyio.sleep(0.05)
+            # a schedule: one run on its calendar
+            every = await client.create_schedule("metered", nop, interval=dt.timedelta(seconds=1))
+            with anyio.fail_after(30):
+                while not (await client.get_schedule("metered") or every).runs_started:
+                    await anyio.sleep(0.05)  # a count only observable by polling
+            await client.delete_schedule("metered")
             text = await anyio.to_thread.run_sync(_http_get, port, "/metrics")
             tg.cancel_scope.cancel()
         # the same instance under changed code: non-determinism
@@ -140,15 +151,20 @@ async def test_every_metric_moves(redis_url: str, hub: str) -> None:
     assert {lab for (n, lab) in after if n == "durable_partition_backlog_messages"}
     assert {lab for (n, lab) in after if n == "durable_partition_oldest_message_age_seconds"}
     assert {lab for (n, lab) in after if n == "durable_timers_pending"}
+    assert moved("durable_schedule_runs_total", schedule="metered", outcome="started") >= 1
+    assert moved("durable_schedule_lateness_seconds_count") >= 1
     if entity_support:
         assert moved("durable_entity_operations_total", entity="counter") == 5
         assert moved("durable_work_item_duration_seconds_count", kind="entity") > 0
-    # every defined metric family is exposed (redeliveries are covered by the fault tests, the
-    # instances waiting for a version by test_deploys)
+    # every defined metric family is exposed; redeliveries are covered by the fault tests, the
+    # agent families (which no engine workload touches) by tests/integration/test_agents.py, and
+    # the instances waiting for a version by test_deploys
     names = {n for (n, _) in after} | {n for (n, _) in final}
     elsewhere = ("durable_redeliveries_total", "durable_orchestrations_waiting_for_version")
     for d in METRIC_DEFINITIONS:
-        assert any(s in names for s in d.series_names) or d.name in elsewhere, d.name
+        if d.name in elsewhere or d.name.startswith("durable_agent_"):
+            continue
+        assert any(s in names for s in d.series_names), d.name
 
 
 def _http_get(port: int, path: str) -> str:

@@ -6,7 +6,9 @@ import os
 import re
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -100,6 +102,22 @@ def test_readme_lifecycle_example_runs(redis_url: str, hub: str, tmp_path: Path)
         "courier booked with label for parcel-7",
         "0",
     ]
+
+
+def test_readme_typed_payloads_example_runs(redis_url: str, hub: str, tmp_path: Path) -> None:
+    assert _run_block("output_as", redis_url, hub, tmp_path) == [
+        "Shirt(sku='TEE-1', size=<Size.L: 'l'>) {'shop': 'eu'}",
+        "1 None",
+        "1",
+    ]
+
+
+def test_readme_schedule_example_runs(redis_url: str, hub: str, tmp_path: Path) -> None:
+    next_run, output, triggered = _run_block("create_schedule", redis_url, hub, tmp_path)[:3]
+    when = datetime.fromisoformat(next_run).astimezone(ZoneInfo("Europe/Amsterdam"))
+    assert (when.hour, when.minute) == (2, 0)
+    assert output == "exported to logs"
+    assert re.fullmatch(r"nightly-export@\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", triggered)
 
 
 def test_readme_deploy_example_runs(redis_url: str, hub: str, tmp_path: Path) -> None:
