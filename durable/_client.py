@@ -25,7 +25,7 @@ from ._core.model import (
     datetime_to_ms,
     encode_tags,
 )
-from ._core.registry import name_of
+from ._core.registry import check_version, name_of
 from ._core.serialization import decode, encode, pack_record
 from ._loop import LoopThread
 from ._query import AsyncQueries, SyncQueries, resolved, state_from
@@ -55,6 +55,8 @@ class AsyncClient(AsyncQueries, AsyncScheduleMethods):
         self._store: Store | None = None
         self._notifier: StatusNotifier | None = None
         self._store_lock = anyio.Lock()
+        #: wall-clock milliseconds (a test environment substitutes its own clock)
+        self._now_ms: Callable[[], int] = lambda: int(time.time() * 1000)
 
     async def _get_store(self) -> Store:
         if self._store is not None:
@@ -98,21 +100,26 @@ class AsyncClient(AsyncQueries, AsyncScheduleMethods):
         instance_id: str | None = None,
         start_at: _dt.datetime | None = None,
         tags: dict[str, str] | None = None,
+        version: str | None = None,
     ) -> str:
         """Start an orchestration (now, or at ``start_at``); returns its instance id.
 
         ``tags`` (short strings) are kept with the instance and can be filtered on
-        (:meth:`list_orchestrations`). Raises SerializationError for an input msgpack cannot
-        carry and OrchestrationAlreadyExistsError when an instance with that id is still running.
+        (:meth:`list_orchestrations`). ``version`` pins the instance to that version of the
+        orchestrator; None pins it, at its first step, to the newest version registered by the
+        worker that runs that step. A worker that lacks the version never runs the instance: it
+        waits for one that has it. Raises SerializationError for an input msgpack cannot carry
+        and OrchestrationAlreadyExistsError when an instance with that id is still running.
         """
         name = name_of(orchestrator, "orchestrator")
+        version = check_version(version)
         iid = instance_id or uuid.uuid4().hex
         if not iid or iid.startswith("@"):
             raise ValueError(f"invalid instance id {iid!r} (must be non-empty and not start with '@')")
         data = encode(input, what=f"input of orchestration {name!r}")
         tag_text = encode_tags(tags)
         store = await self._get_store()
-        created = int(time.time() * 1000)
+        created = self._now_ms()
         exec_id = uuid.uuid4().hex
         body: dict[str, Any] = {
             "kind": ev.MSG_START,
@@ -124,6 +131,8 @@ class AsyncClient(AsyncQueries, AsyncScheduleMethods):
         }
         if tag_text:
             body["tags"] = tag_text
+        if version is not None:
+            body["ver"] = version
         scheduled = None
         if start_at is not None:
             scheduled = datetime_to_ms(start_at)
@@ -134,7 +143,9 @@ class AsyncClient(AsyncQueries, AsyncScheduleMethods):
             if traceparent is not None:
                 body["traceparent"] = traceparent
             message = pack_record(body)
-            ok = await store.start_instance(iid, name, message, data, created, scheduled, exec_id, tag_text)
+            ok = await store.start_instance(
+                iid, name, message, data, created, scheduled, exec_id, tag_text, version
+            )
         if not ok:
             raise OrchestrationAlreadyExistsError(
                 f"an orchestration with id {iid!r} already exists and is not finished"
@@ -405,6 +416,7 @@ class Client(SyncQueries, ScheduleMethods):
         instance_id: str | None = None,
         start_at: _dt.datetime | None = None,
         tags: dict[str, str] | None = None,
+        version: str | None = None,
     ) -> str:
         """See :meth:`AsyncClient.schedule_new_orchestration`."""
         return str(
@@ -415,6 +427,7 @@ class Client(SyncQueries, ScheduleMethods):
                 instance_id=instance_id,
                 start_at=start_at,
                 tags=tags,
+                version=version,
             )
         )
 

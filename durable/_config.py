@@ -98,6 +98,10 @@ class WorkerConfig:
     history_warn_events: int = 10_000
     #: ... and past this many it is failed with a clear reason
     history_max_events: int = 100_000
+    #: an activity task (or entity operation) for code this worker has not registered waits for a
+    #: worker that has it; it fails only once no live worker of the hub has had it for this long
+    #: (orchestration versions never fail for it: their instances wait)
+    missing_code_grace_ms: int = 300_000
     #: terminal instances that finished longer ago than this are purged automatically, in
     #: bounded batches by their partition's owner; None keeps them until purged explicitly
     retention: _dt.timedelta | None = None

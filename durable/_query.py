@@ -107,6 +107,7 @@ def state_from(instance_id: str, f: dict[bytes, bytes]) -> OrchestrationState:
         scheduled_start_at=ms_to_datetime(int(scheduled)) if scheduled else None,
         parent_instance_id=unpack_record(parent_raw).get("iid") if parent_raw else None,
         tags=decode_tags(f.get(b"tags")),
+        version=f.get(b"ver", b"").decode(),
     )
 
 

@@ -50,9 +50,16 @@ class Worker:
         self._tg: Any = None
 
     # -- registration ----------------------------------------------------------------------------
-    def add_orchestrator(self, fn: Callable[..., Any], name: str | None = None) -> str:
-        """Register an orchestrator (generator or ``async def``); returns its name."""
-        return self.registry.add_orchestrator(fn, name)
+    def add_orchestrator(
+        self, fn: Callable[..., Any], *, name: str | None = None, version: str | None = None
+    ) -> str:
+        """Register an orchestrator (generator or ``async def``); returns its name.
+
+        Several versions of one name may be registered (``version="2"``). An instance is pinned to
+        one version for its whole life: the one it was started with, else the newest version the
+        worker running its first step has. Versions compare as dotted integers ("1.10" > "1.9"),
+        otherwise as strings; an orchestrator registered without a version has version ""."""
+        return self.registry.add_orchestrator(fn, name, version)
 
     def add_activity(self, fn: Callable[..., Any], name: str | None = None) -> str:
         """Register an activity (``def`` or ``async def``); returns its name."""
@@ -65,10 +72,17 @@ class Worker:
     @overload
     def orchestrator(self, fn: F) -> F: ...
     @overload
-    def orchestrator(self, fn: None = None, *, name: str | None = None) -> Callable[[F], F]: ...
-    def orchestrator(self, fn: Any = None, *, name: str | None = None) -> Any:
-        """Decorator form of :meth:`add_orchestrator` (``@worker.orchestrator`` or ``(name=...)``)."""
-        return self._decorate(self.add_orchestrator, fn, name)
+    def orchestrator(
+        self, fn: None = None, *, name: str | None = None, version: str | None = None
+    ) -> Callable[[F], F]: ...
+    def orchestrator(self, fn: Any = None, *, name: str | None = None, version: str | None = None) -> Any:
+        """Decorator form of :meth:`add_orchestrator`: ``@worker.orchestrator``, or
+        ``@worker.orchestrator(name="flow", version="2")``."""
+
+        def add(f: Any, n: str | None) -> str:
+            return self.add_orchestrator(f, name=n, version=version)
+
+        return self._decorate(add, fn, name)
 
     @overload
     def activity(self, fn: F) -> F: ...

@@ -34,7 +34,8 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from ._cli import doctor, entity, hub, orchestration, schedule
+from ._cli import doctor, entity, hub, lint, orchestration, replay, schedule
+from ._cli.app import UsageError, load_worker
 from ._cli.common import (
     EXIT_CODES_HELP,
     EXIT_FAILURE,
@@ -74,10 +75,6 @@ log = logging.getLogger("durable.cli")
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-
-
-class UsageError(Exception):
-    """A bad command line or environment: reported on stderr, exit code 2."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -287,16 +284,20 @@ def _register_operator_commands(parser: argparse.ArgumentParser, commands: Comma
         "show the partitions: owner, lease, backlog, timers",
         "Show every partition of the hub: the worker holding its lease and when the lease "
         "expires, the inbox backlog and the age of its oldest waiting message, timers, "
-        "instances and entities.",
+        "instances and entities, and the orchestration instances waiting for a worker that has "
+        "their orchestrator version (during a rolling deploy, or after a version was removed).",
     )
     leaf(
         commands,
         "workers",
         hub.workers,
         "show the live workers",
-        "Show the workers with a live heartbeat: host, pid, activity slots in use, owned partitions.",
+        "Show the workers with a live heartbeat: host, pid, activity slots in use, owned partitions "
+        "and the orchestrator versions they run.",
     )
     doctor.register(commands)
+    replay.register(commands)
+    lint.register(commands)
 
 
 def _register_redis_commands(commands: Commands) -> None:
@@ -398,42 +399,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # ------------------------------------------------------------------------------------------------
 # durable worker
-
-
-def load_worker(spec: str) -> Worker:
-    """Import ``MODULE:ATTR`` (ATTR defaults to ``worker``) and return the Worker it names.
-
-    ATTR may be a dotted path and may name a zero-argument callable that returns a Worker. The
-    current directory is put on the import path first, as ``python -m`` does.
-    """
-    module_name, _, attr = spec.partition(":")
-    module_name, attr = module_name.strip(), (attr.strip() or "worker")
-    if not module_name or spec.count(":") > 1:
-        raise UsageError(f"expected MODULE:ATTR (e.g. orchestrations.patterns:worker), got {spec!r}")
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        if missing and (module_name == missing or module_name.startswith(missing + ".")):
-            raise UsageError(
-                f"cannot import {module_name!r}: no module named {missing!r} "
-                f"(looked in {cwd} and on PYTHONPATH)"
-            ) from None
-        raise
-    target: Any = module
-    for part in attr.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise UsageError(f"module {module_name!r} has no attribute {attr!r}") from None
-    if not isinstance(target, Worker) and callable(target):
-        target = target()
-    if not isinstance(target, Worker):
-        raise UsageError(f"{spec!r} is a {type(target).__qualname__}, not a durable.Worker")
-    return target
 
 
 @contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .._core.registry import split_capability
 from .._ops import views as views
 from .._store import listing
 from .._store import queries as q
@@ -33,11 +34,12 @@ async def partitions(session: Session, args: argparse.Namespace) -> Outcome:
             f"{p['timers']} ({p['timers_due_soon']} due soon)" if p["timers"] else "0",
             str(p["instances"]),
             str(p["entities"]),
+            str(p["waiting_for_version"]),
         ]
         for p in data
     ]
     headers = ["partition", "owner", "epoch", "lease expires in", "backlog", "oldest age", "timers"]
-    text = render_table([*headers, "instances", "entities"], rows)
+    text = render_table([*headers, "instances", "entities", "waiting for version"], rows)
     return Outcome(data, text)
 
 
@@ -58,11 +60,12 @@ async def workers(session: Session, args: argparse.Namespace) -> Outcome:
                 slots,
                 f"{len(owned)}: {fmt_ranges(owned)}" if owned else "0",
                 fmt_seconds(r["expires_in_ms"] / 1000),
+                fmt_cell(_versions(r.get("capabilities") or []), 50),
             ]
         )
     if not rows:
         return Outcome(data, "", note=f"no live workers in hub {session.hub!r}")
-    headers = ["worker id", "host", "pid", "slots used", "partitions", "heartbeat expires in"]
+    headers = ["worker id", "host", "pid", "slots used", "partitions", "heartbeat expires in", "versions"]
     return Outcome(data, render_table(headers, rows))
 
 
@@ -75,3 +78,13 @@ async def reindex(session: Session, args: argparse.Namespace) -> Outcome:
     data = {"instances": instances, "entities": entities, "entity_control_hashes": controls}
     text = f"Indexed {instances} instances, {entities} entities and {controls} entity control hashes."
     return Outcome(data, text)
+
+
+def _versions(caps: list[str]) -> str:
+    """The orchestrator versions a worker runs: ``flow@1,flow@2`` (unversioned: the bare name)."""
+    out = []
+    for cap in caps:
+        kind, name, version = split_capability(cap)
+        if kind == "o" and version is not None:
+            out.append(f"{name}@{version}" if version else name)
+    return ",".join(out)

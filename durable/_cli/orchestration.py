@@ -119,6 +119,7 @@ def _state_text(data: Mapping[str, Any]) -> str:
     pairs = [
         ("Instance ID", q.text(data["instance_id"])),
         ("Name", q.text(data["name"])),
+        ("Version", q.text(data.get("version")) or "-"),
         ("Status", q.text(data["runtime_status"])),
         ("Created", fmt_iso(data.get("created_at"))),
         ("Last updated", fmt_iso(data.get("last_updated_at"))),
@@ -158,7 +159,7 @@ async def orchestration_start(session: Session, args: argparse.Namespace) -> Out
     client = await session.client(create_hub=True)
     try:
         iid = await client.schedule_new_orchestration(
-            args.name, input=args.input, instance_id=args.id, start_at=args.start_at
+            args.name, input=args.input, instance_id=args.id, start_at=args.start_at, version=args.version
         )
     except OrchestrationAlreadyExistsError as exc:
         raise CommandError(str(exc)) from None
@@ -453,6 +454,12 @@ def register(commands: Commands) -> None:
         type=iso_arg,
         metavar="ISO",
         help="start at this ISO-8601 time instead of now (no offset: UTC)",
+    )
+    p.add_argument(
+        "--version",
+        metavar="V",
+        help="pin the instance to version V of the orchestrator (default: the newest version of "
+        "the worker that runs its first step)",
     )
     p.add_argument("--wait", action="store_true", help="wait until the orchestration finishes")
     p.add_argument(

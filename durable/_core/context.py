@@ -17,6 +17,7 @@ from . import events as ev
 from .convert import return_type as _declared_return
 from .entities import EntityId, sort_entities
 from .model import FailureDetails, RetryPolicy, datetime_to_ms, ms_to_datetime
+from .registry import UNVERSIONED, check_version
 from .replay_log import ReplaySafeLogger
 from .serialization import encode
 from .tasks import CompletableTask, RetryableTask, Task
@@ -47,7 +48,8 @@ class OrchestrationContext:
         self._received_events: dict[str, deque[tuple[str, bytes | None]]] = {}
         self._custom_status: bytes | None = None
         self._custom_status_set = False
-        self._continue_as_new: tuple[bytes | None, bool] | None = None
+        #: (input, save_events, version: None keeps the current one)
+        self._continue_as_new: tuple[bytes | None, bool, str | None] | None = None
         self._extensions: dict[str, Any] = {}
         self._name = ""
         self._parent_instance_id: str | None = None
@@ -55,6 +57,13 @@ class OrchestrationContext:
         #: log records of the current step, kept until the step commits (None: emit at once);
         #: the worker sets a list and emits the records once the step is committed
         self._log_records: list[Any] | None = None
+        self._version = UNVERSIONED
+        #: what is_patched() answered, by patch id (one answer per execution)
+        self._patches: dict[str, bool] = {}
+        #: markers of patches first seen in this step, recorded in history when the step ends
+        self._new_markers: list[ev.Event] = []
+        #: during replay, whether the recorded step at the replay position holds a patch's marker
+        self._marker_ahead: Callable[[str], bool] = lambda patch_id: False
 
     # -- read-only facts -------------------------------------------------------------------------
     @property
@@ -85,6 +94,32 @@ class OrchestrationContext:
         if self._logger is None:
             self._logger = ReplaySafeLogger(self)
         return self._logger
+
+    @property
+    def version(self) -> str:
+        """The orchestrator version this instance is pinned to ("" when unversioned)."""
+        return self._version
+
+    def is_patched(self, patch_id: str) -> bool:
+        """Whether this execution takes the new code path of patch ``patch_id``.
+
+        True for a new execution, and for a replay whose history recorded the patch's marker at
+        this point; False for a history that reached this point before the patch existed. The
+        first answer holds for the rest of the execution. A True answer on new code records one
+        history event (the marker).
+        """
+        if not isinstance(patch_id, str) or not patch_id:
+            raise ValueError("a patch id is a non-empty string")
+        known = self._patches.get(patch_id)
+        if known is not None:
+            return known
+        if self._is_replaying:
+            answer = self._marker_ahead(patch_id)
+        else:
+            answer = True
+            self._new_markers.append({"k": ev.PATCH_MARKER, "patch": patch_id})
+        self._patches[patch_id] = answer
+        return answer
 
     # -- actions ---------------------------------------------------------------------------------
     def _next_id(self) -> int:
@@ -138,12 +173,18 @@ class OrchestrationContext:
         instance_id: str | None = None,
         retry_policy: RetryPolicy | None = None,
         return_type: Any = None,
+        version: str | None = None,
     ) -> Task[Any]:
         """Start a child orchestration and wait for its output (rebuilt into ``return_type``, else
-        into the orchestrator's annotated return type when given the function)."""
+        into the orchestrator's annotated return type when given the function).
+
+        ``version`` pins the child to that version of the orchestrator; None pins it, at its
+        first step, to the newest version the worker running that step has registered."""
         name = self._name_of(orchestrator, "orchestrator")
         data = encode(input, what=f"input of sub-orchestration {name!r}")
         action: ev.Event = {"k": ev.SUB_CREATED, "name": name, "input": data, "iid": instance_id}
+        if check_version(version) is not None:
+            action["ver"] = version
         rtype = _result_type(orchestrator, return_type)
         return self._schedule(action, f"sub-orchestration {name!r}", retry_policy, rtype)
 
@@ -203,9 +244,15 @@ class OrchestrationContext:
         payload = encode(data, what=f"data of event {event_name!r}")
         self._add_action({"k": ev.EVENT_SENT, "iid": instance_id, "name": event_name, "input": payload}, None)
 
-    def continue_as_new(self, new_input: Any, *, save_events: bool = False) -> None:
-        """Restart this instance with a fresh history and ``new_input`` once the code returns."""
-        self._continue_as_new = (encode(new_input, what="continue_as_new input"), save_events)
+    def continue_as_new(
+        self, new_input: Any, *, save_events: bool = False, version: str | None = None
+    ) -> None:
+        """Restart this instance with a fresh history and ``new_input`` once the code returns.
+
+        ``version`` moves the instance to that orchestrator version (the only way to change an
+        instance's version); None keeps the current one."""
+        data = encode(new_input, what="continue_as_new input")
+        self._continue_as_new = (data, save_events, check_version(version))
 
     def set_custom_status(self, value: Any) -> None:
         """Publish a small status value readable by clients while the orchestration runs."""

@@ -371,7 +371,8 @@ class EntityRecord:
     The control hash exists only while the entity is locked, has requests waiting for the lock, or
     remembers recent request ids: ``l`` (lock holder: ``[request id, orchestration id]``), ``q``
     (queued messages), ``r`` (recent request ids: 12 bytes each, unix seconds and fingerprint,
-    oldest first) and ``v``. A timer message (:data:`MSG_SWEEP`) removes it once the ids expire.
+    oldest first), ``w``/``p`` (a batch run elsewhere, see ``delegation.py``) and ``v``. A timer
+    message (:data:`MSG_SWEEP`) removes it once the ids expire.
     """
 
     state: bytes | None = None
@@ -383,6 +384,8 @@ class EntityRecord:
     modified: int = 0
     version: int = 0
     control_version: int = 0
+    work: str = ""  # a batch running on a worker with the entity's code ("" none) ...
+    parked: list[dict[str, Any]] = field(default_factory=list)  # ... and what arrived meanwhile
 
     @classmethod
     def from_fields(cls, main: dict[bytes, bytes], control: dict[bytes, bytes] | None = None) -> EntityRecord:
@@ -400,6 +403,9 @@ class EntityRecord:
             raw = control.get(b"x")
             rec.remote = list(unpack_record(raw)) if raw else []
             rec.control_version = int(control.get(b"v", b"0"))
+            rec.work = control.get(b"w", b"").decode()
+            raw = control.get(b"p")
+            rec.parked = list(unpack_record(raw)) if raw else []
         return rec
 
     def main_fields(self) -> dict[str, bytes]:
@@ -408,12 +414,15 @@ class EntityRecord:
 
     def control_fields(self) -> dict[str, bytes]:
         """The control hash's fields; all empty when the control hash should not exist."""
-        return {
+        fields = {
             "l": pack_record(self.lock) if self.lock else b"",
             "q": pack_record(self.queue) if self.queue else b"",
             "r": b"".join(_RECENT.pack(ts, fp) for ts, fp in self.recent),
             "x": pack_record(self.remote) if self.remote else b"",
         }
+        if self.work or self.parked:  # only while a batch runs elsewhere
+            fields.update(w=self.work.encode(), p=pack_record(self.parked))
+        return fields
 
     def to_state(self, entity_id: EntityId) -> EntityState | None:
         """The client's view; None when the entity has no state (it does not exist)."""

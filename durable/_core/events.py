@@ -14,7 +14,7 @@ Event = dict[str, Any]
 
 # History event kinds
 ORCHESTRATOR_STARTED: Final = "OrchestratorStarted"  # ts: the step's time
-EXECUTION_STARTED: Final = "ExecutionStarted"  # name, input, exec, parent
+EXECUTION_STARTED: Final = "ExecutionStarted"  # name, input, exec, parent, ver (the pinned version)
 TASK_SCHEDULED: Final = "TaskScheduled"  # tid, name, input[, to, hbt, call, attempt, hb]
 TASK_COMPLETED: Final = "TaskCompleted"  # tid, result
 TASK_FAILED: Final = "TaskFailed"  # tid, failure[, details: last heartbeat details]
@@ -35,6 +35,7 @@ EXECUTION_RESUMED: Final = "ExecutionResumed"  # reason
 EXECUTION_TERMINATED: Final = "ExecutionTerminated"  # output
 EXECUTION_COMPLETED: Final = "ExecutionCompleted"  # status, result, failure
 EXECUTION_REWOUND: Final = "ExecutionRewound"  # reason: a failed execution was rewound to running
+PATCH_MARKER: Final = "PatchMarker"  # patch: the id ctx.is_patched() was asked about (it said True)
 
 #: Events that schedule work; during replay each must match an action the code produced.
 SCHEDULING_EVENTS: Final = frozenset(
@@ -69,3 +70,5 @@ MSG_UNLOCK: Final = "unlock"
 MSG_REWIND: Final = "rewind"
 #: to a partition (no target): purge the terminal instances that match a filter, in batches
 MSG_PURGE: Final = "purge"
+#: the outcome of a step that a worker with the code ran for the partition owner (delegation.py)
+MSG_STEP_RESULT: Final = "step_result"

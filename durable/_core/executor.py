@@ -20,10 +20,15 @@ from . import events as ev
 from .context import NameOf, OrchestrationContext
 from .convert import input_type, rebuild
 from .model import FailureDetails, NonDeterminismError, OrchestrationStatus, is_interrupt, ms_to_datetime
+from .registry import UNVERSIONED
 from .serialization import SerializationError, decode, encode
 from .tasks import CompletableTask, RetryableTask, Task
 
 OrchestratorFn = Callable[..., Any]
+#: (name, version or None for the newest) -> (version, function), or None when not registered
+VersionResolver = Callable[[str, str | None], tuple[str, OrchestratorFn] | None]
+#: fields of a scheduling event that strict replay compares besides its kind and name
+_STRICT_FIELDS = ("input", "fire_at", "iid", "entity", "entities")
 
 _COMPLETIONS = {
     ev.TASK_COMPLETED,
@@ -51,6 +56,8 @@ class StepResult:
     custom_status: bytes | None = None
     custom_status_set: bool = False
     continue_as_new: tuple[bytes | None, list[tuple[str, bytes | None]]] | None = None
+    #: the version the next execution is pinned to (with continue_as_new)
+    continue_version: str | None = None
     #: after a continue-as-new: the step's later terminate/suspend/resume events, for the next execution
     continue_with: list[ev.Event] = field(default_factory=list)
     nondeterminism: bool = False
@@ -65,11 +72,26 @@ class OrchestrationExecutor:
         resolve: Callable[[str], OrchestratorFn | None],
         name_of: NameOf,
         context_factory: Callable[[str, NameOf], OrchestrationContext] = OrchestrationContext,
+        *,
+        resolve_version: VersionResolver | None = None,
+        strict: bool = False,
     ) -> None:
+        """``resolve`` finds an orchestrator by name; ``resolve_version``, when given, finds it by
+        name and version instead (the worker's registry). ``strict`` replay also compares the
+        inputs, timer times and target ids of scheduling events with what the code produces, so
+        a random or clock-dependent value surfaces as non-determinism (tests use it)."""
         self.instance_id = instance_id
         self.history: list[ev.Event] = []
         self.ctx = context_factory(instance_id, name_of)
         self._resolve = resolve
+        self._resolve_version = resolve_version
+        self._strict = strict
+        #: the version this execution is pinned to (known once ExecutionStarted is applied)
+        self.version = UNVERSIONED
+        self._replaying: list[ev.Event] = []
+        self._replay_pos = 0
+        #: where replay found the code at odds with the history (index into it), if it did
+        self.replay_failed_at: int | None = None
         self._driver: Any = None  # generator or coroutine
         self._current: Task[Any] | None = None
         self._status = OrchestrationStatus.RUNNING
@@ -89,6 +111,11 @@ class OrchestrationExecutor:
         return self._status
 
     @property
+    def replay_error(self) -> NonDeterminismError | None:
+        """The mismatch :meth:`replay` found (it fails the next step), if any."""
+        return self._replay_error
+
+    @property
     def failure(self) -> FailureDetails | None:
         """Why the execution failed (None unless it did)."""
         return self._failure
@@ -102,15 +129,46 @@ class OrchestrationExecutor:
     def replay(self, history: list[ev.Event]) -> None:
         """Rebuild state from recorded history (a non-determinism error surfaces in the next step)."""
         self.ctx._is_replaying = True
+        self._replaying = history
+        self.ctx._marker_ahead = self._marker_ahead
         try:
-            for event in history:
+            for pos, event in enumerate(history):
+                self._replay_pos = pos
                 self._apply(event)
                 self.history.append(event)
+            self._replay_pos = len(history) - 1  # a leftover action: reported at the last event
+            if not history or history[-1].get("k") != ev.EXECUTION_COMPLETED:
+                self._check_replayed_all()
         except NonDeterminismError as exc:
             self._replay_error = exc
+            self.replay_failed_at = self._replay_pos
             self.history = list(history)
         finally:
             self.ctx._is_replaying = False
+            self._replaying = []
+
+    def _marker_ahead(self, patch_id: str) -> bool:
+        """Whether the recorded step being replayed holds the marker of ``patch_id``: the events
+        after the replay position, up to the next step's OrchestratorStarted."""
+        for event in self._replaying[self._replay_pos + 1 :]:
+            kind = event.get("k")
+            if kind == ev.ORCHESTRATOR_STARTED:
+                return False
+            if kind == ev.PATCH_MARKER and event.get("patch") == patch_id:
+                return True
+        return False
+
+    def _check_replayed_all(self) -> None:
+        """After a complete replay every action the code produced must be in the history: one
+        left over is new code that would run out of order (after events it should precede)."""
+        pending = self.ctx._pending_actions
+        if not pending or self._done:
+            return
+        tid = min(pending)
+        raise NonDeterminismError(
+            f"orchestration {self.instance_id!r}: the code now schedules {_describe(pending[tid])} "
+            f"(task {tid}) at a point the history has already passed without it"
+        )
 
     def execute(self, new_events: list[ev.Event]) -> StepResult:
         """Apply new events (the first is usually OrchestratorStarted) and collect what follows."""
@@ -127,6 +185,9 @@ class OrchestrationExecutor:
                     break
                 if self._apply(event):
                     self._append(event, result)
+            markers, self.ctx._new_markers = self.ctx._new_markers, []
+            for marker in markers:
+                self._append(marker, result)
             if self.ctx._pending_actions and self._status != OrchestrationStatus.TERMINATED:
                 # Whatever the code scheduled and history does not hold yet is new work.
                 for tid in sorted(self.ctx._pending_actions):
@@ -149,7 +210,7 @@ class OrchestrationExecutor:
             )
             if self._status == OrchestrationStatus.CONTINUED_AS_NEW:
                 assert self.ctx._continue_as_new is not None
-                data, save_events = self.ctx._continue_as_new
+                data, save_events, version = self.ctx._continue_as_new
                 carried: list[tuple[str, bytes | None]] = []
                 if save_events:
                     for queue in self.ctx._received_events.values():
@@ -159,6 +220,7 @@ class OrchestrationExecutor:
                         (str(e["name"]), e.get("input")) for e in leftover if e["k"] == ev.EVENT_RAISED
                     )
                 result.continue_as_new = (data, carried)
+                result.continue_version = self.version if version is None else version
                 result.continue_with = [e for e in leftover if e["k"] in _CONTROL_EVENTS]
         result.status = self.status
         result.output = self._output
@@ -215,7 +277,7 @@ class OrchestrationExecutor:
             self._close_driver()
             self._finish(OrchestrationStatus.TERMINATED, event.get("output"), None)
             return True
-        if kind in (ev.EXECUTION_COMPLETED, ev.EXECUTION_REWOUND):
+        if kind in (ev.EXECUTION_COMPLETED, ev.EXECUTION_REWOUND, ev.PATCH_MARKER):
             return True
         if kind == ev.EXECUTION_SUSPENDED:
             self._suspended = True
@@ -308,18 +370,38 @@ class OrchestrationExecutor:
                 f"orchestration {self.instance_id!r}: history records {_describe(event)} (task {tid}), "
                 f"but the code now schedules {_describe(action)}"
             )
+        if self._strict:
+            for key in _STRICT_FIELDS:
+                if key in event and action.get(key) != event[key]:
+                    raise NonDeterminismError(
+                        f"orchestration {self.instance_id!r}: history records {_describe(event)} "
+                        f"(task {tid}) with a different {key} than the code now produces "
+                        "(a random, clock- or environment-dependent value in the orchestrator?)"
+                    )
         # history is authoritative (e.g. generated sub-orchestration ids)
         action.update(event)
 
     def _start(self, event: ev.Event) -> None:
         self.name = str(event["name"])
-        fn = self._resolve(self.name)
+        # a history recorded before versions existed has no "ver": it is unversioned; a new
+        # execution without a pinned version (None) is pinned now, to the newest registered one
+        requested: str | None = event.get("ver", UNVERSIONED)
+        fn: OrchestratorFn | None
+        if self._resolve_version is not None:
+            found = self._resolve_version(self.name, requested)
+            version, fn = found if found is not None else (requested or UNVERSIONED, None)
+        else:
+            version, fn = requested or UNVERSIONED, self._resolve(self.name)
+        if "ver" in event:
+            event["ver"] = version  # recorded in history: the instance keeps it for life
+        self.version = self.ctx._version = version
         if fn is None:
+            label = f" version {version!r}" if version else ""
             self._finish(
                 OrchestrationStatus.FAILED,
                 None,
                 FailureDetails(
-                    f"no orchestrator named {self.name!r} is registered with this worker",
+                    f"no orchestrator named {self.name!r}{label} is registered with this worker",
                     "OrchestrationNotFoundError",
                 ),
             )

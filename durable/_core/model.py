@@ -187,6 +187,8 @@ class OrchestrationState:
     last_updated_at: _dt.datetime
     scheduled_start_at: _dt.datetime | None = None
     parent_instance_id: str | None = None
+    #: the orchestrator version the instance is pinned to ("": unversioned, or not pinned yet)
+    version: str = ""
     tags: dict[str, str] = field(default_factory=dict)
 
     def output_as(self, tp: Any) -> Any:

@@ -180,6 +180,7 @@ class OpsApp:
         self.token = token or None
         self._dashboard: bytes | None = None
         self._published_partitions: set[str] = set()
+        self._published_waiting: set[tuple[str, str]] = set()
         o = "orchestrations"
         self.routes: list[Route] = [
             Route((), {"GET": self.dashboard}),
@@ -268,16 +269,20 @@ class OpsApp:
         return Response(200, generate_latest(_metrics.REGISTRY), _metrics.CONTENT_TYPE)
 
     async def _publish_partition_gauges(self, owned: list[int]) -> None:
-        """Backlog, oldest message age and pending timers of the partitions this worker owns."""
+        """Backlog, oldest message age and pending timers of the partitions this worker owns, and
+        the instances in them that wait for a worker with their version."""
         labels: set[str] = set()
         if not owned and not self._published_partitions:
             return
         try:
             with anyio.fail_after(PROBE_TIMEOUT_SECONDS):
-                infos = await q.partitions_info(await self._store(), only=owned)
+                store = await self._store()
+                infos = await q.partitions_info(store, only=owned)
+                waiting = await q.waiting_for_version(store, owned)
         except (RedisError, OSError, TimeoutError) as exc:
             log.debug("partition gauges not refreshed: %s", exc)
             return
+        self._publish_waiting(waiting)
         for info in infos:
             label = _metrics.partition_label(info.partition)
             labels.add(label)
@@ -293,6 +298,18 @@ class OpsApp:
                 with contextlib.suppress(KeyError):
                     gauge.remove(label)
         self._published_partitions = labels
+
+    def _publish_waiting(self, waiting: list[q.WaitingInstance]) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        for w in waiting:
+            counts[(w.name, w.version)] = counts.get((w.name, w.version), 0) + 1
+        gauge = _metrics.ORCHESTRATIONS_WAITING_FOR_VERSION
+        for name, version in self._published_waiting - set(counts):
+            with contextlib.suppress(KeyError):
+                gauge.remove(name, version)
+        for (name, version), count in counts.items():
+            gauge.labels(name=name, version=version).set(count)
+        self._published_waiting = set(counts)
 
     async def healthz(self, request: Request, params: list[str]) -> Response:
         rt = self.runtime

@@ -137,6 +137,7 @@ def state_json(state: OrchestrationState) -> dict[str, Any]:
         "scheduled_start_at": _iso(state.scheduled_start_at),
         "parent_instance_id": state.parent_instance_id,
         "tags": dict(getattr(state, "tags", None) or {}),
+        "version": state.version,
     }
 
 

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from .._core import events as ev
 from .._core.convert import input_type, rebuild
 from .._core.model import ActivityTimeoutError, FailureDetails, OrchestrationStatus, is_interrupt
-from .._core.registry import ActivityContext
+from .._core.registry import ActivityContext, capability
 from .._core.serialization import decode, encode, is_blob_ref, pack_record, unpack_record
 from .._store import lifecycle
 from . import tracing
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .._config import WorkerConfig
     from .._core.registry import Registry
     from .._store.store import Store
+    from .capabilities import CapabilityView
     from .clock import Clock
     from .telemetry import Telemetry
 
@@ -132,6 +133,7 @@ class ActivityRunner:
         metrics: Telemetry,
         clock: Clock,
         consumer: str,
+        caps: CapabilityView,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -139,6 +141,9 @@ class ActivityRunner:
         self.metrics = metrics
         self.clock = clock
         self.consumer = consumer
+        self.caps = caps
+        #: this worker's activities: it also reads their work streams (tasks others left for it)
+        self.names = sorted(registry.activities)
         self.concurrency = config.concurrency
         self.in_flight: dict[str, float] = {}
         # A thread cannot be killed: a sync attempt that timed out keeps its thread until it
@@ -180,7 +185,7 @@ class ActivityRunner:
 
     async def run(self, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         self._loop = asyncio.get_running_loop()
-        await self.store.ensure_task_group()
+        await self.store.ensure_task_group(self.names)
         task_status.started()
         try:
             async with anyio.create_task_group() as tg:
@@ -233,14 +238,16 @@ class ActivityRunner:
             with anyio.CancelScope() as scope:
                 self._read_scope = scope
                 try:
-                    entries = await self.store.read_tasks(self.consumer, min(free, 100), self.config.poll_ms)
+                    entries = await self.store.read_tasks(
+                        self.consumer, min(free, 100), self.config.poll_ms, self.names
+                    )
                     failures = 0
                 except (RedisError, OSError) as exc:
                     failures += 1
                     log.warning("reading activity tasks failed: %s", exc)
                     await anyio.sleep(min(0.05 * 2**failures, 2.0))
                     if "NOGROUP" in str(exc):
-                        await self.store.ensure_task_group()
+                        await self.store.ensure_task_group(self.names)
             self._read_scope = None
             for eid, fields in entries:
                 self.in_flight[eid] = time.monotonic()
@@ -261,7 +268,7 @@ class ActivityRunner:
                 if free <= 0:
                     continue
                 # one stale task at a time: see _run_isolated
-                claimed = await self.store.claim_stale_tasks(self.consumer, vis, 1)
+                claimed = await self._claim_stale(vis)
             except (RedisError, OSError) as exc:
                 log.warning("activity maintenance failed: %s", exc)
                 continue
@@ -297,13 +304,22 @@ class ActivityRunner:
                         self._dispatch(tg, eid, fields, delivered)
                         while eid in self.in_flight:
                             await self._wait_change()
-                claimed = await self.store.claim_stale_tasks(self.consumer, vis, 1)
+                claimed = await self._claim_stale(vis)
                 item = claimed[0] if claimed else None
         except (RedisError, OSError) as exc:
             log.warning("reclaiming activity tasks failed: %s", exc)
         finally:
             self._isolating = False
             self._notify()
+
+    async def _claim_stale(self, vis: int) -> list[tuple[str, dict[bytes, bytes], int]]:
+        """One task a quiet consumer left: from the task stream, else from our activities' streams."""
+        claimed = await self.store.claim_stale_tasks(self.consumer, vis, 1)
+        for name in self.names:
+            if claimed:
+                break
+            claimed = await self.store.claim_stale_tasks(self.consumer, vis, 1, name)
+        return claimed
 
     async def _dead_letter(self, eid: str, fields: dict[bytes, bytes], delivered: int) -> None:
         reason = f"activity task delivered {delivered} times without completing (poison); dead-lettered"
@@ -352,6 +368,9 @@ class ActivityRunner:
         )
         fn = self.registry.activities.get(name)
         raw = msg.get("input")
+        if fn is None:  # another worker may have it: then the task waits for one (else it fails)
+            tg.start_soon(self._leave_or_fail, eid, msg, fields, ctx, started)
+            return
         span = tracing.activity_span(
             name,
             msg.get("traceparent"),
@@ -365,7 +384,7 @@ class ActivityRunner:
         )
         if span is not None:
             self._spans[eid] = span
-        if fn is None or inspect.iscoroutinefunction(fn) or is_blob_ref(raw):
+        if inspect.iscoroutinefunction(fn) or is_blob_ref(raw):
             tg.start_soon(self._execute_async, eid, msg, fn, ctx, started)
             return
         try:
@@ -536,6 +555,29 @@ class ActivityRunner:
         self.metrics.activity_done(ctx.name, status, time.monotonic() - started)
         self._results.append((ctx.orchestration_id, eid, pack_record(reply)))
         self._results_ready.set()
+
+    async def _leave_or_fail(
+        self,
+        eid: str,
+        msg: dict[str, Any],
+        fields: dict[bytes, bytes],
+        ctx: ActivityContext,
+        started: float,
+    ) -> None:
+        """A task for an activity this worker lacks: if a worker had it within the grace period,
+        move it to that activity's work stream, which only workers that registered it read (the
+        sweeper fails it if none is left for too long); else fail it."""
+        name = ctx.name
+        try:
+            if not await self.caps.confirm_recent(capability("a", name)):
+                await self._execute_async(eid, msg, None, ctx, started)  # fails: nobody has it
+                return
+            await self.store.park_task(eid, fields, name, self.clock.now_ms())
+        except (RedisError, OSError) as exc:  # it stays pending here, and is reclaimed later
+            log.warning("cannot leave task %s for a worker that has activity %r: %s", eid, name, exc)
+            self._release(eid)
+            return
+        self._release(eid)
 
     async def _reject_malformed(self, eid: str, fields: dict[bytes, bytes], exc: BaseException) -> None:
         log.error("malformed activity task %s dropped to the dead-letter stream: %s", eid, exc)

@@ -12,20 +12,24 @@ so an operation's effects and its consumption of the inbox happen together or no
 from __future__ import annotations
 
 import logging
+import uuid
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._core import events as ev
+from .._core.delegation import apply_entity_outcome
 from .._core.entities import (
     DEFAULT_DEDUP_SECONDS,
     DEFAULT_DEDUP_WINDOW,
     MSG_SWEEP,
+    BatchResult,
     EntityBatch,
     EntityId,
     EntityRecord,
     held_locks,
 )
+from .._core.registry import capability
 from .._core.remote_entities import RemoteEntityBatch
 from .._core.serialization import pack_record
 from .._store.keys import partition_of
@@ -37,7 +41,8 @@ from .step import Message, StepState
 if TYPE_CHECKING:
     from .._core.registry import Registry
     from .._store.store import Store
-    from .orchestration_step import Instance
+    from .capabilities import CapabilityView
+    from .instances import Instance
     from .remote import RemoteRoutes
     from .telemetry import Telemetry
 
@@ -74,10 +79,11 @@ class EntityHalf:
     #: ... for this long
     dedup_seconds = DEFAULT_DEDUP_SECONDS
 
-    def __init__(self, *, store: Store, registry: Registry, metrics: Telemetry) -> None:
+    def __init__(self, *, store: Store, registry: Registry, metrics: Telemetry, caps: CapabilityView) -> None:
         self.store = store
         self.registry = registry
         self.metrics = metrics
+        self.caps = caps
         self._steps: weakref.WeakKeyDictionary[StepState, _StepEntities] = weakref.WeakKeyDictionary()
         #: which entities remote executors run (set by the runtime; None: no remote execution)
         self.routes: RemoteRoutes | None = None
@@ -102,10 +108,12 @@ class EntityHalf:
         st = self._step(step)
         if not entity_ids:
             return
-        if self.routes is not None:  # an executor may have just connected: re-read the table
-            names = {t[1:].partition("@")[0].lower() for t in entity_ids}
-            if any(n not in self.registry.entities and not self._remote(n) for n in names):
-                await self.routes.refresh()
+        missing = {t[1:].partition("@")[0].lower() for t in entity_ids}
+        missing = {name for name in missing if name not in self.registry.entities}
+        if any(not self.caps.recent(capability("e", name)) for name in missing):
+            await self.caps.refresh()  # a worker that has it may have started since the last heartbeat
+        if self.routes is not None and any(not self._remote(n) for n in missing):
+            await self.routes.refresh()  # an SDK executor may have just connected: re-read the table
         keys: list[str] = []
         for target in entity_ids:
             keys.append(step.keys.entity(target))
@@ -135,8 +143,15 @@ class EntityHalf:
         loaded = st.entities.get(target)
         if loaded is None:  # not announced to ensure_loaded: treat as new (the version check guards it)
             loaded = st.entities[target] = _Loaded(EntityRecord(), {}, {})
+        if loaded.record.work:  # a batch runs on another worker: its messages wait for its outcome
+            msgs = self._settle(step, entity_id, loaded, msgs)
+            if not msgs:
+                return
         impl = self.registry.entities.get(entity_id.name)
-        remote = impl is None and self._remote(entity_id.name)
+        if impl is None and self.caps.recent(capability("e", entity_id.name)):
+            self._delegate(step, entity_id, loaded, msgs)  # a live worker has the code: it runs there
+            return
+        remote = impl is None and self._remote(entity_id.name)  # a Durable Task SDK runs it
         kind = RemoteEntityBatch if remote else EntityBatch
         spans = None if remote else tracing.entity_spans()
         batch = kind(entity_id, impl, loaded.record, step.now, self.dedup_window, self.dedup_seconds, spans)
@@ -147,6 +162,57 @@ class EntityHalf:
             body = {"eid": target, "token": batch.dispatched, "name": entity_id.name}
             dst = self.routes.workitems.keys.entities
             step.plan.outbox.append({"dst": dst, "m": pack_record(body)})
+        self._absorb(step, entity_id, impl is not None or remote, loaded, result)
+
+    def _delegate(self, step: StepState, entity_id: EntityId, loaded: _Loaded, msgs: list[Message]) -> None:
+        """Send the batch to the work stream of the entity: a worker that has its code runs it."""
+        wid = uuid.uuid4().hex
+        item = {
+            "wid": wid,
+            "kind": "e",
+            "part": step.index,
+            "target": str(entity_id),
+            "ts": step.now,
+            "msgs": [_persistable(m) for m in msgs],
+        }
+        cap = capability("e", entity_id.name)
+        step.plan.outbox.append({"dst": self.store.keys.work(cap), "m": pack_record(item)})
+        loaded.record.work = wid
+        loaded.dirty = True
+
+    def _settle(
+        self, step: StepState, entity_id: EntityId, loaded: _Loaded, msgs: list[Message]
+    ) -> list[Message]:
+        """Park messages until the outcome of the batch away arrives, then apply it; returns the
+        messages to handle now (the parked ones first)."""
+        rec = loaded.record
+        loaded.dirty = True
+        for i, msg in enumerate(msgs):
+            if msg.get("kind") != ev.MSG_STEP_RESULT:
+                rec.parked.append(_persistable(msg))
+                continue
+            if msg.get("wid") != rec.work:
+                continue  # a late duplicate of an outcome already applied
+            rec.work = ""
+            waiting, rec.parked = rec.parked, []
+            impl = self.registry.entities.get(entity_id.name)
+            known = True
+            if msg.get("missing"):  # nobody had the code for the grace period: the usual outcome here
+                batch = EntityBatch(entity_id, impl, rec, step.now, self.dedup_window, self.dedup_seconds)
+                result = batch.run(list(msg["item"].get("msgs") or []))
+                known = impl is not None
+            else:
+                result = apply_entity_outcome(rec, msg.get("record") or {}, msg.get("batch") or {})
+            self._absorb(step, entity_id, known, loaded, result)
+            return [*waiting, *msgs[i + 1 :]]
+        return []
+
+    def _absorb(
+        self, step: StepState, entity_id: EntityId, known: bool, loaded: _Loaded, result: BatchResult
+    ) -> None:
+        """Plan what a batch did (wherever it ran): the record, its messages, timers, dead letters."""
+        st = self._step(step)
+        target = str(entity_id)
         loaded.dirty = True
         loaded.deleted = result.deleted
         for msg in result.out:
@@ -157,7 +223,7 @@ class EntityHalf:
         step.notes.extend(result.notes)
         for _ in range(result.duplicates):
             self.metrics.duplicate_dropped()
-        if impl is not None or remote:
+        if known:
             for _ in range(result.completed):
                 self.metrics.entity_operation(entity_id.name, "completed")
             for _ in range(result.failed):
@@ -194,6 +260,9 @@ class EntityHalf:
         key = step.keys.entity(target)
         control_key = step.keys.entity_control(target)
         control = rec.control_fields()
+        for name in ("w", "p"):  # a batch that ran elsewhere came back: clear its marks
+            if name not in control and loaded.raw_control.get(name.encode()):
+                control[name] = b""
         if any(control.values()):
             write = RecordWrite(control_key, control_key, rec.control_version)
             write.fields.update(_changed(control, loaded.raw_control))
@@ -265,11 +334,12 @@ class EntityHalf:
     ) -> None:
         """Release the locks an ending execution still holds or waits for (sent at flush, after the
         step's other messages, so a release never overtakes its own lock request). ``history``:
-        the execution's history when it has no local executor (remote execution)."""
+        the execution's history when it has no local executor (remote execution); by default the
+        history this worker knows (its executor's, or the one of a step run elsewhere)."""
         if history is None:
-            if inst.executor is None:
-                return
-            history = inst.executor.history
+            history = inst.history
+        if not history:
+            return
         st = self._step(step)
         for rid, locks, granted in held_locks(history):
             if not locks:
@@ -280,6 +350,10 @@ class EntityHalf:
                 msg = _lock_message(ev.MSG_UNLOCK, inst.iid, rid, locks)
                 msg["chain"] = True
                 st.releases.append((locks[0], msg))
+
+
+def _persistable(msg: Message) -> Message:
+    return {k: v for k, v in msg.items() if not k.startswith("_")}
 
 
 def _changed(fields: dict[str, bytes], raw: dict[bytes, bytes]) -> dict[str, bytes]:

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .._store.store import SyncLeaseRenewer
+from .._store.store import LeaseRenewer
 from .telemetry import Telemetry
 
 log = logging.getLogger("durable.worker")
@@ -58,7 +58,7 @@ class LeaseTable:
         with self._lock:
             return sorted(self._leases)
 
-    def renew_all(self, renewer: SyncLeaseRenewer) -> None:
+    def renew_all(self, renewer: LeaseRenewer) -> None:
         """Renew every lease (called from the renewal thread)."""
         with self._lock:
             leases = dict(self._leases)

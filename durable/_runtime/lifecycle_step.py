@@ -26,7 +26,7 @@ from .._store.store import RecordWrite
 from .step import Message, StepState
 
 if TYPE_CHECKING:
-    from .orchestration_step import Instance
+    from .instances import Instance
 
 log = logging.getLogger("durable.partition")
 

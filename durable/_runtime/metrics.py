@@ -48,6 +48,7 @@ __all__ = [
     "ORCHESTRATIONS_FINISHED",
     "ORCHESTRATIONS_PURGED",
     "ORCHESTRATIONS_STARTED",
+    "ORCHESTRATIONS_WAITING_FOR_VERSION",
     "ORCHESTRATION_DURATION",
     "PARTITIONS_OWNED",
     "PARTITION_BACKLOG",
@@ -277,6 +278,13 @@ METRIC_DEFINITIONS: Final[tuple[MetricDefinition, ...]] = (
         ("name",),
     ),
     MetricDefinition(
+        "durable_orchestrations_waiting_for_version",
+        "gauge",
+        "Orchestration instances in this worker's partitions whose next step waits for a worker "
+        "with their orchestrator version (no live worker has it), by orchestration name and version.",
+        ("name", "version"),
+    ),
+    MetricDefinition(
         "durable_worker_slots",
         "gauge",
         "Activity execution slots on this worker, by state (used or available).",
@@ -367,6 +375,7 @@ SCHEDULE_LATENESS: Final[Histogram] = _histogram("durable_schedule_lateness_seco
 REPLAY_CACHE_EVENTS: Final[Counter] = _counter("durable_replay_cache_events_total")
 REPLAY_CACHE_SIZE: Final[Gauge] = _gauge("durable_replay_cache_size")
 NONDETERMINISM_ERRORS: Final[Counter] = _counter("durable_nondeterminism_errors_total")
+ORCHESTRATIONS_WAITING_FOR_VERSION: Final[Gauge] = _gauge("durable_orchestrations_waiting_for_version")
 WORKER_SLOTS: Final[Gauge] = _gauge("durable_worker_slots")
 AGENT_MODEL_CALLS: Final[Counter] = _counter("durable_agent_model_calls_total")
 AGENT_TOOL_CALLS: Final[Counter] = _counter("durable_agent_tool_calls_total")

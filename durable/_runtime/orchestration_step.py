@@ -11,7 +11,6 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._core import events as ev
@@ -19,18 +18,32 @@ from .._core import replay_log
 from .._core.executor import OrchestrationExecutor, StepResult
 from .._core.lifecycle import open_timers
 from .._core.model import FailureDetails, OrchestrationStatus
+from .._core.registry import capability
 from .._core.serialization import (
     BLOB_REF_PREFIX,
     LARGE_PAYLOAD_BYTES,
-    encode,
     is_blob_ref,
     pack_record,
     unpack_record,
 )
 from .._store.store import RecordWrite
 from . import tracing
+from .delegation import DelegatedSteps
+from .instances import (
+    ACTIVITY_OPTIONS,
+    LIVE,
+    PAYLOAD_FIELDS,
+    Incoming,
+    Instance,
+    carried_events,
+    check_history_size,
+    load_histories,
+    notify_end,
+    reply_to_parent,
+    started_event,
+    to_event,
+)
 from .lifecycle_step import (
-    Loaded,
     Rewinder,
     Rewound,
     from_its_parent,
@@ -47,73 +60,15 @@ if TYPE_CHECKING:
     from .._core.registry import Registry
     from .._store.store import Store
     from .cache import InstanceCache
+    from .capabilities import CapabilityView
     from .entity_step import EntityHalf
-    from .remote import RemoteOrchestrations, RemoteState
+    from .remote import RemoteOrchestrations
     from .telemetry import Telemetry
 
 log = logging.getLogger("durable.partition")
 
-_COMPLETION_MSGS = {
-    ev.MSG_TASK_COMPLETED: ev.TASK_COMPLETED,
-    ev.MSG_TASK_FAILED: ev.TASK_FAILED,
-    ev.MSG_TIMER_FIRED: ev.TIMER_FIRED,
-    ev.MSG_SUB_COMPLETED: ev.SUB_COMPLETED,
-    ev.MSG_SUB_FAILED: ev.SUB_FAILED,
-}
-#: history event fields that carry (encoded) user payloads
-_PAYLOAD_FIELDS = ("input", "result", "output")
-#: fields of an activity's TaskScheduled event that its task message carries
-_ACTIVITY_OPTIONS = ("to", "hbt", "call", "attempt", "hb")
 #: continue-as-new restarts run inline in one step up to this many times
 _MAX_INLINE_RESTARTS = 100
-
-
-@dataclass
-class Instance:
-    """The cached view of one orchestration instance in its owning partition."""
-
-    iid: str
-    version: int = 0
-    status: OrchestrationStatus | None = None
-    name: str = ""
-    exec: str = ""
-    created: int = 0
-    parent: dict[str, Any] | None = None
-    #: an entity to signal when the instance ends: {"entity": id, "op": operation} (schedule runs)
-    notify: dict[str, Any] | None = None
-    executor: OrchestrationExecutor | None = None
-    last_ts: int = 0
-    #: the instance's tags, as stored (:func:`durable._core.model.encode_tags`)
-    tags: str = ""
-    #: the trace context its start message carried (the parent of its orchestration span)
-    traceparent: str | None = None
-    #: events raised before a scheduled start ran: delivered right after it starts
-    pending_events: list[ev.Event] = field(default_factory=list)
-    #: set while the instance's code runs in a remote executor (``remote.py``)
-    remote: RemoteState | None = None
-    #: read for a lifecycle command of this step while the instance is not running
-    loaded: Loaded | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.executor is not None and not self.executor.is_done
-
-
-@dataclass
-class _Incoming:
-    """An instance's messages of one step, as history events (and what a start carried)."""
-
-    events: list[ev.Event] = field(default_factory=list)
-    start: Message | None = None
-    start_input: bytes | None = None
-    #: a start that never ran and was terminated: its record (no executor runs)
-    terminated_pending: RecordWrite | None = None
-    #: events for an instance whose (scheduled) start has not run yet: kept for it
-    held: list[ev.Event] = field(default_factory=list)
-    #: a recursive terminate, passed on to the open sub-orchestrations once applied
-    terminate: Message | None = None
-    #: a rewind that brought a failed instance back to running
-    rewound: Rewound | None = None
 
 
 class OrchestrationHalf:
@@ -130,8 +85,11 @@ class OrchestrationHalf:
         entities: EntityHalf,
         context_factory: Callable[[str, Any], OrchestrationContext],
         name_of: Callable[[Any, str], str],
+        caps: CapabilityView,
         remote: RemoteOrchestrations | None = None,
+        strict_replay: bool = False,
     ) -> None:
+        #: instances whose code runs in a remote executor (a Durable Task SDK via the sidecar)
         self.remote = remote
         self.store = store
         self.registry = registry
@@ -142,6 +100,11 @@ class OrchestrationHalf:
         self.context_factory = context_factory
         self.name_of = name_of
         self.rewinder = Rewinder(self._new_executor, reply_to_parent, store.keys.status_channel)
+        self.caps = caps
+        #: compare inputs too when replaying (a test environment's always_replay)
+        self.strict_replay = strict_replay
+        #: steps of versions this worker lacks, run by workers that have them (``delegation.py``)
+        self.delegation = DelegatedSteps(self)
 
     # -- the StepHalf shape --------------------------------------------------------------------
     def owns(self, target: str) -> bool:
@@ -150,36 +113,29 @@ class OrchestrationHalf:
     async def load(self, step: StepState, targets: list[str]) -> None:
         if self.remote is not None:
             await self.remote.prepare(step)
+        starts = {
+            str(m["name"])
+            for t in targets
+            for m in step.messages.get(t, ())
+            if m["kind"] == ev.MSG_START and not self.registry.can_run(str(m["name"]), m.get("ver"))
+        }
+        if any(not self.caps.recent(capability("o", name)) for name in starts):
+            await self.caps.refresh()  # a worker that has it may have started since the last heartbeat
         cached = self.cache.partition(step.index)
+        step.instances.update((t, cached[t]) for t in targets if t in cached)
         # a lifecycle command on an instance that is not running needs its history: read it again
-        ids = [t for t in targets if t not in cached or (t in step.needs_history and not cached[t].running)]
+        ids = [
+            t
+            for t in targets
+            if t not in step.instances or (t in step.needs_history and not step.instances[t].running)
+        ]
         if not ids:
             return
-        loaded = await self.store.load_instances(step.index, ids)
-        histories = [[unpack_record(h) for h in history] for _, history in loaded]
-        outputs = [fields.get(b"output") for fields, _ in loaded]
-        refs = [
-            e[f][len(BLOB_REF_PREFIX) :].decode()
-            for events in histories
-            for e in events
-            for f in _PAYLOAD_FIELDS
-            if is_blob_ref(e.get(f))
-        ]
-        refs.extend(o[len(BLOB_REF_PREFIX) :].decode() for o in outputs if o is not None and is_blob_ref(o))
-        if refs:  # large payloads live beside the history
-            blobs = await self.store.get_blobs(refs)
-            for events in histories:
-                for e in events:
-                    for f in _PAYLOAD_FIELDS:
-                        if is_blob_ref(e.get(f)):
-                            e[f] = blobs[e[f][len(BLOB_REF_PREFIX) :].decode()]
-            for fields, _ in loaded:
-                output = fields.get(b"output")
-                if output is not None and is_blob_ref(output):
-                    fields[b"output"] = blobs.get(output[len(BLOB_REF_PREFIX) :].decode(), output)
-        for iid, (fields, _), events in zip(ids, loaded, histories, strict=True):
+        loaded = await load_histories(self.store, step.index, ids)
+        for iid, (fields, events) in zip(ids, loaded, strict=True):
             remote = self.remote is not None and self.remote.is_remote(fields)
-            inst = cached[iid] = self._instance_from(iid, fields, [] if remote else events)
+            inst = step.instances[iid] = self._instance_from(iid, fields, [] if remote else events)
+            self.cache.partition(step.index)[iid] = inst
             if remote and self.remote is not None:
                 self.remote.attach(inst, fields, events)
             if iid in step.needs_history and not inst.running:
@@ -187,34 +143,65 @@ class OrchestrationHalf:
             self.metrics.cache_event("miss")
 
     def process(self, step: StepState, target: str, msgs: list[Message]) -> None:
-        inst = self.cache.partition(step.index)[target]
-        if self.remote is not None and self.remote.takes(inst, msgs):
-            try:
-                self.remote.process(self, step, inst, msgs)
-            finally:
-                inst.loaded = None
-            return
-        ts = max(step.now, inst.last_ts)
-        if any(m["kind"] == ev.MSG_REWIND for m in msgs):
-            ts = max(ts, inst.last_ts + 1)  # a rewind shows as a newer record, even a refused one
+        inst = step.instances[target]
         try:
-            incoming = self._incoming(inst, msgs, step, ts)
-            if not incoming.events and incoming.rewound is None:
-                if incoming.terminated_pending is not None:
-                    inst.pending_events = []
-                    step.plan.records.append(incoming.terminated_pending)
-                    step.touched[inst.iid] = inst
-                elif incoming.held:
-                    step.plan.records.append(self._hold(inst, incoming.held, step))
-                    step.touched[inst.iid] = inst
-                if incoming.terminate is not None and inst.loaded is not None:
-                    terminate_children(step, inst, inst.loaded.history, incoming.terminate)
+            if inst.delegated:  # a step runs on another worker: its messages wait for its outcome
+                msgs = self.delegation.settle(step, inst, msgs)
+                if not msgs:
+                    return
+            if (
+                self.remote is not None
+                and not self._durable_elsewhere(msgs)
+                and self.remote.takes(inst, msgs)
+            ):
+                self.remote.process(self, step, inst, msgs)
                 return
-            self._process(inst, incoming, ts, step)
+            if not self._runs_here(inst, msgs):
+                self.delegation.delegate(step, inst, msgs)
+                return
+            ts = max(step.now, inst.last_ts)
+            if any(m["kind"] == ev.MSG_REWIND for m in msgs):
+                ts = max(ts, inst.last_ts + 1)  # a rewind shows as a newer record, even a refused one
+            self.run_local(step, inst, self._incoming(inst, msgs, step, ts), ts)
         finally:
             inst.loaded = None
 
-    def _process(self, inst: Instance, incoming: _Incoming, ts: int, step: StepState) -> None:
+    def _runs_here(self, inst: Instance, msgs: list[Message]) -> bool:
+        """Whether this worker has the code of the step these messages make: the instance's
+        pinned version, or for a start, the version it asks for (None: any version of the name).
+        A start for a name no worker had within the grace period runs here, to fail clearly."""
+        if inst.running:
+            return inst.executor is not None
+        start = next((m for m in msgs if m["kind"] == ev.MSG_START), None)
+        if start is None:
+            return True  # nothing runs code: the messages are dropped or end a pending start
+        name, version = str(start["name"]), start.get("ver")
+        if self.registry.can_run(name, version):
+            return True
+        return version is None and not self.caps.recent(capability("o", name))
+
+    def _durable_elsewhere(self, msgs: list[Message]) -> bool:
+        """A start that this worker cannot run but another durable worker can: it is delegated
+        to that worker, not handed to a Durable Task SDK executor that runs "any" name."""
+        start = next((m for m in reversed(msgs) if m.get("kind") == ev.MSG_START), None)
+        if start is None:
+            return False
+        name, version = str(start.get("name", "")), start.get("ver")
+        return not self.registry.can_run(name, version) and self.caps.recent(capability("o", name, version))
+
+    def run_local(self, step: StepState, inst: Instance, incoming: Incoming, ts: int) -> None:
+        """Run the step's events through this worker's executor and plan the outcome."""
+        if not incoming.events and incoming.rewound is None:
+            if incoming.terminated_pending is not None:
+                inst.pending_events = []
+                step.plan.records.append(incoming.terminated_pending)
+                step.touched[inst.iid] = inst
+            elif incoming.held:
+                step.plan.records.append(self._hold(inst, incoming.held, step))
+                step.touched[inst.iid] = inst
+            if incoming.terminate is not None and inst.loaded is not None:
+                terminate_children(step, inst, inst.loaded.history, incoming.terminate)
+            return
         assert inst.executor is not None
         inst.last_ts = ts
         prev_status = inst.status
@@ -227,7 +214,25 @@ class OrchestrationHalf:
                 result = merge(result, more)
         else:
             result, new_execution, start_input = self._execute(inst, incoming, ts, step)
-        result = self._check_history_size(inst, result)
+        inst.ver = inst.executor.version
+        result = check_history_size(inst.iid, inst.executor, result, self.config)
+        self.conclude(
+            step, inst, result, ts, new_execution, start_input, prev_status, rewound, incoming.terminate
+        )
+
+    def conclude(
+        self,
+        step: StepState,
+        inst: Instance,
+        result: StepResult,
+        ts: int,
+        new_execution: bool,
+        start_input: bytes | None,
+        prev_status: OrchestrationStatus | None,
+        rewound: Rewound | None = None,
+        terminate: Message | None = None,
+    ) -> RecordWrite:
+        """Plan a step's outcome (wherever its code ran): the record, the actions, the end."""
         status = result.status
         if status == OrchestrationStatus.CONTINUED_AS_NEW:
             status = self._continue_next_step(inst, result, step)
@@ -241,12 +246,13 @@ class OrchestrationHalf:
         step.plan.records.append(rec)
         step.touched[inst.iid] = inst
         self._route_actions(inst, result, step, rec)
-        if incoming.terminate is not None and status == OrchestrationStatus.TERMINATED:
-            terminate_children(step, inst, inst.executor.history, incoming.terminate)
+        if terminate is not None and status == OrchestrationStatus.TERMINATED:
+            terminate_children(step, inst, inst.history, terminate)
         if status.is_terminal:
             self._finish(inst, result, status, step)
         elif inst.executor is not None:
             self._after_commit(step, inst, inst.executor)
+        return rec
 
     def flush(self, step: StepState) -> None:
         """Nothing is left over: every orchestration record is planned by :meth:`process`."""
@@ -274,15 +280,32 @@ class OrchestrationHalf:
         inst.notify = unpack_record(notify) if notify else None
         pending = get(b"pending")
         inst.pending_events = unpack_record(pending) if pending else []
-        if inst.status in (OrchestrationStatus.RUNNING, OrchestrationStatus.SUSPENDED) and history:
-            executor = self._new_executor(iid)
-            executor.replay(history)
-            inst.executor = executor
+        ver = get(b"ver")
+        inst.ver = ver.decode() if ver is not None else None
+        inst.delegated = get(b"wi", b"").decode()
+        parked = get(b"pk")
+        inst.parked = list(unpack_record(parked)) if parked else []
+        if inst.status in LIVE and history:
+            if inst.ver is None:  # recorded before versions existed: its start says
+                inst.ver = str((started or {}).get("ver") or "")
+            if self.registry.can_run(inst.name, inst.ver) and not inst.delegated:
+                executor = self._new_executor(iid)
+                executor.replay(history)
+                inst.executor = executor
+            else:  # its steps run where its version is (or it waits for one)
+                inst.delegated_history = history
+        elif inst.delegated:  # a start that runs elsewhere
+            inst.delegated_history = history
         return inst
 
     def _new_executor(self, iid: str) -> OrchestrationExecutor:
         executor = OrchestrationExecutor(
-            iid, self.registry.orchestrators.get, self.name_of, self.context_factory
+            iid,
+            self.registry.orchestrators.get,
+            self.name_of,
+            self.context_factory,
+            resolve_version=self.registry.resolve_orchestrator,
+            strict=self.strict_replay,
         )
         executor.ctx._log_records = []  # ctx.logger's lines are written once the step commits
         return executor
@@ -302,10 +325,10 @@ class OrchestrationHalf:
             )
 
     # -- one instance's step, along its seams ---------------------------------------------------
-    def _incoming(self, inst: Instance, msgs: list[Message], step: StepState, ts: int) -> _Incoming:
+    def _incoming(self, inst: Instance, msgs: list[Message], step: StepState, ts: int) -> Incoming:
         """Turn the messages into history events: a start (re)creates the executor, a rewind
         revives a failed one."""
-        incoming = _Incoming()
+        incoming = Incoming()
         for msg in msgs:
             kind = msg["kind"]
             if kind == ev.MSG_REWIND and incoming.rewound is None:
@@ -330,7 +353,7 @@ class OrchestrationHalf:
                     incoming.start_input = msg.get("input")
                     early = [*inst.pending_events, *incoming.held]  # raised before it started
                     inst.pending_events, incoming.held = [], []
-                    incoming.events = [_started_event(msg, inst), *_carried_events(msg), *early]
+                    incoming.events = [started_event(msg, inst), *carried_events(msg), *early]
                 continue
             if kind == ev.MSG_TERMINATE and not inst.running and inst.status == OrchestrationStatus.PENDING:
                 # terminated before it started (e.g. a scheduled start): it never runs
@@ -340,11 +363,11 @@ class OrchestrationHalf:
                 if kind == ev.MSG_EVENT and inst.status == OrchestrationStatus.PENDING:
                     # a scheduled start has not run yet: the event waits for it (as a started
                     # instance buffers an event it does not wait for yet)
-                    held = _to_event(msg, inst.exec)
+                    held = to_event(msg, inst.exec)
                     if held is not None:
                         incoming.held.append(held)
                 continue
-            event = _to_event(msg, inst.exec)
+            event = to_event(msg, inst.exec)
             if event is not None:
                 incoming.events.append(event)
         return incoming
@@ -379,7 +402,7 @@ class OrchestrationHalf:
         return True
 
     def _execute(
-        self, inst: Instance, incoming: _Incoming, ts: int, step: StepState
+        self, inst: Instance, incoming: Incoming, ts: int, step: StepState
     ) -> tuple[StepResult, bool, bytes | None]:
         """Run the executor; continue-as-new restarts run inline (bounded)."""
         assert inst.executor is not None
@@ -388,6 +411,8 @@ class OrchestrationHalf:
         result = inst.executor.execute([{"k": ev.ORCHESTRATOR_STARTED, "ts": ts}, *incoming.events])
         restarts = 0
         while result.continue_as_new is not None and restarts < _MAX_INLINE_RESTARTS:
+            if not self.registry.can_run(inst.name, result.continue_version):
+                break  # the next execution's version runs elsewhere: it starts in a later step
             self._route_actions(inst, result, step)
             self._after_commit(step, inst, inst.executor)
             restarts += 1
@@ -397,10 +422,16 @@ class OrchestrationHalf:
             inst.exec = uuid.uuid4().hex
             new_execution = True
             start_input = data
-            restart = {"name": inst.name, "input": data, "exec": inst.exec, "parent": inst.parent}
+            restart = {
+                "name": inst.name,
+                "input": data,
+                "exec": inst.exec,
+                "parent": inst.parent,
+                "ver": result.continue_version,
+            }
             if inst.traceparent:
                 restart["traceparent"] = inst.traceparent
-            evs: list[ev.Event] = [_started_event(restart, inst)]
+            evs: list[ev.Event] = [started_event(restart, inst)]
             evs.extend({"k": ev.EVENT_RAISED, "name": n, "input": d} for n, d in carried)
             evs.extend(result.continue_with)  # a terminate (or suspend) that came after the restart point
             result = inst.executor.execute([{"k": ev.ORCHESTRATOR_STARTED, "ts": ts}, *evs])
@@ -423,6 +454,7 @@ class OrchestrationHalf:
                 {"k": e["k"], "output": e.get("output"), "reason": e.get("reason")}
                 for e in result.continue_with
             ],
+            "ver": result.continue_version,
         }
         if inst.traceparent:
             start["traceparent"] = inst.traceparent
@@ -430,32 +462,8 @@ class OrchestrationHalf:
         self._end_execution(inst, step)
         self._after_commit(step, inst, inst.executor)
         inst.executor = None
+        inst.delegated_history = None
         return OrchestrationStatus.RUNNING
-
-    def _check_history_size(self, inst: Instance, result: StepResult) -> StepResult:
-        executor = inst.executor
-        if executor is None or result.status.is_terminal:
-            return result
-        cfg = self.config
-        size = len(executor.history)
-        if size > cfg.history_max_events:
-            details = FailureDetails(
-                f"orchestration {inst.iid!r} has {size} history events, more than the limit of "
-                f"{cfg.history_max_events}; long-running loops must call ctx.continue_as_new() "
-                "to start over with a fresh history",
-                "HistoryLimitExceededError",
-            )
-            result.actions.clear()
-            return executor.abort(details, result)
-        if size - len(result.new_events) <= cfg.history_warn_events < size:
-            log.warning(
-                "orchestration %r has %d history events (warning threshold %d); consider "
-                "ctx.continue_as_new() to keep replay cheap",
-                inst.iid,
-                size,
-                cfg.history_warn_events,
-            )
-        return result
 
     def _record(
         self,
@@ -480,6 +488,8 @@ class OrchestrationHalf:
         f = rec.fields
         f["status"] = status.value
         f["updated"] = ts
+        if inst.ver is not None:
+            f["ver"] = inst.ver
         if new_execution:
             f.update(
                 name=inst.name,
@@ -528,14 +538,14 @@ class OrchestrationHalf:
         self._end_execution(inst, step)
         self._after_commit(step, inst, inst.executor)
         inst.executor = None
+        inst.delegated_history = None
 
     def _end_execution(self, inst: Instance, step: StepState) -> None:
         """An execution ends (finished, or continued as new): release its entity locks and drop
         its pending timers (they could only fire into nothing)."""
         self.entities.on_orchestration_end(step, inst)
-        if inst.executor is not None:
-            for tid in open_timers(inst.executor.history):
-                step.plan.delete_timers.append(f"t|{inst.iid}|{inst.exec}|{tid}")
+        for tid in open_timers(inst.history):
+            step.plan.delete_timers.append(f"t|{inst.iid}|{inst.exec}|{tid}")
 
     def _terminate_pending(self, inst: Instance, msg: Message, step: StepState) -> RecordWrite:
         inst.status = OrchestrationStatus.TERMINATED
@@ -568,7 +578,7 @@ class OrchestrationHalf:
 
     def _persisted(self, iid: str, event: ev.Event, rec: RecordWrite, step: StepState) -> bytes:
         copy: ev.Event | None = None
-        for f in _PAYLOAD_FIELDS:
+        for f in PAYLOAD_FIELDS:
             value = event.get(f)
             if isinstance(value, bytes) and len(value) > LARGE_PAYLOAD_BYTES:
                 copy = copy or dict(event)  # the cached history keeps the payload itself
@@ -591,7 +601,7 @@ class OrchestrationHalf:
                     "name": action["name"],
                     "input": self._offload(inst.iid, action.get("input"), rec, step),
                 }
-                for key in _ACTIVITY_OPTIONS:  # time limits; a retry's call, attempt, details
+                for key in ACTIVITY_OPTIONS:  # time limits; a retry's call, attempt, details
                     if action.get(key) is not None:
                         body[key] = action[key]
                 if traceparent is not None:
@@ -620,6 +630,8 @@ class OrchestrationHalf:
                     "created": step.now,
                     "parent": {"iid": inst.iid, "exec": inst.exec, "tid": action["tid"]},
                 }
+                if action.get("ver") is not None:
+                    start["ver"] = action["ver"]
                 if traceparent is not None:
                     start["traceparent"] = traceparent
                 step.route(child, start)
@@ -634,64 +646,6 @@ class OrchestrationHalf:
                 step.route(target, event)
             else:
                 self.entities.route_action(step, inst, action)
-
-
-def reply_to_parent(
-    step: StepState, parent: dict[str, Any], output: bytes | None, failure: FailureDetails | None
-) -> None:
-    """Tell a sub-orchestration's parent how it ended (as part of ``step``'s commit)."""
-    msg: dict[str, Any] = {
-        "kind": ev.MSG_SUB_COMPLETED if failure is None else ev.MSG_SUB_FAILED,
-        "target": parent["iid"],
-        "exec": parent.get("exec"),
-        "tid": parent["tid"],
-    }
-    if failure is None:
-        msg["result"] = output
-    else:
-        msg["failure"] = failure.to_record()
-    step.route(parent["iid"], msg)
-
-
-def notify_end(
-    step: StepState, instance_id: str, notify: dict[str, Any], status: OrchestrationStatus
-) -> None:
-    """Signal the entity that asked to hear of the instance's end (as part of ``step``'s commit)."""
-    target = notify.get("entity")
-    if not isinstance(target, str) or not target.startswith("@"):
-        return
-    body = {"instance_id": instance_id, "status": status.value}
-    msg = {"kind": ev.MSG_SIGNAL, "target": target, "op": str(notify.get("op") or ""), "input": encode(body)}
-    step.route(target, msg)
-
-
-def _carried_events(start: Message) -> list[ev.Event]:
-    """What a continue-as-new start message carries into the new execution: the saved events, and
-    the control events (terminate, suspend, resume) that arrived after the restart point."""
-    out: list[ev.Event] = []
-    for item in start.get("events") or ():
-        name, data = item
-        out.append({"k": ev.EVENT_RAISED, "name": str(name), "input": data})
-    for control in start.get("control") or ():
-        kind = control.get("k")
-        if kind == ev.EXECUTION_TERMINATED:
-            out.append({"k": kind, "output": control.get("output")})
-        elif kind in (ev.EXECUTION_SUSPENDED, ev.EXECUTION_RESUMED):
-            out.append({"k": kind, "reason": control.get("reason")})
-    return out
-
-
-def _started_event(msg: Message, inst: Instance) -> ev.Event:
-    event: ev.Event = {
-        "k": ev.EXECUTION_STARTED,
-        "name": inst.name,
-        "input": msg.get("input"),
-        "exec": inst.exec,
-        "parent": inst.parent,
-    }
-    if msg.get("traceparent"):
-        event["traceparent"] = msg["traceparent"]
-    return event
 
 
 def _emit_span(iid: str, executor: OrchestrationExecutor, traceparent: str | None, now: int) -> None:
@@ -717,33 +671,3 @@ def _emit_span(iid: str, executor: OrchestrationExecutor, traceparent: str | Non
         failure=executor.failure,
         timers=timers,
     )
-
-
-def _to_event(msg: dict[str, Any], exec_id: str) -> ev.Event | None:
-    kind = msg["kind"]
-    if kind in _COMPLETION_MSGS:
-        if msg.get("exec") not in (None, exec_id):
-            return None  # for an earlier execution (before continue-as-new or restart)
-        event: ev.Event = {"k": _COMPLETION_MSGS[kind], "tid": msg.get("tid")}
-        if "result" in msg:
-            event["result"] = msg["result"]
-        if "failure" in msg:
-            event["failure"] = msg["failure"]
-        if "fire_at" in msg:
-            event["fire_at"] = msg["fire_at"]
-        if isinstance(msg.get("details"), bytes):
-            event["details"] = msg["details"]  # an activity's last heartbeat details
-        return event
-    if kind == ev.MSG_EVENT:
-        return {"k": ev.EVENT_RAISED, "name": str(msg.get("name", "")), "input": msg.get("input")}
-    if kind == ev.MSG_TERMINATE:
-        return {"k": ev.EXECUTION_TERMINATED, "output": msg.get("output")}
-    if kind == ev.MSG_SUSPEND:
-        return {"k": ev.EXECUTION_SUSPENDED, "reason": msg.get("reason")}
-    if kind == ev.MSG_RESUME:
-        return {"k": ev.EXECUTION_RESUMED, "reason": msg.get("reason")}
-    if kind == ev.MSG_ENTITY_RESPONSE:
-        event = {"k": ev.ENTITY_RESPONDED}
-        event.update({k: v for k, v in msg.items() if k not in ("kind", "target", "_eid")})
-        return event
-    return None

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from .._config import WorkerConfig
     from .cache import InstanceCache
     from .clock import Clock
+    from .instances import Instance
     from .leases import LeaseTable
-    from .orchestration_step import Instance
     from .telemetry import Telemetry
 
 log = logging.getLogger("durable.partition")

@@ -16,7 +16,7 @@ from .._core.model import FailureDetails, OrchestrationStatus
 from .._core.serialization import pack_record, unpack_record
 from .._store.store import RecordWrite, Store, StreamEntry
 from .inbox import MalformedMessage, dlq_fields, parse_entry
-from .orchestration_step import notify_end, reply_to_parent
+from .instances import notify_end, reply_to_parent
 from .step import StepState
 
 log = logging.getLogger("durable.partition")
@@ -67,6 +67,8 @@ async def _fail_instance(store: Store, iid: str, reason: str, step: StepState) -
     failed = OrchestrationStatus.FAILED.value
     rec = RecordWrite(step.keys.instance(iid), step.keys.history(iid), version, query_id=iid)
     rec.fields.update(status=failed, updated=step.now, failure=pack_record(failure.to_record()), output=b"")
+    rec.fields.update(wi="", pk=b"")  # a step of it running elsewhere is cancelled
+    step.plan.undelegated.append(iid)
     completed = {
         "k": ev.EXECUTION_COMPLETED,
         "eid": length,

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .._store.store import Store
     from .cache import InstanceCache
     from .clock import Clock
-    from .orchestration_step import Instance
+    from .instances import Instance
     from .step import Message, StepState
     from .telemetry import Telemetry
 

@@ -32,12 +32,13 @@ from .._core.remote_entities import MSG_REMOTE_RESULT
 from .._core.serialization import pack_record, unpack_record
 from .._store.workitems import ANY_ENTITY, ANY_NAME, ENTITY_PREFIX, WorkItemStore
 from . import tracing
+from .instances import carried_events, reply_to_parent, started_event, to_event
 from .lifecycle_step import from_its_parent, terminate_children
-from .orchestration_step import _carried_events, _started_event, _to_event, reply_to_parent
 
 if TYPE_CHECKING:
     from .._core.registry import Registry
-    from .orchestration_step import Instance, OrchestrationHalf
+    from .instances import Instance
+    from .orchestration_step import OrchestrationHalf
     from .step import Message, StepState
 
 log = logging.getLogger("durable.remote")
@@ -226,11 +227,11 @@ class _RemoteStep:
         elif kind == ev.MSG_REWIND:
             self._rewind(msg)
         elif kind == ev.MSG_EVENT and self.inst.status == OrchestrationStatus.PENDING:
-            event = _to_event(msg, self.inst.exec)  # before its (scheduled) start, in this step
+            event = to_event(msg, self.inst.exec)  # before its (scheduled) start, in this step
             if event is not None:
                 self.inst.pending_events.append(event)
         elif self._running():
-            event = _to_event(msg, self.inst.exec)
+            event = to_event(msg, self.inst.exec)
             if event is None:
                 return
             if kind == ev.MSG_SUSPEND:
@@ -266,7 +267,7 @@ class _RemoteStep:
         self.new_execution = True
         self.start_input = msg.get("input")
         early, inst.pending_events = inst.pending_events, []  # raised before a scheduled start ran
-        self.state.pending = [_started_event(msg, inst), *_carried_events(msg), *early]
+        self.state.pending = [started_event(msg, inst), *carried_events(msg), *early]
         self.dirty = True
 
     def _rewind(self, msg: Message) -> None:
@@ -417,7 +418,7 @@ class _RemoteStep:
         carried = [
             {"k": ev.EVENT_RAISED, "name": str(n), "input": d} for n, d in complete.get("carryover") or ()
         ]
-        self.state.pending = [_started_event(restart, inst), *carried, *left]
+        self.state.pending = [started_event(restart, inst), *carried, *left]
 
     def _route(self, actions: list[ev.Event]) -> None:
         step, inst = self.step, self.inst

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -18,17 +19,20 @@ from redis.exceptions import RedisError
 from .._config import WorkerConfig
 from .._core.context import OrchestrationContext
 from .._core.registry import Registry, name_of
-from .._store.store import Store, SyncLeaseRenewer
+from .._store.store import LeaseRenewer, Store, SyncLeaseRenewer
 from .._store.workitems import WorkItemStore
 from .activities import ActivityRunner
 from .cache import InstanceCache
+from .capabilities import CapabilityView
 from .clock import Clock
 from .entity_step import EntityHalf
+from .instances import Instance
 from .leases import LeaseTable
-from .orchestration_step import Instance, OrchestrationHalf
+from .orchestration_step import OrchestrationHalf
 from .partition import PartitionRunner
 from .remote import RemoteOrchestrations
 from .telemetry import Telemetry
+from .work_runner import WorkRunner
 
 log = logging.getLogger("durable.worker")
 
@@ -49,7 +53,20 @@ class Runtime:
     """Everything a running worker shares between its loops; it builds each loop with the
     collaborators that loop needs, and no loop refers back to it."""
 
-    def __init__(self, store: Store, url: str, registry: Registry, config: WorkerConfig) -> None:
+    def __init__(
+        self,
+        store: Store,
+        url: str,
+        registry: Registry,
+        config: WorkerConfig,
+        *,
+        clock: Clock | None = None,
+        renewer: Callable[[], LeaseRenewer] | None = None,
+        always_replay: bool = False,
+    ) -> None:
+        """``clock``, ``renewer`` and ``always_replay`` are for a test environment: its own clock,
+        lease renewal over its own connection, and every step replayed from the first event with
+        strict comparison (no replay cache)."""
         self.store = store
         store.direct = config.direct_delivery and not store.cluster
         self.url = url
@@ -57,10 +74,15 @@ class Runtime:
         self.config = config
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.metrics = Telemetry()
-        self.clock = Clock()
+        self.clock = clock or Clock()
+        self._renewer = renewer or self._url_renewer
         self.leases = LeaseTable(config.lease_ttl_ms, self.metrics, self._stop_runner)
-        self.cache: InstanceCache[Instance] = InstanceCache(config.cache_size, self.metrics)
-        self.entities = EntityHalf(store=store, registry=registry, metrics=self.metrics)
+        cache_size = 0 if always_replay else config.cache_size
+        self.cache: InstanceCache[Instance] = InstanceCache(cache_size, self.metrics)
+        self.caps = CapabilityView(
+            self.clock.now_ms, config.missing_code_grace_ms, registry.capabilities(), store.capabilities
+        )
+        self.entities = EntityHalf(store=store, registry=registry, metrics=self.metrics, caps=self.caps)
         #: instances whose code runs in remote executors (Durable Task SDK workers via the sidecar)
         self.remote = RemoteOrchestrations(WorkItemStore(store), registry)
         self.entities.routes = self.remote.routes
@@ -73,7 +95,9 @@ class Runtime:
             entities=self.entities,
             context_factory=OrchestrationContext,
             name_of=name_of,
+            caps=self.caps,
             remote=self.remote,
+            strict_replay=always_replay,
         )
         #: False: this process runs no activities of its own (``durable sidecar``)
         self.run_activities = True
@@ -87,10 +111,22 @@ class Runtime:
             metrics=self.metrics,
             clock=self.clock,
             consumer=self.worker_id,
+            caps=self.caps,
+        )
+        self.work = WorkRunner(
+            store=store,
+            registry=registry,
+            config=config,
+            caps=self.caps,
+            consumer=self.worker_id,
+            dedup=(self.entities.dedup_window, self.entities.dedup_seconds),
         )
         self._free_ticks: dict[int, int] = {}
         self.last_balance = time.monotonic()
         self._started_ms = str(int(time.time() * 1000))
+
+    def _url_renewer(self) -> LeaseRenewer:
+        return SyncLeaseRenewer(self.url, self.store.hub, cluster=self.store.cluster)
 
     def now_ms(self) -> int:
         """Redis-clock milliseconds (estimated)."""
@@ -134,7 +170,7 @@ class Runtime:
         with contextlib.suppress(RedisError):
             self.clock.observe(await self.store.redis_time_ms())
         stop_renewing = threading.Event()
-        renewer = SyncLeaseRenewer(self.url, self.store.hub, cluster=self.store.cluster)
+        renewer = self._renewer()
         thread = threading.Thread(
             target=self._renew_thread,
             args=(renewer, stop_renewing),
@@ -144,8 +180,9 @@ class Runtime:
         thread.start()
         try:
             async with anyio.create_task_group() as tg:
-                if self.run_activities:
+                if self.run_activities:  # a process that runs code of its own
                     await tg.start(self.activities.run)
+                    await tg.start(self.work.run)
                 self._tg = tg
                 tg.start_soon(self._balance_loop, tg)
                 task_status.started()
@@ -184,13 +221,14 @@ class Runtime:
         for runner in list(self.runners.values()):
             runner.stop()
         with anyio.move_on_after(self.config.drain_timeout):
+            self.work.stop_reading()
             await self.activities.drain(self.config.drain_timeout)
             while self.runners:
                 for runner in list(self.runners.values()):
                     runner.stop()
                 await anyio.sleep(0.01)
 
-    def _renew_thread(self, renewer: SyncLeaseRenewer, stop: threading.Event) -> None:
+    def _renew_thread(self, renewer: LeaseRenewer, stop: threading.Event) -> None:
         interval = self.config.renew_interval_ms / 1000
         while not stop.wait(interval):
             self.leases.renew_all(renewer)
@@ -221,8 +259,13 @@ class Runtime:
             "partitions": ",".join(str(p) for p in self.owned_partitions()),
             "started": self._started_ms,
             "heartbeat": str(int(time.time() * 1000)),
+            "caps": "\n".join(sorted(self.caps.own)),
         }
-        live = await self.store.heartbeat(self.worker_id, info, self.config.heartbeat_ttl_ms)
+        beat = await self.store.heartbeat(
+            self.worker_id, info, self.config.heartbeat_ttl_ms, sorted(self.caps.own)
+        )
+        self.caps.update(beat.caps)
+        live = beat.live
         if self.worker_id not in live:
             live.append(self.worker_id)
         holders = await self.store.lease_holders()

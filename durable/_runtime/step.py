@@ -18,7 +18,7 @@ from .._store.store import CommitPlan
 
 if TYPE_CHECKING:
     from .._core.executor import StepResult
-    from .orchestration_step import Instance
+    from .instances import Instance
 
 #: an inbox message decoded into a dict with at least ``kind`` and ``target``
 Message = dict[str, Any]
@@ -35,6 +35,12 @@ class StepState:
     inbox_of: Callable[[int], str]
     now: int
     plan: CommitPlan
+    #: the step's messages by target, in inbox order (what the halves will process), for a look
+    #: ahead in ``load``
+    messages: dict[str, list[Message]] = field(default_factory=dict)
+    #: the orchestration instances the step addresses, held for the step (the replay cache may
+    #: evict one while another partition's step commits)
+    instances: dict[str, Instance] = field(default_factory=dict)
     touched: dict[str, Instance] = field(default_factory=dict)
     finished: list[tuple[Instance, StepResult]] = field(default_factory=list)
     started: list[Instance] = field(default_factory=list)
@@ -44,8 +50,6 @@ class StepState:
     after_commit: list[Callable[[], None]] = field(default_factory=list)
     #: what the step's entities observed for the metrics, e.g. schedule runs (counted once it commits)
     notes: list[tuple[str, Any]] = field(default_factory=list)
-    #: the step's messages by target (what the halves will process), for a look ahead in ``load``
-    messages: dict[str, list[Message]] = field(default_factory=dict)
     #: instances addressed by a lifecycle command (rewind, recursive terminate) that needs their
     #: history even when they are not running
     needs_history: set[str] = field(default_factory=set)

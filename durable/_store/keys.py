@@ -14,6 +14,8 @@ PREFIX = "durable"
 FORMAT_VERSION = 1
 DEFAULT_PARTITIONS = 32
 ACTIVITY_GROUP = "activity-workers"
+#: the consumer group of the work streams of orchestration and entity steps run for a partition owner
+EXECUTOR_GROUP = "executors"
 
 
 def partition_of(instance_id: str, partitions: int) -> int:
@@ -54,6 +56,17 @@ class HubKeys:
     def worker(self, worker_id: str) -> str:
         """Hash: one worker's facts (host, pid, slots, owned partitions); expires with its heartbeat."""
         return f"{self.tag}:worker:{worker_id}"
+
+    @property
+    def caps(self) -> str:
+        """Hash: capability (``o|name|version``, ``a|name``, ``e|name``) -> until when (ms) a live
+        worker is known to have it; refreshed by every heartbeat."""
+        return f"{self.tag}:caps"
+
+    def work(self, cap: str) -> str:
+        """Stream of work for workers with capability ``cap``: orchestration and entity steps a
+        partition owner cannot run itself, and activity tasks left for a worker that has them."""
+        return f"{self.tag}:work:{cap}"
 
     def status_channel(self, instance_id: str) -> str:
         """Pub/sub channel announcing status changes of one instance (a hint for waiting clients)."""
@@ -149,6 +162,12 @@ class PartitionKeys:
     def dlq(self) -> str:
         """Stream: inbox messages rejected as malformed or poison, with the reason."""
         return f"{self.tag}:dlq"
+
+    @property
+    def delegated(self) -> str:
+        """Hash: orchestration instance id -> [name, version, since ms, work item id] of each
+        instance whose next step runs on a worker that has its version (or waits for one)."""
+        return f"{self.tag}:delegated"
 
     def instance(self, instance_id: str) -> str:
         """Hash: one orchestration instance's metadata."""

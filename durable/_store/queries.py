@@ -24,6 +24,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
+from .._core.registry import ANY_VERSION, capability
+from .._core.serialization import unpack_record
 from .keys import ACTIVITY_GROUP
 from .store import Store
 
@@ -83,9 +85,23 @@ class PartitionInfo:
     timers_due_soon: int
     instances: int
     entities: int
+    #: instances whose next step waits for a worker with their orchestrator version
+    waiting_for_version: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class WaitingInstance:
+    """An orchestration instance whose step waits for a worker with its version."""
+
+    partition: int
+    instance_id: str
+    name: str
+    #: the pinned version ("*": a start for any version of a name no live worker has)
+    version: str
+    since_ms: int
 
 
 @dataclass
@@ -186,6 +202,9 @@ async def partitions_info(
         pipe.xrange(pk.inbox, "-", cursors[n], count=_CONSUMED_SCAN_LIMIT + 1)
         pipe.xrange(pk.inbox, f"({cursors[n]}", "+", count=1)
     ranges = await pipe.execute() if count else []
+    waiting: dict[int, int] = {}
+    for w in await waiting_for_version(store, indices, now):
+        waiting[w.partition] = waiting.get(w.partition, 0) + 1
     out: list[PartitionInfo] = []
     for n, i in enumerate(indices):
         lease, ttl, _, xlen, timers, due, instances, entities = raw[n * per : (n + 1) * per]
@@ -211,8 +230,39 @@ async def partitions_info(
                 timers_due_soon=int(due),
                 instances=int(instances),
                 entities=int(entities),
+                waiting_for_version=waiting.get(i, 0),
             )
         )
+    return out
+
+
+async def waiting_for_version(
+    store: Store, only: Iterable[int] | None = None, now_ms: int | None = None
+) -> list[WaitingInstance]:
+    """Instances (of every partition, or those in ``only``) whose step was sent to the workers of
+    their version and that no live worker runs: no live heartbeat carries the capability."""
+    total = await partition_count(store)
+    indices = list(range(total)) if only is None else sorted(i for i in set(only) if 0 <= i < total)
+    if not indices:
+        return []
+    now = await store.redis_time_ms() if now_ms is None else now_ms
+    pipe = store.redis.pipeline(transaction=False)
+    pipe.hgetall(store.keys.caps)
+    for i in indices:
+        pipe.hgetall(store.partition_keys(i).delegated)
+    caps_raw, *rows = await pipe.execute()
+    live = {text(k) for k, v in caps_raw.items() if int(v) > now}
+    out: list[WaitingInstance] = []
+    for i, row in zip(indices, rows, strict=True):
+        for member, raw in row.items():
+            try:
+                name, version, since, _ = unpack_record(raw)
+            except (ValueError, TypeError):
+                continue
+            if capability("o", str(name), None if version == ANY_VERSION else str(version)) in live:
+                continue  # a live worker has it: the step runs (or has just run)
+            out.append(WaitingInstance(i, text(member), str(name), str(version), int(since)))
+    out.sort(key=lambda w: (w.partition, w.since_ms))
     return out
 
 
@@ -274,6 +324,7 @@ async def live_workers(store: Store) -> list[dict[str, Any]]:
                 "slots_used": _int_or_none(facts.get("slots_used")),
                 "partitions": sorted(partitions),
                 "heartbeat_at_ms": _int_or_none(facts.get("started")),
+                "capabilities": [c for c in facts.get("caps", "").split("\n") if c],
                 "facts": facts,
             }
         )
@@ -461,3 +512,42 @@ async def read_node(url: str, address: str) -> NodeFacts:
         with anyio.CancelScope(shield=True):
             await client.aclose()
     return facts
+
+
+def _id_pair(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms or 0), int(seq or 0)
+
+
+async def next_timers(store: Store) -> list[tuple[int, int | None]]:
+    """(partition, due time of its next timer or None) for every partition."""
+    total = await partition_count(store)
+    pipe = store.redis.pipeline(transaction=False)
+    for i in range(total):
+        pipe.zrange(store.partition_keys(i).timers, 0, 0, withscores=True)
+    rows = await pipe.execute() if total else []
+    return [(i, int(row[0][1]) if row else None) for i, row in enumerate(rows)]
+
+
+async def pending_work(store: Store, caps: Iterable[str] = ()) -> tuple[bool, int | None]:
+    """Whether anything is runnable now (an unconsumed inbox message, an outbox entry, an activity
+    task, a work item for one of ``caps``), and when the next timer is due (None: no timer)."""
+    total = await partition_count(store)
+    work = list(caps)
+    pipe = store.redis.pipeline(transaction=False)
+    for i in range(total):
+        pk = store.partition_keys(i)
+        pipe.hget(pk.state, "cursor")
+        pipe.xrevrange(pk.inbox, "+", "-", count=1)
+        pipe.xlen(pk.outbox)
+    pipe.xlen(store.keys.tasks)
+    for cap in work:
+        pipe.xlen(store.keys.work(cap))
+    raw = await pipe.execute()
+    busy = any(int(n) for n in raw[3 * total :])
+    for i in range(total):
+        cursor, last, outbox = raw[3 * i : 3 * i + 3]
+        if int(outbox) or (last and _id_pair(text(last[0][0])) > _id_pair(text(cursor) or "0-0")):
+            busy = True
+    dues = [due for _, due in await next_timers(store) if due is not None]
+    return busy, (min(dues) if dues else None)

@@ -24,12 +24,18 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
 """
 
-# KEYS: lease, timers, timer_data, inbox ; ARGV: lease value, limit
+# KEYS: lease, timers, timer_data, inbox ; ARGV: lease value, limit, now ('' = the Redis clock;
+# only a test environment with its own clock passes a time)
 # -> {promoted, next_due_ms or -1, now_ms}; {-1} when fenced. Uses the Redis clock.
 PROMOTE_TIMERS = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, -1, -1} end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now
+if ARGV[3] and ARGV[3] ~= '' then
+  now = tonumber(ARGV[3])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 for _, member in ipairs(due) do
   local m = redis.call('HGET', KEYS[3], member)
@@ -120,6 +126,8 @@ return #ARGV
 #   ntimers, per timer: score, member, data
 #   ndeltimers, member ...
 #   nstate, k v ...                            (HSET state, e.g. src positions)
+#   ndeleg, [key index, then k v ...]          (HSET the partition's delegated-instances hash)
+#   nundeleg, [key index, then k ...]          (HDEL from it)
 #   ndlq, [dlq key index, maxlen, then per entry: nfields, k v ...]   (dead letters)
 #   nfin, [finished index key index, then per instance: member, score ('' = ZREM)]
 #   trim ('1' to XTRIM the inbox up to new_cursor)
@@ -234,6 +242,18 @@ local nst = tonumber(nxt())
 local st = {'cursor', newc}
 for j = 1, nst * 2 do st[#st + 1] = nxt() end
 chunked('HSET', KEYS[2], st)
+local ndg = tonumber(nxt())
+if ndg > 0 then
+  local dk = KEYS[tonumber(nxt())]; local f = {}
+  for j = 1, ndg * 2 do f[j] = nxt() end
+  chunked('HSET', dk, f)
+end
+local nud = tonumber(nxt())
+if nud > 0 then
+  local dk = KEYS[tonumber(nxt())]; local f = {}
+  for j = 1, nud do f[j] = nxt() end
+  chunked('HDEL', dk, f)
+end
 local ndl = tonumber(nxt())
 if ndl > 0 then
   local dlq = KEYS[tonumber(nxt())]; local maxlen = nxt()
@@ -262,7 +282,8 @@ return out
 
 # Client start. KEYS: instance hash, inbox, timers, timer_data, index
 # ARGV: message, created_ms, name, input, scheduled_ms ('' = now), timer member, instance id, execution id,
-#       timer wake-up message, tags ('' = none)
+#       timer wake-up message, tags ('' = none), pinned ('1': the version in the next argument; else
+#       not pinned), version
 # -> 1 started, 0 already exists and not terminal
 START = (
     _QLIB
@@ -272,8 +293,10 @@ local st = qold[1]
 if st and st ~= 'COMPLETED' and st ~= 'FAILED' and st ~= 'TERMINATED' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'PENDING', 'name', ARGV[3], 'input', ARGV[4], 'created', ARGV[2],
            'updated', ARGV[2], 'exec', ARGV[8])
-redis.call('HDEL', KEYS[1], 'output', 'failure', 'custom', 'scheduled', 'parent', 'pending', 'tags')
+redis.call('HDEL', KEYS[1], 'output', 'failure', 'custom', 'scheduled', 'parent', 'pending', 'tags', 'ver',
+           'wi', 'pk')
 if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'tags', ARGV[10]) end
+if ARGV[11] == '1' then redis.call('HSET', KEYS[1], 'ver', ARGV[12]) end
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'scheduled', ARGV[5])
   redis.call('ZADD', KEYS[3], tonumber(ARGV[5]), ARGV[6])

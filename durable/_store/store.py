@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import redis
 import redis.asyncio as aredis
@@ -23,13 +23,13 @@ from .._core.serialization import BLOB_REF_PREFIX, is_blob_ref, pack_record, unp
 from . import scripts as _scripts
 from .autopipe import AutoPipeline
 from .errors import TypedScripts, typed_error
-from .keys import ACTIVITY_GROUP, DEFAULT_PARTITIONS, FORMAT_VERSION, HubKeys, PartitionKeys, partition_of
+from .keys import DEFAULT_PARTITIONS, FORMAT_VERSION, HubKeys, PartitionKeys, partition_of
 from .notify import StatusNotifier
 from .resp import pack_command
-
-Fields = dict[bytes, bytes]
-StreamEntry = tuple[str, Fields]
-
+from .tasks import Fields as Fields
+from .tasks import StreamEntry as StreamEntry
+from .tasks import TaskStreams
+from .work import WorkStreams
 
 #: a worker holds one blocking read per owned partition plus its pipelines and activities; redis-py
 #: would otherwise cap a pool at 100 connections and fail the next command
@@ -37,6 +37,14 @@ _MAX_CONNECTIONS = 4096
 #: longer than any blocking read the engine issues (those block for at most poll_ms, 1 s by
 #: default), short enough to notice a server that stopped answering
 _SOCKET_TIMEOUT = 30.0
+
+
+class Heartbeat(NamedTuple):
+    """What a heartbeat learns: the live workers, when each capability expires, the Redis time."""
+
+    live: list[str]
+    caps: dict[str, int]
+    now: int
 
 
 class FencedError(Exception):
@@ -88,6 +96,10 @@ class CommitPlan:
     state: dict[str, str] = field(default_factory=dict)
     #: entries for the partition's dead-letter stream, written by the same script as the rest
     dead_letters: list[dict[str, bytes | str]] = field(default_factory=list)
+    #: instances whose step runs on another worker: id -> entry of the delegated hash; and those
+    #: whose delegated step came back
+    delegated: dict[str, bytes] = field(default_factory=dict)
+    undelegated: list[str] = field(default_factory=list)
     #: the finished-instance index: instance id -> when it finished (ms), or None to remove it
     finished: dict[str, int | None] = field(default_factory=dict)
     trim: bool = True
@@ -105,7 +117,7 @@ def _flat(mapping: dict[str, Any]) -> list[Any]:
     return out
 
 
-class Store:
+class Store(TaskStreams, WorkStreams):
     """Async access to one hub's keys."""
 
     def __init__(self, client: aredis.Redis, hub: str, partitions: int | None = None) -> None:
@@ -123,10 +135,12 @@ class Store:
         #: may act on; None for 'fast'
         self.strict_wait: tuple[int, int] | None = None
         self._waitaof = False
+        #: the Redis clock, unless a test environment substitutes its own (ms); timers are due by it
+        self.time_source: Callable[[], int] | None = None
         #: test builds: every accepted commit is recorded in the partition's audit stream
         self.audit = os.environ.get(ENV_AUDIT) == "1"
         self._auto = AutoPipeline(self._send_batch)
-        self._claim_cursor = "0-0"
+        self._claim_cursors: dict[str, str] = {}
         self._register(client)
 
     def _register(self, client: Any) -> None:
@@ -200,6 +214,8 @@ class Store:
         return self.keys.partition(partition_of(instance_id, self.partitions))
 
     async def redis_time_ms(self) -> int:
+        if self.time_source is not None:
+            return self.time_source()
         sec, usec = await self.redis.time()
         return int(sec) * 1000 + int(usec) // 1000
 
@@ -356,6 +372,18 @@ class Store:
         args.append(len(plan.delete_timers))
         args.extend(plan.delete_timers)
         args.extend(_flat(plan.state))
+        args.append(len(plan.delegated))
+        if plan.delegated:
+            keys.append(pk.delegated)
+            args.append(len(keys))
+            for member, value in plan.delegated.items():
+                args.extend((member, value))
+        undelegated = [m for m in dict.fromkeys(plan.undelegated) if m not in plan.delegated]
+        args.append(len(undelegated))
+        if undelegated:
+            keys.append(pk.delegated)
+            args.append(len(keys))
+            args.extend(undelegated)
         args.append(len(plan.dead_letters))
         if plan.dead_letters:
             keys.append(pk.dlq)
@@ -509,8 +537,9 @@ class Store:
 
     async def promote_timers(self, index: int, lease: str, limit: int = 500) -> tuple[int, int | None, int]:
         pk = self.partition_keys(index)
+        now_arg = "" if self.time_source is None else self.time_source()
         promoted, next_due, now = await self._promote(
-            keys=[pk.lease, pk.timers, pk.timer_data, pk.inbox], args=[lease, limit]
+            keys=[pk.lease, pk.timers, pk.timer_data, pk.inbox], args=[lease, limit, now_arg]
         )
         if int(promoted) < 0:
             raise FencedError(f"partition {index}: lease lost")
@@ -552,6 +581,7 @@ class Store:
         scheduled_ms: int | None,
         execution_id: str,
         tags: str = "",
+        version: str | None = None,
     ) -> bool:
         pk = self.keys_for(instance_id)
         res = await self._client_script(
@@ -568,6 +598,8 @@ class Store:
                 execution_id,
                 pack_record({"kind": "wake", "target": "", "due": scheduled_ms or 0}),
                 tags,
+                "0" if version is None else "1",
+                version or "",
             ],
         )
         return bool(res)
@@ -655,90 +687,6 @@ class Store:
         out.sort(key=lambda r: r[1], reverse=True)
         return out
 
-    # -- activities ------------------------------------------------------------------------------
-    async def ensure_task_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(self.keys.tasks, ACTIVITY_GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
-    async def read_tasks(self, consumer: str, count: int, block_ms: int) -> list[StreamEntry]:
-        resp = await self.redis.xreadgroup(
-            ACTIVITY_GROUP, consumer, {self.keys.tasks: ">"}, count=count, block=block_ms
-        )
-        if not resp:
-            return []
-        return [(eid.decode(), fields) for eid, fields in resp[0][1] if fields]
-
-    async def claim_stale_tasks(
-        self, consumer: str, min_idle_ms: int, count: int
-    ) -> list[tuple[str, Fields, int]]:
-        """Take over tasks whose consumer went quiet; returns (id, fields, times delivered).
-
-        XAUTOCLAIM examines only about ten pending entries per requested one, so a small count on
-        a long pending list (a busy worker's own fresh tasks first) would never reach the stale
-        ones: the scan resumes where the previous call stopped, and goes on until it claims
-        something or has covered the whole list once."""
-        claimed: list[tuple[str, Fields]] = []
-        for _ in range(1000):
-            resp = await self.redis.xautoclaim(
-                self.keys.tasks,
-                ACTIVITY_GROUP,
-                consumer,
-                min_idle_ms,
-                start_id=self._claim_cursor,
-                count=count,
-            )
-            cursor = resp[0].decode() if isinstance(resp[0], bytes) else str(resp[0])
-            claimed = [(eid.decode(), fields) for eid, fields in resp[1] if fields]
-            deleted = resp[2] if len(resp) > 2 else []
-            if deleted:
-                await self.redis.xack(self.keys.tasks, ACTIVITY_GROUP, *deleted)
-            wrapped = cursor == "0-0"
-            self._claim_cursor = cursor
-            if claimed or wrapped:
-                break
-        if not claimed:
-            return []
-        pending = await self.redis.xpending_range(
-            self.keys.tasks,
-            ACTIVITY_GROUP,
-            min=claimed[0][0],
-            max=claimed[-1][0],
-            count=len(claimed) * 2 + 10,
-        )
-        counts = {p["message_id"].decode(): int(p["times_delivered"]) for p in pending}
-        return [(eid, fields, counts.get(eid, 1)) for eid, fields in claimed]
-
-    async def touch_tasks(self, consumer: str, task_ids: Sequence[str]) -> None:
-        """Reset the idle time of tasks still running here, so nobody reclaims them."""
-        if task_ids:
-            await self.redis.xclaim(self.keys.tasks, ACTIVITY_GROUP, consumer, 0, list(task_ids), justid=True)
-
-    async def finish_tasks(self, results: Iterable[tuple[str, str, bytes]]) -> None:
-        """Deliver activity results (target id, task entry id, message) and ack their tasks."""
-        commands: list[bytes] = []
-        ids: list[str] = []
-        for target, task_id, message in results:
-            commands.append(pack_command(b"XADD", self.keys_for(target).inbox, b"*", b"m", message))
-            ids.append(task_id)
-        if self.cluster and commands:
-            # across cluster nodes a pipeline's order is not kept: the results must be stored
-            # before their tasks are acknowledged, or a crash in between would lose them
-            await self._pipeline_raw(commands)
-            commands = []
-        if ids:
-            commands.append(pack_command(b"XACK", self.keys.tasks, ACTIVITY_GROUP, *ids))
-            commands.append(pack_command(b"XDEL", self.keys.tasks, *ids))
-        if self.strict_wait is not None:
-            commands.append(pack_command(*self._wait_args()))
-        if not commands:
-            return
-        replies = await self._pipeline_raw(commands)
-        if self.strict_wait is not None:
-            self._check_wait(replies[-1])
-
     async def _pipeline_raw(self, commands: list[bytes], *, raise_errors: bool = True) -> list[Any]:
         """Send pre-encoded commands on one connection and read their replies (a pipeline without
         redis-py's per-command encoding). On Cluster the commands go through redis-py instead.
@@ -777,37 +725,12 @@ class Store:
         finally:
             await pool.release(conn)
 
-    async def ack_tasks(self, task_ids: Sequence[str]) -> None:
-        if task_ids:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.xack(self.keys.tasks, ACTIVITY_GROUP, *task_ids)
-            pipe.xdel(self.keys.tasks, *task_ids)
-            await pipe.execute()
-
-    async def hand_back_tasks(self, task_ids: Sequence[str], idle_ms: int) -> None:
-        """Make unfinished tasks immediately reclaimable by other workers (graceful stop)."""
-        if task_ids:
-            await self.redis.xclaim(
-                self.keys.tasks,
-                ACTIVITY_GROUP,
-                "handed-back",
-                0,
-                list(task_ids),
-                idle=idle_ms + 1,
-                justid=True,
-            )
-
-    async def dead_letter_task(self, task_id: str, fields: Fields, reason: str) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        data: dict[bytes, bytes] = dict(fields)
-        data[b"reason"] = reason.encode()
-        data[b"task_id"] = task_id.encode()
-        pipe.xadd(self.keys.tasks_dlq, data, maxlen=10000, approximate=True)
-        await pipe.execute()
-
     # -- workers ---------------------------------------------------------------------------------
-    async def heartbeat(self, worker_id: str, info: dict[str, str], ttl_ms: int) -> list[str]:
-        """Record this worker as alive and return the ids of all live workers (sorted)."""
+    async def heartbeat(
+        self, worker_id: str, info: dict[str, str], ttl_ms: int, caps: Sequence[str] = ()
+    ) -> Heartbeat:
+        """Record this worker as alive, and that it has capabilities ``caps`` until its heartbeat
+        expires; returns the ids of all live workers (sorted) and every capability's expiry."""
         now = await self.redis_time_ms()
         pipe = self.redis.pipeline(transaction=False)
         pipe.zadd(self.keys.workers, {worker_id: now + ttl_ms})
@@ -815,15 +738,27 @@ class Store:
         if info:
             pipe.hset(self.keys.worker(worker_id), mapping=info)
             pipe.pexpire(self.keys.worker(worker_id), ttl_ms)
+        if caps:
+            pipe.hset(self.keys.caps, mapping=dict.fromkeys(caps, now + ttl_ms))
+        pipe.hgetall(self.keys.caps)
         pipe.zrange(self.keys.workers, 0, -1)
         res = await pipe.execute()
-        return sorted(w.decode() for w in res[-1])
+        expiry = {k.decode(): int(v) for k, v in res[-2].items()}
+        return Heartbeat(sorted(w.decode() for w in res[-1]), expiry, now)
 
     async def remove_worker(self, worker_id: str) -> None:
         pipe = self.redis.pipeline(transaction=False)
         pipe.zrem(self.keys.workers, worker_id)
         pipe.delete(self.keys.worker(worker_id))
         await pipe.execute()
+
+
+class LeaseRenewer(Protocol):
+    """Renews leases from a plain thread (see :class:`SyncLeaseRenewer`)."""
+
+    def renew(self, leases: dict[int, str], ttl_ms: int) -> dict[int, bool]: ...
+
+    def close(self) -> None: ...
 
 
 class SyncLeaseRenewer:

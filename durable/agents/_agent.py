@@ -150,8 +150,8 @@ class Agent:
     def register(self, worker: Worker) -> Worker:
         """Register the turn and steps orchestrations, the model activity, the tools and the
         session entity on ``worker``; returns it. Every worker of the hub must do it."""
-        worker.add_orchestrator(self._turn, self.turn_orchestrator)
-        worker.add_orchestrator(self._steps, self.steps_orchestrator)
+        worker.add_orchestrator(self._turn, name=self.turn_orchestrator)
+        worker.add_orchestrator(self._steps, name=self.steps_orchestrator)
         worker.add_activity(self._model_activity, self.model_activity)
         for t in self.tools.values():
             worker.add_activity(t.activity, t.activity_name)

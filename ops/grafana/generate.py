@@ -220,6 +220,18 @@ def rows() -> list[Row]:
                     ],
                     width=8,
                 ),
+                Panel(
+                    "Waiting for a version",
+                    [
+                        Target(
+                            f"sum by (name, version) (durable_orchestrations_waiting_for_version{{{SEL}}})",
+                            "{{name}} v{{version}}",
+                        )
+                    ],
+                    width=8,
+                    description="Instances whose version no live worker has (a rolling deploy in "
+                    "progress, or a version that was removed while instances still use it).",
+                ),
             ],
         ),
         Row(

@@ -65,11 +65,14 @@ def test_readme_entity_example_runs(redis_url: str, hub: str, tmp_path: Path) ->
     assert out.stdout.split("\n")[:4] == ["COMPLETED", "FAILED", "balances 6 14", "visits 1"]
 
 
+def _block(marker: str) -> str:
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    return next(b for b in blocks if marker in b)
+
+
 def _run_block(marker: str, redis_url: str, hub: str, tmp_path: Path) -> list[str]:
-    text = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     script = tmp_path / "example.py"
-    script.write_text(next(b for b in blocks if marker in b))
+    script.write_text(_block(marker))
     env = dict(os.environ, DURABLE_REDIS_URL=redis_url, DURABLE_HUB=hub, PYTHONPATH=str(REPO))
     out = subprocess.run(
         [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
@@ -115,3 +118,21 @@ def test_readme_schedule_example_runs(redis_url: str, hub: str, tmp_path: Path) 
     assert (when.hour, when.minute) == (2, 0)
     assert output == "exported to logs"
     assert re.fullmatch(r"nightly-export@\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", triggered)
+
+
+def test_readme_deploy_example_runs(redis_url: str, hub: str, tmp_path: Path) -> None:
+    assert " ".join(_run_block("is_patched", redis_url, hub, tmp_path)).split() == ["v1", "v2"]
+
+
+def test_readme_testing_example_passes(tmp_path: Path) -> None:
+    example = _block("TestEnvironment")
+    tests = re.findall(r"^def (test_\w+)\(", example, re.M)
+    assert tests
+    script = tmp_path / "test_example.py"
+    script.write_text(example + "".join(f"\n{name}()" for name in tests) + '\nprint("passed")\n')
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "passed"
