@@ -421,6 +421,10 @@ def state_to_pb(state: OrchestrationState, with_payloads: bool) -> pb.Orchestrat
         out.completedTimestamp.CopyFrom(timestamp_of(state.last_updated_at))
     if state.parent_instance_id:
         out.parentInstanceId.value = state.parent_instance_id
+    if state.version:
+        out.version.value = state.version
+    if state.tags:
+        out.tags.update(state.tags)
     if with_payloads:
         for name, value in (("input", state.input), ("output", state.output)):
             text = to_json(value)

@@ -120,7 +120,12 @@ class SidecarService(EntityRpcs, stubs.TaskHubSidecarServiceServicer):  # type: 
             # the SDK client's trace context: the start (and so the orchestration) joins its trace
             with tracing.remote_parent(convert.trace_parent(request)):
                 iid = await self.client.schedule_new_orchestration(
-                    request.name, input=value, instance_id=request.instanceId or None, start_at=start_at
+                    request.name,
+                    input=value,
+                    instance_id=request.instanceId or None,
+                    start_at=start_at,
+                    tags=dict(request.tags) or None,
+                    version=request.version.value if request.HasField("version") else None,
                 )
         except OrchestrationAlreadyExistsError as exc:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))

@@ -234,6 +234,29 @@ def test_readme_sdk_example_runs(sidecar: Sidecar, tmp_path: Path) -> None:
     assert out.stdout.strip().splitlines()[-1] == '["Hello Tokyo!", "Hello Lima!"]'
 
 
+def test_a_start_keeps_its_version_and_tags(sidecar: Sidecar, redis_url: str, hub: str) -> None:
+    native = Worker(redis_url, hub, config=_config())
+
+    @native.orchestrator(name="flow", version="2")
+    def flow_v2(ctx: Any, _: Any) -> Any:
+        return f"v{ctx.version}"
+        yield  # pragma: no cover
+
+    with native, grpc.insecure_channel(sidecar.address) as channel:
+        _wait_until(lambda: len(native.owned_partitions) == 4, 10)
+        stub = stubs.TaskHubSidecarServiceStub(channel)
+        request = pb.CreateInstanceRequest(name="flow", instanceId="tagged-1")
+        request.version.value = "2"
+        request.tags["tenant"] = "acme"
+        assert stub.StartInstance(request).instanceId == "tagged-1"
+        with Client(redis_url, hub) as client:
+            state = client.wait_for_orchestration_completion("tagged-1", timeout=30)
+        reply = stub.GetInstance(pb.GetInstanceRequest(instanceId="tagged-1", getInputsAndOutputs=True))
+    assert state.version == "2" and state.tags == {"tenant": "acme"} and state.output == "v2"
+    assert reply.orchestrationState.version.value == "2"
+    assert dict(reply.orchestrationState.tags) == {"tenant": "acme"}
+
+
 def test_unsupported_rpcs_answer_unimplemented_with_a_reason(sidecar: Sidecar) -> None:
     with grpc.insecure_channel(sidecar.address) as channel:
         stub = stubs.TaskHubSidecarServiceStub(channel)
