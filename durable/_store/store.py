@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Protocol
 
 import redis
 import redis.asyncio as aredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .._config import ENV_AUDIT
@@ -702,6 +703,11 @@ class Store(TaskStreams, WorkStreams):
                 if (typed := typed_error(exc)) is exc:
                     raise
                 raise typed from exc
+            except AttributeError as exc:
+                # redis-py's cluster pipeline, on a node connection torn down under it (a node
+                # restarting, slots moving, a shutdown): "'NoneType' object has no attribute
+                # 'writelines'". It is a lost connection, and callers retry those.
+                raise RedisConnectionError(f"cluster connection lost: {exc}") from exc
             return [typed_error(r) if isinstance(r, ResponseError) else r for r in replies]
         pool = self.redis.connection_pool
         conn = await pool.get_connection()
