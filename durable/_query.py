@@ -14,7 +14,7 @@ import base64
 import binascii
 import datetime as _dt
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._core.entities import EntityId, EntityRecord, EntityState
 from ._core.model import (
@@ -334,8 +334,9 @@ async def clean_entity_storage(
 class AsyncQueries:
     """The query methods of :class:`~durable.AsyncClient`."""
 
-    async def _get_store(self) -> Store:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by the client this mixin is part of
+
+        async def _get_store(self) -> Store: ...
 
     async def list_orchestrations(
         self,
@@ -466,8 +467,9 @@ class SyncQueries:
 
     _async: AsyncQueries
 
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by the client this mixin is part of
+
+        def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any: ...
 
     def list_orchestrations(
         self,
