@@ -40,6 +40,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._client import AsyncClient
 from .._config import ENV_HUB, ENV_REDIS_URL, resolve_hub, resolve_url
+from .._core.model import OrchestrationStatus
 from .._ops import views as views
 from .._ops.views import to_json_value
 from .._store import queries as q
@@ -218,6 +219,21 @@ def json_arg(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"invalid JSON {text!r}: {exc}") from None
     except RecursionError:
         raise argparse.ArgumentTypeError("invalid JSON: nested too deeply") from None
+
+
+def status_arg(text: str) -> list[OrchestrationStatus]:
+    """A comma-separated list of orchestration statuses (case and dashes ignored)."""
+    out: list[OrchestrationStatus] = []
+    for part in text.split(","):
+        value = part.strip().upper().replace("-", "_")
+        if not value:
+            continue
+        try:
+            out.append(OrchestrationStatus[value])
+        except KeyError:
+            valid = ", ".join(s.name for s in OrchestrationStatus)
+            raise argparse.ArgumentTypeError(f"unknown status {part.strip()!r}; use one of {valid}") from None
+    return out
 
 
 def iso_arg(text: str) -> _dt.datetime:

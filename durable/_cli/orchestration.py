@@ -46,6 +46,7 @@ from .common import (
     positive_int_arg,
     render_fields,
     render_table,
+    status_arg,
 )
 
 __all__ = ["register"]
@@ -94,20 +95,6 @@ def _age_arg(text: str) -> _dt.timedelta:
     if match is None:
         raise argparse.ArgumentTypeError(f"expected a duration such as 30m, 12h or 7d, got {text!r}")
     return _dt.timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2).lower()])
-
-
-def _status_arg(text: str) -> list[OrchestrationStatus]:
-    out: list[OrchestrationStatus] = []
-    for part in text.split(","):
-        value = part.strip().upper().replace("-", "_")
-        if not value:
-            continue
-        try:
-            out.append(OrchestrationStatus[value])
-        except KeyError:
-            valid = ", ".join(s.name for s in OrchestrationStatus)
-            raise argparse.ArgumentTypeError(f"unknown status {part.strip()!r}; use one of {valid}") from None
-    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -476,7 +463,7 @@ def register(commands: Commands) -> None:
     )
     p.add_argument(
         "--status",
-        type=_status_arg,
+        type=status_arg,
         nargs="+",
         action="extend",
         metavar="S",
@@ -578,7 +565,7 @@ def register(commands: Commands) -> None:
     _recursive_flag(p, "purge its sub-orchestrations too, transitively")
     p.add_argument(
         "--status",
-        type=_status_arg,
+        type=status_arg,
         nargs="+",
         action="extend",
         metavar="S",

@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .._core.model import OrchestrationStatus
 from .._core.registry import name_of
 from .._core.replay import ReplayResult, replay_many
 from .._worker import Worker
@@ -42,6 +41,7 @@ from .common import (
     help_formatter,
     positive_int_arg,
     render_table,
+    status_arg,
 )
 
 __all__ = ["check_histories", "histories_from_file", "register"]
@@ -135,20 +135,6 @@ async def _from_hub(worker: Worker, session: Session, args: argparse.Namespace) 
     return _outcome(results, f"hub {session.hub!r}")
 
 
-def _status_arg(text: str) -> list[OrchestrationStatus]:
-    out: list[OrchestrationStatus] = []
-    for part in text.split(","):
-        value = part.strip().upper().replace("-", "_")
-        if not value:
-            continue
-        try:
-            out.append(OrchestrationStatus[value])
-        except KeyError:
-            valid = ", ".join(s.name for s in OrchestrationStatus)
-            raise argparse.ArgumentTypeError(f"unknown status {part.strip()!r}; use one of {valid}") from None
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     prog = "durable replay-check"
     try:
@@ -204,7 +190,7 @@ def register(commands: Commands) -> None:
     )
     parser.add_argument(
         "--status",
-        type=_status_arg,
+        type=status_arg,
         nargs="+",
         action="extend",
         metavar="S",
