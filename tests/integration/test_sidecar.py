@@ -257,6 +257,35 @@ def test_a_start_keeps_its_version_and_tags(sidecar: Sidecar, redis_url: str, hu
     assert dict(reply.orchestrationState.tags) == {"tenant": "acme"}
 
 
+def test_malformed_requests_are_refused_and_the_sidecar_keeps_serving(
+    sidecar: Sidecar, redis_url: str, hub: str
+) -> None:
+    with grpc.insecure_channel(sidecar.address) as channel:
+        stub = stubs.TaskHubSidecarServiceStub(channel)
+        bad_input = pb.CreateInstanceRequest(name="flow", instanceId="bad-json")
+        bad_input.input.value = "{not json"
+        forged = [
+            pb.OrchestratorResponse(instanceId="x", completionToken="garbage"),
+            pb.OrchestratorResponse(instanceId="x", completionToken="o\x1fstream\x1f1-0\x1fx\x1ftok"),
+            pb.ActivityResponse(instanceId="x", taskId=1, completionToken="garbage"),
+        ]
+        with pytest.raises(grpc.RpcError) as info:
+            stub.StartInstance(bad_input)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        for request in forged:
+            call = stub.CompleteActivityTask if isinstance(request, pb.ActivityResponse) else None
+            call = call or stub.CompleteOrchestratorTask
+            try:
+                call(request)
+            except grpc.RpcError as exc:  # refused as malformed, or accepted and ignored: never a crash
+                assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, exc
+        ok = pb.CreateInstanceRequest(name="flow", instanceId="after-garbage")
+        assert stub.StartInstance(ok).instanceId == "after-garbage"
+    with Client(redis_url, hub) as client:
+        assert client.get_orchestration_state("bad-json") is None  # nothing half-created
+        assert client.get_orchestration_state("after-garbage") is not None
+
+
 def test_unsupported_rpcs_answer_unimplemented_with_a_reason(sidecar: Sidecar) -> None:
     with grpc.insecure_channel(sidecar.address) as channel:
         stub = stubs.TaskHubSidecarServiceStub(channel)
