@@ -18,14 +18,11 @@ Exit codes: 0 success, 1 failure, 2 usage error.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import importlib
-import json
 import logging
 import os
 import signal
 import sys
-import textwrap
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,22 +31,19 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from ._cli import doctor, entity, hub, lint, orchestration, replay, schedule
+from ._cli import doctor, embedded, entity, hub, lint, orchestration, replay, schedule
 from ._cli.app import UsageError, load_worker
 from ._cli.common import (
     EXIT_CODES_HELP,
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
-    HELP_WIDTH,
     Commands,
-    command_group,
-    help_formatter,
     leaf,
     leaf_exceptions,
     positive_int_arg,
     redact_url,
-    render_fields,
+    seconds_arg,
     signal_receiver,
 )
 from ._cli.sidecar import add_sidecar_parser, load_sidecar_class
@@ -68,7 +62,6 @@ from ._config import (
     resolve_hub,
     resolve_url,
 )
-from ._embedded import DEFAULT_DATA_DIR, _pid_alive, embedded_redis_status, stop_embedded_redis
 from ._worker import Worker
 
 log = logging.getLogger("durable.cli")
@@ -88,16 +81,6 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"expected a port number (0-65535), got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number of seconds, got {text!r}")
     return value
 
 
@@ -170,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--drain-timeout",
-        type=_seconds,
+        type=seconds_arg,
         metavar="S",
         help=f"seconds to finish in-flight work after a stop signal (default: ${ENV_DRAIN_TIMEOUT}, else 30)",
     )
@@ -221,14 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--timeout",
-        type=_seconds,
+        type=seconds_arg,
         default=120.0,
         metavar="S",
         help="give up when the patterns have not finished after S seconds (default: 120)",
     )
     demo.set_defaults(handler=_cmd_demo)
 
-    _register_redis_commands(commands)
+    embedded.register(commands)
 
     sidecar = add_sidecar_parser(commands, _add_redis_options, _port)
     sidecar.set_defaults(handler=_cmd_sidecar)
@@ -298,70 +281,6 @@ def _register_operator_commands(parser: argparse.ArgumentParser, commands: Comma
     doctor.register(commands)
     replay.register(commands)
     lint.register(commands)
-
-
-def _register_redis_commands(commands: Commands) -> None:
-    """``durable redis status|stop``: the embedded Redis of a data folder."""
-    group = command_group(
-        commands,
-        "redis",
-        "show or stop the embedded Redis server",
-        textwrap.fill(
-            "The embedded Redis (used when no --redis-url or $" + ENV_REDIS_URL + " is given) is a "
-            "redis-server shared by every durable process that uses the same data folder. It keeps "
-            "running after they exit, so the CLI and the dashboard can still reach it; these commands "
-            "show it and stop it. Its data stays in the folder and is loaded again on the next start.",
-            HELP_WIDTH,
-        ),
-    )
-    for name, handler, summary, description in (
-        (
-            "status",
-            _cmd_redis_status,
-            "show whether the embedded Redis runs (exit 0) or not (exit 1)",
-            "Show whether the embedded Redis of the data folder runs: its URL, pid, start time and "
-            "binary. Exit code 0 when it runs, 1 when it does not. Starts nothing.",
-        ),
-        (
-            "stop",
-            _cmd_redis_stop,
-            "stop the embedded Redis (its data stays)",
-            "Shut the embedded Redis of the data folder down (SHUTDOWN, which writes its append-only "
-            "file, then SIGTERM, then SIGKILL after the timeout). Exit code 0 when it stopped or was "
-            "not running, 1 when it could not be stopped. The data stays in the folder.",
-        ),
-    ):
-        parser = group.add_parser(
-            name,
-            help=summary,
-            description=textwrap.fill(description, HELP_WIDTH),
-            epilog=EXIT_CODES_HELP,
-            formatter_class=help_formatter,
-        )
-        parser.add_argument(
-            "--data-dir",
-            metavar="DIR",
-            default=str(DEFAULT_DATA_DIR),
-            help=f"the embedded Redis's data folder (default: ./{DEFAULT_DATA_DIR})",
-        )
-        if name == "status":
-            parser.add_argument(
-                "--output",
-                dest="format",
-                choices=("table", "json"),
-                default="table",
-                metavar="FORMAT",
-                help="'table' (default): for people; 'json': for scripts",
-            )
-        else:
-            parser.add_argument(
-                "--timeout",
-                type=_seconds,
-                default=10.0,
-                metavar="S",
-                help="wait up to S seconds for each way of stopping it (default: 10)",
-            )
-        parser.set_defaults(handler=handler)
 
 
 def _add_redis_options(parser: argparse.ArgumentParser, default_hub: str | None) -> None:
@@ -439,7 +358,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     concurrency = args.concurrency or _env(ENV_CONCURRENCY, positive_int_arg)
     partitions = args.partitions or _env(ENV_PARTITIONS, positive_int_arg)
     drain_timeout = (
-        args.drain_timeout if args.drain_timeout is not None else _env(ENV_DRAIN_TIMEOUT, _seconds)
+        args.drain_timeout if args.drain_timeout is not None else _env(ENV_DRAIN_TIMEOUT, seconds_arg)
     )
     ops_port = args.ops_port if args.ops_port is not None else _env(ENV_OPS_PORT, _port)
     ops_host = args.ops_host or os.environ.get(ENV_OPS_HOST, "").strip() or "0.0.0.0"
@@ -601,7 +520,7 @@ def _cmd_sidecar(args: argparse.Namespace) -> int:
     partitions = args.partitions or _env(ENV_PARTITIONS, positive_int_arg)
     if partitions is not None:
         sidecar.config.partitions = partitions
-    drain = args.drain_timeout if args.drain_timeout is not None else _env(ENV_DRAIN_TIMEOUT, _seconds)
+    drain = args.drain_timeout if args.drain_timeout is not None else _env(ENV_DRAIN_TIMEOUT, seconds_arg)
     if drain is not None:
         sidecar.config.drain_timeout = drain
     ops_port = args.ops_port if args.ops_port is not None else _env(ENV_OPS_PORT, _port)
@@ -662,64 +581,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         timeout=args.timeout,
     )
     return run_demo(options)
-
-
-# ------------------------------------------------------------------------------------------------
-# durable redis
-
-
-def _cmd_redis_status(args: argparse.Namespace) -> int:
-    try:
-        status = embedded_redis_status(args.data_dir)
-    except OSError as exc:
-        print(f"durable redis status: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    started = (
-        _dt.datetime.fromtimestamp(status.started_at, _dt.UTC).replace(microsecond=0)
-        if status.started_at is not None
-        else None
-    )
-    if args.format == "json":
-        data = {
-            "running": status.running,
-            "data_dir": str(status.data_dir),
-            "url": status.url,
-            "pid": status.pid,
-            "started_at": started.isoformat().replace("+00:00", "Z") if started else None,
-            "redis_server": status.redis_server,
-        }
-        print(json.dumps(data, indent=2))
-    elif status.running:
-        pairs = [
-            ("Embedded Redis", "running"),
-            ("URL", str(status.url)),
-            ("PID", str(status.pid)),
-            ("Data folder", str(status.data_dir)),
-            ("Started", started.strftime("%Y-%m-%d %H:%M:%SZ") if started else "-"),
-            ("Binary", status.redis_server or "-"),
-        ]
-        print(render_fields(pairs))
-    else:
-        print(render_fields([("Embedded Redis", "not running"), ("Data folder", str(status.data_dir))]))
-    return EXIT_OK if status.running else EXIT_FAILURE
-
-
-def _cmd_redis_stop(args: argparse.Namespace) -> int:
-    try:
-        status = embedded_redis_status(args.data_dir)
-        stopped = stop_embedded_redis(args.data_dir, timeout=args.timeout)
-    except OSError as exc:
-        print(f"durable redis stop: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    if not stopped:
-        print(f"No embedded Redis is running for {status.data_dir} (nothing to stop).")
-        return EXIT_OK
-    if status.pid is not None and _pid_alive(status.pid):
-        print(f"durable redis stop: error: redis-server (pid {status.pid}) is still running", file=sys.stderr)
-        return EXIT_FAILURE
-    what = f"pid {status.pid}, {status.url}" if status.running else "it"
-    print(f"Stopped the embedded Redis ({what}); its data stays in {status.data_dir}.")
-    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

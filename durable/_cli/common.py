@@ -236,6 +236,17 @@ def status_arg(text: str) -> list[OrchestrationStatus]:
     return out
 
 
+def seconds_arg(text: str) -> float:
+    """A non-negative number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number of seconds, got {text!r}")
+    return value
+
+
 def iso_arg(text: str) -> _dt.datetime:
     raw = text.strip()
     if raw[-1:] in ("Z", "z"):
