@@ -141,6 +141,9 @@ class Store(TaskStreams, WorkStreams):
         #: test builds: every accepted commit is recorded in the partition's audit stream
         self.audit = os.environ.get(ENV_AUDIT) == "1"
         self._auto = AutoPipeline(self._send_batch)
+        #: reads of the client (a state, a wait's check): concurrent ones share a round trip, and
+        #: one connection instead of one each
+        self._auto_read = AutoPipeline(self._read_batch)
         self._claim_cursors: dict[str, str] = {}
         self._register(client)
 
@@ -490,6 +493,9 @@ class Store(TaskStreams, WorkStreams):
         self._check_wait(replies[-1])
         return replies[:-1]
 
+    async def _read_batch(self, commands: list[bytes]) -> list[Any]:
+        return await self._pipeline_raw(commands, raise_errors=False)
+
     async def _client_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """A client's script call, pipelined with its concurrent siblings."""
         try:
@@ -584,9 +590,27 @@ class Store(TaskStreams, WorkStreams):
         tags: str = "",
         version: str | None = None,
     ) -> bool:
+        keys, args = self.start_call(
+            instance_id, name, message, input_data, created_ms, scheduled_ms, execution_id, tags, version
+        )
+        return bool(await self._client_script(self._start, keys, args))
+
+    def start_call(
+        self,
+        instance_id: str,
+        name: str,
+        message: bytes,
+        input_data: bytes,
+        created_ms: int,
+        scheduled_ms: int | None,
+        execution_id: str,
+        tags: str = "",
+        version: str | None = None,
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the start script (also sent by the synchronous client's
+        direct connection, :class:`~durable._store.direct.DirectRedis`)."""
         pk = self.keys_for(instance_id)
-        res = await self._client_script(
-            self._start,
+        return (
             [pk.instance(instance_id), pk.inbox, pk.timers, pk.timer_data, pk.instances],
             [
                 message,
@@ -603,7 +627,6 @@ class Store(TaskStreams, WorkStreams):
                 version or "",
             ],
         )
-        return bool(res)
 
     async def send_to_instance(self, instance_id: str, message: bytes) -> bool:
         pk = self.keys_for(instance_id)
@@ -621,8 +644,12 @@ class Store(TaskStreams, WorkStreams):
         return eid.decode()  # type: ignore[no-any-return]
 
     async def get_instance(self, instance_id: str) -> Fields | None:
-        raw = await self.redis.hgetall(self.keys_for(instance_id).instance(instance_id))
-        return raw or None
+        key = self.keys_for(instance_id).instance(instance_id)
+        reply = await self._auto_read.call(pack_command(b"HGETALL", key))
+        if isinstance(reply, list):  # RESP2 on our own connection (redis-py's cluster path: a dict)
+            it = iter(reply)
+            reply = dict(zip(it, it, strict=True))
+        return reply or None
 
     async def get_instances(self, instance_ids: Sequence[str]) -> list[Fields]:
         pipe = self.redis.pipeline(transaction=False)
