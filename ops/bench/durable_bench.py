@@ -209,41 +209,38 @@ def cpu_seconds(pid: int) -> float:
 
 
 def _sequential_sync(url: str, hub: str, count: int, steps: int) -> float:
-    """W1 from the synchronous Client, as a new user writes it: ``count`` starts one after
-    another, then ``count`` waits one after another; activity steps/s."""
+    """W1 from the synchronous Client as a new user writes it: ``count`` starts one after another,
+    then ``count`` waits one after another; activity steps/s."""
     with Client(url, hub=hub) as client:
         client.get_orchestration_state("bench-warm-up")
         t0 = time.perf_counter()
         ids = [client.schedule_new_orchestration("chain", input=steps) for _ in range(count)]
-        for iid in ids:
-            state = client.wait_for_orchestration_completion(iid, timeout=600)
+        for state in [client.wait_for_orchestration_completion(iid, timeout=600) for iid in ids]:
             if state.runtime_status != OrchestrationStatus.COMPLETED:
-                raise RuntimeError(f"chain {iid} ended {state.runtime_status}: {state.failure_details}")
+                raise RuntimeError(f"chain {state.instance_id} ended {state.runtime_status}")
         return count * steps / (time.perf_counter() - t0)
 
 
 def w1(cluster: Cluster, res: Results, sizes: Sizes, reps: int, key: str = "W1") -> None:
-    """W1 with the AsyncClient (all at once), then its variant from the synchronous Client
-    (sequential waits); CPU per step of the workers, Redis and this (the client's) process."""
+    """W1 from the AsyncClient (all at once), then from the Client (sequential waits); CPU per
+    step of the workers, Redis and this process (the client)."""
     pids = [*cluster.worker_pids(), cluster.redis.pid, os.getpid()]
     steps = sizes.w1_orchestrations * sizes.w1_steps
-    for _ in range(reps):
-        for variant in (key, f"{key}sync"):
-            cpu0 = [cpu_seconds(p) for p in pids]
-            latency = ""
-            if variant == key:
-                steps_s, p50, p99 = _burst_sync(cluster, sizes.w1_orchestrations, sizes.w1_steps)
-                res.add(variant, "p50_ms", p50)
-                res.add(variant, "p99_ms", p99)
-                latency = f", p50 {p50:.0f} ms, p99 {p99:.0f} ms"
-            else:
-                steps_s = _sequential_sync(cluster.url, cluster.hub, sizes.w1_orchestrations, sizes.w1_steps)
-            cpu = [(b - a) * 1000 / steps for a, b in zip(cpu0, [cpu_seconds(p) for p in pids], strict=True)]
-            res.add(variant, "worker_cpu_ms_per_step", sum(cpu[:-2]))
-            res.add(variant, "redis_cpu_ms_per_step", cpu[-2])
-            res.add(variant, "client_cpu_ms_per_step", cpu[-1])
-            res.add(variant, "steps_s", steps_s)
-            log(f"  {variant}: {steps_s:.0f} steps/s{latency}, client CPU {cpu[-1]:.3f} ms/step")
+    for variant in [v for _ in range(reps) for v in (key, f"{key}sync")]:
+        cpu0, latency = [cpu_seconds(p) for p in pids], ""
+        if variant == key:
+            steps_s, p50, p99 = _burst_sync(cluster, sizes.w1_orchestrations, sizes.w1_steps)
+            res.add(variant, "p50_ms", p50)
+            res.add(variant, "p99_ms", p99)
+            latency = f", p50 {p50:.0f} ms, p99 {p99:.0f} ms"
+        else:
+            steps_s = _sequential_sync(cluster.url, cluster.hub, sizes.w1_orchestrations, sizes.w1_steps)
+        cpu = [(b - a) * 1000 / steps for a, b in zip(cpu0, [cpu_seconds(p) for p in pids], strict=True)]
+        res.add(variant, "worker_cpu_ms_per_step", sum(cpu[:-2]))
+        res.add(variant, "redis_cpu_ms_per_step", cpu[-2])
+        res.add(variant, "client_cpu_ms_per_step", cpu[-1])
+        res.add(variant, "steps_s", steps_s)
+        log(f"  {variant}: {steps_s:.0f} steps/s{latency}, client CPU {cpu[-1]:.3f} ms/step")
 
 
 def w2(cluster: Cluster, res: Results, sizes: Sizes, reps: int) -> None:
