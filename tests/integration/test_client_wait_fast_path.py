@@ -237,3 +237,32 @@ def test_a_sync_wait_on_a_server_that_stopped_answering_times_out_on_time(
         # and the client works again once the server does
         state = client.wait_for_orchestration_completion(instances["done"], timeout=10)
         assert state.output == [1, "two"]
+
+
+def test_concurrent_waits_share_their_subscribe_and_unsubscribe_commands(
+    redis_server: RedisServer, hub: str, commands: Commands
+) -> None:
+    """500 waits that must block (no such instances yet) subscribe in a few SUBSCRIBE commands,
+    not one each, and their channels are unsubscribed in a few UNSUBSCRIBE commands after."""
+    count = 500
+
+    async def scenario() -> dict[str, int]:
+        async with AsyncClient(redis_server.url, hub=hub) as client:
+            await client.get_orchestration_state("warm-up")
+            commands.reset()
+
+            async def wait(n: int) -> None:
+                with pytest.raises(TimeoutError):
+                    await client.wait_for_orchestration_completion(f"not-yet-{n}", timeout=0.5)
+
+            await asyncio.gather(*(wait(n) for n in range(count)))
+            deadline = time.monotonic() + 10
+            while commands.admin.pubsub_channels() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)  # the reader unsubscribes channels left idle
+            assert commands.admin.pubsub_channels() == []
+            return commands.count()
+
+    sent = asyncio.run(scenario())
+    assert 1 <= sent["subscribe"] <= 20
+    assert 1 <= sent["unsubscribe"] <= 20
+    assert sent["hgetall"] >= count  # each wait read the state at least once
