@@ -45,6 +45,11 @@ def _finished(state: OrchestrationState) -> bool:
     return state.runtime_status.is_terminal
 
 
+#: announced statuses a wait for the start / the completion cannot end on (it reads on any other)
+NOT_STARTED = frozenset({OrchestrationStatus.PENDING.value.encode()})
+NOT_FINISHED = frozenset(s.value.encode() for s in OrchestrationStatus if not s.is_terminal)
+
+
 class _Start(NamedTuple):
     """A start, checked and encoded; :meth:`call` adds the trace context and packs the message."""
 
@@ -228,13 +233,15 @@ class AsyncClient(AsyncQueries, AsyncScheduleMethods):
         timeout: float,
         done: Callable[[OrchestrationState], bool],
         *,
+        cannot_end: frozenset[bytes] = frozenset(),
         read_first: bool = True,
         stated_timeout: float | None = None,
     ) -> OrchestrationState:
         """The state once ``done`` holds. An instance already there costs one read (one round
         trip); otherwise the wait subscribes to its status channel, then reads again (the change
-        may have come before the subscription) and after every announcement. ``read_first=False``:
-        the caller has just read it. ``stated_timeout``: the timeout the error message names."""
+        may have come before the subscription) and after every announcement of a status not in
+        ``cannot_end``. ``read_first=False``: the caller has just read it. ``stated_timeout``: the
+        timeout the error message names."""
         store = await self._get_store()
         try:
             with anyio.fail_after(timeout):
@@ -245,7 +252,7 @@ class AsyncClient(AsyncQueries, AsyncScheduleMethods):
                         state = None  # Redis restarting: the loop below keeps trying
                     if state is not None and done(state):
                         return state
-                return await self._wait_subscribed(store, instance_id, done)
+                return await self._wait_subscribed(store, instance_id, done, cannot_end)
         except TimeoutError:
             raise TimeoutError(
                 f"orchestration {instance_id!r} did not reach the expected state within "
@@ -253,7 +260,11 @@ class AsyncClient(AsyncQueries, AsyncScheduleMethods):
             ) from None
 
     async def _wait_subscribed(
-        self, store: Store, instance_id: str, done: Callable[[OrchestrationState], bool]
+        self,
+        store: Store,
+        instance_id: str,
+        done: Callable[[OrchestrationState], bool],
+        cannot_end: frozenset[bytes],
     ) -> OrchestrationState:
         if self._notifier is None:
             self._notifier = store.status_notifier()
@@ -277,6 +288,9 @@ class AsyncClient(AsyncQueries, AsyncScheduleMethods):
                 # wake on a status change, or re-check periodically in case a hint is lost
                 with anyio.move_on_after(1.0):
                     await event.wait()
+                    while event.status in cannot_end:
+                        event.clear()  # announced a status the wait cannot end on: no read
+                        await event.wait()
         finally:
             with anyio.CancelScope(shield=True):
                 await notifier.unregister(channel, event)
@@ -285,13 +299,13 @@ class AsyncClient(AsyncQueries, AsyncScheduleMethods):
         self, instance_id: str, *, timeout: float = 60
     ) -> OrchestrationState:
         """Wait until the instance has left PENDING; raises TimeoutError."""
-        return await self._wait(instance_id, timeout, _started)
+        return await self._wait(instance_id, timeout, _started, cannot_end=NOT_STARTED)
 
     async def wait_for_orchestration_completion(
         self, instance_id: str, *, timeout: float = 60
     ) -> OrchestrationState:
         """Wait until the instance completed, failed or was terminated; raises TimeoutError."""
-        return await self._wait(instance_id, timeout, _finished)
+        return await self._wait(instance_id, timeout, _finished, cannot_end=NOT_FINISHED)
 
     async def _send(self, instance_id: str, body: dict[str, Any]) -> None:
         store = await self._get_store()

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from ._client import AsyncClient, _finished, _started
+from ._client import NOT_FINISHED, NOT_STARTED, AsyncClient, _finished, _started
 from ._config import resolve_url
 from ._core.entities import EntityId, EntityState
 from ._core.model import OrchestrationState, OrchestrationStatus
@@ -100,7 +100,11 @@ class Client(SyncQueries, ScheduleMethods):
         return state_from(instance_id, fields)
 
     def _wait(
-        self, instance_id: str, timeout: float, done: Callable[[OrchestrationState], bool]
+        self,
+        instance_id: str,
+        timeout: float,
+        done: Callable[[OrchestrationState], bool],
+        cannot_end: frozenset[bytes],
     ) -> OrchestrationState:
         """One direct read when the instance is already there; else the loop's wait."""
         deadline = time.monotonic() + timeout
@@ -117,6 +121,7 @@ class Client(SyncQueries, ScheduleMethods):
             instance_id,
             max(0.0, deadline - time.monotonic()),
             done,
+            cannot_end=cannot_end,
             read_first=not read,
             stated_timeout=timeout,
         )
@@ -183,13 +188,13 @@ class Client(SyncQueries, ScheduleMethods):
 
     def wait_for_orchestration_start(self, instance_id: str, *, timeout: float = 60) -> OrchestrationState:
         """See :meth:`AsyncClient.wait_for_orchestration_start`."""
-        return self._wait(instance_id, timeout, _started)
+        return self._wait(instance_id, timeout, _started, NOT_STARTED)
 
     def wait_for_orchestration_completion(
         self, instance_id: str, *, timeout: float = 60
     ) -> OrchestrationState:
         """See :meth:`AsyncClient.wait_for_orchestration_completion`."""
-        return self._wait(instance_id, timeout, _finished)
+        return self._wait(instance_id, timeout, _finished, NOT_FINISHED)
 
     def raise_orchestration_event(self, instance_id: str, event_name: str, *, data: Any = None) -> None:
         """See :meth:`AsyncClient.raise_orchestration_event`."""

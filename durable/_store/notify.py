@@ -34,6 +34,13 @@ UNSUBSCRIBE_BATCH = 256
 IDLE_SECONDS = 1.0
 
 
+class Hint(asyncio.Event):
+    """Set when the channel announces a change; ``status`` is what it announced (the instance's
+    new status), or None for "re-check, whatever it is" (after a reconnect)."""
+
+    status: bytes | None = None
+
+
 class StatusNotifier:
     """Shared subscriber; lives on the event loop of the client that created it."""
 
@@ -42,7 +49,7 @@ class StatusNotifier:
         self._pubsub: Any = None
         #: the pub/sub connection failed: the reader replaces it
         self._broken = False
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._waiters: dict[str, set[Hint]] = {}
         #: channels with waiters whose SUBSCRIBE is still to be sent
         self._to_subscribe: set[str] = set()
         #: channels still subscribed whose waiters have all left, and since when there are some
@@ -52,9 +59,9 @@ class StatusNotifier:
         #: held by every (un)subscribe and by the reader while it replaces the pub/sub connection
         self._lock = asyncio.Lock()
 
-    async def register(self, channel: str) -> asyncio.Event:
+    async def register(self, channel: str) -> Hint:
         """An event set when ``channel`` announces a change (or whenever a re-check is due)."""
-        event = asyncio.Event()
+        event = Hint()
         waiters = self._waiters.setdefault(channel, set())
         waiters.add(event)
         if len(waiters) == 1:
@@ -76,7 +83,7 @@ class StatusNotifier:
                 self._reader = asyncio.get_running_loop().create_task(self._read())
         return event
 
-    async def unregister(self, channel: str, event: asyncio.Event) -> None:
+    async def unregister(self, channel: str, event: Hint) -> None:
         """Forget ``event``; a channel without waiters is unsubscribed with the next batch."""
         waiters = self._waiters.get(channel)
         if waiters is None:
@@ -123,6 +130,7 @@ class StatusNotifier:
     def _wake_all(self) -> None:
         for waiters in self._waiters.values():
             for event in waiters:
+                event.status = None
                 event.set()
 
     async def _read(self) -> None:
@@ -154,7 +162,9 @@ class StatusNotifier:
             channel = msg.get("channel")
             if isinstance(channel, bytes):
                 channel = channel.decode(errors="replace")
+            data = msg.get("data")
             for event in self._waiters.get(str(channel), ()):
+                event.status = data if isinstance(data, bytes) else None
                 event.set()
 
     async def close(self) -> None:
