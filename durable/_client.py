@@ -37,11 +37,11 @@ if TYPE_CHECKING:
     from ._store.notify import StatusNotifier
 
 
-def _started(state: OrchestrationState) -> bool:
+def is_started(state: OrchestrationState) -> bool:
     return state.runtime_status != OrchestrationStatus.PENDING
 
 
-def _finished(state: OrchestrationState) -> bool:
+def is_finished(state: OrchestrationState) -> bool:
     return state.runtime_status.is_terminal
 
 
@@ -299,13 +299,13 @@ class AsyncClient(AsyncQueries, AsyncScheduleMethods):
         self, instance_id: str, *, timeout: float = 60
     ) -> OrchestrationState:
         """Wait until the instance has left PENDING; raises TimeoutError."""
-        return await self._wait(instance_id, timeout, _started, cannot_end=NOT_STARTED)
+        return await self._wait(instance_id, timeout, is_started, cannot_end=NOT_STARTED)
 
     async def wait_for_orchestration_completion(
         self, instance_id: str, *, timeout: float = 60
     ) -> OrchestrationState:
         """Wait until the instance completed, failed or was terminated; raises TimeoutError."""
-        return await self._wait(instance_id, timeout, _finished, cannot_end=NOT_FINISHED)
+        return await self._wait(instance_id, timeout, is_finished, cannot_end=NOT_FINISHED)
 
     async def _send(self, instance_id: str, body: dict[str, Any]) -> None:
         store = await self._get_store()

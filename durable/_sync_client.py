@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from ._client import NOT_FINISHED, NOT_STARTED, AsyncClient, _finished, _started
+from ._client import NOT_FINISHED, NOT_STARTED, AsyncClient, is_finished, is_started
 from ._config import resolve_url
 from ._core.entities import EntityId, EntityState
 from ._core.model import OrchestrationState, OrchestrationStatus
@@ -156,6 +156,7 @@ class Client(SyncQueries, ScheduleMethods):
         version: str | None = None,
     ) -> str:
         """See :meth:`AsyncClient.schedule_new_orchestration`."""
+        start = self._async._prepare_start(orchestrator, input, instance_id, start_at, tags, version)
         got = self._direct_store()
         if got is None or got[1].strict_wait is not None:  # strict: the loop's path waits for replicas
             return str(
@@ -170,7 +171,6 @@ class Client(SyncQueries, ScheduleMethods):
                 )
             )
         direct, store = got
-        start = self._async._prepare_start(orchestrator, input, instance_id, start_at, tags, version)
         with start.span() as traceparent:
             ok = direct.start_instance(*store.start_call(*start.call(traceparent)))
         return start.result(ok)
@@ -188,13 +188,13 @@ class Client(SyncQueries, ScheduleMethods):
 
     def wait_for_orchestration_start(self, instance_id: str, *, timeout: float = 60) -> OrchestrationState:
         """See :meth:`AsyncClient.wait_for_orchestration_start`."""
-        return self._wait(instance_id, timeout, _started, NOT_STARTED)
+        return self._wait(instance_id, timeout, is_started, NOT_STARTED)
 
     def wait_for_orchestration_completion(
         self, instance_id: str, *, timeout: float = 60
     ) -> OrchestrationState:
         """See :meth:`AsyncClient.wait_for_orchestration_completion`."""
-        return self._wait(instance_id, timeout, _finished, NOT_FINISHED)
+        return self._wait(instance_id, timeout, is_finished, NOT_FINISHED)
 
     def raise_orchestration_event(self, instance_id: str, event_name: str, *, data: Any = None) -> None:
         """See :meth:`AsyncClient.raise_orchestration_event`."""
