@@ -12,10 +12,8 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -28,6 +26,7 @@ sys.path.insert(0, str(HERE))
 
 import model  # noqa: E402
 from benchlib import Results, log, median  # noqa: E402
+from machine import load_average, machine_facts  # noqa: E402
 
 ALL_PEERS = ["dbos", "restate", "temporal", "celery", "arq"]
 DURABLE_PEERS = ["dbos", "restate", "temporal"]  # durable-execution systems (celery/arq are job queues)
@@ -114,57 +113,6 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out)
-
-
-# -- machine facts ------------------------------------------------------------------------------
-def machine_facts() -> dict[str, str]:
-    facts: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                facts["CPU"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        facts["CPU"] = platform.processor() or "?"
-    facts["cores"] = str(os.cpu_count())
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        facts["RAM"] = f"{kb / 2**20:.1f} GiB"
-    except (OSError, ValueError, IndexError):
-        facts["RAM"] = "?"
-    facts["OS"] = f"{platform.system()} {platform.release()}"
-    facts["Python"] = platform.python_version()
-    try:
-        from durable._embedded import find_redis_server
-
-        out = subprocess.run([find_redis_server(), "--version"], capture_output=True, text=True).stdout
-        facts["Redis"] = out.split("v=")[1].split()[0] if "v=" in out else out.strip()
-    except Exception:
-        facts["Redis"] = "?"
-    try:
-        import redis
-
-        facts["redis-py"] = redis.__version__
-    except Exception:
-        pass
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "durable"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        facts["durable commit"] = rev + (" + uncommitted changes in durable/" if dirty else "")
-    except OSError:
-        pass
-    return facts
-
-
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -547,7 +495,9 @@ METHOD = """\
   benchmark process. On 2 cores throughput cannot show added capacity; the cost can: CPU ms per step
   = CPU of all worker processes plus every redis-server over the burst / steps, and its ratio to
   1 worker on standalone Redis (target: within 15%). Redis commands per step are INFO commandstats
-  deltas (script-internal calls included).
+  deltas (script-internal calls included): they count the coordination itself, while CPU time per
+  step also rises when more processes than cores take turns on the machine (each resumes with
+  cold caches), whatever they coordinate.
 - **Model of the limit**: W1's per-step costs (worker and Redis CPU from /proc; Redis commands from
   INFO commandstats; bytes from INFO stats total_net_input_bytes/total_net_output_bytes, over the
   burst) scaled by W7's cost ratios to 16 worker cores and a 3-node cluster; the assumptions are
