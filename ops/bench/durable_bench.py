@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 
 import redis
 from benchlib import Results, latency_stats, log, rss_bytes, spawn, stop
+from costs import ClusterRedis, measure_burst
+from sync_client import w1_sync
 
 from durable import AsyncClient, Client, OrchestrationStatus, WorkerConfig
 from durable._embedded import EmbeddedRedis
@@ -58,14 +60,16 @@ class Sizes:
     w6_completed: int
     w7_workers: tuple[int, ...]
     w7_orchestrations: int
+    #: W7 also runs W1 on a 3-node Redis Cluster (one worker) against standalone
+    w7_cluster: bool = True
 
     @classmethod
     def full(cls) -> Sizes:
-        return cls(500, 5, 1000, 200, 20_000, 1000, 4, (1000, 5000, 20_000), 100_000, 1000, (1, 2, 4), 500)
+        return cls(500, 5, 1000, 200, 20_000, 1000, 4, (1000, 5000, 20_000), 100_000, 1000, (1, 2, 4, 8), 500)
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(100, 5, 200, 50, 2000, 100, 2, (50, 200, 1000), 5000, 200, (1, 2, 4), 100)
+        return cls(100, 5, 200, 50, 2000, 100, 2, (50, 200, 1000), 5000, 200, (1, 2), 100)
 
 
 def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
@@ -73,15 +77,30 @@ def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
 
 
 class Cluster:
-    """One redis-server plus N worker processes of one hub."""
+    """One redis-server (or, with ``nodes``, a Redis Cluster of that many primaries) plus N worker
+    processes of one hub."""
 
-    def __init__(self, workdir: Path, profile: str, name: str, *, cache_size: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, profile: str, name: str, *, cache_size: int | None = None, nodes: int = 0
+    ) -> None:
         self.dir = workdir / f"{name}-{profile}-{uuid.uuid4().hex[:6]}"
         self.profile = profile
         self.hub = "bench"
         self.cache_size = cache_size
-        self.redis = EmbeddedRedis(self.dir / "redis", **PROFILES[profile])
+        self.redis: EmbeddedRedis | ClusterRedis = (
+            ClusterRedis(self.dir / "redis", nodes, **PROFILES[profile])  # type: ignore[arg-type]
+            if nodes
+            else EmbeddedRedis(self.dir / "redis", **PROFILES[profile])  # type: ignore[arg-type]
+        )
         self.workers: list[tuple[subprocess.Popen[Any], Path]] = []
+
+    @property
+    def redis_pids(self) -> list[int]:
+        return self.redis.pids if isinstance(self.redis, ClusterRedis) else [self.redis.pid]
+
+    @property
+    def redis_urls(self) -> list[str]:
+        return self.redis.urls if isinstance(self.redis, ClusterRedis) else [self.redis.url]
 
     @property
     def url(self) -> str:
@@ -199,48 +218,24 @@ def _burst_sync(cluster: Cluster, count: int, steps: int) -> tuple[float, float,
     return _run(lambda: _burst(cluster.client_url, cluster.hub, count, steps))
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def _sequential_sync(url: str, hub: str, count: int, steps: int) -> float:
-    """W1 from the synchronous Client as a new user writes it: ``count`` starts one after another,
-    then ``count`` waits one after another; activity steps/s."""
-    with Client(url, hub=hub) as client:
-        client.get_orchestration_state("bench-warm-up")
-        t0 = time.perf_counter()
-        ids = [client.schedule_new_orchestration("chain", input=steps) for _ in range(count)]
-        for state in [client.wait_for_orchestration_completion(iid, timeout=600) for iid in ids]:
-            if state.runtime_status != OrchestrationStatus.COMPLETED:
-                raise RuntimeError(f"chain {state.instance_id} ended {state.runtime_status}")
-        return count * steps / (time.perf_counter() - t0)
-
-
 def w1(cluster: Cluster, res: Results, sizes: Sizes, reps: int, key: str = "W1") -> None:
-    """W1 from the AsyncClient (all at once), then from the Client (sequential waits); CPU per
-    step of the workers, Redis and this process (the client)."""
-    pids = [*cluster.worker_pids(), cluster.redis.pid, os.getpid()]
-    steps = sizes.w1_orchestrations * sizes.w1_steps
-    for variant in [v for _ in range(reps) for v in (key, f"{key}sync")]:
-        cpu0, latency = [cpu_seconds(p) for p in pids], ""
-        if variant == key:
-            steps_s, p50, p99 = _burst_sync(cluster, sizes.w1_orchestrations, sizes.w1_steps)
-            res.add(variant, "p50_ms", p50)
-            res.add(variant, "p99_ms", p99)
-            latency = f", p50 {p50:.0f} ms, p99 {p99:.0f} ms"
-        else:
-            steps_s = _sequential_sync(cluster.url, cluster.hub, sizes.w1_orchestrations, sizes.w1_steps)
-        cpu = [(b - a) * 1000 / steps for a, b in zip(cpu0, [cpu_seconds(p) for p in pids], strict=True)]
-        res.add(variant, "worker_cpu_ms_per_step", sum(cpu[:-2]))
-        res.add(variant, "redis_cpu_ms_per_step", cpu[-2])
-        res.add(variant, "client_cpu_ms_per_step", cpu[-1])
-        res.add(variant, "steps_s", steps_s)
-        log(f"  {variant}: {steps_s:.0f} steps/s{latency}, client CPU {cpu[-1]:.3f} ms/step")
+    for _ in range(reps):
+        m = measure_burst(
+            cluster.worker_pids(),
+            cluster.redis_pids,
+            cluster.redis_urls,
+            lambda: _burst_sync(cluster, sizes.w1_orchestrations, sizes.w1_steps),
+            sizes.w1_orchestrations * sizes.w1_steps,
+        )
+        for metric, value in m.items():
+            if metric != "redis_max_node_cpu_ms_per_step":
+                res.add(key, metric, value)
+        log(
+            f"  {key}: {m['steps_s']:.0f} steps/s, p50 {m['p50_ms']:.0f} ms, p99 {m['p99_ms']:.0f} ms; "
+            f"CPU ms/step worker {m['worker_cpu_ms_per_step']:.3f}, Redis {m['redis_cpu_ms_per_step']:.3f}; "
+            f"{m['commands_per_step']:.1f} Redis commands, "
+            f"{m['net_in_bytes_per_step'] + m['net_out_bytes_per_step']:.0f} bytes per step"
+        )
 
 
 def w2(cluster: Cluster, res: Results, sizes: Sizes, reps: int) -> None:
@@ -560,6 +555,7 @@ def _run_profile(
             if "W1" in workloads:
                 log(f"durable/{profile}: W1 chain {sizes.w1_orchestrations} x {sizes.w1_steps}")
                 w1(cluster, res, sizes, reps)
+                w1_sync(cluster, res, sizes, reps)
             if "W2" in workloads:
                 log(f"durable/{profile}: W2 fan-out {sizes.w2_fanout}")
                 w2(cluster, res, sizes, reps)
@@ -592,15 +588,3 @@ def _run_profile(
 def run_w6(workdir: Path, profile: str, sizes: Sizes, res: Results) -> None:
     log(f"durable/{profile}: W6 footprint ({sizes.w6_instances} waiting instances)")
     w6(workdir, res, sizes, profile)
-
-
-def run_w7(workdir: Path, profile: str, sizes: Sizes, reps: int, res: Results) -> None:
-    for n in sizes.w7_workers:
-        log(f"durable/{profile}: W7 W1 with {n} worker process(es)")
-        with Cluster(workdir, profile, f"w7-{n}") as cluster:
-            cluster.start_workers(n)
-            _warm(cluster)
-            for _ in range(reps):
-                steps_s, _, _ = _burst_sync(cluster, sizes.w7_orchestrations, sizes.w1_steps)
-                res.add("W7", f"steps_s_{n}w", steps_s)
-                log(f"  W7 {n} workers: {steps_s:.0f} steps/s")
