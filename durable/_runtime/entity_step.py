@@ -23,12 +23,11 @@ from .._core.entities import (
     DEFAULT_DEDUP_SECONDS,
     DEFAULT_DEDUP_WINDOW,
     MSG_SWEEP,
-    BatchResult,
-    EntityBatch,
     EntityId,
     EntityRecord,
     held_locks,
 )
+from .._core.entity_batch import BatchResult, EntityBatch
 from .._core.registry import capability
 from .._core.remote_entities import RemoteEntityBatch
 from .._core.serialization import pack_record
@@ -221,13 +220,13 @@ class EntityHalf:
             step.plan.timers.append((at, member, pack_record(msg)))
         st.dead.extend(result.dead)
         step.notes.extend(result.notes)
-        for _ in range(result.duplicates):
-            self.metrics.duplicate_dropped()
+        if result.duplicates:
+            self.metrics.duplicate_dropped(result.duplicates)
         if known:
-            for _ in range(result.completed):
-                self.metrics.entity_operation(entity_id.name, "completed")
-            for _ in range(result.failed):
-                self.metrics.entity_operation(entity_id.name, "failed")
+            if result.completed:
+                self.metrics.entity_operation(entity_id.name, "completed", result.completed)
+            if result.failed:
+                self.metrics.entity_operation(entity_id.name, "failed", result.failed)
         for op, details in result.signal_failures:
             log.warning(
                 "%s: signalled operation %r failed: %s: %s", target, op, details.error_type, details.message

@@ -10,11 +10,11 @@ from durable import Entity, EntityContext, EntityId, OrchestrationStatus
 from durable._core import events as ev
 from durable._core.entities import (
     MSG_SWEEP,
-    EntityBatch,
     EntityRecord,
     held_locks,
     sort_entities,
 )
+from durable._core.entity_batch import EntityBatch
 from durable._core.executor import OrchestrationExecutor
 from durable._core.registry import name_of
 from durable._core.serialization import decode, encode
