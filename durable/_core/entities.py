@@ -273,6 +273,29 @@ class Entity:
 _BASE_MEMBERS = frozenset(n for n in vars(Entity) if n != "delete")
 
 
+#: bytes per remembered request id (unix seconds, fingerprint)
+RECENT_SIZE = _RECENT.size
+
+
+def recent_since(ids: bytes, oldest: int) -> bytes:
+    """The records of ``ids`` (oldest first) after the leading ones older than unix second
+    ``oldest`` (a record that is out of order is kept until the ones before it go)."""
+    at, end = 0, len(ids) - RECENT_SIZE
+    while at <= end and _RECENT.unpack_from(ids, at)[0] < oldest:
+        at += RECENT_SIZE
+    return ids[at:] if at else ids
+
+
+def has_recent(ids: bytes, fp: bytes) -> bool:
+    """Whether fingerprint ``fp`` is among the records of ``ids``."""
+    i = ids.find(fp, 4)
+    while i >= 0:
+        if i % RECENT_SIZE == 4:  # a fingerprint, not bytes straddling two records
+            return True
+        i = ids.find(fp, i + 1)
+    return False
+
+
 def fingerprint(request_id: str) -> bytes:
     """The fixed-size digest under which a request id is remembered for de-duplication."""
     return hashlib.blake2b(request_id.encode(), digest_size=_FINGERPRINT_BYTES).digest()
@@ -296,7 +319,8 @@ class EntityRecord:
     state: bytes | None = None
     lock: list[str] | None = None
     queue: list[dict[str, Any]] = field(default_factory=list)
-    recent: list[tuple[int, bytes]] = field(default_factory=list)
+    #: the recent request ids as stored (the ``r`` field; see :attr:`recent`)
+    recent_ids: bytes = b""
     #: operations of a remotely executed entity: waiting, or out in a work item (see remote_entities)
     remote: list[Any] = field(default_factory=list)
     modified: int = 0
@@ -317,7 +341,7 @@ class EntityRecord:
             rec.lock = list(unpack_record(raw)) if raw else None
             raw = control.get(b"q")
             rec.queue = list(unpack_record(raw)) if raw else []
-            rec.recent = list(_RECENT.iter_unpack(control.get(b"r", b"")))
+            rec.recent_ids = control.get(b"r", b"")
             raw = control.get(b"x")
             rec.remote = list(unpack_record(raw)) if raw else []
             rec.control_version = int(control.get(b"v", b"0"))
@@ -325,6 +349,15 @@ class EntityRecord:
             raw = control.get(b"p")
             rec.parked = list(unpack_record(raw)) if raw else []
         return rec
+
+    @property
+    def recent(self) -> list[tuple[int, bytes]]:
+        """The recent request ids as (unix seconds, fingerprint), oldest first (a copy)."""
+        return list(_RECENT.iter_unpack(self.recent_ids))
+
+    @recent.setter
+    def recent(self, value: Iterable[tuple[int, bytes]]) -> None:
+        self.recent_ids = b"".join(_RECENT.pack(ts, fp) for ts, fp in value)
 
     def main_fields(self) -> dict[str, bytes]:
         """The entity hash's fields (an empty value means 'none')."""
@@ -335,7 +368,7 @@ class EntityRecord:
         fields = {
             "l": pack_record(self.lock) if self.lock else b"",
             "q": pack_record(self.queue) if self.queue else b"",
-            "r": b"".join(_RECENT.pack(ts, fp) for ts, fp in self.recent),
+            "r": self.recent_ids,
             "x": pack_record(self.remote) if self.remote else b"",
         }
         if self.work or self.parked:  # only while a batch runs elsewhere

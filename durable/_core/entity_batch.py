@@ -26,11 +26,14 @@ from .entities import (
     DEFAULT_DEDUP_SECONDS,
     DEFAULT_DEDUP_WINDOW,
     MSG_SWEEP,
+    RECENT_SIZE,
     Entity,
     EntityContext,
     EntityId,
     EntityRecord,
     fingerprint,
+    has_recent,
+    recent_since,
 )
 from .model import FailureDetails, is_interrupt
 from .serialization import decode, encode
@@ -182,10 +185,10 @@ class EntityBatch:
         self.now_ms = now_ms
         self.window = window
         self._now_s = now_ms // 1000
-        expired = self._now_s - dedup_seconds
-        if record.recent and record.recent[0][0] <= expired:
-            record.recent = [r for r in record.recent if r[0] > expired]
-        self._seen = {fp for _, fp in record.recent}
+        # the request ids the entity remembers: the stored ones still within ``dedup_seconds``
+        # (searched in place), and the ones this batch adds (``_added``, in order)
+        self._ids = recent_since(record.recent_ids, self._now_s - dedup_seconds + 1)
+        self._added: dict[bytes, None] = {}
         self._ctx = EntityContext(entity_id, now_ms)
         self.result = BatchResult()
 
@@ -220,8 +223,11 @@ class EntityBatch:
                 self._lock(msg)
             else:
                 self._apply(msg)
-        if len(rec.recent) > self.window:
-            del rec.recent[: len(rec.recent) - self.window]
+        ids = self._ids
+        if self._added:
+            stamp = self._now_s.to_bytes(4, "big")
+            ids += b"".join(stamp + fp for fp in self._added)
+        rec.recent_ids = ids[-self.window * RECENT_SIZE :] if self.window > 0 else b""
         return self.result
 
     # -- locks -----------------------------------------------------------------------------------
@@ -269,7 +275,7 @@ class EntityBatch:
         self.result.dead.append((msg, reason, kind))
 
     def _apply(self, msg: dict[str, Any]) -> None:
-        rec, result = self.record, self.result
+        result = self.result
         kind = msg["kind"]
         op = str(msg.get("op", ""))
         if self._missing():
@@ -280,17 +286,12 @@ class EntityBatch:
                 self._dead(msg, reason, "unknown_entity")
             return
         request_id = msg.get("id")
-        if isinstance(request_id, str) and request_id:
+        if request_id and isinstance(request_id, str):
             fp = fingerprint(request_id)
-            if fp in self._seen:
+            if fp in self._added or has_recent(self._ids, fp):
                 result.duplicates += 1
                 return
-            self._seen.add(fp)
-            rec.recent.append((self._now_s, fp))
-            if len(rec.recent) > 2 * self.window:
-                for _, old in rec.recent[: -self.window]:
-                    self._seen.discard(old)
-                del rec.recent[: -self.window]
+            self._added[fp] = None
         self._execute(msg, kind, op)
 
     def _missing(self) -> bool:
