@@ -148,6 +148,8 @@ class BatchResult:
     signal_failures: list[tuple[str, FailureDetails]] = field(default_factory=list)
     #: observations of the operations that succeeded, for the metrics (see EntityContext._note)
     notes: list[tuple[str, Any]] = field(default_factory=list)
+    #: a sweep message (the timer that forgets expired request ids) was among the batch's
+    swept: bool = False
 
 
 def _persistable(msg: dict[str, Any]) -> dict[str, Any]:
@@ -206,6 +208,7 @@ class EntityBatch:
                 self._unlock(msg, work)
                 continue
             if kind == MSG_SWEEP:
+                self.result.swept = True
                 continue  # expired request ids were dropped when the batch started
             if kind not in (ev.MSG_SIGNAL, ev.MSG_CALL, ev.MSG_LOCK):
                 self._dead(msg, f"unexpected message kind {kind!r} for entity {self.target}", "bad_message")
