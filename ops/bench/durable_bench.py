@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
-from benchlib import Results, latency_stats, log, rss_bytes, spawn, stop
+from benchlib import Results, cpu_seconds, latency_stats, log, rss_bytes, spawn, stop
 from costs import ClusterRedis, measure_burst
 
 from durable import AsyncClient, Client, OrchestrationStatus, WorkerConfig
