@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from _cluster import RedisClusterServers
 from _poll import wait_until
 
 from durable import AsyncClient, Client, EntityContext, EntityId, EntitySignal, Worker, WorkerConfig
@@ -91,3 +93,19 @@ def test_async_batch_and_bad_ids(worker: Worker, redis_url: str, hub: str, clien
         assert len(set(ids)) == 50
         wait_until(lambda: _state(client, "@log@async") == list(range(50)), 30, "the async batch")
         assert client.get_entity("@log@ok") is None  # the bad item stopped the call before any send
+
+
+def test_signal_entities_on_redis_cluster(tmp_path: Path, hub: str) -> None:
+    """The batch send and the entity loads go through redis-py's cluster pipeline there."""
+    servers = RedisClusterServers(tmp_path / "cluster").start()
+    try:
+        worker = Worker(servers.url, hub=hub, config=WorkerConfig(balance_interval_ms=100, poll_ms=200))
+        worker.add_entity(log)
+        with worker, Client(servers.url, hub=hub) as c:
+            c.signal_entities([(f"@log@k{i % 10}", "append", i) for i in range(100)])
+            c.signal_entity("@log@k0", "append", input="single")
+            for k in range(10):
+                expected = [*range(k, 100, 10), *(["single"] if k == 0 else [])]
+                wait_until(lambda k=k, e=expected: _state(c, f"@log@k{k}") == e, 60, f"the signals to k{k}")
+    finally:
+        servers.kill()
