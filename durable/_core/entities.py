@@ -115,6 +115,7 @@ class EntityContext:
     def __init__(self, entity_id: EntityId, now_ms: int) -> None:
         self._entity_id = entity_id
         self._now_ms = now_ms
+        self._state_what = f"state of entity {entity_id}"  # names the state in encoding errors
         self._operation = ""
         self._state: bytes | None = None
         self._value: Any = None
@@ -228,7 +229,7 @@ class EntityContext:
     def _finish(self) -> tuple[bytes | None, bool]:
         """The state after the operation (encoded) and whether it was deleted."""
         if self._dirty:
-            return encode(self._value, what=f"state of entity {self._entity_id}"), False
+            return encode(self._value, what=self._state_what), False
         return self._state, self._deleted
 
 
