@@ -36,7 +36,7 @@ ACTIVITY_OPTIONS = ("to", "hbt", "call", "attempt", "hb")
 LIVE = (OrchestrationStatus.RUNNING, OrchestrationStatus.SUSPENDED)
 
 
-@dataclass
+@dataclass(slots=True)
 class Instance:
     """The cached view of one orchestration instance in its owning partition."""
 
@@ -55,8 +55,8 @@ class Instance:
     tags: str = ""
     #: the trace context its start message carried (the parent of its orchestration span)
     traceparent: str | None = None
-    #: events raised before a scheduled start ran: delivered right after it starts
-    pending_events: list[ev.Event] = field(default_factory=list)
+    #: events raised before a scheduled start ran (``pending_events``; None: none)
+    _pending: list[ev.Event] | None = None
     #: set while the instance's code runs in a remote executor (a Durable Task SDK: ``remote.py``)
     remote: RemoteState | None = None
     #: read for a lifecycle command of this step while the instance is not running
@@ -66,10 +66,33 @@ class Instance:
     #: the work item of a step delegated to a worker that has its version ("" none): messages
     #: wait meanwhile ...
     delegated: str = ""
-    #: ... here, in arrival order
-    parked: list[Message] = field(default_factory=list)
+    #: ... here, in arrival order (``parked``; None: none)
+    _parked: list[Message] | None = None
     #: the recorded history of an execution whose code this worker lacks (None: runs here, or none)
     delegated_history: list[ev.Event] | None = None
+
+    # the two lists are rarely used: a cached instance holds None instead of two empty lists
+    @property
+    def pending_events(self) -> list[ev.Event]:
+        """Events raised before a scheduled start ran: delivered right after it starts."""
+        if self._pending is None:
+            self._pending = []
+        return self._pending
+
+    @pending_events.setter
+    def pending_events(self, events: list[ev.Event]) -> None:
+        self._pending = events or None
+
+    @property
+    def parked(self) -> list[Message]:
+        """The messages that wait for a delegated step's outcome, in arrival order."""
+        if self._parked is None:
+            self._parked = []
+        return self._parked
+
+    @parked.setter
+    def parked(self, messages: list[Message]) -> None:
+        self._parked = messages or None
 
     @property
     def running(self) -> bool:
@@ -168,7 +191,7 @@ def check_history_size(
     """Warn about a long history; fail the execution past the limit."""
     if result.status.is_terminal:
         return result
-    size = len(executor.history)
+    size = executor.history_len
     if size > cfg.history_max_events:
         details = FailureDetails(
             f"orchestration {iid!r} has {size} history events, more than the limit of "
