@@ -89,10 +89,7 @@ class OrchestrationExecutor:
         "_suspended",
         "_suspended_buffer",
         "ctx",
-        "instance_id",
-        "name",
         "replay_failed_at",
-        "version",
     )
 
     def __init__(
@@ -109,7 +106,6 @@ class OrchestrationExecutor:
         name and version instead (the worker's registry). ``strict`` replay also compares the
         inputs, timer times and target ids of scheduling events with what the code produces, so
         a random or clock-dependent value surfaces as non-determinism (tests use it)."""
-        self.instance_id = instance_id
         #: the events not packed yet (those of the current step, or all once thawed)
         self._history: list[ev.Event] = []
         #: the events of earlier steps, packed, one chunk per step (None: none packed; one chunk
@@ -120,8 +116,6 @@ class OrchestrationExecutor:
         self._resolve = resolve
         self._resolve_version = resolve_version
         self._strict = strict
-        #: the version this execution is pinned to (known once ExecutionStarted is applied)
-        self.version = UNVERSIONED
         self._replaying: Sequence[ev.Event] = ()
         self._replay_pos = 0
         #: where replay found the code at odds with the history (index into it), if it did
@@ -135,7 +129,21 @@ class OrchestrationExecutor:
         self._suspended_buffer: list[ev.Event] | None = None
         self._done = False
         self._replay_error: NonDeterminismError | None = None
-        self.name = ""
+
+    # the id, name and version live in the context (one copy per cached instance)
+    @property
+    def instance_id(self) -> str:
+        return self.ctx._instance_id
+
+    @property
+    def name(self) -> str:
+        """The orchestrator's name (known once ExecutionStarted is applied)."""
+        return self.ctx._name
+
+    @property
+    def version(self) -> str:
+        """The version this execution is pinned to (known once ExecutionStarted is applied)."""
+        return self.ctx._version
 
     @property
     def history(self) -> list[ev.Event]:
@@ -380,12 +388,11 @@ class OrchestrationExecutor:
         ctx = self.ctx
         if kind == ev.EVENT_RAISED:
             key = str(event["name"]).casefold()
-            waiters = ctx._event_waiters.get(key)
-            if waiters:
-                waiter = waiters.pop(0)
-                if not waiters:
-                    del ctx._event_waiters[key]
-                waiter.complete_with_payload(event.get("input"))
+            waiters = ctx._event_waiters
+            i = next((i for i, w in enumerate(waiters) if w.event_key == key), -1)
+            if i >= 0:
+                ctx._event_waiters = waiters[:i] + waiters[i + 1 :]
+                waiters[i].complete_with_payload(event.get("input"))
             else:
                 if ctx._received_events is NOTHING:
                     ctx._received_events = {}
@@ -469,7 +476,7 @@ class OrchestrationExecutor:
         action.update(event)
 
     def _start(self, event: ev.Event) -> None:
-        self.name = sys.intern(str(event["name"]))  # one string per orchestrator name, not per instance
+        self.ctx._name = sys.intern(str(event["name"]))  # one string per orchestrator name
         # a history recorded before versions existed has no "ver": it is unversioned; a new
         # execution without a pinned version (None) is pinned now, to the newest registered one
         requested: str | None = event.get("ver", UNVERSIONED)
@@ -481,7 +488,7 @@ class OrchestrationExecutor:
             version, fn = requested or UNVERSIONED, self._resolve(self.name)
         if "ver" in event:
             event["ver"] = version  # recorded in history: the instance keeps it for life
-        self.version = self.ctx._version = version
+        self.ctx._version = version
         if fn is None:
             label = f" version {version!r}" if version else ""
             self._finish(
@@ -495,7 +502,6 @@ class OrchestrationExecutor:
             return
         parent = event.get("parent")
         self.ctx._parent_instance_id = parent.get("iid") if isinstance(parent, dict) else None
-        self.ctx._name = self.name
         try:
             value = rebuild(
                 decode(event.get("input")), input_type(fn), f"input of orchestration {self.name!r}"

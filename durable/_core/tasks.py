@@ -108,6 +108,17 @@ class CompletableTask(Task[T]):
         self._set_failure(TaskFailedError(message, details))
 
 
+class EventTask(CompletableTask[T]):
+    """A wait for an external event: it carries the (casefolded) event name it waits for, so the
+    context keeps its waiters in one list rather than in a map of lists."""
+
+    __slots__ = ("event_key",)
+
+    def __init__(self, event_key: str, description: str = "", result_type: Any = None) -> None:
+        super().__init__(description, result_type)
+        self.event_key = event_key
+
+
 class RetryableTask(CompletableTask[T]):
     """An activity or sub-orchestration call with a retry policy; the context reschedules it."""
 
