@@ -90,8 +90,9 @@ class OrchestrationContext:
         self._open_tasks: dict[int, CompletableTask[Any]] = NOTHING
         #: retry timers, by timer task id
         self._retry_timers: dict[int, RetryableTask[Any]] = NOTHING
-        #: event waits, oldest first (a tuple, not a map of deques: 50 bytes for one, not 800)
-        self._event_waiters: tuple[EventTask[Any], ...] = ()
+        #: event waits: the one task, or a tuple of them, oldest first (no map of deques: a
+        #: waiting instance's wait costs its task alone, not 800 bytes more)
+        self._event_waiters: EventTask[Any] | tuple[EventTask[Any], ...] = ()
         #: events raised before the code waited for them, by casefolded name, oldest first
         self._received_events: dict[str, list[tuple[str, bytes | None]]] = NOTHING
         self._custom_status: bytes | None = None
@@ -317,8 +318,27 @@ class OrchestrationContext:
                 del self._received_events[key]
             task.complete_with_payload(data)
         else:
-            self._event_waiters = (*self._event_waiters, task)
+            waiters = self._event_waiters
+            if isinstance(waiters, tuple):
+                self._event_waiters = (*waiters, task) if waiters else task
+            else:
+                self._event_waiters = (waiters, task)
         return task
+
+    def _take_waiter(self, key: str) -> EventTask[Any] | None:
+        """The oldest wait for event ``key`` (casefolded), taken off the waiters; None if none."""
+        waiters = self._event_waiters
+        if not isinstance(waiters, tuple):
+            if waiters.event_key != key:
+                return None
+            self._event_waiters = ()
+            return waiters
+        for i, task in enumerate(waiters):
+            if task.event_key == key:
+                rest = waiters[:i] + waiters[i + 1 :]
+                self._event_waiters = rest[0] if len(rest) == 1 else rest
+                return task
+        return None
 
     def send_event(self, instance_id: str, event_name: str, *, data: Any = None) -> None:
         """Raise an event on another orchestration instance (one-way, durable)."""

@@ -12,7 +12,7 @@ import dataclasses
 import datetime as _dt
 import inspect
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,18 +74,14 @@ class OrchestrationExecutor:
         "_current",
         "_done",
         "_driver",
+        "_env",
         "_failure",
         "_frozen",
         "_frozen_len",
         "_history",
         "_output",
         "_replay_error",
-        "_replay_pos",
-        "_replaying",
-        "_resolve",
-        "_resolve_version",
         "_status",
-        "_strict",
         "_suspended",
         "_suspended_buffer",
         "ctx",
@@ -113,11 +109,8 @@ class OrchestrationExecutor:
         self._frozen: bytes | list[bytes] | None = None
         self._frozen_len = 0
         self.ctx = context_factory(instance_id, name_of)
-        self._resolve = resolve
-        self._resolve_version = resolve_version
-        self._strict = strict
-        self._replaying: Sequence[ev.Event] = ()
-        self._replay_pos = 0
+        #: (resolve, resolve_version, strict): one tuple shared by the executors of a worker
+        self._env = _shared_env(resolve, resolve_version, strict)
         #: where replay found the code at odds with the history (index into it), if it did
         self.replay_failed_at: int | None = None
         self._driver: Any = None  # generator or coroutine
@@ -208,38 +201,26 @@ class OrchestrationExecutor:
     def replay(self, history: list[ev.Event]) -> None:
         """Rebuild state from recorded history (a non-determinism error surfaces in the next step)."""
         self.ctx._is_replaying = True
-        self._replaying = history
-        self.ctx._marker_ahead = self._marker_ahead
+        cursor = _ReplayCursor(history)
+        self.ctx._marker_ahead = cursor.marker_ahead
         try:
             replayed = self.history  # (a fresh executor's: empty)
             for pos, event in enumerate(history):
-                self._replay_pos = pos
+                cursor.pos = pos
                 self._apply(event)
                 replayed.append(event)
-            self._replay_pos = len(history) - 1  # a leftover action: reported at the last event
+            cursor.pos = len(history) - 1  # a leftover action: reported at the last event
             if not history or history[-1].get("k") != ev.EXECUTION_COMPLETED:
                 self._check_replayed_all()
             self._freeze()
             self.ctx._compact()
         except NonDeterminismError as exc:
             self._replay_error = exc
-            self.replay_failed_at = self._replay_pos
+            self.replay_failed_at = cursor.pos
             self.history = list(history)
         finally:
             self.ctx._is_replaying = False
             self.ctx._marker_ahead = no_marker
-            self._replaying = ()
-
-    def _marker_ahead(self, patch_id: str) -> bool:
-        """Whether the recorded step being replayed holds the marker of ``patch_id``: the events
-        after the replay position, up to the next step's OrchestratorStarted."""
-        for event in self._replaying[self._replay_pos + 1 :]:
-            kind = event.get("k")
-            if kind == ev.ORCHESTRATOR_STARTED:
-                return False
-            if kind == ev.PATCH_MARKER and event.get("patch") == patch_id:
-                return True
-        return False
 
     def _check_replayed_all(self) -> None:
         """After a complete replay every action the code produced must be in the history: one
@@ -388,11 +369,9 @@ class OrchestrationExecutor:
         ctx = self.ctx
         if kind == ev.EVENT_RAISED:
             key = str(event["name"]).casefold()
-            waiters = ctx._event_waiters
-            i = next((i for i, w in enumerate(waiters) if w.event_key == key), -1)
-            if i >= 0:
-                ctx._event_waiters = waiters[:i] + waiters[i + 1 :]
-                waiters[i].complete_with_payload(event.get("input"))
+            waiter = ctx._take_waiter(key)
+            if waiter is not None:
+                waiter.complete_with_payload(event.get("input"))
             else:
                 if ctx._received_events is NOTHING:
                     ctx._received_events = {}
@@ -464,7 +443,7 @@ class OrchestrationExecutor:
                 f"orchestration {self.instance_id!r}: history records {_describe(event)} (task {tid}), "
                 f"but the code now schedules {_describe(action)}"
             )
-        if self._strict:
+        if self._env[2]:
             for key in _STRICT_FIELDS:
                 if key in event and action.get(key) != event[key]:
                     raise NonDeterminismError(
@@ -481,11 +460,12 @@ class OrchestrationExecutor:
         # execution without a pinned version (None) is pinned now, to the newest registered one
         requested: str | None = event.get("ver", UNVERSIONED)
         fn: OrchestratorFn | None
-        if self._resolve_version is not None:
-            found = self._resolve_version(self.name, requested)
+        resolve, resolve_version, _ = self._env
+        if resolve_version is not None:
+            found = resolve_version(self.name, requested)
             version, fn = found if found is not None else (requested or UNVERSIONED, None)
         else:
-            version, fn = requested or UNVERSIONED, self._resolve(self.name)
+            version, fn = requested or UNVERSIONED, resolve(self.name)
         if "ver" in event:
             event["ver"] = version  # recorded in history: the instance keeps it for life
         self.ctx._version = version
@@ -590,6 +570,45 @@ class OrchestrationExecutor:
             except BaseException as exc:
                 if is_interrupt(exc):
                     raise
+
+
+class _ReplayCursor:
+    """Where a replay is (for ``ctx.is_patched``): kept only while it runs."""
+
+    __slots__ = ("history", "pos")
+
+    def __init__(self, history: list[ev.Event]) -> None:
+        self.history = history
+        self.pos = 0
+
+    def marker_ahead(self, patch_id: str) -> bool:
+        """Whether the recorded step being replayed holds the marker of ``patch_id``: the events
+        after the replay position, up to the next step's OrchestratorStarted."""
+        for event in self.history[self.pos + 1 :]:
+            kind = event.get("k")
+            if kind == ev.ORCHESTRATOR_STARTED:
+                return False
+            if kind == ev.PATCH_MARKER and event.get("patch") == patch_id:
+                return True
+        return False
+
+
+_Env = tuple[Callable[[str], OrchestratorFn | None], VersionResolver | None, bool]
+_last_env: list[_Env] = []
+
+
+def _shared_env(
+    resolve: Callable[[str], OrchestratorFn | None], resolve_version: VersionResolver | None, strict: bool
+) -> _Env:
+    """The executor's lookups as one tuple, the same tuple as the previous executor's when they
+    are the same (a worker's are): a cached executor holds one reference, not three."""
+    if _last_env:
+        last = _last_env[0]
+        if last[0] is resolve and last[1] is resolve_version and last[2] == strict:
+            return last
+    env: _Env = (resolve, resolve_version, strict)
+    _last_env[:] = [env]
+    return env
 
 
 def _describe(event: ev.Event) -> str:
