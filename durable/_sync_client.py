@@ -13,7 +13,7 @@ import datetime as _dt
 import functools
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from ._client import NOT_FINISHED, NOT_STARTED, AsyncClient, is_finished, is_started
 from ._config import resolve_url
-from ._core.entities import EntityId, EntityState
+from ._core.entities import EntityId, EntitySignal, EntityState
 from ._core.model import OrchestrationState, OrchestrationStatus
 from ._core.serialization import is_blob_ref
 from ._loop import LoopThread
@@ -271,6 +271,10 @@ class Client(SyncQueries, ScheduleMethods):
                 signal_id=signal_id,
             )
         )
+
+    def signal_entities(self, signals: Iterable[EntitySignal | tuple[EntityId | str, str, Any]]) -> list[str]:
+        """See :meth:`AsyncClient.signal_entities`."""
+        return self._call(self._async.signal_entities, list(signals))  # type: ignore[no-any-return]
 
     def get_entity(self, entity_id: EntityId | str) -> EntityState | None:
         """See :meth:`AsyncClient.get_entity`."""
