@@ -126,11 +126,14 @@ class SidecarService(EntityRpcs, stubs.TaskHubSidecarServiceServicer):  # type: 
                     start_at=start_at,
                     tags=dict(request.tags) or None,
                     version=request.version.value if request.HasField("version") else None,
+                    replace=_reuse_policy(request),
                 )
         except OrchestrationAlreadyExistsError as exc:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except TimeoutError as exc:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
         return pb.CreateInstanceResponse(instanceId=iid)
 
     async def GetInstance(self, request: pb.GetInstanceRequest, context: Any) -> pb.GetInstanceResponse:
@@ -345,6 +348,16 @@ class SidecarService(EntityRpcs, stubs.TaskHubSidecarServiceServicer):  # type: 
         for start in range(0, len(history), _HISTORY_CHUNK):
             chunk = [_packed(e) for e in history[start : start + _HISTORY_CHUNK]]
             yield pb.HistoryChunk(events=[convert.history_event(e, iid) for e in chunk])
+
+
+def _reuse_policy(request: pb.CreateInstanceRequest) -> list[OrchestrationStatus] | None:
+    """The start's id reuse policy as the engine's ``replace``: the statuses it lists (none: an
+    existing instance is never replaced); without a policy, the engine's rule (finished ones).
+    A status the engine never gives an instance (CANCELED) matches nothing."""
+    if not request.HasField("orchestrationIdReusePolicy"):
+        return None
+    statuses = request.orchestrationIdReusePolicy.replaceableStatus
+    return [OrchestrationStatus(convert.STATUS_FROM_PB[s]) for s in statuses if s in convert.STATUS_FROM_PB]
 
 
 def _packed(event: dict[str, Any]) -> dict[str, Any]:
