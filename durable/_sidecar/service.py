@@ -26,9 +26,14 @@ log = logging.getLogger("durable.sidecar")
 
 #: the RPCs this sidecar answers with UNIMPLEMENTED, and why
 UNSUPPORTED: dict[str, str] = {
-    "CreateTaskHub": "a hub is created on first use; nothing to do",
-    "DeleteTaskHub": "delete a hub's keys in Redis (durable hub commands)",
-    "SkipGracefulOrchestrationTerminations": "not supported",
+    "DeleteTaskHub": (
+        "the engine never deletes a hub (a live worker or sidecar would go on writing to it, and "
+        "a hub's partition count must not change under it); stop its workers and sidecars, then "
+        "delete its keys (durable:{<hub>}:* and durable:{<hub>:NN}:*) in Redis, or use a new hub name"
+    ),
+    "SkipGracefulOrchestrationTerminations": (
+        "the engine has no graceful termination to skip: a terminate ends an instance at its next step"
+    ),
 }
 _PING_SECONDS = 30.0
 _REWIND_SECONDS = 30.0
@@ -107,6 +112,20 @@ class SidecarService(EntityRpcs, stubs.TaskHubSidecarServiceServicer):  # type: 
     async def AbandonTaskEntityWorkItem(self, request: Any, context: Any) -> Any:
         self.dispatcher.abandon(request.completionToken)
         return pb.AbandonEntityTaskResponse()
+
+    # -- hub RPCs ----------------------------------------------------------------------------------
+    async def CreateTaskHub(self, request: pb.CreateTaskHubRequest, context: Any) -> pb.CreateTaskHubResponse:
+        """The hub exists once this sidecar runs (its metadata is written again if it went
+        missing); recreating an existing hub would delete it, which the engine never does."""
+        if request.recreateIfExists:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"durable sidecar: hub {self.client.hub!r} exists and is not recreated: "
+                + UNSUPPORTED["DeleteTaskHub"],
+            )
+        if await self.dispatcher.store.restore_meta():
+            log.warning("hub %r had no metadata: written again", self.client.hub)
+        return pb.CreateTaskHubResponse()
 
     # -- client RPCs -------------------------------------------------------------------------------
     async def StartInstance(

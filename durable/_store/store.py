@@ -218,6 +218,16 @@ class Store(TaskStreams, WorkStreams):
         self.partitions = int(value)
         return self.partitions
 
+    async def restore_meta(self) -> bool:
+        """Write the hub's metadata again if it is missing (with the partition count in use, once
+        :meth:`ensure_hub` ran); True if it was missing."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hsetnx(self.keys.meta, "partitions", self.partitions or DEFAULT_PARTITIONS)
+        pipe.hsetnx(self.keys.meta, "format", FORMAT_VERSION)
+        pipe.hsetnx(self.keys.meta, "created", int(time.time() * 1000))
+        created, *_ = await pipe.execute()
+        return bool(created)
+
     def partition_keys(self, index: int) -> PartitionKeys:
         return self.keys.partition(index)
 
