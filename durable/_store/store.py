@@ -23,6 +23,7 @@ from .._config import ENV_AUDIT
 from .._core.serialization import BLOB_REF_PREFIX, is_blob_ref, pack_record, unpack_record
 from . import scripts as _scripts
 from .autopipe import AutoPipeline
+from .cluster_keys import StreamReadKeysParser
 from .errors import TypedScripts, typed_error
 from .keys import DEFAULT_PARTITIONS, FORMAT_VERSION, HubKeys, PartitionKeys, partition_of
 from .notify import StatusNotifier
@@ -194,6 +195,7 @@ class Store(TaskStreams, WorkStreams):
             max_connections=_MAX_CONNECTIONS,
             socket_timeout=_SOCKET_TIMEOUT,
         )
+        self.redis.commands_parser = StreamReadKeysParser()  # no COMMAND GETKEYS before stream reads
         await standalone.aclose()
         self._register(self.redis)
         self.cluster = True

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import redis
 from benchlib import Results, latency_stats, log, rss_bytes, spawn, stop
+from costs import ClusterRedis, measure_burst
 
 from durable import AsyncClient, Client, OrchestrationStatus, WorkerConfig
 from durable._embedded import EmbeddedRedis
@@ -58,14 +59,16 @@ class Sizes:
     w6_completed: int
     w7_workers: tuple[int, ...]
     w7_orchestrations: int
+    #: W7 also runs W1 on a 3-node Redis Cluster (one worker) against standalone
+    w7_cluster: bool = True
 
     @classmethod
     def full(cls) -> Sizes:
-        return cls(500, 5, 1000, 200, 20_000, 1000, 4, (1000, 5000, 20_000), 100_000, 1000, (1, 2, 4), 500)
+        return cls(500, 5, 1000, 200, 20_000, 1000, 4, (1000, 5000, 20_000), 100_000, 1000, (1, 2, 4, 8), 500)
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(100, 5, 200, 50, 2000, 100, 2, (50, 200, 1000), 5000, 200, (1, 2, 4), 100)
+        return cls(100, 5, 200, 50, 2000, 100, 2, (50, 200, 1000), 5000, 200, (1, 2), 100)
 
 
 def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
@@ -73,15 +76,30 @@ def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
 
 
 class Cluster:
-    """One redis-server plus N worker processes of one hub."""
+    """One redis-server (or, with ``nodes``, a Redis Cluster of that many primaries) plus N worker
+    processes of one hub."""
 
-    def __init__(self, workdir: Path, profile: str, name: str, *, cache_size: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, profile: str, name: str, *, cache_size: int | None = None, nodes: int = 0
+    ) -> None:
         self.dir = workdir / f"{name}-{profile}-{uuid.uuid4().hex[:6]}"
         self.profile = profile
         self.hub = "bench"
         self.cache_size = cache_size
-        self.redis = EmbeddedRedis(self.dir / "redis", **PROFILES[profile])
+        self.redis: EmbeddedRedis | ClusterRedis = (
+            ClusterRedis(self.dir / "redis", nodes, **PROFILES[profile])  # type: ignore[arg-type]
+            if nodes
+            else EmbeddedRedis(self.dir / "redis", **PROFILES[profile])  # type: ignore[arg-type]
+        )
         self.workers: list[tuple[subprocess.Popen[Any], Path]] = []
+
+    @property
+    def redis_pids(self) -> list[int]:
+        return self.redis.pids if isinstance(self.redis, ClusterRedis) else [self.redis.pid]
+
+    @property
+    def redis_urls(self) -> list[str]:
+        return self.redis.urls if isinstance(self.redis, ClusterRedis) else [self.redis.url]
 
     @property
     def url(self) -> str:
@@ -199,28 +217,24 @@ def _burst_sync(cluster: Cluster, count: int, steps: int) -> tuple[float, float,
     return _run(lambda: _burst(cluster.client_url, cluster.hub, count, steps))
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
 def w1(cluster: Cluster, res: Results, sizes: Sizes, reps: int, key: str = "W1") -> None:
-    pids = [*cluster.worker_pids(), cluster.redis.pid]
     for _ in range(reps):
-        cpu0 = [cpu_seconds(p) for p in pids]
-        steps_s, p50, p99 = _burst_sync(cluster, sizes.w1_orchestrations, sizes.w1_steps)
-        cpu1 = [cpu_seconds(p) for p in pids]
-        steps = sizes.w1_orchestrations * sizes.w1_steps
-        res.add(key, "worker_cpu_ms_per_step", (sum(cpu1[:-1]) - sum(cpu0[:-1])) * 1000 / steps)
-        res.add(key, "redis_cpu_ms_per_step", (cpu1[-1] - cpu0[-1]) * 1000 / steps)
-        res.add(key, "steps_s", steps_s)
-        res.add(key, "p50_ms", p50)
-        res.add(key, "p99_ms", p99)
-        log(f"  {key}: {steps_s:.0f} steps/s, p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+        m = measure_burst(
+            cluster.worker_pids(),
+            cluster.redis_pids,
+            cluster.redis_urls,
+            lambda: _burst_sync(cluster, sizes.w1_orchestrations, sizes.w1_steps),
+            sizes.w1_orchestrations * sizes.w1_steps,
+        )
+        for metric, value in m.items():
+            if metric != "redis_max_node_cpu_ms_per_step":
+                res.add(key, metric, value)
+        log(
+            f"  {key}: {m['steps_s']:.0f} steps/s, p50 {m['p50_ms']:.0f} ms, p99 {m['p99_ms']:.0f} ms; "
+            f"CPU ms/step worker {m['worker_cpu_ms_per_step']:.3f}, Redis {m['redis_cpu_ms_per_step']:.3f}; "
+            f"{m['commands_per_step']:.1f} Redis commands, "
+            f"{m['net_in_bytes_per_step'] + m['net_out_bytes_per_step']:.0f} bytes per step"
+        )
 
 
 def w2(cluster: Cluster, res: Results, sizes: Sizes, reps: int) -> None:
@@ -572,15 +586,3 @@ def _run_profile(
 def run_w6(workdir: Path, profile: str, sizes: Sizes, res: Results) -> None:
     log(f"durable/{profile}: W6 footprint ({sizes.w6_instances} waiting instances)")
     w6(workdir, res, sizes, profile)
-
-
-def run_w7(workdir: Path, profile: str, sizes: Sizes, reps: int, res: Results) -> None:
-    for n in sizes.w7_workers:
-        log(f"durable/{profile}: W7 W1 with {n} worker process(es)")
-        with Cluster(workdir, profile, f"w7-{n}") as cluster:
-            cluster.start_workers(n)
-            _warm(cluster)
-            for _ in range(reps):
-                steps_s, _, _ = _burst_sync(cluster, sizes.w7_orchestrations, sizes.w1_steps)
-                res.add("W7", f"steps_s_{n}w", steps_s)
-                log(f"  W7 {n} workers: {steps_s:.0f} steps/s")
