@@ -4,14 +4,15 @@ Pure, like the entity batch executor it extends. The partition owner still appli
 to such an entity itself (locks, the waiting queue, de-duplication, delayed signals are the
 engine's, exactly as for a native entity); only the operations themselves run elsewhere. An
 operation that passes the lock and de-duplication checks is appended to the entity's remote list
-(``EntityRecord.remote``: ``[token, sent, operations, handed out at]``) instead of being run. When
-no work item is out, the owner hands the waiting operations out as one work item (a fresh token; ``sent``: how
-many it carries). The executor's reply (:data:`MSG_REMOTE_RESULT`, with the token) comes back
-through the entity's partition inbox; the owner commits it only if its token is the outstanding
-one, so a late, repeated or abandoned reply changes nothing: the new state, the call responses
-and the messages the operations sent are committed together, exactly once. The observer hears of
-each operation of a committed reply (:meth:`OperationObserver.ran`: the worker's spans), with the
-work item's token, the operation's place in it and when the item was handed out.
+(``EntityRecord.remote``: ``[token, sent, operations, handed out at]``) instead of being run.
+When no work item is out, the owner hands the waiting operations out as one work item (a fresh
+token; ``sent``: how many it carries). The executor's reply (:data:`MSG_REMOTE_RESULT`, with
+the token) comes back through the entity's partition inbox; the owner commits it only if its
+token is the outstanding one, so a late, repeated or abandoned reply changes nothing: the new
+state, the call responses and the messages the operations sent are committed together, exactly
+once. The observer hears of each operation of a committed reply (:meth:`OperationObserver.ran`:
+the worker's spans), with the work item's token, the operation's place in it and when the item
+was handed out.
 
 Operations run in the order they were accepted; the messages an operation sends leave when its
 batch's reply is committed (after lock messages the entity handled meanwhile).
@@ -23,7 +24,7 @@ import uuid
 from typing import Any
 
 from . import events as ev
-from .entities import EntityBatch
+from .entity_batch import EntityBatch
 from .model import FailureDetails
 
 #: inbox message kind: an executor's reply to a work item (orchestration step or entity batch)

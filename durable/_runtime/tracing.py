@@ -372,8 +372,21 @@ class EntitySpans:
         self.spans.clear()
 
 
+def recording() -> bool:
+    """Whether spans go anywhere: OpenTelemetry is installed and the application has set a tracer
+    provider (until then the API's default provider records nothing, and starting a span per
+    entity operation only costs CPU)."""
+    if not ENABLED:
+        return False
+    return not isinstance(
+        _trace.get_tracer_provider(), _trace.ProxyTracerProvider | _trace.NoOpTracerProvider
+    )
+
+
 def entity_spans() -> EntitySpans | None:
-    return EntitySpans() if ENABLED else None
+    """The observer of one step's entity operations (None when no span would be recorded: the
+    executor then passes each message's trace context on to the messages it sends as is)."""
+    return EntitySpans() if recording() else None
 
 
 def run_after_commit(callbacks: list[Callable[[], None]]) -> None:

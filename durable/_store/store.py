@@ -8,6 +8,8 @@ keys of one partition (one hash tag), so the same code runs on Redis Cluster.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +20,7 @@ import redis
 import redis.asyncio as aredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._config import ENV_AUDIT
 from .._core.serialization import BLOB_REF_PREFIX, is_blob_ref, pack_record, unpack_record
@@ -321,10 +324,10 @@ class Store(TaskStreams, WorkStreams):
         return [(raw[2 * i], raw[2 * i + 1]) for i in range(len(instance_ids))]
 
     async def load_records(self, index: int, keys: Sequence[str]) -> list[Fields]:
-        pipe = self.redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.hgetall(key)
-        return list(await pipe.execute())
+        """HGETALL of each key, in one round trip (pre-encoded: entity steps load many)."""
+        replies = await self._pipeline_raw([pack_command(b"HGETALL", key) for key in keys])
+        # a flat [field, value, ...] list (RESP2), or a dict (RESP3, or Cluster's redis-py path)
+        return [r if isinstance(r, dict) else dict(zip(r[::2], r[1::2], strict=True)) for r in replies]
 
     # -- partition writes ------------------------------------------------------------------------
     async def commit(self, index: int, lease: str, plan: CommitPlan) -> list[tuple[str, str, bytes]]:
@@ -653,6 +656,22 @@ class Store(TaskStreams, WorkStreams):
         )
         return eid.decode()  # type: ignore[no-any-return]
 
+    async def send_messages(self, messages: Sequence[tuple[str, bytes]]) -> list[str]:
+        """XADD many internal messages ``(target id, message)``, in order, in one round trip per
+        thousand; returns their stream ids (raises the first error reply)."""
+        ids: list[str] = []
+        for lo in range(0, len(messages), 1000):
+            commands = [
+                pack_command(b"XADD", self.keys_for(target).inbox, b"*", b"m", message)
+                for target, message in messages[lo : lo + 1000]
+            ]
+            replies = await self._send_batch(commands)
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+                ids.append(reply.decode())
+        return ids
+
     async def xadd_raw(self, index: int, fields: dict[str, str | bytes]) -> str:
         eid = await self.redis.xadd(self.partition_keys(index).inbox, fields)
         return eid.decode()  # type: ignore[no-any-return]
@@ -752,13 +771,18 @@ class Store(TaskStreams, WorkStreams):
             await conn.send_packed_command(b"".join(commands), check_health=False)
             replies = []
             error: Exception | None = None
-            for _ in commands:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as exc:  # keep reading: the other replies are on the wire
-                    typed = typed_error(exc)
-                    error = error or typed
-                    replies.append(typed)
+            # one deadline for the batch's replies (socket_timeout), not one timer per reply
+            try:
+                async with asyncio.timeout(conn.socket_timeout):
+                    for _ in commands:
+                        try:
+                            replies.append(await conn.read_response(timeout=math.inf))
+                        except ResponseError as exc:  # keep reading: the other replies are on the wire
+                            typed = typed_error(exc)
+                            error = error or typed
+                            replies.append(typed)
+            except TimeoutError as exc:
+                raise RedisTimeoutError(f"timeout reading {len(commands)} replies") from exc
             if error is not None and raise_errors:
                 raise error
             return replies

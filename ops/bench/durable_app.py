@@ -6,13 +6,16 @@ default: the engine's) and ``BENCH_STATUS_FILE`` (where a thread writes the work
 of its Prometheus gauges every 0.2 s, so the driver knows when the worker is ready or idle).
 
 ``python ops/bench/durable_app.py signal ...`` is one W4 client process: it connects, prints
-``ready``, waits for a line on stdin, sends its share of entity signals and prints ``done``.
+``ready``, waits for a line on stdin, sends its share of entity signals (``--concurrency`` in
+flight: single ``signal_entity`` calls, or ``signal_entities`` calls of ``--batch`` signals) and
+prints ``done <seconds> <CPU seconds>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -179,21 +182,36 @@ def _profile_on_signals(path: str) -> None:
 
 
 # -- W4 client process ---------------------------------------------------------------------------
-async def _signal(url: str, hub: str, first: int, count: int, entities: int, concurrency: int) -> None:
+#: whether the client has the batch call (``--batch`` falls back to single calls without it)
+HAS_BATCH = hasattr(AsyncClient, "signal_entities")
+
+
+async def _signal(
+    url: str, hub: str, first: int, count: int, entities: int, concurrency: int, batch: int
+) -> None:
     client = AsyncClient(url, hub=hub)
     # connect and touch the hub before the start line, so the timing covers signalling only
     await client.get_orchestration_state("warm-up")
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     started = time.perf_counter()
-    sem = asyncio.Semaphore(concurrency)
+    cpu0 = time.process_time()
+    todo = iter(range(first, first + count))
 
-    async def one(i: int) -> None:
-        async with sem:
+    async def sender() -> None:  # one of ``concurrency`` senders, each with one call in flight
+        for i in todo:
             await client.signal_entity(entity_id(i % entities), "add", input=1)
 
-    await asyncio.gather(*(one(i) for i in range(first, first + count)))
-    print(f"done {time.perf_counter() - started:.6f}", flush=True)
+    async def batch_sender() -> None:  # the same with signal_entities, ``batch`` signals a call
+        while chunk := [(entity_id(i % entities), "add", 1) for i in itertools.islice(todo, batch)]:
+            await client.signal_entities(chunk)
+
+    if batch > 1 and HAS_BATCH:
+        await asyncio.gather(*(batch_sender() for _ in range(max(1, concurrency // batch))))
+    else:
+        await asyncio.gather(*(sender() for _ in range(concurrency)))
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu0
+    print(f"done {elapsed:.6f} {cpu:.6f}", flush=True)
     await client.close()
 
 
@@ -207,12 +225,15 @@ def main() -> None:
     sig.add_argument("--first", type=int, required=True)
     sig.add_argument("--count", type=int, required=True)
     sig.add_argument("--entities", type=int, required=True)
-    sig.add_argument("--concurrency", type=int, default=64)
+    sig.add_argument("--concurrency", type=int, default=64, help="signals in flight")
+    sig.add_argument("--batch", type=int, default=1, help="signals a signal_entities call (1: signal_entity)")
     args = parser.parse_args()
     if args.cmd == "worker":
         run_worker()
     else:
-        asyncio.run(_signal(args.url, args.hub, args.first, args.count, args.entities, args.concurrency))
+        asyncio.run(
+            _signal(args.url, args.hub, args.first, args.count, args.entities, args.concurrency, args.batch)
+        )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
-from benchlib import Results, latency_stats, log, rss_bytes, spawn, stop
+from benchlib import Results, cpu_seconds, latency_stats, log, rss_bytes, spawn, stop
 from costs import ClusterRedis, measure_burst
 
 from durable import AsyncClient, Client, OrchestrationStatus, WorkerConfig
@@ -33,6 +33,7 @@ from durable._store.keys import HubKeys, partition_of
 HERE = Path(__file__).resolve().parent
 APP = HERE / "durable_app.py"
 HAS_ENTITIES = hasattr(Client, "signal_entity")
+HAS_BATCH = hasattr(Client, "signal_entities")
 #: whether the engine has durability profiles of its own (WorkerConfig.durability)
 HAS_DURABILITY = "durability" in getattr(WorkerConfig, "__dataclass_fields__", {})
 T = TypeVar("T")
@@ -288,8 +289,14 @@ def _count_entity_signals(sizes: Sizes) -> dict[int, int]:
     return expected
 
 
-async def _wait_counts(url: str, hub: str, expected: dict[int, int], timeout: float) -> float:
-    """Poll the counters until each reads its expected value; returns the perf_counter then."""
+async def _wait_counts(
+    url: str, hub: str, expected: dict[int, int], timeout: float, probes: list[int] | None = None
+) -> float:
+    """Poll the counters until each reads its expected value; returns the perf_counter then.
+
+    The poll shares the 2 cores with the system it measures, so it is kept cheap: while the
+    ``probes`` (counters that the last signals sent went to) are short of their counts it reads
+    only them; then it reads every counter still short, until none is."""
     from durable_app import entity_id, entity_value
 
     pending = set(expected)
@@ -299,29 +306,33 @@ async def _wait_counts(url: str, hub: str, expected: dict[int, int], timeout: fl
         async with sem:
             return await client.get_entity(entity_id(k))
 
+    async def poll(keys: list[int]) -> None:
+        metas = await asyncio.gather(*(read(k) for k in keys))
+        for k, meta in zip(keys, metas, strict=True):
+            if (entity_value(meta) or 0) >= expected[k]:
+                pending.discard(k)
+
     async with connect(url, hub) as client:
         deadline = time.monotonic() + timeout
+        first = sorted(set(probes or ()) & pending)
         while pending:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(pending)} entities did not reach their counts")
-            keys = sorted(pending)
-            metas = await asyncio.gather(*(read(k) for k in keys))
-            for k, meta in zip(keys, metas, strict=True):
-                if (entity_value(meta) or 0) >= expected[k]:
-                    pending.discard(k)
+            first = [k for k in first if k in pending]
+            await poll(first or sorted(pending))
             if pending:
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.02 if first else 0.1)
     return time.perf_counter()
 
 
-def _signal_procs(cluster: Cluster, sizes: Sizes, base: int) -> list[subprocess.Popen[Any]]:
+def _signal_procs(cluster: Cluster, sizes: Sizes, base: int, batch: int = 1) -> list[subprocess.Popen[Any]]:
     """Start the W4 client processes and wait until each is connected and ready."""
     per_client = sizes.w4_signals // sizes.w4_clients
     procs = []
     for c in range(sizes.w4_clients):
         args = [sys.executable, str(APP), "signal", "--url", cluster.url, "--hub", cluster.hub]
         args += ["--first", str(base + c * per_client), "--count", str(per_client)]
-        args += ["--entities", str(sizes.w4_entities)]
+        args += ["--entities", str(sizes.w4_entities), "--batch", str(batch)]
         procs.append(
             spawn(args, cluster.dir / f"signal{c}.log", stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         )
@@ -334,48 +345,84 @@ def _signal_procs(cluster: Cluster, sizes: Sizes, base: int) -> list[subprocess.
     return procs
 
 
+def _probes(sizes: Sizes, base: int) -> list[int]:
+    """The counters the last 16 signals of each client process go to."""
+    per_client = sizes.w4_signals // sizes.w4_clients
+    last = [base + (c + 1) * per_client - 1 - j for c in range(sizes.w4_clients) for j in range(16)]
+    return sorted({i % sizes.w4_entities for i in last})
+
+
 def _go(procs: list[subprocess.Popen[Any]]) -> None:
     for p in procs:
         p.stdin.write(b"go\n")  # type: ignore[union-attr]
         p.stdin.flush()  # type: ignore[union-attr]
 
 
-def _sent(procs: list[subprocess.Popen[Any]]) -> float:
-    """Wait for the client processes; the longest time one took to send its signals."""
-    sent = []
+def _sent(procs: list[subprocess.Popen[Any]]) -> tuple[float, float]:
+    """Wait for the client processes; (the longest time one took to send its signals, the CPU
+    seconds they used between them to send)."""
+    sent, cpu = [], 0.0
     try:
         for p in procs:
-            out = p.stdout.readline().decode().strip()  # type: ignore[union-attr]
-            sent.append(float(out.split()[1]) if out.startswith("done") else float("nan"))
+            out = p.stdout.readline().decode().split()  # type: ignore[union-attr]
+            ok = out[:1] == ["done"]
+            sent.append(float(out[1]) if ok else float("nan"))
+            cpu += float(out[2]) if ok and len(out) > 2 else float("nan")
             p.wait(60)
     finally:
         for p in procs:
             stop(p)
-    return max(sent)
+    return max(sent), cpu
+
+
+#: signals per ``signal_entities`` call in the batch variant of W4
+W4_BATCH = 64
 
 
 def w4(cluster: Cluster, res: Results, sizes: Sizes, reps: int) -> None:
+    """W4: the 4 client processes signal (``signal_entity``, 64 calls in flight each; then
+    ``signal_entities``, 64 signals a call) while one worker applies; then a queued backlog is
+    drained by one worker alone. Records rates, and CPU per signal of each side."""
     timeout = max(60.0, sizes.w4_signals / 100)
     per_entity = _count_entity_signals(sizes)
-    for rep in range(reps):
-        base = rep * sizes.w4_signals  # counters keep counting across repetitions
-        expected = {k: v * (rep + 1) for k, v in per_entity.items()}
-        procs = _signal_procs(cluster, sizes, base)
-        try:
-            t0 = time.perf_counter()
-            _go(procs)
-            t_end = asyncio.run(_wait_counts(cluster.client_url, cluster.hub, expected, timeout))
-        finally:
-            sent = _sent(procs)
-        ops = sizes.w4_signals / (t_end - t0)
-        res.add("W4", "ops_s", ops)
-        res.add("W4", "send_s", sizes.w4_signals / sent)
-        log(f"  W4: {ops:.0f} ops/s (the clients sent theirs at {sizes.w4_signals / sent:.0f}/s)")
+    pids = [*cluster.worker_pids(), cluster.redis.pid]
+    variants = [("", 1)] + ([("_batch", W4_BATCH)] if HAS_BATCH else [])
+    rounds = 0
+    for suffix, batch in variants:
+        for _ in range(reps):
+            base = rounds * sizes.w4_signals  # counters keep counting across repetitions
+            rounds += 1
+            expected = {k: v * rounds for k, v in per_entity.items()}
+            procs = _signal_procs(cluster, sizes, base, batch)
+            cpu0 = [cpu_seconds(p) for p in pids]
+            try:
+                t0 = time.perf_counter()
+                _go(procs)
+                t_end = asyncio.run(
+                    _wait_counts(cluster.client_url, cluster.hub, expected, timeout, _probes(sizes, base))
+                )
+            finally:
+                sent, client_cpu = _sent(procs)
+            worker_cpu, redis_cpu = (cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True))
+            ops = sizes.w4_signals / (t_end - t0)
+            us = 1e6 / sizes.w4_signals
+            res.add("W4", f"ops_s{suffix}", ops)
+            res.add("W4", f"send_s{suffix}", sizes.w4_signals / sent)
+            res.add("W4", f"client_us{suffix}", client_cpu * us)
+            res.add("W4", f"worker_us{suffix}", worker_cpu * us)
+            res.add("W4", f"redis_us{suffix}", redis_cpu * us)
+            log(
+                f"  W4{suffix}: {ops:.0f} ops/s "
+                f"(the clients sent theirs at {sizes.w4_signals / sent:.0f}/s); "
+                f"CPU per signal: clients {client_cpu * us:.1f} us, worker {worker_cpu * us:.1f} us, "
+                f"Redis {redis_cpu * us:.1f} us"
+            )
     # The engine's side alone: the same signals queued while no worker runs, then one worker
     # started and timed from the moment it holds all partitions until every counter is right.
     cluster.stop_workers()
-    expected = {k: v * (reps + 1) for k, v in per_entity.items()}
-    procs = _signal_procs(cluster, sizes, reps * sizes.w4_signals)
+    base = rounds * sizes.w4_signals
+    expected = {k: v * (rounds + 1) for k, v in per_entity.items()}
+    procs = _signal_procs(cluster, sizes, base)
     _go(procs)
     _sent(procs)
     cluster.start_workers(1, wait=False)
@@ -384,11 +431,23 @@ def w4(cluster: Cluster, res: Results, sizes: Sizes, reps: int) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("the worker did not take its partitions")
         time.sleep(0.02)
+    pids = [*cluster.worker_pids(), cluster.redis.pid]
+    cpu0 = [cpu_seconds(p) for p in pids]
     t0 = time.perf_counter()
-    t_end = asyncio.run(_wait_counts(cluster.client_url, cluster.hub, expected, timeout))
+    t_end = asyncio.run(
+        _wait_counts(cluster.client_url, cluster.hub, expected, timeout, _probes(sizes, base))
+    )
+    worker_us, redis_us = (
+        (cpu_seconds(p) - c) * 1e6 / sizes.w4_signals for p, c in zip(pids, cpu0, strict=True)
+    )
     drain = sizes.w4_signals / (t_end - t0)
     res.add("W4", "drain_ops_s", drain)
-    log(f"  W4: a worker applied {sizes.w4_signals} queued signals at {drain:.0f} ops/s")
+    res.add("W4", "drain_worker_us", worker_us)
+    res.add("W4", "drain_redis_us", redis_us)
+    log(
+        f"  W4: a worker applied {sizes.w4_signals} queued signals at {drain:.0f} ops/s; "
+        f"CPU per signal: worker {worker_us:.1f} us, Redis {redis_us:.1f} us"
+    )
 
 
 def _key_bytes(r: redis.Redis, keys: list[str]) -> int:

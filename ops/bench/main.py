@@ -58,7 +58,17 @@ def table_rows(sizes: Any) -> list[tuple[str, str, str, str]]:
             "higher",
         ),
         ("W4", "send_s", f"W4: signals/s the {sizes.w4_clients} client processes sent", "higher"),
+        ("W4", "client_us", "W4: client CPU µs per signal (all client processes)", "lower"),
+        ("W4", "worker_us", "W4: worker CPU µs per signal applied", "lower"),
+        ("W4", "redis_us", "W4: Redis CPU µs per signal", "lower"),
+        ("W4", "ops_s_batch", "W4 with `signal_entities` (64 signals a call): ops/s", "higher"),
+        ("W4", "send_s_batch", "W4 with `signal_entities`: signals/s the client processes sent", "higher"),
+        ("W4", "client_us_batch", "W4 with `signal_entities`: client CPU µs per signal", "lower"),
+        ("W4", "worker_us_batch", "W4 with `signal_entities`: worker CPU µs per signal", "lower"),
+        ("W4", "redis_us_batch", "W4 with `signal_entities`: Redis CPU µs per signal", "lower"),
         ("W4", "drain_ops_s", "W4: ops/s one worker applies from a queued backlog (engine side)", "higher"),
+        ("W4", "drain_worker_us", "W4 backlog: worker CPU µs per signal", "lower"),
+        ("W4", "drain_redis_us", "W4 backlog: Redis CPU µs per signal", "lower"),
     ]
     for n in s5:
         rows.append(("W5", f"ms_per_step_{n}", f"W5 long history {k(n)} steps: ms/step", "lower"))
@@ -286,8 +296,8 @@ class Run:
         w4 = med(base, "W4", "ops_s")
         out.append(
             (
-                "W4 ≥ 10,000 ops/s",
-                verdict(None if math.isnan(w4) else w4 >= 10_000),
+                "W4 ≥ 25,000 signals/s applied end to end (4 client processes)",
+                verdict(None if math.isnan(w4) else w4 >= 25_000),
                 f"{fmt(w4)} ops/s"
                 if not math.isnan(w4)
                 else self.systems[base].notes.get("W4", "not measured"),
@@ -472,12 +482,16 @@ METHOD = """\
   seconds from start to the result.
 - **W3 latency**: one orchestration with one activity, {s.w3_runs} times in sequence; start -> result.
 - **W4 entities**: {s.w4_signals} signals (`add 1`) spread evenly over {s.w4_entities} counter
-  entities, sent by {s.w4_clients} client processes at once (`AsyncClient.signal_entity`, 64 in
-  flight per process); ops/s = signals / (go -> every counter reads its expected value). The next
-  rows split it: the rate at which the client processes sent, and the rate at which one worker
-  applies the same number of signals queued while no worker ran (timed from the moment the worker
-  holds all partitions until every counter is right; the status it is read from refreshes every
-  0.2 s).
+  entities, sent by {s.w4_clients} client processes at once (`AsyncClient.signal_entity`, 64 calls
+  in flight per process); ops/s = signals / (go -> every counter reads its expected value; the
+  poll reads only the counters of each process's last signals until they are right, then all of
+  them, so that it takes little of the CPU it measures). CPU µs per signal: the client processes'
+  own CPU while sending, and the worker's and Redis's from go to the end, divided by the signals.
+  The `signal_entities` rows are the same with the batch call (64 signals a call, one call in
+  flight per process). The backlog rows: one worker applies the same number of signals queued while
+  no worker ran (timed from the moment the worker holds all partitions until every counter is
+  right; the status it is read from refreshes every 0.2 s, so part of the work and the worker's
+  start-up fall on either side of the start).
 - **W5 long histories**: one orchestration of N sequential activities for N in {s.w5_steps}; ms per
   step = wall time / N; the ratio compares the largest N with the smallest (flat = 1).
 - **W6 footprint**: `MEMORY USAGE ... SAMPLES 0` summed over an instance's keys (its metadata hash
