@@ -44,6 +44,16 @@ _MAX_CONNECTIONS = 4096
 _SOCKET_TIMEOUT = 30.0
 
 
+class StartOutcome(NamedTuple):
+    """What a client start found: ``code`` 1 started, 0 an instance exists that may not be
+    replaced, 2 an unfinished instance may be replaced once terminated; the existing instance's
+    ``status`` and (code 2) ``execution`` id."""
+
+    code: int
+    status: str | None = None
+    execution: str | None = None
+
+
 class Heartbeat(NamedTuple):
     """What a heartbeat learns: the live workers, when each capability expires, the Redis time."""
 
@@ -212,6 +222,16 @@ class Store(TaskStreams, WorkStreams):
         *_, value = await pipe.execute()
         self.partitions = int(value)
         return self.partitions
+
+    async def restore_meta(self) -> bool:
+        """Write the hub's metadata again if it is missing (with the partition count in use, once
+        :meth:`ensure_hub` ran); True if it was missing."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hsetnx(self.keys.meta, "partitions", self.partitions or DEFAULT_PARTITIONS)
+        pipe.hsetnx(self.keys.meta, "format", FORMAT_VERSION)
+        pipe.hsetnx(self.keys.meta, "created", int(time.time() * 1000))
+        created, *_ = await pipe.execute()
+        return bool(created)
 
     def partition_keys(self, index: int) -> PartitionKeys:
         return self.keys.partition(index)
@@ -588,7 +608,15 @@ class Store(TaskStreams, WorkStreams):
         execution_id: str,
         tags: str = "",
         version: str | None = None,
-    ) -> bool:
+        replaceable: Sequence[str] | None = None,
+        replaces: str = "",
+    ) -> StartOutcome:
+        """Create the instance (or replace a finished one) and queue its start, in one script.
+
+        ``replaceable``: the statuses of an existing instance this start may replace (None: the
+        finished ones); ``replaces``: an execution that, once finished, is replaced regardless.
+        An unfinished instance that may be replaced is left alone: the outcome says so, and the
+        caller terminates it and calls again with ``replaces``."""
         pk = self.keys_for(instance_id)
         res = await self._client_script(
             self._start,
@@ -606,9 +634,16 @@ class Store(TaskStreams, WorkStreams):
                 tags,
                 "0" if version is None else "1",
                 version or "",
+                "" if replaceable is None else "|" + "".join(f"{st}|" for st in replaceable),
+                replaces,
             ],
         )
-        return bool(res)
+        code, status, execution = (*res, None, None)[:3]
+        return StartOutcome(
+            int(code),
+            status.decode() if status is not None else None,
+            execution.decode() if execution is not None else None,
+        )
 
     async def send_to_instance(self, instance_id: str, message: bytes) -> bool:
         pk = self.keys_for(instance_id)
