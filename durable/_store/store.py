@@ -26,7 +26,7 @@ from .autopipe import AutoPipeline
 from .errors import TypedScripts, typed_error
 from .keys import DEFAULT_PARTITIONS, FORMAT_VERSION, HubKeys, PartitionKeys, partition_of
 from .notify import StatusNotifier
-from .resp import pack_command
+from .resp import field_map, pack_command, stream_entries, stream_replies
 from .tasks import Fields as Fields
 from .tasks import StreamEntry as StreamEntry
 from .tasks import TaskStreams
@@ -35,6 +35,8 @@ from .work import WorkStreams
 #: a worker holds one blocking read per owned partition plus its pipelines and activities; redis-py
 #: would otherwise cap a pool at 100 connections and fail the next command
 _MAX_CONNECTIONS = 4096
+#: connections the store keeps for its own raw exchanges (beyond these they go back to the pool)
+_IDLE_CONNECTIONS = 64
 #: longer than any blocking read the engine issues (those block for at most poll_ms, 1 s by
 #: default), short enough to notice a server that stopped answering
 _SOCKET_TIMEOUT = 30.0
@@ -142,6 +144,8 @@ class Store(TaskStreams, WorkStreams):
         self.audit = os.environ.get(ENV_AUDIT) == "1"
         self._auto = AutoPipeline(self._send_batch)
         self._claim_cursors: dict[str, str] = {}
+        #: standalone: connections between raw exchanges (see :meth:`_conn`)
+        self._idle: list[Any] = []
         self._register(client)
 
     def _register(self, client: Any) -> None:
@@ -185,6 +189,7 @@ class Store(TaskStreams, WorkStreams):
             socket_timeout=_SOCKET_TIMEOUT,
         )
         await standalone.aclose()
+        self._idle.clear()
         self._register(self.redis)
         self.cluster = True
         self.direct = False  # partitions live on different nodes: the outbox carries messages
@@ -277,11 +282,19 @@ class Store(TaskStreams, WorkStreams):
         self, index: int, cursor: str, count: int, block_ms: int | None
     ) -> list[StreamEntry]:
         key = self.partition_keys(index).inbox
-        resp = await self.redis.xread({key: cursor}, count=count, block=block_ms)
-        if not resp:
+        if self.cluster:
+            resp = await self.redis.xread({key: cursor}, count=count, block=block_ms)
+            if not resp:
+                return []
+            return [(eid.decode(), fields) for eid, fields in resp[0][1]]
+        if block_ms is None:
+            payload = pack_command(b"XREAD", b"COUNT", count, b"STREAMS", key, cursor)
+        else:
+            payload = pack_command(b"XREAD", b"COUNT", count, b"BLOCK", block_ms, b"STREAMS", key, cursor)
+        streams = await self._command_raw(payload)
+        if not streams:
             return []
-        entries = resp[0][1]
-        return [(eid.decode(), fields) for eid, fields in entries]
+        return stream_entries(next(iter(stream_replies(streams)))[1])
 
     async def next_timer_due(self, index: int) -> int | None:
         got = await self.redis.zrange(self.partition_keys(index).timers, 0, 0, withscores=True)
@@ -291,12 +304,19 @@ class Store(TaskStreams, WorkStreams):
         self, index: int, instance_ids: Sequence[str]
     ) -> list[tuple[Fields, list[bytes]]]:
         pk = self.partition_keys(index)
-        pipe = self.redis.pipeline(transaction=False)
+        if self.cluster:
+            pipe = self.redis.pipeline(transaction=False)
+            for iid in instance_ids:
+                pipe.hgetall(pk.instance(iid))
+                pipe.lrange(pk.history(iid), 0, -1)
+            raw = await pipe.execute()
+            return [(raw[2 * i], raw[2 * i + 1]) for i in range(len(instance_ids))]
+        commands: list[bytes] = []
         for iid in instance_ids:
-            pipe.hgetall(pk.instance(iid))
-            pipe.lrange(pk.history(iid), 0, -1)
-        raw = await pipe.execute()
-        return [(raw[2 * i], raw[2 * i + 1]) for i in range(len(instance_ids))]
+            commands.append(pack_command(b"HGETALL", pk.instance(iid)))
+            commands.append(pack_command(b"LRANGE", pk.history(iid), 0, -1))
+        raw = await self._pipeline_raw(commands)
+        return [(field_map(raw[2 * i]), raw[2 * i + 1]) for i in range(len(instance_ids))]
 
     async def load_records(self, index: int, keys: Sequence[str]) -> list[Fields]:
         pipe = self.redis.pipeline(transaction=False)
@@ -456,8 +476,8 @@ class Store(TaskStreams, WorkStreams):
         if strict:
             tail = self._wait_command() + tail
         replies = len(publish) + (1 if strict else 0)
-        pool = self.redis.connection_pool
-        conn = await pool.get_connection()
+        conn = await self._conn()
+        ok = False
         try:
             payload = pack_command(b"EVALSHA", script.sha, len(keys), *keys, *args)
             await conn.send_packed_command(payload + tail, check_health=False)
@@ -473,14 +493,14 @@ class Store(TaskStreams, WorkStreams):
                 self._check_wait(await conn.read_response())
             for _ in publish:
                 await conn.read_response()
+            ok = True
             return res
-        except BaseException as exc:
-            await conn.disconnect()
-            if isinstance(exc, ResponseError) and (typed := typed_error(exc)) is not exc:
+        except ResponseError as exc:
+            if (typed := typed_error(exc)) is not exc:
                 raise typed from exc
             raise
         finally:
-            await pool.release(conn)
+            await self._conn_done(conn, ok)
 
     async def _send_batch(self, commands: list[bytes]) -> list[Any]:
         """Send an automatic-pipelining batch; in 'strict' one WAIT after it covers all of it."""
@@ -709,8 +729,8 @@ class Store(TaskStreams, WorkStreams):
                 # 'writelines'". It is a lost connection, and callers retry those.
                 raise RedisConnectionError(f"cluster connection lost: {exc}") from exc
             return [typed_error(r) if isinstance(r, ResponseError) else r for r in replies]
-        pool = self.redis.connection_pool
-        conn = await pool.get_connection()
+        conn = await self._conn()
+        ok = False
         try:
             await conn.send_packed_command(b"".join(commands), check_health=False)
             replies = []
@@ -722,14 +742,55 @@ class Store(TaskStreams, WorkStreams):
                     typed = typed_error(exc)
                     error = error or typed
                     replies.append(typed)
-            if error is not None and raise_errors:
-                raise error
-            return replies
-        except BaseException:
-            await conn.disconnect()
-            raise
+            ok = True
         finally:
-            await pool.release(conn)
+            await self._conn_done(conn, ok)
+        if error is not None and raise_errors:
+            raise error
+        return replies
+
+    async def _command_raw(self, payload: bytes) -> Any:
+        """Send one pre-encoded command and read its reply (standalone Redis only)."""
+        conn = await self._conn()
+        ok = False
+        try:
+            await conn.send_packed_command(payload, check_health=False)
+            reply = await conn.read_response()
+            ok = True
+            return reply
+        finally:
+            await self._conn_done(conn, ok)
+
+    async def _conn(self) -> Any:
+        """A connection for one raw exchange (standalone Redis only).
+
+        The store keeps the connections of its raw exchanges between uses: redis-py's pool takes
+        a lock, probes the socket and runs its observability hooks on every checkout and return,
+        which cost more than the hot path's commands themselves. A kept connection the server
+        closed meanwhile is reconnected here; one whose exchange failed in any way (an error, a
+        timeout, a cancellation) may have replies left on the wire, so :meth:`_conn_done`
+        disconnects it and gives it back to the pool instead of keeping it."""
+        idle = self._idle
+        if not idle:
+            return await self.redis.connection_pool.get_connection()
+        conn = idle.pop()
+        reader = conn._reader
+        if reader is None or reader.at_eof():
+            try:
+                await conn.disconnect()
+                await conn.connect()
+            except BaseException:
+                await self.redis.connection_pool.release(conn)
+                raise
+        return conn
+
+    async def _conn_done(self, conn: Any, ok: bool) -> None:
+        if ok and len(self._idle) < _IDLE_CONNECTIONS:
+            self._idle.append(conn)
+            return
+        if not ok:
+            await conn.disconnect()
+        await self.redis.connection_pool.release(conn)
 
     # -- workers ---------------------------------------------------------------------------------
     async def heartbeat(
