@@ -392,19 +392,21 @@ class ActivityRunner:
         if fn is None:  # another worker may have it: then the task waits for one (else it fails)
             tg.start_soon(self._leave_or_fail, eid, msg, fields, ctx, started)
             return
-        span = tracing.activity_span(
-            name,
-            msg.get("traceparent"),
-            {
-                "durable.instance_id": target,
-                "durable.activity.name": name,
-                "durable.task_id": tid,
-                "durable.activity.attempt": ctx.attempt,
-                "durable.activity.delivery": delivered,
-            },
-        )
-        if span is not None:
-            self._spans[eid] = span
+        traceparent = msg.get("traceparent")
+        if traceparent is not None and tracing.recording():
+            span = tracing.activity_span(
+                name,
+                traceparent,
+                {
+                    "durable.instance_id": target,
+                    "durable.activity.name": name,
+                    "durable.task_id": tid,
+                    "durable.activity.attempt": ctx.attempt,
+                    "durable.activity.delivery": delivered,
+                },
+            )
+            if span is not None:
+                self._spans[eid] = span
         if inspect.iscoroutinefunction(fn) or is_blob_ref(raw):
             tg.start_soon(self._execute_async, eid, msg, fn, ctx, started)
             return

@@ -25,6 +25,7 @@ Without the extra nothing here imports OpenTelemetry and every function is a che
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -45,6 +46,15 @@ log = logging.getLogger("durable.tracing")
 #: whether OpenTelemetry is installed (spans are recorded only if the application configured it)
 ENABLED = _trace is not None
 TRACER_NAME = "durable"
+
+
+def recording() -> bool:
+    """Whether a span started now can be recorded: OpenTelemetry is installed and the application
+    set a tracer provider (without one every span is a no-op, and the hot path skips making them)."""
+    if not ENABLED:
+        return False
+    provider = _trace.get_tracer_provider()
+    return not isinstance(provider, (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider))
 
 
 def _tracer() -> Any:
@@ -98,6 +108,14 @@ def orchestration_traceparent(instance_id: str, execution_id: str, incoming: Any
     """The ``traceparent`` an execution puts on the messages it sends (None without the extra)."""
     if not ENABLED:
         return None
+    if incoming is None or isinstance(incoming, str):
+        return _derived_traceparent(instance_id, execution_id, incoming)
+    return format_traceparent(*orchestration_ids(instance_id, execution_id, incoming))
+
+
+@functools.lru_cache(maxsize=4096)
+def _derived_traceparent(instance_id: str, execution_id: str, incoming: str | None) -> str:
+    """Every step of an execution sends the same ``traceparent``: derived (two hashes) once."""
     return format_traceparent(*orchestration_ids(instance_id, execution_id, incoming))
 
 
@@ -274,7 +292,7 @@ class WorkSpan:
 
 def activity_span(name: str, traceparent: Any, attributes: dict[str, Any]) -> WorkSpan | None:
     """The span of one activity attempt (None without the extra or without a trace context)."""
-    if not ENABLED or traceparent is None:
+    if traceparent is None or not recording():
         return None
     return WorkSpan(f"activity:{name}", traceparent, attributes)
 

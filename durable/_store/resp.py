@@ -3,11 +3,27 @@ and the decoding of the raw replies those calls read (what redis-py's response c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:  # redis[hiredis] is a dependency; its C encoder is about four times faster on a commit
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis is installed with the package
+    _hiredis_pack = None
 
 
 def pack_command(*args: Any) -> bytes:
     """Encode one command as a RESP array of bulk strings (bytes, str, int and float arguments)."""
+    if _hiredis_pack is not None:
+        try:
+            return _hiredis_pack(args)
+        except (TypeError, ValueError, UnicodeError):
+            pass  # what hiredis refuses (a bool, a str subclass it does not take): encoded below
+    return _pack(args)
+
+
+def _pack(args: tuple[Any, ...]) -> bytes:
     parts: list[bytes] = [b"*%d\r\n" % len(args)]
     append = parts.append
     for arg in args:
