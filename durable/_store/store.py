@@ -8,6 +8,7 @@ keys of one partition (one hash tag), so the same code runs on Redis Cluster.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ import redis
 import redis.asyncio as aredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._config import ENV_AUDIT
 from .._core.serialization import BLOB_REF_PREFIX, is_blob_ref, pack_record, unpack_record
@@ -110,6 +112,25 @@ class CommitPlan:
 
 #: a partition's dead-letter stream keeps about this many entries (the oldest are trimmed)
 DEAD_LETTER_MAXLEN = 10_000
+
+
+async def _read_replies(conn: Any, count: int) -> list[Any]:
+    """Read ``count`` replies from a raw exchange, error replies returned in place (as exceptions).
+
+    redis-py's ``read_response`` arms a timer and translates errors around every single reply;
+    here one socket timeout covers the whole exchange (a blocking read blocks for less than it).
+    The caller disconnects the connection if this raises."""
+    parser = conn._parser
+    replies: list[Any] = []
+    try:
+        async with asyncio.timeout(conn.socket_timeout):
+            for _ in range(count):
+                replies.append(await parser.read_response())
+    except TimeoutError as exc:  # asyncio's (before OSError: it is one)
+        raise RedisTimeoutError("Timeout reading from Redis") from exc
+    except OSError as exc:
+        raise RedisConnectionError(f"Error while reading from Redis: {exc.args}") from exc
+    return replies
 
 
 def _flat(mapping: dict[str, Any]) -> list[Any]:
@@ -475,32 +496,28 @@ class Store(TaskStreams, WorkStreams):
         strict = self.strict_wait is not None
         if strict:
             tail = self._wait_command() + tail
-        replies = len(publish) + (1 if strict else 0)
+        count = 1 + len(publish) + (1 if strict else 0)
         conn = await self._conn()
         ok = False
         try:
             payload = pack_command(b"EVALSHA", script.sha, len(keys), *keys, *args)
             await conn.send_packed_command(payload + tail, check_health=False)
-            try:
-                res = await conn.read_response()
-            except NoScriptError:
-                for _ in range(replies):
-                    await conn.read_response()
+            replies = await _read_replies(conn, count)
+            if isinstance(replies[0], NoScriptError):
                 payload = pack_command(b"EVAL", script.script, len(keys), *keys, *args)
                 await conn.send_packed_command(payload + tail, check_health=False)
-                res = await conn.read_response()
-            if strict:
-                self._check_wait(await conn.read_response())
-            for _ in publish:
-                await conn.read_response()
-            ok = True
-            return res
-        except ResponseError as exc:
-            if (typed := typed_error(exc)) is not exc:
-                raise typed from exc
-            raise
+                replies = await _read_replies(conn, count)
+            ok = True  # every reply read: the connection is in step again, whatever they say
         finally:
             await self._conn_done(conn, ok)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                if (typed := typed_error(reply)) is not reply:
+                    raise typed from reply
+                raise reply
+        if strict:
+            self._check_wait(replies[1])
+        return replies[0]
 
     async def _send_batch(self, commands: list[bytes]) -> list[Any]:
         """Send an automatic-pipelining batch; in 'strict' one WAIT after it covers all of it."""
@@ -733,18 +750,15 @@ class Store(TaskStreams, WorkStreams):
         ok = False
         try:
             await conn.send_packed_command(b"".join(commands), check_health=False)
-            replies = []
-            error: Exception | None = None
-            for _ in commands:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as exc:  # keep reading: the other replies are on the wire
-                    typed = typed_error(exc)
-                    error = error or typed
-                    replies.append(typed)
+            replies = await _read_replies(conn, len(commands))
             ok = True
         finally:
             await self._conn_done(conn, ok)
+        error: Exception | None = None
+        for i, reply in enumerate(replies):
+            if isinstance(reply, ResponseError):
+                replies[i] = typed = typed_error(reply)
+                error = error or typed
         if error is not None and raise_errors:
             raise error
         return replies
@@ -755,11 +769,13 @@ class Store(TaskStreams, WorkStreams):
         ok = False
         try:
             await conn.send_packed_command(payload, check_health=False)
-            reply = await conn.read_response()
+            reply = (await _read_replies(conn, 1))[0]
             ok = True
-            return reply
         finally:
             await self._conn_done(conn, ok)
+        if isinstance(reply, ResponseError):
+            raise typed_error(reply)
+        return reply
 
     async def _conn(self) -> Any:
         """A connection for one raw exchange (standalone Redis only).
