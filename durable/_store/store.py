@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, Protocol
 
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -114,14 +115,34 @@ class CommitPlan:
 DEAD_LETTER_MAXLEN = 10_000
 
 
+_NATIVE: dict[type, bool] = {}
+
+
+def _native(conn: Any) -> bool:
+    """Whether ``conn`` is one of redis-py's own socket connections (its parser fed by its socket),
+    as opposed to a stand-in that reads replies its own way (fakeredis's)."""
+    cls = type(conn)
+    native = _NATIVE.get(cls)
+    if native is None:
+        native = _NATIVE[cls] = cls.read_response is AbstractConnection.read_response
+    return native
+
+
 async def _read_replies(conn: Any, count: int) -> list[Any]:
     """Read ``count`` replies from a raw exchange, error replies returned in place (as exceptions).
 
     redis-py's ``read_response`` arms a timer and translates errors around every single reply;
     here one socket timeout covers the whole exchange (a blocking read blocks for less than it).
     The caller disconnects the connection if this raises."""
-    parser = conn._parser
     replies: list[Any] = []
+    if not _native(conn):  # a stand-in connection (fakeredis): its own read_response, reply by reply
+        for _ in range(count):
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
+    parser = conn._parser
     try:
         async with asyncio.timeout(conn.socket_timeout):
             for _ in range(count):
@@ -801,7 +822,7 @@ class Store(TaskStreams, WorkStreams):
         return conn
 
     async def _conn_done(self, conn: Any, ok: bool) -> None:
-        if ok and len(self._idle) < _IDLE_CONNECTIONS:
+        if ok and len(self._idle) < _IDLE_CONNECTIONS and _native(conn):
             self._idle.append(conn)
             return
         if not ok:
