@@ -9,7 +9,7 @@ from ._client import AsyncClient, Client
 from ._config import VERSION as __version__
 from ._config import WorkerConfig
 from ._core.context import EntityLock, OrchestrationContext
-from ._core.entities import Entity, EntityContext, EntityId, EntityState
+from ._core.entities import Entity, EntityContext, EntityId, EntitySignal, EntityState
 from ._core.model import (
     ActivityTimeoutError,
     FailureDetails,
@@ -41,6 +41,7 @@ __all__ = [
     "EntityContext",
     "EntityId",
     "EntityLock",
+    "EntitySignal",
     "EntityState",
     "FailureDetails",
     "NonDeterminismError",

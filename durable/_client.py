@@ -7,7 +7,7 @@ import functools
 import os
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from ._config import ENV_DURABILITY, resolve_hub, resolve_url
 from ._core import events as ev
-from ._core.entities import EntityId, EntityRecord, EntityState
+from ._core.entities import EntityId, EntityRecord, EntitySignal, EntityState
 from ._core.model import (
     OrchestrationAlreadyExistsError,
     OrchestrationNotFoundError,
@@ -339,24 +339,44 @@ class AsyncClient(AsyncQueries, AsyncScheduleMethods):
 
         The entity applies a signal id once: when a send's outcome is unknown, retry it with the
         same ``signal_id``. ``signal_at`` delays the operation until that time (Redis clock).
+        Concurrent calls share round trips to Redis (automatic pipelining); to send many signals
+        at once, :meth:`signal_entities` is cheaper still.
         """
-        target = str(EntityId.of(entity_id))
-        sid = signal_id or uuid.uuid4().hex
-        msg: dict[str, Any] = {
-            "kind": ev.MSG_SIGNAL,
-            "target": target,
-            "op": operation,
-            "input": encode(input, what=f"input of operation {operation!r} on {target}"),
-            "id": sid,
-        }
-        if signal_at is not None:
-            msg["at"] = datetime_to_ms(signal_at)
-        traceparent = tracing.current_traceparent()  # the entity's span joins the caller's trace
-        if traceparent is not None:
-            msg["traceparent"] = traceparent
-        store = await self._get_store()
-        await store.send_message(target, pack_record(msg))
+        sid = signal_id or os.urandom(16).hex()
+        target, message = _signal_message(entity_id, operation, input, sid, signal_at)
+        store = self._store or await self._get_store()
+        await store.send_message(target, message)
         return sid
+
+    async def signal_entities(
+        self, signals: Iterable[EntitySignal | tuple[EntityId | str, str, Any]]
+    ) -> list[str]:
+        """Send many one-way operations at once: one round trip to Redis for the lot; returns the
+        signal ids, in order.
+
+        Each item is ``(entity_id, operation, input)`` or an :class:`EntitySignal` (which can also
+        carry a ``signal_id`` and a ``signal_at``). Each signal is independent, exactly as if sent
+        by :meth:`signal_entity`: applied once per signal id, in order per entity for the signals
+        of one call. When the call fails, some signals may have been sent: retry the same
+        ``EntitySignal`` items with the ids this call would have returned (give each a
+        ``signal_id``) and the entities drop the ones they already have.
+        """
+        ids: list[str] = []
+        messages: list[tuple[str, bytes]] = []
+        for item in signals:
+            at: _dt.datetime | None = None
+            if len(item) == 3:
+                entity_id, operation, value = item
+                sid = os.urandom(16).hex()
+            else:
+                entity_id, operation, value, given, at = item
+                sid = given or os.urandom(16).hex()
+            messages.append(_signal_message(entity_id, operation, value, sid, at))
+            ids.append(sid)
+        if messages:
+            store = self._store or await self._get_store()
+            await store.send_messages(messages)
+        return ids
 
     async def get_entity(self, entity_id: EntityId | str) -> EntityState | None:
         """The entity's state, or None if it does not exist (never set, or deleted)."""
@@ -366,6 +386,31 @@ class AsyncClient(AsyncQueries, AsyncScheduleMethods):
         pk = store.keys_for(target)
         main, side = await store.load_records(pk.index, [pk.entity(target), pk.entity_control(target)])
         return EntityRecord.from_fields(main, side).to_state(eid)
+
+
+def _signal_message(
+    entity_id: EntityId | str, operation: str, value: Any, sid: str, signal_at: _dt.datetime | None
+) -> tuple[str, bytes]:
+    """(target, encoded message) of one client signal."""
+    target = str(entity_id) if entity_id.__class__ is EntityId else str(EntityId.of(entity_id))
+    msg: dict[str, Any] = {
+        "kind": ev.MSG_SIGNAL,
+        "target": target,
+        "op": operation,
+        "input": _NONE
+        if value is None
+        else encode(value, what=f"input of operation {operation!r} on {target}"),
+        "id": sid,
+    }
+    if signal_at is not None:
+        msg["at"] = datetime_to_ms(signal_at)
+    traceparent = tracing.current_traceparent()  # the entity's span joins the caller's trace
+    if traceparent is not None:
+        msg["traceparent"] = traceparent
+    return target, pack_record(msg)
+
+
+_NONE = encode(None)
 
 
 async def _with_trace_context(captured: Any, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -528,6 +573,10 @@ class Client(SyncQueries, ScheduleMethods):
                 signal_id=signal_id,
             )
         )
+
+    def signal_entities(self, signals: Iterable[EntitySignal | tuple[EntityId | str, str, Any]]) -> list[str]:
+        """See :meth:`AsyncClient.signal_entities`."""
+        return self._call(self._async.signal_entities, list(signals))  # type: ignore[no-any-return]
 
     def get_entity(self, entity_id: EntityId | str) -> EntityState | None:
         """See :meth:`AsyncClient.get_entity`."""

@@ -24,6 +24,7 @@ import argparse
 import datetime as _dt
 import functools
 import json
+import math
 import signal
 import sys
 import textwrap
@@ -521,3 +522,41 @@ def command_group(commands: Commands, name: str, summary: str, description: str)
     )
     group.set_defaults(handler=functools.partial(_group_help, group))
     return group.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
+
+
+# ------------------------------------------------------------------------------------------------
+# commands on one orchestration instance
+
+
+def positive_seconds_arg(text: str) -> float:
+    """A positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def missing_instance(session: Session, instance_id: str) -> CommandError:
+    """The error for an instance id the hub does not hold (saying so when the hub is missing)."""
+    hint = "" if session.hub_exists else f" (hub {session.hub!r} does not exist)"
+    return CommandError(f"no orchestration with id {instance_id!r} in hub {session.hub!r}{hint}")
+
+
+async def existing_client(session: Session, instance_id: str) -> AsyncClient:
+    """The session's client, or :func:`missing_instance` when the hub does not exist."""
+    try:
+        return await session.client()
+    except HubMissingError:
+        raise missing_instance(session, instance_id) from None
+
+
+def instance_command(
+    sub: Commands, name: str, command: Command, summary: str, description: str
+) -> argparse.ArgumentParser:
+    """A command on one orchestration instance: its first argument is the instance id."""
+    parser = leaf(sub, name, command, summary, description)
+    parser.add_argument("instance_id", metavar="ID", help="the instance id")
+    return parser

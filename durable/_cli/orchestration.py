@@ -1,5 +1,5 @@
-"""``durable orchestration start|list|describe|history|raise-event|terminate|suspend|resume|purge|
-rewind|restart``.
+"""``durable orchestration start|list|describe|history|raise-event`` (and the lifecycle commands of
+:mod:`durable._cli.lifecycle`: terminate|suspend|resume|purge|rewind|restart).
 
 The JSON output is the ops HTTP API's (:func:`durable._ops_views.state_json`,
 :func:`durable._ops_views.history_event_json`); see :mod:`durable._cli_ops` for what every
@@ -9,13 +9,10 @@ command shares.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
-from .._client import AsyncClient
 from .._core.model import (
     OrchestrationAlreadyExistsError,
     OrchestrationNotFoundError,
@@ -29,25 +26,28 @@ from .common import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
-    Command,
     CommandError,
     Commands,
-    HubMissingError,
     Outcome,
     Session,
     command_group,
     compact_json,
+    existing_client,
     fmt_cell,
     fmt_iso,
     fmt_time,
+    instance_command,
     iso_arg,
     json_arg,
     leaf,
+    missing_instance,
     positive_int_arg,
+    positive_seconds_arg,
     render_fields,
     render_table,
     status_arg,
 )
+from .lifecycle import add_lifecycle_commands
 
 __all__ = ["register"]
 
@@ -56,45 +56,11 @@ __all__ = ["register"]
 # argument types
 
 
-def _termination_output_arg(text: str) -> Any:
-    try:
-        return json_arg(text)
-    except argparse.ArgumentTypeError as exc:
-        if text.strip().lower() in ("json", "table"):
-            raise argparse.ArgumentTypeError(
-                f"{exc} (on 'terminate', --output is the termination output as JSON; "
-                f"use --format {text.strip().lower()} to choose the output format)"
-            ) from None
-        raise
-
-
-def _seconds_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
 def _tag_arg(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key, value
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-
-
-def _age_arg(text: str) -> _dt.timedelta:
-    """A duration such as ``90s``, ``30m``, ``12h``, ``7d`` or ``2w`` (a bare number: seconds)."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"expected a duration such as 30m, 12h or 7d, got {text!r}")
-    return _dt.timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -123,18 +89,6 @@ def _state_text(data: Mapping[str, Any]) -> str:
         pairs.append(("Caused by", f"{cause['error_type']}: {cause['message']}"))
         cause = cause.get("inner_failure")
     return render_fields(pairs)
-
-
-def _missing_instance(session: Session, instance_id: str) -> CommandError:
-    hint = "" if session.hub_exists else f" (hub {session.hub!r} does not exist)"
-    return CommandError(f"no orchestration with id {instance_id!r} in hub {session.hub!r}{hint}")
-
-
-async def _existing_client(session: Session, instance_id: str) -> AsyncClient:
-    try:
-        return await session.client()
-    except HubMissingError:
-        raise _missing_instance(session, instance_id) from None
 
 
 def _check_start(args: argparse.Namespace) -> None:
@@ -215,10 +169,10 @@ async def orchestration_list(session: Session, args: argparse.Namespace) -> Outc
 
 
 async def orchestration_describe(session: Session, args: argparse.Namespace) -> Outcome:
-    client = await _existing_client(session, args.instance_id)
+    client = await existing_client(session, args.instance_id)
     state = await client.get_orchestration_state(args.instance_id)
     if state is None:
-        raise _missing_instance(session, args.instance_id)
+        raise missing_instance(session, args.instance_id)
     data = state_json(state)
     text = _state_text(data)
     failure = state.failure_details
@@ -247,9 +201,9 @@ def _history_summary(event: Mapping[str, Any]) -> str:
 
 
 async def orchestration_history(session: Session, args: argparse.Namespace) -> Outcome:
-    client = await _existing_client(session, args.instance_id)
+    client = await existing_client(session, args.instance_id)
     if await client.get_orchestration_state(args.instance_id) is None:
-        raise _missing_instance(session, args.instance_id)
+        raise missing_instance(session, args.instance_id)
     events = [history_event_json(e) for e in await client.get_orchestration_history(args.instance_id)]
     rows = []
     for e in events:
@@ -270,11 +224,11 @@ async def orchestration_history(session: Session, args: argparse.Namespace) -> O
 
 
 async def orchestration_raise_event(session: Session, args: argparse.Namespace) -> Outcome:
-    client = await _existing_client(session, args.instance_id)
+    client = await existing_client(session, args.instance_id)
     try:
         await client.raise_orchestration_event(args.instance_id, args.event, data=args.data)
     except OrchestrationNotFoundError:
-        raise _missing_instance(session, args.instance_id) from None
+        raise missing_instance(session, args.instance_id) from None
     except (SerializationError, PayloadTooLargeError) as exc:
         raise CommandError(str(exc)) from None
     return Outcome(
@@ -283,136 +237,8 @@ async def orchestration_raise_event(session: Session, args: argparse.Namespace) 
     )
 
 
-async def orchestration_terminate(session: Session, args: argparse.Namespace) -> Outcome:
-    client = await _existing_client(session, args.instance_id)
-    try:
-        await client.terminate_orchestration(
-            args.instance_id, output=args.termination_output, recursive=args.recursive
-        )
-    except OrchestrationNotFoundError:
-        raise _missing_instance(session, args.instance_id) from None
-    except (SerializationError, PayloadTooLargeError) as exc:
-        raise CommandError(str(exc)) from None
-    return Outcome(
-        {"instance_id": args.instance_id, "action": "terminate"},
-        f"Requested termination of orchestration {args.instance_id!r}.",
-    )
-
-
-async def _suspend_or_resume(session: Session, args: argparse.Namespace, action: str) -> Outcome:
-    client = await _existing_client(session, args.instance_id)
-    method = client.suspend_orchestration if action == "suspend" else client.resume_orchestration
-    try:
-        await method(args.instance_id, reason=args.reason)
-    except OrchestrationNotFoundError:
-        raise _missing_instance(session, args.instance_id) from None
-    verb = "suspension" if action == "suspend" else "resumption"
-    return Outcome(
-        {"instance_id": args.instance_id, "action": action},
-        f"Requested {verb} of orchestration {args.instance_id!r}.",
-    )
-
-
-async def orchestration_suspend(session: Session, args: argparse.Namespace) -> Outcome:
-    return await _suspend_or_resume(session, args, "suspend")
-
-
-async def orchestration_resume(session: Session, args: argparse.Namespace) -> Outcome:
-    return await _suspend_or_resume(session, args, "resume")
-
-
-def _purge_filters(args: argparse.Namespace) -> dict[str, Any]:
-    statuses = [s for group in args.status or [] for s in group]
-    created_to = args.created_to
-    if args.older_than is not None:
-        cutoff = _dt.datetime.now(_dt.UTC) - args.older_than
-        created_to = cutoff if created_to is None else min(created_to, cutoff)
-    return {
-        "status": statuses or None,
-        "name": args.name,
-        "created_from": args.created_from,
-        "created_to": created_to,
-    }
-
-
-def _check_purge(args: argparse.Namespace) -> None:
-    filters = _purge_filters(args)
-    if args.instance_id is not None and any(v is not None for v in filters.values()):
-        raise CommandError("give an instance id or filters, not both", EXIT_USAGE)
-    if args.instance_id is None and all(v is None for v in filters.values()) and not args.all:
-        raise CommandError(
-            "give an instance id, or filters (--status, --name, --older-than, --created-from, "
-            "--created-to), or --all",
-            EXIT_USAGE,
-        )
-    if args.instance_id is None and any(not s.is_terminal for s in filters["status"] or []):
-        raise CommandError(
-            "only terminal instances (COMPLETED, FAILED, TERMINATED) can be purged", EXIT_USAGE
-        )
-
-
-async def orchestration_purge(session: Session, args: argparse.Namespace) -> Outcome:
-    if args.instance_id is None:
-        if not session.hub_exists:
-            return Outcome({"purged": 0}, "Purged 0 orchestrations.")
-        client = await session.client()
-        try:
-            count = await client.purge_orchestrations(**_purge_filters(args), timeout=args.timeout)
-        except TimeoutError as exc:
-            raise CommandError(str(exc)) from None
-        return Outcome({"purged": count}, f"Purged {count} orchestration{'' if count == 1 else 's'}.")
-    client = await _existing_client(session, args.instance_id)
-    try:
-        purged = await client.purge_orchestration(args.instance_id, recursive=args.recursive)
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
-    if not purged:
-        raise _missing_instance(session, args.instance_id)
-    return Outcome(
-        {"instance_id": args.instance_id, "purged": True}, f"Purged orchestration {args.instance_id!r}."
-    )
-
-
-async def orchestration_rewind(session: Session, args: argparse.Namespace) -> Outcome:
-    client = await _existing_client(session, args.instance_id)
-    try:
-        await client.rewind_orchestration(args.instance_id, reason=args.reason, timeout=args.timeout)
-    except OrchestrationNotFoundError:
-        raise _missing_instance(session, args.instance_id) from None
-    except (ValueError, TimeoutError) as exc:
-        raise CommandError(str(exc)) from None
-    return Outcome(
-        {"instance_id": args.instance_id, "action": "rewind"},
-        f"Rewound orchestration {args.instance_id!r}: its failed steps run again.",
-    )
-
-
-async def orchestration_restart(session: Session, args: argparse.Namespace) -> Outcome:
-    client = await _existing_client(session, args.instance_id)
-    try:
-        iid = await client.restart_orchestration(args.instance_id, new_instance_id=args.new_id)
-    except OrchestrationNotFoundError:
-        raise _missing_instance(session, args.instance_id) from None
-    except (ValueError, OrchestrationAlreadyExistsError) as exc:
-        raise CommandError(str(exc)) from None
-    return Outcome(
-        {"instance_id": iid, "restarted": args.instance_id},
-        f"Restarted orchestration {args.instance_id!r}"
-        + (f" as {iid!r}." if iid != args.instance_id else "."),
-    )
-
-
 # ------------------------------------------------------------------------------------------------
 # argument parsing
-
-
-def _instance_command(
-    sub: Commands, name: str, command: Command, summary: str, description: str
-) -> argparse.ArgumentParser:
-    """A command on one orchestration instance: its first argument is the instance id."""
-    parser = leaf(sub, name, command, summary, description)
-    parser.add_argument("instance_id", metavar="ID", help="the instance id")
-    return parser
 
 
 def register(commands: Commands) -> None:
@@ -450,7 +276,10 @@ def register(commands: Commands) -> None:
     )
     p.add_argument("--wait", action="store_true", help="wait until the orchestration finishes")
     p.add_argument(
-        "--timeout", type=_seconds_arg, metavar="S", help="with --wait: give up after S seconds (exit 1)"
+        "--timeout",
+        type=positive_seconds_arg,
+        metavar="S",
+        help="with --wait: give up after S seconds (exit 1)",
     )
     p.set_defaults(ops_check=_check_start)
 
@@ -490,7 +319,7 @@ def register(commands: Commands) -> None:
     )
     p.add_argument("--all", action="store_true", help="every page (--limit is then the page size)")
 
-    _instance_command(
+    instance_command(
         sub,
         "describe",
         orchestration_describe,
@@ -499,7 +328,7 @@ def register(commands: Commands) -> None:
         "status and failure.",
     )
 
-    _instance_command(
+    instance_command(
         sub,
         "history",
         orchestration_history,
@@ -507,7 +336,7 @@ def register(commands: Commands) -> None:
         "Show the history events of the current execution of an orchestration instance.",
     )
 
-    p = _instance_command(
+    p = instance_command(
         sub,
         "raise-event",
         orchestration_raise_event,
@@ -518,101 +347,4 @@ def register(commands: Commands) -> None:
     p.add_argument("event", metavar="EVENT", help="the event name")
     p.add_argument("--data", type=json_arg, metavar="JSON", help="the event's data, as JSON (default: null)")
 
-    p = leaf(
-        sub,
-        "terminate",
-        orchestration_terminate,
-        "terminate an orchestration",
-        "Terminate an orchestration instance: its status becomes TERMINATED with the given "
-        "output. Here --output is the termination output; choose the output format with --format.",
-        output_flag=False,
-    )
-    p.add_argument("instance_id", metavar="ID", help="the instance id")
-    p.add_argument(
-        "--output",
-        dest="termination_output",
-        type=_termination_output_arg,
-        metavar="JSON",
-        help="the termination output, as JSON (default: null)",
-    )
-    _recursive_flag(p, "terminate its running sub-orchestrations too, transitively")
-
-    for action, command, summary in (
-        ("suspend", orchestration_suspend, "suspend an orchestration"),
-        ("resume", orchestration_resume, "resume a suspended orchestration"),
-    ):
-        p = _instance_command(
-            sub,
-            action,
-            command,
-            summary,
-            f"{summary[0].upper()}{summary[1:]}. Events that arrive while it is suspended are kept "
-            "and applied on resume.",
-        )
-        p.add_argument("--reason", metavar="R", help="a reason, recorded in the history")
-
-    p = leaf(
-        sub,
-        "purge",
-        orchestration_purge,
-        "delete finished orchestrations",
-        "Delete a finished (completed, failed or terminated) orchestration instance and everything "
-        "it owns, with its sub-orchestrations; a running one is refused (exit 1): terminate it first. "
-        "Without an ID, delete every finished instance that matches the filters (each partition's "
-        "worker purges its part in batches; workers must be running) and print how many.",
-    )
-    p.add_argument("instance_id", metavar="ID", nargs="?", help="the instance id")
-    _recursive_flag(p, "purge its sub-orchestrations too, transitively")
-    p.add_argument(
-        "--status",
-        type=status_arg,
-        nargs="+",
-        action="extend",
-        metavar="S",
-        help="without ID: only these statuses (COMPLETED, FAILED, TERMINATED; comma-separated)",
-    )
-    p.add_argument("--name", metavar="N", help="without ID: only instances of orchestrator N")
-    p.add_argument(
-        "--older-than",
-        type=_age_arg,
-        metavar="AGE",
-        help="without ID: only instances created longer ago than AGE (30m, 12h, 7d, 2w)",
-    )
-    p.add_argument("--created-from", type=iso_arg, metavar="ISO", help="without ID: created at or after")
-    p.add_argument("--created-to", type=iso_arg, metavar="ISO", help="without ID: created at or before")
-    p.add_argument("--all", action="store_true", help="without ID and filters: every finished instance")
-    p.add_argument(
-        "--timeout", type=_seconds_arg, default=300.0, metavar="S", help="without ID: wait at most S seconds"
-    )
-    p.set_defaults(ops_check=_check_purge)
-
-    p = _instance_command(
-        sub,
-        "rewind",
-        orchestration_rewind,
-        "rewind a failed orchestration",
-        "Bring a FAILED orchestration back to RUNNING: its failed activity and sub-orchestration "
-        "calls are forgotten and run again, its successful steps are not. Waits until a worker "
-        "applied it; exit 1 when the instance has not failed or cannot be rewound.",
-    )
-    p.add_argument("--reason", metavar="R", help="a reason, recorded in the history")
-    p.add_argument("--timeout", type=_seconds_arg, default=60.0, metavar="S", help="wait at most S seconds")
-
-    p = _instance_command(
-        sub,
-        "restart",
-        orchestration_restart,
-        "restart a finished orchestration",
-        "Start a finished orchestration again with the same input: a new execution under the same "
-        "id (its old history is replaced), or with --new-id under a new id, which is printed.",
-    )
-    p.add_argument("--new-id", action="store_true", help="run it under a new instance id")
-
-
-def _recursive_flag(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument(
-        "--recursive",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help=f"{what} (default; --no-recursive: only the instance itself)",
-    )
+    add_lifecycle_commands(sub)

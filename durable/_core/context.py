@@ -7,8 +7,8 @@ Every method here either reads recorded state (time, instance id) or records an 
 from __future__ import annotations
 
 import datetime as _dt
+import sys
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
@@ -20,37 +20,86 @@ from .model import FailureDetails, RetryPolicy, datetime_to_ms, ms_to_datetime
 from .registry import UNVERSIONED, check_version
 from .replay_log import ReplaySafeLogger
 from .serialization import encode
-from .tasks import CompletableTask, RetryableTask, Task
+from .tasks import CompletableTask, EventTask, RetryableTask, Task
 
 _UUID_NAMESPACE = uuid.UUID("9e952958-5e33-4daf-827f-2fa12937b875")
 
 NameOf = Callable[[Any, str], str]
 
 
+class _Nothing(dict[Any, Any]):
+    """The empty map every context shares until it needs one of its own: reads work as on
+    ``{}``; a write raises, so each write site first gives the context its own dict. A cached
+    (waiting) instance so holds no empty dicts, which cost 64 bytes each and never shrink."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a context wrote to the shared empty map instead of its own dict")
+
+    __setitem__ = setdefault = update = __ior__ = _refuse
+
+
+#: see :class:`_Nothing`; ``NO_ITEMS`` is the same for the lists (a tuple: it has no append)
+NOTHING: Any = _Nothing()
+NO_ITEMS: Any = ()
+
+
 class OrchestrationContext:
     """Passed to every orchestrator invocation; all its effects are durable and replay-safe."""
+
+    # slots: every cached (waiting) instance holds its context
+    __slots__ = (
+        "_continue_as_new",
+        "_custom_status",
+        "_custom_status_set",
+        "_event_waiters",
+        "_extensions",
+        "_instance_id",
+        "_is_replaying",
+        "_log_records",
+        "_logger",
+        "_marker_ahead",
+        "_name",
+        "_name_of",
+        "_new_markers",
+        "_now_ms",
+        "_open_tasks",
+        "_parent_instance_id",
+        "_patches",
+        "_pending_actions",
+        "_received_events",
+        "_retry_timers",
+        "_sequence",
+        "_uuid_counter",
+        "_version",
+    )
 
     def __init__(self, instance_id: str, name_of: NameOf) -> None:
         self._instance_id = instance_id
         self._name_of = name_of
-        self._now = ms_to_datetime(0)
         self._now_ms = 0
         self._is_replaying = False
         self._sequence = 0
         self._uuid_counter = 0
+        # the maps and lists below start as the shared empty ones (NOTHING, NO_ITEMS): a write
+        # site first swaps in an own container, and _compact() puts the shared ones back
         #: actions produced by the code and not yet matched with a history event, by task id
-        self._pending_actions: dict[int, ev.Event] = {}
+        self._pending_actions: dict[int, ev.Event] = NOTHING
         #: tasks waiting for a completion event, by task id
-        self._open_tasks: dict[int, CompletableTask[Any]] = {}
+        self._open_tasks: dict[int, CompletableTask[Any]] = NOTHING
         #: retry timers, by timer task id
-        self._retry_timers: dict[int, RetryableTask[Any]] = {}
-        self._event_waiters: dict[str, deque[CompletableTask[Any]]] = {}
-        self._received_events: dict[str, deque[tuple[str, bytes | None]]] = {}
+        self._retry_timers: dict[int, RetryableTask[Any]] = NOTHING
+        #: event waits: the one task, or a tuple of them, oldest first (no map of deques: a
+        #: waiting instance's wait costs its task alone, not 800 bytes more)
+        self._event_waiters: EventTask[Any] | tuple[EventTask[Any], ...] = ()
+        #: events raised before the code waited for them, by casefolded name, oldest first
+        self._received_events: dict[str, list[tuple[str, bytes | None]]] = NOTHING
         self._custom_status: bytes | None = None
         self._custom_status_set = False
         #: (input, save_events, version: None keeps the current one)
         self._continue_as_new: tuple[bytes | None, bool, str | None] | None = None
-        self._extensions: dict[str, Any] = {}
+        self._extensions: dict[str, Any] = NOTHING
         self._name = ""
         self._parent_instance_id: str | None = None
         self._logger: ReplaySafeLogger | None = None
@@ -59,11 +108,31 @@ class OrchestrationContext:
         self._log_records: list[Any] | None = None
         self._version = UNVERSIONED
         #: what is_patched() answered, by patch id (one answer per execution)
-        self._patches: dict[str, bool] = {}
+        self._patches: dict[str, bool] = NOTHING
         #: markers of patches first seen in this step, recorded in history when the step ends
-        self._new_markers: list[ev.Event] = []
+        self._new_markers: list[ev.Event] = NO_ITEMS
         #: during replay, whether the recorded step at the replay position holds a patch's marker
-        self._marker_ahead: Callable[[str], bool] = lambda patch_id: False
+        self._marker_ahead: Callable[[str], bool] = no_marker
+
+    @property
+    def _now(self) -> _dt.datetime:
+        return ms_to_datetime(self._now_ms)
+
+    def _compact(self) -> None:
+        """Between steps: emptied maps and lists go back to the shared empty ones (a dict keeps
+        its table when emptied)."""
+        if not self._pending_actions:
+            self._pending_actions = NOTHING
+        if not self._open_tasks:
+            self._open_tasks = NOTHING
+        if not self._retry_timers:
+            self._retry_timers = NOTHING
+        if not self._received_events:
+            self._received_events = NOTHING
+        if not self._new_markers:
+            self._new_markers = NO_ITEMS
+        if self._log_records is not None and not self._log_records:
+            self._log_records = NO_ITEMS  # still kept (not None): ctx.logger makes a list when needed
 
     # -- read-only facts -------------------------------------------------------------------------
     @property
@@ -117,7 +186,11 @@ class OrchestrationContext:
             answer = self._marker_ahead(patch_id)
         else:
             answer = True
+            if self._new_markers is NO_ITEMS:
+                self._new_markers = []
             self._new_markers.append({"k": ev.PATCH_MARKER, "patch": patch_id})
+        if self._patches is NOTHING:
+            self._patches = {}
         self._patches[patch_id] = answer
         return answer
 
@@ -130,8 +203,12 @@ class OrchestrationContext:
     def _add_action(self, action: ev.Event, task: CompletableTask[Any] | None) -> int:
         tid = self._next_id()
         action["tid"] = tid
+        if self._pending_actions is NOTHING:
+            self._pending_actions = {}
         self._pending_actions[tid] = action
         if task is not None:
+            if self._open_tasks is NOTHING:
+                self._open_tasks = {}
             self._open_tasks[tid] = task
         return tid
 
@@ -224,20 +301,44 @@ class OrchestrationContext:
         fire_at = datetime_to_ms(self._now + delay)
         timer: ev.Event = {"k": ev.TIMER_CREATED, "fire_at": fire_at, "retry": True, "call": retryable.call}
         tid = self._add_action(timer, None)
+        if self._retry_timers is NOTHING:
+            self._retry_timers = {}
         self._retry_timers[tid] = retryable
 
     def wait_for_external_event(self, name: str, *, data_type: Any = None) -> Task[Any]:
         """A task completed by the next event ``name`` raised on this instance (buffered if early);
         its data is rebuilt into ``data_type`` when given."""
-        key = name.casefold()
-        task: CompletableTask[Any] = CompletableTask(f"event {name!r}", data_type)
+        # the key and the description are shared by every instance waiting for this event
+        key = sys.intern(name.casefold())
+        task: EventTask[Any] = EventTask(key, sys.intern(f"event {name!r}"), data_type)
         queue = self._received_events.get(key)
         if queue:
-            _, data = queue.popleft()
+            _, data = queue.pop(0)
+            if not queue:
+                del self._received_events[key]
             task.complete_with_payload(data)
         else:
-            self._event_waiters.setdefault(key, deque()).append(task)
+            waiters = self._event_waiters
+            if isinstance(waiters, tuple):
+                self._event_waiters = (*waiters, task) if waiters else task
+            else:
+                self._event_waiters = (waiters, task)
         return task
+
+    def _take_waiter(self, key: str) -> EventTask[Any] | None:
+        """The oldest wait for event ``key`` (casefolded), taken off the waiters; None if none."""
+        waiters = self._event_waiters
+        if not isinstance(waiters, tuple):
+            if waiters.event_key != key:
+                return None
+            self._event_waiters = ()
+            return waiters
+        for i, task in enumerate(waiters):
+            if task.event_key == key:
+                rest = waiters[:i] + waiters[i + 1 :]
+                self._event_waiters = rest[0] if len(rest) == 1 else rest
+                return task
+        return None
 
     def send_event(self, instance_id: str, event_name: str, *, data: Any = None) -> None:
         """Raise an event on another orchestration instance (one-way, durable)."""
@@ -269,6 +370,8 @@ class OrchestrationContext:
     def _entity_calls(self) -> _EntityCalls:
         calls = self._extensions.get("entities")
         if calls is None:
+            if self._extensions is NOTHING:
+                self._extensions = {}
             calls = self._extensions["entities"] = _EntityCalls(self)
             self._extensions["deliver"] = calls.deliver
         return calls
@@ -426,6 +529,11 @@ class _EntityCalls:
         assert isinstance(task, CompletableTask)
         task.fail(f"{task.description} failed: {details.message}", details)
         return True
+
+
+def no_marker(patch_id: str) -> bool:
+    """Outside replay no recorded step lies ahead: the default of ``_marker_ahead``."""
+    return False
 
 
 def _result_type(fn: Callable[..., Any] | str, explicit: Any) -> Any:

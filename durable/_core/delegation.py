@@ -27,7 +27,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import events as ev
-from .entities import BatchResult, EntityRecord
+from .entities import EntityRecord
+from .entity_batch import BatchResult
 from .executor import StepResult
 from .model import FailureDetails, OrchestrationStatus
 

@@ -11,17 +11,17 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import inspect
-from collections import deque
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import events as ev
-from .context import NameOf, OrchestrationContext
+from .context import NO_ITEMS, NOTHING, NameOf, OrchestrationContext, no_marker
 from .convert import input_type, rebuild
 from .model import FailureDetails, NonDeterminismError, OrchestrationStatus, is_interrupt, ms_to_datetime
 from .registry import UNVERSIONED
-from .serialization import SerializationError, decode, encode
+from .serialization import SerializationError, decode, encode, pack_record, unpack_record
 from .tasks import CompletableTask, RetryableTask, Task
 
 OrchestratorFn = Callable[..., Any]
@@ -64,7 +64,29 @@ class StepResult:
 
 
 class OrchestrationExecutor:
-    """Drives one execution of one orchestration instance."""
+    """Drives one execution of one orchestration instance.
+
+    A cached executor lives as long as its instance waits, so it keeps little: the suspended
+    code (its generator and context) and the history of earlier steps packed (msgpack, one
+    chunk per step), decoded again only when something reads :attr:`history`."""
+
+    __slots__ = (
+        "_current",
+        "_done",
+        "_driver",
+        "_env",
+        "_failure",
+        "_frozen",
+        "_frozen_len",
+        "_history",
+        "_output",
+        "_replay_error",
+        "_status",
+        "_suspended",
+        "_suspended_buffer",
+        "ctx",
+        "replay_failed_at",
+    )
 
     def __init__(
         self,
@@ -80,16 +102,15 @@ class OrchestrationExecutor:
         name and version instead (the worker's registry). ``strict`` replay also compares the
         inputs, timer times and target ids of scheduling events with what the code produces, so
         a random or clock-dependent value surfaces as non-determinism (tests use it)."""
-        self.instance_id = instance_id
-        self.history: list[ev.Event] = []
+        #: the events not packed yet (those of the current step, or all once thawed)
+        self._history: list[ev.Event] = []
+        #: the events of earlier steps, packed, one chunk per step (None: none packed; one chunk
+        #: is kept as is, without a list)
+        self._frozen: bytes | list[bytes] | None = None
+        self._frozen_len = 0
         self.ctx = context_factory(instance_id, name_of)
-        self._resolve = resolve
-        self._resolve_version = resolve_version
-        self._strict = strict
-        #: the version this execution is pinned to (known once ExecutionStarted is applied)
-        self.version = UNVERSIONED
-        self._replaying: list[ev.Event] = []
-        self._replay_pos = 0
+        #: (resolve, resolve_version, strict): one tuple shared by the executors of a worker
+        self._env = _shared_env(resolve, resolve_version, strict)
         #: where replay found the code at odds with the history (index into it), if it did
         self.replay_failed_at: int | None = None
         self._driver: Any = None  # generator or coroutine
@@ -98,10 +119,61 @@ class OrchestrationExecutor:
         self._output: bytes | None = None
         self._failure: FailureDetails | None = None
         self._suspended = False
-        self._suspended_buffer: list[ev.Event] = []
+        self._suspended_buffer: list[ev.Event] | None = None
         self._done = False
         self._replay_error: NonDeterminismError | None = None
-        self.name = ""
+
+    # the id, name and version live in the context (one copy per cached instance)
+    @property
+    def instance_id(self) -> str:
+        return self.ctx._instance_id
+
+    @property
+    def name(self) -> str:
+        """The orchestrator's name (known once ExecutionStarted is applied)."""
+        return self.ctx._name
+
+    @property
+    def version(self) -> str:
+        """The version this execution is pinned to (known once ExecutionStarted is applied)."""
+        return self.ctx._version
+
+    @property
+    def history(self) -> list[ev.Event]:
+        """The execution's history so far (earlier steps are decoded from their packed form)."""
+        frozen = self._frozen
+        if frozen is not None:
+            chunks = [frozen] if isinstance(frozen, bytes) else frozen
+            thawed = [e for chunk in chunks for e in unpack_record(chunk)]
+            thawed.extend(self._history)
+            self._history, self._frozen, self._frozen_len = thawed, None, 0
+        return self._history
+
+    @history.setter
+    def history(self, events: list[ev.Event]) -> None:
+        self._history, self._frozen, self._frozen_len = events, None, 0
+
+    @property
+    def history_len(self) -> int:
+        """``len(history)``, without decoding it."""
+        return self._frozen_len + len(self._history)
+
+    def _freeze(self) -> None:
+        """Pack the events not packed yet: a cached instance holds its past as bytes, not dicts
+        (the live generator, not the history, carries the code forward)."""
+        events = self._history
+        if not events:
+            return
+        chunk = pack_record(events)
+        frozen = self._frozen
+        if frozen is None:
+            self._frozen = chunk
+        elif isinstance(frozen, bytes):
+            self._frozen = [frozen, chunk]
+        else:
+            frozen.append(chunk)
+        self._frozen_len += len(events)
+        self._history = NO_ITEMS  # (the history property and _append make a list again)
 
     @property
     def status(self) -> OrchestrationStatus:
@@ -129,34 +201,26 @@ class OrchestrationExecutor:
     def replay(self, history: list[ev.Event]) -> None:
         """Rebuild state from recorded history (a non-determinism error surfaces in the next step)."""
         self.ctx._is_replaying = True
-        self._replaying = history
-        self.ctx._marker_ahead = self._marker_ahead
+        cursor = _ReplayCursor(history)
+        self.ctx._marker_ahead = cursor.marker_ahead
         try:
+            replayed = self.history  # (a fresh executor's: empty)
             for pos, event in enumerate(history):
-                self._replay_pos = pos
+                cursor.pos = pos
                 self._apply(event)
-                self.history.append(event)
-            self._replay_pos = len(history) - 1  # a leftover action: reported at the last event
+                replayed.append(event)
+            cursor.pos = len(history) - 1  # a leftover action: reported at the last event
             if not history or history[-1].get("k") != ev.EXECUTION_COMPLETED:
                 self._check_replayed_all()
+            self._freeze()
+            self.ctx._compact()
         except NonDeterminismError as exc:
             self._replay_error = exc
-            self.replay_failed_at = self._replay_pos
+            self.replay_failed_at = cursor.pos
             self.history = list(history)
         finally:
             self.ctx._is_replaying = False
-            self._replaying = []
-
-    def _marker_ahead(self, patch_id: str) -> bool:
-        """Whether the recorded step being replayed holds the marker of ``patch_id``: the events
-        after the replay position, up to the next step's OrchestratorStarted."""
-        for event in self._replaying[self._replay_pos + 1 :]:
-            kind = event.get("k")
-            if kind == ev.ORCHESTRATOR_STARTED:
-                return False
-            if kind == ev.PATCH_MARKER and event.get("patch") == patch_id:
-                return True
-        return False
+            self.ctx._marker_ahead = no_marker
 
     def _check_replayed_all(self) -> None:
         """After a complete replay every action the code produced must be in the history: one
@@ -185,9 +249,11 @@ class OrchestrationExecutor:
                     break
                 if self._apply(event):
                     self._append(event, result)
-            markers, self.ctx._new_markers = self.ctx._new_markers, []
-            for marker in markers:
-                self._append(marker, result)
+            markers = self.ctx._new_markers
+            if markers:
+                self.ctx._new_markers = NO_ITEMS
+                for marker in markers:
+                    self._append(marker, result)
             if self.ctx._pending_actions and self._status != OrchestrationStatus.TERMINATED:
                 # Whatever the code scheduled and history does not hold yet is new work.
                 for tid in sorted(self.ctx._pending_actions):
@@ -227,13 +293,17 @@ class OrchestrationExecutor:
         result.failure = self._failure
         result.custom_status = self.ctx._custom_status
         result.custom_status_set = self.ctx._custom_status_set
+        self._freeze()
+        self.ctx._compact()
         return result
 
     # -- internals -------------------------------------------------------------------------------
     def _append(self, event: ev.Event, result: StepResult) -> None:
-        event["eid"] = len(self.history)
+        event["eid"] = self._frozen_len + len(self._history)
         event.setdefault("ts", self.ctx._now_ms)
-        self.history.append(event)
+        if self._history is NO_ITEMS:
+            self._history = []
+        self._history.append(event)
         result.new_events.append(event)
 
     def _fail_nondeterministic(self, exc: NonDeterminismError, result: StepResult) -> StepResult:
@@ -249,7 +319,7 @@ class OrchestrationExecutor:
         self._status = OrchestrationStatus.FAILED
         self._failure = details
         result.actions.clear()
-        self.ctx._pending_actions.clear()
+        self.ctx._pending_actions = NOTHING
         self._append(
             {"k": ev.EXECUTION_COMPLETED, "status": "FAILED", "result": None, "failure": details.to_record()},
             result,
@@ -265,7 +335,6 @@ class OrchestrationExecutor:
         ctx = self.ctx
         if kind == ev.ORCHESTRATOR_STARTED:
             ctx._now_ms = int(event["ts"])
-            ctx._now = ms_to_datetime(ctx._now_ms)
             return True
         if kind in ev.SCHEDULING_EVENTS:
             self._match_action(event)
@@ -284,11 +353,13 @@ class OrchestrationExecutor:
             return True
         if kind == ev.EXECUTION_RESUMED:
             self._suspended = False
-            buffered, self._suspended_buffer = self._suspended_buffer, []
-            for item in buffered:
+            buffered, self._suspended_buffer = self._suspended_buffer, None
+            for item in buffered or ():
                 self._deliver(item)
             return True
         if self._suspended:
+            if self._suspended_buffer is None:
+                self._suspended_buffer = []
             self._suspended_buffer.append(event)
             return True
         return self._deliver(event)
@@ -298,11 +369,13 @@ class OrchestrationExecutor:
         ctx = self.ctx
         if kind == ev.EVENT_RAISED:
             key = str(event["name"]).casefold()
-            waiters = ctx._event_waiters.get(key)
-            if waiters:
-                waiters.popleft().complete_with_payload(event.get("input"))
+            waiter = ctx._take_waiter(key)
+            if waiter is not None:
+                waiter.complete_with_payload(event.get("input"))
             else:
-                ctx._received_events.setdefault(key, deque()).append((event["name"], event.get("input")))
+                if ctx._received_events is NOTHING:
+                    ctx._received_events = {}
+                ctx._received_events.setdefault(key, []).append((event["name"], event.get("input")))
             self._resume()
             return True
         if kind in _COMPLETIONS:
@@ -370,7 +443,7 @@ class OrchestrationExecutor:
                 f"orchestration {self.instance_id!r}: history records {_describe(event)} (task {tid}), "
                 f"but the code now schedules {_describe(action)}"
             )
-        if self._strict:
+        if self._env[2]:
             for key in _STRICT_FIELDS:
                 if key in event and action.get(key) != event[key]:
                     raise NonDeterminismError(
@@ -382,19 +455,20 @@ class OrchestrationExecutor:
         action.update(event)
 
     def _start(self, event: ev.Event) -> None:
-        self.name = str(event["name"])
+        self.ctx._name = sys.intern(str(event["name"]))  # one string per orchestrator name
         # a history recorded before versions existed has no "ver": it is unversioned; a new
         # execution without a pinned version (None) is pinned now, to the newest registered one
         requested: str | None = event.get("ver", UNVERSIONED)
         fn: OrchestratorFn | None
-        if self._resolve_version is not None:
-            found = self._resolve_version(self.name, requested)
+        resolve, resolve_version, _ = self._env
+        if resolve_version is not None:
+            found = resolve_version(self.name, requested)
             version, fn = found if found is not None else (requested or UNVERSIONED, None)
         else:
-            version, fn = requested or UNVERSIONED, self._resolve(self.name)
+            version, fn = requested or UNVERSIONED, resolve(self.name)
         if "ver" in event:
             event["ver"] = version  # recorded in history: the instance keeps it for life
-        self.version = self.ctx._version = version
+        self.ctx._version = version
         if fn is None:
             label = f" version {version!r}" if version else ""
             self._finish(
@@ -408,7 +482,6 @@ class OrchestrationExecutor:
             return
         parent = event.get("parent")
         self.ctx._parent_instance_id = parent.get("iid") if isinstance(parent, dict) else None
-        self.ctx._name = self.name
         try:
             value = rebuild(
                 decode(event.get("input")), input_type(fn), f"input of orchestration {self.name!r}"
@@ -497,6 +570,45 @@ class OrchestrationExecutor:
             except BaseException as exc:
                 if is_interrupt(exc):
                     raise
+
+
+class _ReplayCursor:
+    """Where a replay is (for ``ctx.is_patched``): kept only while it runs."""
+
+    __slots__ = ("history", "pos")
+
+    def __init__(self, history: list[ev.Event]) -> None:
+        self.history = history
+        self.pos = 0
+
+    def marker_ahead(self, patch_id: str) -> bool:
+        """Whether the recorded step being replayed holds the marker of ``patch_id``: the events
+        after the replay position, up to the next step's OrchestratorStarted."""
+        for event in self.history[self.pos + 1 :]:
+            kind = event.get("k")
+            if kind == ev.ORCHESTRATOR_STARTED:
+                return False
+            if kind == ev.PATCH_MARKER and event.get("patch") == patch_id:
+                return True
+        return False
+
+
+_Env = tuple[Callable[[str], OrchestratorFn | None], VersionResolver | None, bool]
+_last_env: list[_Env] = []
+
+
+def _shared_env(
+    resolve: Callable[[str], OrchestratorFn | None], resolve_version: VersionResolver | None, strict: bool
+) -> _Env:
+    """The executor's lookups as one tuple, the same tuple as the previous executor's when they
+    are the same (a worker's are): a cached executor holds one reference, not three."""
+    if _last_env:
+        last = _last_env[0]
+        if last[0] is resolve and last[1] is resolve_version and last[2] == strict:
+            return last
+    env: _Env = (resolve, resolve_version, strict)
+    _last_env[:] = [env]
+    return env
 
 
 def _describe(event: ev.Event) -> str:

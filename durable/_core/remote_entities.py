@@ -21,7 +21,7 @@ import uuid
 from typing import Any
 
 from . import events as ev
-from .entities import EntityBatch
+from .entity_batch import EntityBatch
 from .model import FailureDetails
 
 #: inbox message kind: an executor's reply to a work item (orchestration step or entity batch)

@@ -57,6 +57,8 @@ class ReplaySafeLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
             kwargs["stacklevel"] = int(kwargs.get("stacklevel", 1)) + 1
             self.logger.log(level, msg, *args, **kwargs)
             return
+        if not isinstance(records, list):  # kept, none yet (the shared empty tuple of a cached context)
+            records = self._ctx._log_records = []
         exc_info = kwargs.get("exc_info")
         if exc_info and not isinstance(exc_info, tuple):
             exc_info = (

@@ -21,11 +21,15 @@ T = TypeVar("T")
 class Task(Generic[T]):
     """A unit of durable work whose result arrives later (activity, timer, event, ...)."""
 
+    # slots: a waiting instance's cache entry holds its open tasks
+    __slots__ = ("_complete", "_exception", "_parents", "_result")
+
     def __init__(self) -> None:
         self._complete = False
         self._result: Any = None
         self._exception: TaskFailedError | None = None
-        self._parents: list[CompositeTask[Any]] = []
+        #: the composite tasks (when_all, when_any) this task is a child of
+        self._parents: tuple[CompositeTask[Any], ...] = ()
 
     @property
     def is_complete(self) -> bool:
@@ -73,6 +77,8 @@ class Task(Generic[T]):
 class CompletableTask(Task[T]):
     """A task completed by one history event (activity, timer, sub-orchestration, event, entity call)."""
 
+    __slots__ = ("description", "result_type")
+
     def __init__(self, description: str = "", result_type: Any = None) -> None:
         super().__init__()
         self.description = description
@@ -102,8 +108,21 @@ class CompletableTask(Task[T]):
         self._set_failure(TaskFailedError(message, details))
 
 
+class EventTask(CompletableTask[T]):
+    """A wait for an external event: it carries the (casefolded) event name it waits for, so the
+    context keeps its waiters in one list rather than in a map of lists."""
+
+    __slots__ = ("event_key",)
+
+    def __init__(self, event_key: str, description: str = "", result_type: Any = None) -> None:
+        super().__init__(description, result_type)
+        self.event_key = event_key
+
+
 class RetryableTask(CompletableTask[T]):
     """An activity or sub-orchestration call with a retry policy; the context reschedules it."""
+
+    __slots__ = ("action", "attempt", "call", "details", "first_attempt_ms", "policy")
 
     def __init__(
         self,
@@ -127,13 +146,15 @@ class RetryableTask(CompletableTask[T]):
 class CompositeTask(Task[T], abc.ABC):
     """A task made of child tasks."""
 
+    __slots__ = ("children",)
+
     def __init__(self, children: Sequence[Task[Any]]) -> None:
         super().__init__()
         self.children = list(children)
         for child in self.children:
             if not isinstance(child, Task):
                 raise TypeError(f"expected durable tasks, got {type(child).__qualname__}")
-            child._parents.append(self)
+            child._parents = (*child._parents, self)
 
     @abc.abstractmethod
     def _on_child_completed(self, child: Task[Any]) -> None:
@@ -142,6 +163,8 @@ class CompositeTask(Task[T], abc.ABC):
 
 class WhenAllTask(CompositeTask[list[Any]]):
     """Completes with every child's result, in order; fails with the first child failure."""
+
+    __slots__ = ()
 
     def __init__(self, children: Sequence[Task[Any]]) -> None:
         super().__init__(children)
@@ -164,6 +187,8 @@ class WhenAllTask(CompositeTask[list[Any]]):
 
 class WhenAnyTask(CompositeTask[Task[Any]]):
     """Completes with the first child that completes (the child task itself)."""
+
+    __slots__ = ()
 
     def __init__(self, children: Sequence[Task[Any]]) -> None:
         if not children:

@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .._config import ENV_OPS_TOKEN
+from .._core.serialization import PayloadTooLargeError
 from .views import to_json_value
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "check_write",
     "error_response",
     "json_response",
+    "payload_error",
 ]
 
 log = logging.getLogger("durable.ops")
@@ -165,6 +167,13 @@ def json_response(status: int, value: Any, headers: Mapping[str, str] | None = N
 
 def error_response(exc: HTTPError) -> Response:
     return json_response(exc.status, {"error": exc.error, "detail": exc.detail}, exc.headers)
+
+
+def payload_error(exc: Exception, code: str = "invalid_payload") -> HTTPError:
+    """413 for a payload over the size limit, else 400 with ``code``."""
+    if isinstance(exc, PayloadTooLargeError):
+        return HTTPError(413, "payload_too_large", str(exc))
+    return HTTPError(400, code, str(exc))
 
 
 def unauthorized() -> HTTPError:

@@ -28,8 +28,8 @@ from .._core.schedules import (
     ScheduleNotFoundError,
     ScheduleStatus,
 )
-from .._core.serialization import PayloadTooLargeError, SerializationError
-from .http import HTTPError, Request, Response, Route, json_body, json_response
+from .._core.serialization import SerializationError
+from .http import HTTPError, Request, Response, Route, json_body, json_response, payload_error
 from .views import to_json_value
 
 __all__ = ["ScheduleRoutes", "schedule_fields", "schedule_json"]
@@ -91,9 +91,7 @@ def _not_found(schedule_id: str) -> HTTPError:
 
 
 def _invalid(exc: Exception) -> HTTPError:
-    if isinstance(exc, PayloadTooLargeError):
-        return HTTPError(413, "payload_too_large", str(exc))
-    return HTTPError(400, "invalid_schedule", str(exc))
+    return payload_error(exc, "invalid_schedule")
 
 
 def _object_body(request: Request) -> dict[str, Any]:

@@ -54,8 +54,10 @@ process.
 Payloads are converted for JSON by :func:`to_json_value` (datetimes ISO-8601, bytes base64,
 tuples lists, ...). Errors are JSON: ``{"error": "<code>", "detail": "<human readable>"}``.
 
-This module holds the routes and their handlers (:class:`OpsApp`); the JSON views it shares with
-the operator CLI are in :mod:`durable._ops_views`, the HTTP/1.1 plumbing in :mod:`durable._ops_http`.
+This module holds the orchestration and hub routes and puts them together (:class:`OpsApp`); the
+probes and metrics are in :mod:`durable._ops.probes`, the entity routes in :mod:`durable._ops.entities`,
+the schedule routes in :mod:`durable._ops.schedules`, the JSON views it shares with the operator CLI
+in :mod:`durable._ops.views`, the HTTP/1.1 plumbing in :mod:`durable._ops.http`.
 """
 
 from __future__ import annotations
@@ -64,25 +66,22 @@ import contextlib
 import importlib.metadata
 import importlib.resources
 import logging
-import time
-from typing import Any
 from urllib.parse import quote
 
 import anyio
 import anyio.abc
-from prometheus_client.exposition import generate_latest
 from redis.exceptions import RedisError
 
 from .._client import AsyncClient
 from .._core.model import OrchestrationAlreadyExistsError, OrchestrationNotFoundError, OrchestrationStatus
 from .._core.serialization import PayloadTooLargeError, SerializationError
-from .._runtime import metrics as _metrics
 from .._runtime import tracing
 from .._runtime.runtime import Runtime
 from .._store import queries as q
 from .._store.store import Store
 from . import lifecycle as lifecycle
 from . import views as views
+from .entities import MAX_LIST_LIMIT, EntityRoutes, token_header
 from .http import (
     MAX_BODY_BYTES,
     TOKEN_ENV,
@@ -98,10 +97,12 @@ from .http import (
     int_param,
     json_body,
     json_response,
+    payload_error,
     resolve,
     resolve_token,
     unauthorized,
 )
+from .probes import PROBE_PATHS, Probes
 from .schedules import ScheduleRoutes
 from .transport import serve
 from .views import history_event_json, state_json, to_json_value
@@ -120,21 +121,12 @@ __all__ = [
 
 log = logging.getLogger("durable.ops")
 
-#: Time allowed for the Redis reads of a probe.
-PROBE_TIMEOUT_SECONDS = 2.0
-#: Extra seconds on top of three balance intervals before /healthz calls the worker stuck.
-LIVENESS_MARGIN_SECONDS = 5.0
-#: Largest page of ``GET /v1/orchestrations`` and ``GET /v1/entities``.
-MAX_LIST_LIMIT = 1000
-#: The response header holding the token of the next page of a list.
-CONTINUATION_HEADER = "X-Continuation-Token"
 #: ``GET /v1/orchestrations/{id}?wait=`` waits at most this long.
 MAX_WAIT_SECONDS = 300.0
 #: ``Retry-After`` of a 202 for an instance that has not finished.
 RETRY_AFTER_SECONDS = 1
 
-_PROBE_PATHS = frozenset({"/healthz", "/readyz"})
-_PUBLIC_PATHS = frozenset({"/", "/index.html", *_PROBE_PATHS})
+_PUBLIC_PATHS = frozenset({"/", "/index.html", *PROBE_PATHS})
 
 _CSP = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
@@ -165,12 +157,6 @@ def _reason_body(request: Request) -> str | None:
     raise HTTPError(400, "invalid_body", 'expected a JSON string or {"reason": "..."}')
 
 
-def _payload_error(exc: Exception) -> HTTPError:
-    if isinstance(exc, PayloadTooLargeError):
-        return HTTPError(413, "payload_too_large", str(exc))
-    return HTTPError(400, "invalid_payload", str(exc))
-
-
 class OpsApp:
     """Request handling, independent of the socket plumbing (see :func:`serve_ops`)."""
 
@@ -179,15 +165,12 @@ class OpsApp:
         self.client = client
         self.token = token or None
         self._dashboard: bytes | None = None
-        self._published_partitions: set[str] = set()
-        self._published_waiting: set[tuple[str, str]] = set()
+        self.probes = Probes(runtime, client)
         o = "orchestrations"
         self.routes: list[Route] = [
             Route((), {"GET": self.dashboard}),
             Route(("index.html",), {"GET": self.dashboard}),
-            Route(("metrics",), {"GET": self.metrics}),
-            Route(("healthz",), {"GET": self.healthz}),
-            Route(("readyz",), {"GET": self.readyz}),
+            *self.probes.routes(),
             Route(("v1", "hub"), {"GET": self.hub_info}),
             Route(("v1", o), {"GET": self.list_orchestrations}),
             Route(("v1", o, "purge"), {"POST": self.purge_matching}),  # before POST /v1/o/{name}
@@ -202,9 +185,7 @@ class OpsApp:
             Route(("v1", o, None, "rewind"), {"POST": self.rewind}),
             Route(("v1", o, None, "restart"), {"POST": self.restart}),
             Route(("v1", o, None, "events", None), {"POST": self.raise_event}),
-            Route(("v1", "entities"), {"GET": self.list_entities}),
-            Route(("v1", "entities", None, None), {"GET": self.get_entity}),
-            Route(("v1", "entities", None, None, None), {"POST": self.signal_entity}),
+            *EntityRoutes(client).routes(),
             *ScheduleRoutes(client).routes(),
             Route(("v1", "scale"), {"GET": self.scale}),
             Route(("v1", "partitions"), {"GET": self.partitions}),
@@ -234,7 +215,7 @@ class OpsApp:
         return found
 
     def is_probe(self, request: Request) -> bool:
-        return request.path in _PROBE_PATHS and request.method in ("GET", "HEAD")
+        return request.path in PROBE_PATHS and request.method in ("GET", "HEAD")
 
     async def handle(self, request: Request) -> Response:
         try:
@@ -258,118 +239,6 @@ class OpsApp:
             resource = importlib.resources.files("durable._ops").joinpath("static/dashboard.html")
             self._dashboard = resource.read_bytes()
         return Response(200, self._dashboard, "text/html; charset=utf-8", {"Content-Security-Policy": _CSP})
-
-    async def metrics(self, request: Request, params: list[str]) -> Response:
-        rt = self.runtime
-        if rt is not None:
-            _metrics.set_worker_slots(rt.activities.slots_used, rt.config.concurrency)
-            owned = rt.owned_partitions()
-            _metrics.PARTITIONS_OWNED.set(len(owned))
-            await self._publish_partition_gauges(owned)
-        return Response(200, generate_latest(_metrics.REGISTRY), _metrics.CONTENT_TYPE)
-
-    async def _publish_partition_gauges(self, owned: list[int]) -> None:
-        """Backlog, oldest message age and pending timers of the partitions this worker owns, and
-        the instances in them that wait for a worker with their version."""
-        labels: set[str] = set()
-        if not owned and not self._published_partitions:
-            return
-        try:
-            with anyio.fail_after(PROBE_TIMEOUT_SECONDS):
-                store = await self._store()
-                infos = await q.partitions_info(store, only=owned)
-                waiting = await q.waiting_for_version(store, owned)
-        except (RedisError, OSError, TimeoutError) as exc:
-            log.debug("partition gauges not refreshed: %s", exc)
-            return
-        self._publish_waiting(waiting)
-        for info in infos:
-            label = _metrics.partition_label(info.partition)
-            labels.add(label)
-            _metrics.PARTITION_BACKLOG.labels(partition=label).set(info.backlog)
-            _metrics.PARTITION_OLDEST_MESSAGE_AGE.labels(partition=label).set(info.oldest_age_seconds)
-            _metrics.TIMERS_PENDING.labels(partition=label).set(info.timers)
-        for label in self._published_partitions - labels:
-            for gauge in (
-                _metrics.PARTITION_BACKLOG,
-                _metrics.PARTITION_OLDEST_MESSAGE_AGE,
-                _metrics.TIMERS_PENDING,
-            ):
-                with contextlib.suppress(KeyError):
-                    gauge.remove(label)
-        self._published_partitions = labels
-
-    def _publish_waiting(self, waiting: list[q.WaitingInstance]) -> None:
-        counts: dict[tuple[str, str], int] = {}
-        for w in waiting:
-            counts[(w.name, w.version)] = counts.get((w.name, w.version), 0) + 1
-        gauge = _metrics.ORCHESTRATIONS_WAITING_FOR_VERSION
-        for name, version in self._published_waiting - set(counts):
-            with contextlib.suppress(KeyError):
-                gauge.remove(name, version)
-        for (name, version), count in counts.items():
-            gauge.labels(name=name, version=version).set(count)
-        self._published_waiting = set(counts)
-
-    async def healthz(self, request: Request, params: list[str]) -> Response:
-        rt = self.runtime
-        if rt is None:
-            return json_response(200, {"status": "ok", "worker": False})
-        if rt.stopped.is_set():
-            return json_response(503, {"status": "failing", "reasons": ["the worker has stopped"]})
-        if rt.draining:
-            # shutting down on purpose: the loops wind down, that is not a reason to restart it
-            return json_response(200, {"status": "ok", "worker": True, "draining": True})
-        interval = rt.config.balance_interval_ms / 1000
-        limit = 3 * interval + LIVENESS_MARGIN_SECONDS
-        age = time.monotonic() - rt.last_balance
-        body: dict[str, Any] = {
-            "status": "ok",
-            "worker": True,
-            "worker_id": rt.worker_id,
-            "last_balance_seconds_ago": round(age, 3),
-            "limit_seconds": limit,
-        }
-        if age > limit:
-            body["status"] = "failing"
-            body["reasons"] = [f"the balance loop last ran {age:.1f}s ago (limit {limit:.1f}s)"]
-            return json_response(503, body)
-        return json_response(200, body)
-
-    async def readyz(self, request: Request, params: list[str]) -> Response:
-        rt = self.runtime
-        reasons: list[str] = []
-        checks: dict[str, Any] = {}
-        store: Store | None = None
-        try:
-            with anyio.fail_after(PROBE_TIMEOUT_SECONDS):
-                store = await self._store()
-                await q.ping(store)
-            checks["redis"] = "ok"
-        except (RedisError, OSError, TimeoutError) as exc:
-            checks["redis"] = f"unreachable: {exc or type(exc).__name__}"
-            reasons.append(f"Redis is unreachable: {exc or type(exc).__name__}")
-        if rt is not None:
-            owned = rt.owned_partitions()
-            checks["draining"] = rt.draining
-            checks["partitions_owned"] = len(owned)
-            if rt.draining:
-                reasons.append("the worker is draining")
-            registered = False
-            if store is not None and checks["redis"] == "ok":
-                try:
-                    with anyio.fail_after(PROBE_TIMEOUT_SECONDS):
-                        registered = await q.is_worker_registered(store, rt.worker_id)
-                except (RedisError, OSError, TimeoutError):
-                    registered = False
-            checks["registered"] = registered
-            if not owned and not registered:
-                reasons.append("partition balancing has not run yet")
-        status = 503 if reasons else 200
-        body: dict[str, Any] = {"status": "ready" if not reasons else "not_ready", "checks": checks}
-        if reasons:
-            body["reasons"] = reasons
-        return json_response(status, body)
 
     async def hub_info(self, request: Request, params: list[str]) -> Response:
         store = await self._store()
@@ -405,7 +274,7 @@ class OpsApp:
         except OrchestrationAlreadyExistsError as exc:
             raise HTTPError(409, "already_exists", str(exc)) from None
         except (SerializationError, PayloadTooLargeError) as exc:
-            raise _payload_error(exc) from None
+            raise payload_error(exc) from None
         except ValueError as exc:
             raise HTTPError(400, "invalid_request", str(exc)) from None
         return json_response(202, {"instance_id": iid}, {"Location": f"/v1/orchestrations/{_quote(iid)}"})
@@ -443,7 +312,7 @@ class OpsApp:
             )
         except ValueError as exc:
             raise HTTPError(400, "invalid_parameter", str(exc)) from None
-        return json_response(200, [state_json(s) for s in page], _token_header(page.continuation_token))
+        return json_response(200, [state_json(s) for s in page], token_header(page.continuation_token))
 
     async def history(self, request: Request, params: list[str]) -> Response:
         iid = params[0]
@@ -460,7 +329,7 @@ class OpsApp:
         except OrchestrationNotFoundError:
             raise _not_found(iid) from None
         except (SerializationError, PayloadTooLargeError) as exc:
-            raise _payload_error(exc) from None
+            raise payload_error(exc) from None
         return json_response(202, {"instance_id": iid, "event": event})
 
     async def terminate(self, request: Request, params: list[str]) -> Response:
@@ -473,7 +342,7 @@ class OpsApp:
         except OrchestrationNotFoundError:
             raise _not_found(iid) from None
         except (SerializationError, PayloadTooLargeError) as exc:
-            raise _payload_error(exc) from None
+            raise payload_error(exc) from None
         return json_response(202, {"instance_id": iid, "action": "terminate"})
 
     async def suspend(self, request: Request, params: list[str]) -> Response:
@@ -513,68 +382,6 @@ class OpsApp:
     async def restart(self, request: Request, params: list[str]) -> Response:
         return await lifecycle.restart(self.client, request, params[0])
 
-    # -- entities --------------------------------------------------------------------------------
-    @staticmethod
-    def _entity_id(name: str, key: str) -> str:
-        """``@name@key``; entity names are case-insensitive and stored lower-cased."""
-        if "@" in name:
-            raise HTTPError(400, "invalid_entity_id", f"entity names cannot contain '@': {name!r}")
-        return f"@{name.lower()}@{key}"
-
-    async def list_entities(self, request: Request, params: list[str]) -> Response:
-        """Entities newest first; with ``name``/``key_prefix``/``continuation_token``, pages in id
-        order (the next page's token in ``X-Continuation-Token``)."""
-        limit = int_param(request, "limit", 100, 1, MAX_LIST_LIMIT)
-        name, key_prefix = request.param("name"), request.param("key_prefix")
-        include_state = (request.param("include_state") or "false").lower() in ("1", "true", "yes")
-        token = request.param("continuation_token")
-        filters: dict[str, Any] = {
-            "name": name,
-            "key_prefix": key_prefix,
-            "last_modified_from": datetime_param(request, "last_modified_from"),
-            "last_modified_to": datetime_param(request, "last_modified_to"),
-            "include_state": include_state,
-        }
-        if name is not None and "@" in name:
-            raise HTTPError(400, "invalid_entity_id", f"entity names cannot contain '@': {name!r}")
-        try:
-            if name is None and key_prefix is None and token is None:
-                states = await self.client.list_entities(**filters, limit=limit)
-                next_token = None
-            else:
-                page = await self.client.entity_page(**filters, limit=limit, continuation_token=token)
-                states, next_token = list(page), page.continuation_token
-        except ValueError as exc:
-            raise HTTPError(400, "invalid_parameter", str(exc)) from None
-        rows = [views.entity_row(s, include_state) for s in states]
-        return json_response(200, rows, _token_header(next_token))
-
-    async def get_entity(self, request: Request, params: list[str]) -> Response:
-        entity_id = self._entity_id(*params)
-        try:
-            body = await views.entity_view(self.client, entity_id)
-        except views.EntitiesUnavailableError as exc:
-            raise _entities_unavailable(exc) from None
-        except (TypeError, ValueError) as exc:
-            raise HTTPError(400, "invalid_entity_id", str(exc)) from None
-        if body is None:
-            raise HTTPError(404, "not_found", f"no entity with id {entity_id!r}")
-        return json_response(200, body)
-
-    async def signal_entity(self, request: Request, params: list[str]) -> Response:
-        name, key, operation = params
-        entity_id = self._entity_id(name, key)
-        data = json_body(request)
-        try:
-            body = await views.signal_entity_view(self.client, entity_id, operation, data)
-        except views.EntitiesUnavailableError as exc:
-            raise _entities_unavailable(exc) from None
-        except (SerializationError, PayloadTooLargeError) as exc:
-            raise _payload_error(exc) from None
-        except (TypeError, ValueError) as exc:
-            raise HTTPError(400, "invalid_request", str(exc)) from None
-        return json_response(202, body)
-
     # -- hub state -------------------------------------------------------------------------------
     async def scale(self, request: Request, params: list[str]) -> Response:
         target = int_param(request, "target_per_worker", q.DEFAULT_TARGET_PER_WORKER, 1, 1_000_000)
@@ -607,14 +414,6 @@ def _seconds_param(request: Request, name: str, limit: float) -> float:
     if not 0 <= value <= limit:
         raise HTTPError(400, "invalid_parameter", f"{name} must be between 0 and {limit:g} seconds")
     return value
-
-
-def _token_header(token: str | None) -> dict[str, str]:
-    return {CONTINUATION_HEADER: token} if token else {}
-
-
-def _entities_unavailable(exc: views.EntitiesUnavailableError) -> HTTPError:
-    return HTTPError(501, "not_implemented", str(exc))
 
 
 def _not_found(instance_id: str) -> HTTPError:

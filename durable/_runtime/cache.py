@@ -18,7 +18,9 @@ class InstanceCache(Generic[V]):
         self.capacity = capacity
         self._metrics = metrics
         self._partitions: dict[int, dict[str, V]] = {}
-        self._lru: OrderedDict[tuple[int, str], None] = OrderedDict()
+        #: instance id -> its partition, least recently used first (keyed by the id alone, the
+        #: string the partition map holds too: no tuple per cached instance)
+        self._lru: OrderedDict[str, int] = OrderedDict()
 
     def partition(self, index: int) -> dict[str, V]:
         """The (live) map of one partition; created on first use."""
@@ -31,29 +33,38 @@ class InstanceCache(Generic[V]):
         """Mark instances as just used; evict the least recently used beyond the capacity."""
         lru = self._lru
         for iid in instance_ids:
-            key = (index, iid)
-            if key in lru:
-                lru.move_to_end(key)
+            known = lru.get(iid)
+            if known == index:
+                lru.move_to_end(iid)
                 self._metrics.cache_event("hit")
             else:
-                lru[key] = None
+                lru[iid] = index
+                if known is not None:  # an id moves partitions only if their count changed
+                    self._drop(known, iid)
+                    lru.move_to_end(iid)
         while len(lru) > self.capacity:
-            (p, iid), _ = lru.popitem(last=False)
+            iid, p = lru.popitem(last=False)
             part = self._partitions.get(p)
             if part is not None:
                 part.pop(iid, None)
             self._metrics.cache_event("evict")
         self._metrics.cache_size(len(lru))
 
+    def _drop(self, index: int, instance_id: str) -> None:
+        part = self._partitions.get(index)
+        if part is not None:
+            part.pop(instance_id, None)
+
     def forget(self, index: int, instance_id: str) -> None:
         self.partition(index).pop(instance_id, None)
-        self._lru.pop((index, instance_id), None)
+        if self._lru.get(instance_id) == index:
+            del self._lru[instance_id]
 
     def clear_partition(self, index: int, *, drop: bool = False) -> None:
         """Empty one partition's cache (after a failed step, or when the partition is let go)."""
         part = self._partitions.pop(index, None) if drop else self._partitions.get(index)
         if part is not None and not drop:
             part.clear()
-        for key in [k for k in self._lru if k[0] == index]:
+        for key in [k for k, p in self._lru.items() if p == index]:
             del self._lru[key]
         self._metrics.cache_size(len(self._lru))

@@ -131,7 +131,7 @@ class DelegatedSteps:
             if kind == ev.MSG_TERMINATE:
                 self.terminate(step, inst, msg.get("output"))  # the step away is cancelled
                 return msgs[i + 1 :]
-            inst.parked.append(persistable(msg))
+            inst.parked = [*inst.parked, persistable(msg)]
         if len(inst.parked) != parked:
             rec = RecordWrite(step.keys.instance(inst.iid), step.keys.history(inst.iid), inst.version)
             rec.fields["pk"] = pack_record(inst.parked)

@@ -23,12 +23,12 @@ from .._core.entities import (
     DEFAULT_DEDUP_SECONDS,
     DEFAULT_DEDUP_WINDOW,
     MSG_SWEEP,
-    BatchResult,
-    EntityBatch,
+    RECENT_SIZE,
     EntityId,
     EntityRecord,
     held_locks,
 )
+from .._core.entity_batch import BatchResult, EntityBatch
 from .._core.registry import capability
 from .._core.remote_entities import RemoteEntityBatch
 from .._core.serialization import pack_record
@@ -58,6 +58,8 @@ class _Loaded:
     raw_control: dict[bytes, bytes]
     dirty: bool = False
     deleted: bool = False
+    #: a sweep timer message was applied in this step (see _record_writes)
+    swept: bool = False
 
 
 @dataclass
@@ -215,19 +217,20 @@ class EntityHalf:
         target = str(entity_id)
         loaded.dirty = True
         loaded.deleted = result.deleted
+        loaded.swept = loaded.swept or result.swept
         for msg in result.out:
             step.route(str(msg["target"]), msg)
         for at, member, msg in result.timers:
             step.plan.timers.append((at, member, pack_record(msg)))
         st.dead.extend(result.dead)
         step.notes.extend(result.notes)
-        for _ in range(result.duplicates):
-            self.metrics.duplicate_dropped()
+        if result.duplicates:
+            self.metrics.duplicate_dropped(result.duplicates)
         if known:
-            for _ in range(result.completed):
-                self.metrics.entity_operation(entity_id.name, "completed")
-            for _ in range(result.failed):
-                self.metrics.entity_operation(entity_id.name, "failed")
+            if result.completed:
+                self.metrics.entity_operation(entity_id.name, "completed", result.completed)
+            if result.failed:
+                self.metrics.entity_operation(entity_id.name, "failed", result.failed)
         for op, details in result.signal_failures:
             log.warning(
                 "%s: signalled operation %r failed: %s: %s", target, op, details.error_type, details.message
@@ -263,17 +266,25 @@ class EntityHalf:
         for name in ("w", "p"):  # a batch that ran elsewhere came back: clear its marks
             if name not in control and loaded.raw_control.get(name.encode()):
                 control[name] = b""
+        raw_control = loaded.raw_control
         if any(control.values()):
             write = RecordWrite(control_key, control_key, rec.control_version)
-            write.fields.update(_changed(control, loaded.raw_control))
+            write.fields.update(_changed(control, raw_control))
             if write.fields:
-                # the control index: entities with a control hash, scored 1 while locked
-                write.index, write.index_member, write.index_score = "c", target, 1 if rec.lock else 0
                 writes.append(write)
-            if "r" in write.fields and control["r"]:  # forget the ids once they expire
-                due = step.now + self.dedup_seconds * 1000 + 1000
+                # the control index: entities with a control hash, scored 1 while locked (an
+                # existing hash has its entry: written again only when the lock comes or goes)
+                locked = 1 if rec.lock else 0
+                if not raw_control or locked != (1 if raw_control.get(b"l") else 0):
+                    write.index, write.index_member, write.index_score = "c", target, locked
+            ids = control["r"]
+            # forget the ids once they expire: a sweep timer set for when the oldest one does,
+            # set again only when the oldest one changes (or a sweep found nothing to drop yet)
+            if ids and (loaded.swept or ids[:RECENT_SIZE] != raw_control.get(b"r", b"")[:RECENT_SIZE]):
+                oldest = int.from_bytes(ids[:4], "big")
+                due = (oldest + self.dedup_seconds) * 1000 + max(1000, self.dedup_seconds * 100)
                 sweep = pack_record({"kind": MSG_SWEEP, "target": target})
-                step.plan.timers.append((due, f"d|{target}", sweep))
+                step.plan.timers.append((max(due, step.now + 1000), f"d|{target}", sweep))
         elif loaded.raw_control:
             write = RecordWrite(control_key, control_key, rec.control_version, mode="d")
             write.index, write.index_member = "c", target

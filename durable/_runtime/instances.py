@@ -5,6 +5,7 @@ parent, the history size limits, loading histories."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -36,9 +37,36 @@ ACTIVITY_OPTIONS = ("to", "hbt", "call", "attempt", "hb")
 LIVE = (OrchestrationStatus.RUNNING, OrchestrationStatus.SUSPENDED)
 
 
-@dataclass
+class _Rare:
+    """The state an instance rarely has, allocated on first use (see :class:`Instance`)."""
+
+    __slots__ = ("delegated", "delegated_history", "loaded", "notify", "parked", "pending", "remote")
+
+    def __init__(self) -> None:
+        self.notify: dict[str, Any] | None = None
+        self.pending: list[ev.Event] | None = None
+        self.remote: RemoteState | None = None
+        self.loaded: Loaded | None = None
+        self.delegated = ""
+        self.parked: list[Message] | None = None
+        self.delegated_history: list[ev.Event] | None = None
+
+    def empty(self) -> bool:
+        return (
+            not (self.notify or self.pending or self.delegated or self.parked)
+            and self.remote is None
+            and self.loaded is None
+            and self.delegated_history is None
+        )
+
+
+@dataclass(slots=True)
 class Instance:
-    """The cached view of one orchestration instance in its owning partition."""
+    """The cached view of one orchestration instance in its owning partition.
+
+    Every cached (waiting) instance holds one, so what few instances have (a schedule's notify,
+    events held before a scheduled start, remote or delegated execution, a lifecycle command's
+    loaded record) lives in one object allocated on first use, behind properties."""
 
     iid: str
     version: int = 0
@@ -47,29 +75,105 @@ class Instance:
     exec: str = ""
     created: int = 0
     parent: dict[str, Any] | None = None
-    #: an entity to signal when the instance ends: {"entity": id, "op": operation} (schedule runs)
-    notify: dict[str, Any] | None = None
     executor: OrchestrationExecutor | None = None
     last_ts: int = 0
     #: the instance's tags, as stored (:func:`durable._core.model.encode_tags`)
     tags: str = ""
     #: the trace context its start message carried (the parent of its orchestration span)
     traceparent: str | None = None
-    #: events raised before a scheduled start ran: delivered right after it starts
-    pending_events: list[ev.Event] = field(default_factory=list)
-    #: set while the instance's code runs in a remote executor (a Durable Task SDK: ``remote.py``)
-    remote: RemoteState | None = None
-    #: read for a lifecycle command of this step while the instance is not running
-    loaded: Loaded | None = None
     #: the version it is pinned to (None: not started yet, or started unpinned and not run yet)
     ver: str | None = None
-    #: the work item of a step delegated to a worker that has its version ("" none): messages
-    #: wait meanwhile ...
-    delegated: str = ""
-    #: ... here, in arrival order
-    parked: list[Message] = field(default_factory=list)
-    #: the recorded history of an execution whose code this worker lacks (None: runs here, or none)
-    delegated_history: list[ev.Event] | None = None
+    _rare: _Rare | None = None
+
+    def _more(self) -> _Rare:
+        if self._rare is None:
+            self._rare = _Rare()
+        return self._rare
+
+    def _shrink(self) -> None:
+        if self._rare is not None and self._rare.empty():
+            self._rare = None
+
+    @property
+    def notify(self) -> dict[str, Any] | None:
+        """An entity to signal when the instance ends: {"entity": id, "op": operation} (schedule runs)."""
+        return self._rare.notify if self._rare is not None else None
+
+    @notify.setter
+    def notify(self, value: dict[str, Any] | None) -> None:
+        if value is not None or self._rare is not None:
+            self._more().notify = value
+            self._shrink()
+
+    # (read-only sequences: a change is an assignment, so reading allocates nothing)
+    @property
+    def pending_events(self) -> Sequence[ev.Event]:
+        """Events raised before a scheduled start ran: delivered right after it starts."""
+        rare = self._rare
+        return rare.pending if rare is not None and rare.pending is not None else ()
+
+    @pending_events.setter
+    def pending_events(self, events: Sequence[ev.Event]) -> None:
+        if events or self._rare is not None:
+            self._more().pending = list(events) or None
+            self._shrink()
+
+    @property
+    def remote(self) -> RemoteState | None:
+        """Set while the instance's code runs in a remote executor (a Durable Task SDK: ``remote.py``)."""
+        return self._rare.remote if self._rare is not None else None
+
+    @remote.setter
+    def remote(self, value: RemoteState | None) -> None:
+        if value is not None or self._rare is not None:
+            self._more().remote = value
+            self._shrink()
+
+    @property
+    def loaded(self) -> Loaded | None:
+        """Read for a lifecycle command of this step while the instance is not running."""
+        return self._rare.loaded if self._rare is not None else None
+
+    @loaded.setter
+    def loaded(self, value: Loaded | None) -> None:
+        if value is not None or self._rare is not None:
+            self._more().loaded = value
+            self._shrink()
+
+    @property
+    def delegated(self) -> str:
+        """The work item of a step delegated to a worker that has its version ("" none): messages
+        wait meanwhile in :attr:`parked`."""
+        return self._rare.delegated if self._rare is not None else ""
+
+    @delegated.setter
+    def delegated(self, value: str) -> None:
+        if value or self._rare is not None:
+            self._more().delegated = value
+            self._shrink()
+
+    @property
+    def parked(self) -> Sequence[Message]:
+        """The messages that wait for a delegated step's outcome, in arrival order."""
+        rare = self._rare
+        return rare.parked if rare is not None and rare.parked is not None else ()
+
+    @parked.setter
+    def parked(self, messages: Sequence[Message]) -> None:
+        if messages or self._rare is not None:
+            self._more().parked = list(messages) or None
+            self._shrink()
+
+    @property
+    def delegated_history(self) -> list[ev.Event] | None:
+        """The recorded history of an execution whose code this worker lacks (None: runs here, or none)."""
+        return self._rare.delegated_history if self._rare is not None else None
+
+    @delegated_history.setter
+    def delegated_history(self, value: list[ev.Event] | None) -> None:
+        if value is not None or self._rare is not None:
+            self._more().delegated_history = value
+            self._shrink()
 
     @property
     def running(self) -> bool:
@@ -168,7 +272,7 @@ def check_history_size(
     """Warn about a long history; fail the execution past the limit."""
     if result.status.is_terminal:
         return result
-    size = len(executor.history)
+    size = executor.history_len
     if size > cfg.history_max_events:
         details = FailureDetails(
             f"orchestration {iid!r} has {size} history events, more than the limit of "

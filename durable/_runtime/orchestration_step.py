@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import sys
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -105,6 +106,9 @@ class OrchestrationHalf:
         self.strict_replay = strict_replay
         #: steps of versions this worker lacks, run by workers that have them (``delegation.py``)
         self.delegation = DelegatedSteps(self)
+        #: the executors' lookups, bound once (every cached executor holds them)
+        self._resolve: Callable[[str], Any] = lambda name: self.registry.orchestrators.get(name)
+        self._resolve_version = registry.resolve_orchestrator
 
     # -- the StepHalf shape --------------------------------------------------------------------
     def owns(self, target: str) -> bool:
@@ -266,7 +270,7 @@ class OrchestrationHalf:
         inst.version = int(get(b"v", b"0"))
         status = get(b"status", b"").decode()
         inst.status = OrchestrationStatus(status) if status else None
-        inst.name = get(b"name", b"").decode()
+        inst.name = sys.intern(get(b"name", b"").decode())
         inst.exec = get(b"exec", b"").decode()
         inst.created = int(get(b"created", b"0"))
         inst.last_ts = int(get(b"updated", b"0"))
@@ -301,10 +305,10 @@ class OrchestrationHalf:
     def _new_executor(self, iid: str) -> OrchestrationExecutor:
         executor = OrchestrationExecutor(
             iid,
-            self.registry.orchestrators.get,
+            self._resolve,
             self.name_of,
             self.context_factory,
-            resolve_version=self.registry.resolve_orchestrator,
+            resolve_version=self._resolve_version,
             strict=self.strict_replay,
         )
         executor.ctx._log_records = []  # ctx.logger's lines are written once the step commits
@@ -393,7 +397,7 @@ class OrchestrationHalf:
             return False  # duplicate delivery of a start we already applied
         inst.executor = self._new_executor(inst.iid)
         inst.exec = str(msg.get("exec") or uuid.uuid4().hex)
-        inst.name = str(msg["name"])
+        inst.name = sys.intern(str(msg["name"]))  # shared by the instances of one orchestrator
         inst.parent = msg.get("parent")
         inst.notify = msg.get("notify")
         inst.created = int(msg.get("created") or step.now)

@@ -229,7 +229,7 @@ class _RemoteStep:
         elif kind == ev.MSG_EVENT and self.inst.status == OrchestrationStatus.PENDING:
             event = to_event(msg, self.inst.exec)  # before its (scheduled) start, in this step
             if event is not None:
-                self.inst.pending_events.append(event)
+                self.inst.pending_events = [*self.inst.pending_events, event]
         elif self._running():
             event = to_event(msg, self.inst.exec)
             if event is None:

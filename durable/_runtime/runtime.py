@@ -40,13 +40,32 @@ log = logging.getLogger("durable.worker")
 SIDECAR_PREFIX = "sidecar-"
 
 
-def _rendezvous(partition: int, workers: list[str]) -> str:
-    best, best_score = workers[0], b""
-    for w in workers:
-        score = hashlib.blake2b(f"{w}/{partition}".encode(), digest_size=8).digest()
-        if score > best_score:
-            best, best_score = w, score
-    return best
+def _score(worker: str, partition: int) -> bytes:
+    return hashlib.blake2b(f"{worker}/{partition}".encode(), digest_size=8).digest()
+
+
+def _assignment(partitions: int, workers: list[str]) -> dict[int, str]:
+    """Partition -> the worker meant to own it: rendezvous hashing capped at each worker's share.
+
+    Plain rendezvous hashing gives each partition its top-scoring worker; with 32 partitions and
+    8 workers that leaves the busiest worker with about twice its share (and often a worker with
+    none). The cap gives every worker floor(P / W) partitions or one more, while each partition
+    still goes to the best-scoring worker with room, so a worker joining or leaving moves few
+    partitions. Every worker computes the same answer from the same list of live workers (the
+    order of the list does not matter); leases settle any disagreement while the lists differ.
+    """
+    share, extra = divmod(partitions, len(workers))  # each gets `share`, `extra` of them one more
+    counts = dict.fromkeys(workers, 0)
+    out: dict[int, str] = {}
+    for p in range(partitions):
+        for w in sorted(workers, key=lambda w: _score(w, p), reverse=True):
+            if counts[w] < share or (counts[w] == share and extra > 0):
+                if counts[w] == share:
+                    extra -= 1
+                counts[w] += 1
+                out[p] = w
+                break
+    return out
 
 
 class Runtime:
@@ -271,7 +290,7 @@ class Runtime:
         holders = await self.store.lease_holders()
         # a sidecar runs no code of its own: where workers that do are live, they own the partitions
         owners = [w for w in live if not w.startswith(SIDECAR_PREFIX)] or live
-        mine = {p for p in range(self.store.partitions) if _rendezvous(p, owners) == self.worker_id}
+        mine = {p for p, w in _assignment(self.store.partitions, owners).items() if w == self.worker_id}
         owned = set(self.owned_partitions())
         for p in owned - mine:
             runner = self.runners.get(p)

@@ -34,8 +34,8 @@ class Telemetry:
             child = self._children[key] = metric.labels(*values)
         return child
 
-    def duplicate_dropped(self) -> None:
-        m.REDELIVERIES.labels(kind="message").inc()
+    def duplicate_dropped(self, count: int = 1) -> None:
+        self._child(m.REDELIVERIES, "message").inc(count)
 
     def redelivery(self, kind: str) -> None:
         m.REDELIVERIES.labels(kind=kind).inc()
@@ -73,8 +73,8 @@ class Telemetry:
     def purged(self, reason: str, count: int) -> None:
         self._child(m.ORCHESTRATIONS_PURGED, reason).inc(count)
 
-    def entity_operation(self, entity: str, status: str) -> None:
-        self._child(m.ENTITY_OPERATIONS, entity, status).inc()
+    def entity_operation(self, entity: str, status: str, count: int = 1) -> None:
+        self._child(m.ENTITY_OPERATIONS, entity, status).inc(count)
 
     def schedule_run(self, schedule: str, outcome: str, value: float | int | None) -> None:
         """A schedule started a run (``value``: its lateness in seconds, None when triggered) or

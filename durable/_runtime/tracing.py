@@ -48,15 +48,6 @@ ENABLED = _trace is not None
 TRACER_NAME = "durable"
 
 
-def recording() -> bool:
-    """Whether a span started now can be recorded: OpenTelemetry is installed and the application
-    set a tracer provider (without one every span is a no-op, and the hot path skips making them)."""
-    if not ENABLED:
-        return False
-    provider = _trace.get_tracer_provider()
-    return not isinstance(provider, (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider))
-
-
 def _tracer() -> Any:
     return _trace.get_tracer(TRACER_NAME)
 
@@ -331,8 +322,21 @@ class EntitySpans:
         self.spans.clear()
 
 
+def recording() -> bool:
+    """Whether spans go anywhere: OpenTelemetry is installed and the application has set a tracer
+    provider (until then the API's default provider records nothing, and starting a span per
+    entity operation only costs CPU)."""
+    if not ENABLED:
+        return False
+    return not isinstance(
+        _trace.get_tracer_provider(), _trace.ProxyTracerProvider | _trace.NoOpTracerProvider
+    )
+
+
 def entity_spans() -> EntitySpans | None:
-    return EntitySpans() if ENABLED else None
+    """The observer of one step's entity operations (None when no span would be recorded: the
+    executor then passes each message's trace context on to the messages it sends as is)."""
+    return EntitySpans() if recording() else None
 
 
 def run_after_commit(callbacks: list[Callable[[], None]]) -> None:

@@ -28,7 +28,8 @@ from redis.exceptions import RedisError
 from .._core import events as ev
 from .._core.context import OrchestrationContext
 from .._core.delegation import entity_outcome_record, step_result_record
-from .._core.entities import EntityBatch, EntityId, EntityRecord
+from .._core.entities import EntityId, EntityRecord
+from .._core.entity_batch import EntityBatch
 from .._core.executor import OrchestrationExecutor
 from .._core.model import FailureDetails
 from .._core.registry import name_of, split_capability

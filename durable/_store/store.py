@@ -26,6 +26,7 @@ from .._config import ENV_AUDIT
 from .._core.serialization import BLOB_REF_PREFIX, is_blob_ref, pack_record, unpack_record
 from . import scripts as _scripts
 from .autopipe import AutoPipeline
+from .cluster_keys import StreamReadKeysParser
 from .errors import TypedScripts, typed_error
 from .keys import DEFAULT_PARTITIONS, FORMAT_VERSION, HubKeys, PartitionKeys, partition_of
 from .notify import StatusNotifier
@@ -230,6 +231,7 @@ class Store(TaskStreams, WorkStreams):
             max_connections=_MAX_CONNECTIONS,
             socket_timeout=_SOCKET_TIMEOUT,
         )
+        self.redis.commands_parser = StreamReadKeysParser()  # no COMMAND GETKEYS before stream reads
         await standalone.aclose()
         self._idle.clear()
         self._register(self.redis)
@@ -361,10 +363,10 @@ class Store(TaskStreams, WorkStreams):
         return [(field_map(raw[2 * i]), raw[2 * i + 1]) for i in range(len(instance_ids))]
 
     async def load_records(self, index: int, keys: Sequence[str]) -> list[Fields]:
-        pipe = self.redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.hgetall(key)
-        return list(await pipe.execute())
+        """HGETALL of each key, in one round trip (pre-encoded: entity steps load many)."""
+        replies = await self._pipeline_raw([pack_command(b"HGETALL", key) for key in keys])
+        # a flat [field, value, ...] list (RESP2), or a dict (RESP3, or Cluster's redis-py path)
+        return [r if isinstance(r, dict) else dict(zip(r[::2], r[1::2], strict=True)) for r in replies]
 
     # -- partition writes ------------------------------------------------------------------------
     async def commit(self, index: int, lease: str, plan: CommitPlan) -> list[tuple[str, str, bytes]]:
@@ -673,6 +675,22 @@ class Store(TaskStreams, WorkStreams):
             pack_command(b"XADD", self.keys_for(target_id).inbox, b"*", b"m", message)
         )
         return eid.decode()  # type: ignore[no-any-return]
+
+    async def send_messages(self, messages: Sequence[tuple[str, bytes]]) -> list[str]:
+        """XADD many internal messages ``(target id, message)``, in order, in one round trip per
+        thousand; returns their stream ids (raises the first error reply)."""
+        ids: list[str] = []
+        for lo in range(0, len(messages), 1000):
+            commands = [
+                pack_command(b"XADD", self.keys_for(target).inbox, b"*", b"m", message)
+                for target, message in messages[lo : lo + 1000]
+            ]
+            replies = await self._send_batch(commands)
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+                ids.append(reply.decode())
+        return ids
 
     async def xadd_raw(self, index: int, fields: dict[str, str | bytes]) -> str:
         eid = await self.redis.xadd(self.partition_keys(index).inbox, fields)

@@ -6,13 +6,16 @@ default: the engine's) and ``BENCH_STATUS_FILE`` (where a thread writes the work
 of its Prometheus gauges every 0.2 s, so the driver knows when the worker is ready or idle).
 
 ``python ops/bench/durable_app.py signal ...`` is one W4 client process: it connects, prints
-``ready``, waits for a line on stdin, sends its share of entity signals and prints ``done``.
+``ready``, waits for a line on stdin, sends its share of entity signals (``--concurrency`` in
+flight: single ``signal_entity`` calls, or ``signal_entities`` calls of ``--batch`` signals) and
+prints ``done <seconds> <CPU seconds>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -95,22 +98,13 @@ def build_worker() -> Worker:
 
 
 # -- status reporting ----------------------------------------------------------------------------
-def _gauge(name: str) -> float:
-    from durable._runtime.metrics import REGISTRY  # the engine's own registry
+def _sum(metric: Any, name: str) -> float:
+    """The sum of one metric's samples called ``name`` (over its label values).
 
-    value = REGISTRY.get_sample_value(name)
-    return float(value) if value is not None else 0.0
-
-
-def _counter_sum(name: str) -> float:
-    from durable._runtime.metrics import REGISTRY
-
-    total = 0.0
-    for metric in REGISTRY.collect():
-        for sample in metric.samples:
-            if sample.name == name:
-                total += sample.value
-    return total
+    Collected from the metric object alone: walking the whole registry five times a second
+    costs the worker more CPU than its idle loops, which would show in W7's CPU per step.
+    """
+    return float(sum(s.value for m in metric.collect() for s in m.samples if s.name == name))
 
 
 def _rss() -> int:
@@ -124,16 +118,18 @@ def _rss() -> int:
 
 
 def _report_loop(path: Path, stop: threading.Event) -> None:
+    from durable._runtime import metrics as m  # the engine's own metrics
+
     while not stop.wait(0.2):
         try:
             data = {
                 "pid": os.getpid(),
                 "time": time.time(),
                 "rss": _rss(),
-                "partitions_owned": _gauge("durable_partitions_owned"),
-                "cache_size": _gauge("durable_replay_cache_size"),
-                "started": _counter_sum("durable_orchestrations_started_total"),
-                "finished": _counter_sum("durable_orchestrations_finished_total"),
+                "partitions_owned": _sum(m.PARTITIONS_OWNED, "durable_partitions_owned"),
+                "cache_size": _sum(m.REPLAY_CACHE_SIZE, "durable_replay_cache_size"),
+                "started": _sum(m.ORCHESTRATIONS_STARTED, "durable_orchestrations_started_total"),
+                "finished": _sum(m.ORCHESTRATIONS_FINISHED, "durable_orchestrations_finished_total"),
             }
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(data))
@@ -159,28 +155,63 @@ def run_worker() -> None:
                         runtime.request_stop()
                     break
 
+    profile_to = os.environ.get("BENCH_PROFILE")  # for experiments: see _profile_on_signals
+    if profile_to:
+        _profile_on_signals(profile_to)
     try:
         anyio.run(main)
     finally:
         stop.set()
 
 
+def _profile_on_signals(path: str) -> None:
+    """cProfile the event loop's thread between SIGUSR1 and SIGUSR2 (written to ``path.<pid>``)."""
+    import cProfile
+
+    profiler = cProfile.Profile()
+
+    def start(*_: Any) -> None:
+        profiler.enable()
+
+    def dump(*_: Any) -> None:
+        profiler.disable()
+        profiler.dump_stats(f"{path}.{os.getpid()}")
+
+    signal.signal(signal.SIGUSR1, start)
+    signal.signal(signal.SIGUSR2, dump)
+
+
 # -- W4 client process ---------------------------------------------------------------------------
-async def _signal(url: str, hub: str, first: int, count: int, entities: int, concurrency: int) -> None:
+#: whether the client has the batch call (``--batch`` falls back to single calls without it)
+HAS_BATCH = hasattr(AsyncClient, "signal_entities")
+
+
+async def _signal(
+    url: str, hub: str, first: int, count: int, entities: int, concurrency: int, batch: int
+) -> None:
     client = AsyncClient(url, hub=hub)
     # connect and touch the hub before the start line, so the timing covers signalling only
     await client.get_orchestration_state("warm-up")
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     started = time.perf_counter()
-    sem = asyncio.Semaphore(concurrency)
+    cpu0 = time.process_time()
+    todo = iter(range(first, first + count))
 
-    async def one(i: int) -> None:
-        async with sem:
+    async def sender() -> None:  # one of ``concurrency`` senders, each with one call in flight
+        for i in todo:
             await client.signal_entity(entity_id(i % entities), "add", input=1)
 
-    await asyncio.gather(*(one(i) for i in range(first, first + count)))
-    print(f"done {time.perf_counter() - started:.6f}", flush=True)
+    async def batch_sender() -> None:  # the same with signal_entities, ``batch`` signals a call
+        while chunk := [(entity_id(i % entities), "add", 1) for i in itertools.islice(todo, batch)]:
+            await client.signal_entities(chunk)
+
+    if batch > 1 and HAS_BATCH:
+        await asyncio.gather(*(batch_sender() for _ in range(max(1, concurrency // batch))))
+    else:
+        await asyncio.gather(*(sender() for _ in range(concurrency)))
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu0
+    print(f"done {elapsed:.6f} {cpu:.6f}", flush=True)
     await client.close()
 
 
@@ -194,12 +225,15 @@ def main() -> None:
     sig.add_argument("--first", type=int, required=True)
     sig.add_argument("--count", type=int, required=True)
     sig.add_argument("--entities", type=int, required=True)
-    sig.add_argument("--concurrency", type=int, default=64)
+    sig.add_argument("--concurrency", type=int, default=64, help="signals in flight")
+    sig.add_argument("--batch", type=int, default=1, help="signals a signal_entities call (1: signal_entity)")
     args = parser.parse_args()
     if args.cmd == "worker":
         run_worker()
     else:
-        asyncio.run(_signal(args.url, args.hub, args.first, args.count, args.entities, args.concurrency))
+        asyncio.run(
+            _signal(args.url, args.hub, args.first, args.count, args.entities, args.concurrency, args.batch)
+        )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
-from benchlib import Results, latency_stats, log, rss_bytes, spawn, stop
+from benchlib import Results, cpu_seconds, latency_stats, log, rss_bytes, spawn, stop
+from costs import ClusterRedis, measure_burst
 
 from durable import AsyncClient, Client, OrchestrationStatus, WorkerConfig
 from durable._embedded import EmbeddedRedis
@@ -32,6 +33,7 @@ from durable._store.keys import HubKeys, partition_of
 HERE = Path(__file__).resolve().parent
 APP = HERE / "durable_app.py"
 HAS_ENTITIES = hasattr(Client, "signal_entity")
+HAS_BATCH = hasattr(Client, "signal_entities")
 #: whether the engine has durability profiles of its own (WorkerConfig.durability)
 HAS_DURABILITY = "durability" in getattr(WorkerConfig, "__dataclass_fields__", {})
 T = TypeVar("T")
@@ -58,14 +60,16 @@ class Sizes:
     w6_completed: int
     w7_workers: tuple[int, ...]
     w7_orchestrations: int
+    #: W7 also runs W1 on a 3-node Redis Cluster (one worker) against standalone
+    w7_cluster: bool = True
 
     @classmethod
     def full(cls) -> Sizes:
-        return cls(500, 5, 1000, 200, 20_000, 1000, 4, (1000, 5000, 20_000), 100_000, 1000, (1, 2, 4), 500)
+        return cls(500, 5, 1000, 200, 20_000, 1000, 4, (1000, 5000, 20_000), 100_000, 1000, (1, 2, 4, 8), 500)
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(100, 5, 200, 50, 2000, 100, 2, (50, 200, 1000), 5000, 200, (1, 2, 4), 100)
+        return cls(100, 5, 200, 50, 2000, 100, 2, (50, 200, 1000), 5000, 200, (1, 2), 100)
 
 
 def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
@@ -73,15 +77,30 @@ def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
 
 
 class Cluster:
-    """One redis-server plus N worker processes of one hub."""
+    """One redis-server (or, with ``nodes``, a Redis Cluster of that many primaries) plus N worker
+    processes of one hub."""
 
-    def __init__(self, workdir: Path, profile: str, name: str, *, cache_size: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, profile: str, name: str, *, cache_size: int | None = None, nodes: int = 0
+    ) -> None:
         self.dir = workdir / f"{name}-{profile}-{uuid.uuid4().hex[:6]}"
         self.profile = profile
         self.hub = "bench"
         self.cache_size = cache_size
-        self.redis = EmbeddedRedis(self.dir / "redis", **PROFILES[profile])
+        self.redis: EmbeddedRedis | ClusterRedis = (
+            ClusterRedis(self.dir / "redis", nodes, **PROFILES[profile])  # type: ignore[arg-type]
+            if nodes
+            else EmbeddedRedis(self.dir / "redis", **PROFILES[profile])  # type: ignore[arg-type]
+        )
         self.workers: list[tuple[subprocess.Popen[Any], Path]] = []
+
+    @property
+    def redis_pids(self) -> list[int]:
+        return self.redis.pids if isinstance(self.redis, ClusterRedis) else [self.redis.pid]
+
+    @property
+    def redis_urls(self) -> list[str]:
+        return self.redis.urls if isinstance(self.redis, ClusterRedis) else [self.redis.url]
 
     @property
     def url(self) -> str:
@@ -199,28 +218,24 @@ def _burst_sync(cluster: Cluster, count: int, steps: int) -> tuple[float, float,
     return _run(lambda: _burst(cluster.client_url, cluster.hub, count, steps))
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
 def w1(cluster: Cluster, res: Results, sizes: Sizes, reps: int, key: str = "W1") -> None:
-    pids = [*cluster.worker_pids(), cluster.redis.pid]
     for _ in range(reps):
-        cpu0 = [cpu_seconds(p) for p in pids]
-        steps_s, p50, p99 = _burst_sync(cluster, sizes.w1_orchestrations, sizes.w1_steps)
-        cpu1 = [cpu_seconds(p) for p in pids]
-        steps = sizes.w1_orchestrations * sizes.w1_steps
-        res.add(key, "worker_cpu_ms_per_step", (sum(cpu1[:-1]) - sum(cpu0[:-1])) * 1000 / steps)
-        res.add(key, "redis_cpu_ms_per_step", (cpu1[-1] - cpu0[-1]) * 1000 / steps)
-        res.add(key, "steps_s", steps_s)
-        res.add(key, "p50_ms", p50)
-        res.add(key, "p99_ms", p99)
-        log(f"  {key}: {steps_s:.0f} steps/s, p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+        m = measure_burst(
+            cluster.worker_pids(),
+            cluster.redis_pids,
+            cluster.redis_urls,
+            lambda: _burst_sync(cluster, sizes.w1_orchestrations, sizes.w1_steps),
+            sizes.w1_orchestrations * sizes.w1_steps,
+        )
+        for metric, value in m.items():
+            if metric != "redis_max_node_cpu_ms_per_step":
+                res.add(key, metric, value)
+        log(
+            f"  {key}: {m['steps_s']:.0f} steps/s, p50 {m['p50_ms']:.0f} ms, p99 {m['p99_ms']:.0f} ms; "
+            f"CPU ms/step worker {m['worker_cpu_ms_per_step']:.3f}, Redis {m['redis_cpu_ms_per_step']:.3f}; "
+            f"{m['commands_per_step']:.1f} Redis commands, "
+            f"{m['net_in_bytes_per_step'] + m['net_out_bytes_per_step']:.0f} bytes per step"
+        )
 
 
 def w2(cluster: Cluster, res: Results, sizes: Sizes, reps: int) -> None:
@@ -274,8 +289,14 @@ def _count_entity_signals(sizes: Sizes) -> dict[int, int]:
     return expected
 
 
-async def _wait_counts(url: str, hub: str, expected: dict[int, int], timeout: float) -> float:
-    """Poll the counters until each reads its expected value; returns the perf_counter then."""
+async def _wait_counts(
+    url: str, hub: str, expected: dict[int, int], timeout: float, probes: list[int] | None = None
+) -> float:
+    """Poll the counters until each reads its expected value; returns the perf_counter then.
+
+    The poll shares the 2 cores with the system it measures, so it is kept cheap: while the
+    ``probes`` (counters that the last signals sent went to) are short of their counts it reads
+    only them; then it reads every counter still short, until none is."""
     from durable_app import entity_id, entity_value
 
     pending = set(expected)
@@ -285,29 +306,33 @@ async def _wait_counts(url: str, hub: str, expected: dict[int, int], timeout: fl
         async with sem:
             return await client.get_entity(entity_id(k))
 
+    async def poll(keys: list[int]) -> None:
+        metas = await asyncio.gather(*(read(k) for k in keys))
+        for k, meta in zip(keys, metas, strict=True):
+            if (entity_value(meta) or 0) >= expected[k]:
+                pending.discard(k)
+
     async with connect(url, hub) as client:
         deadline = time.monotonic() + timeout
+        first = sorted(set(probes or ()) & pending)
         while pending:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(pending)} entities did not reach their counts")
-            keys = sorted(pending)
-            metas = await asyncio.gather(*(read(k) for k in keys))
-            for k, meta in zip(keys, metas, strict=True):
-                if (entity_value(meta) or 0) >= expected[k]:
-                    pending.discard(k)
+            first = [k for k in first if k in pending]
+            await poll(first or sorted(pending))
             if pending:
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.02 if first else 0.1)
     return time.perf_counter()
 
 
-def _signal_procs(cluster: Cluster, sizes: Sizes, base: int) -> list[subprocess.Popen[Any]]:
+def _signal_procs(cluster: Cluster, sizes: Sizes, base: int, batch: int = 1) -> list[subprocess.Popen[Any]]:
     """Start the W4 client processes and wait until each is connected and ready."""
     per_client = sizes.w4_signals // sizes.w4_clients
     procs = []
     for c in range(sizes.w4_clients):
         args = [sys.executable, str(APP), "signal", "--url", cluster.url, "--hub", cluster.hub]
         args += ["--first", str(base + c * per_client), "--count", str(per_client)]
-        args += ["--entities", str(sizes.w4_entities)]
+        args += ["--entities", str(sizes.w4_entities), "--batch", str(batch)]
         procs.append(
             spawn(args, cluster.dir / f"signal{c}.log", stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         )
@@ -320,48 +345,84 @@ def _signal_procs(cluster: Cluster, sizes: Sizes, base: int) -> list[subprocess.
     return procs
 
 
+def _probes(sizes: Sizes, base: int) -> list[int]:
+    """The counters the last 16 signals of each client process go to."""
+    per_client = sizes.w4_signals // sizes.w4_clients
+    last = [base + (c + 1) * per_client - 1 - j for c in range(sizes.w4_clients) for j in range(16)]
+    return sorted({i % sizes.w4_entities for i in last})
+
+
 def _go(procs: list[subprocess.Popen[Any]]) -> None:
     for p in procs:
         p.stdin.write(b"go\n")  # type: ignore[union-attr]
         p.stdin.flush()  # type: ignore[union-attr]
 
 
-def _sent(procs: list[subprocess.Popen[Any]]) -> float:
-    """Wait for the client processes; the longest time one took to send its signals."""
-    sent = []
+def _sent(procs: list[subprocess.Popen[Any]]) -> tuple[float, float]:
+    """Wait for the client processes; (the longest time one took to send its signals, the CPU
+    seconds they used between them to send)."""
+    sent, cpu = [], 0.0
     try:
         for p in procs:
-            out = p.stdout.readline().decode().strip()  # type: ignore[union-attr]
-            sent.append(float(out.split()[1]) if out.startswith("done") else float("nan"))
+            out = p.stdout.readline().decode().split()  # type: ignore[union-attr]
+            ok = out[:1] == ["done"]
+            sent.append(float(out[1]) if ok else float("nan"))
+            cpu += float(out[2]) if ok and len(out) > 2 else float("nan")
             p.wait(60)
     finally:
         for p in procs:
             stop(p)
-    return max(sent)
+    return max(sent), cpu
+
+
+#: signals per ``signal_entities`` call in the batch variant of W4
+W4_BATCH = 64
 
 
 def w4(cluster: Cluster, res: Results, sizes: Sizes, reps: int) -> None:
+    """W4: the 4 client processes signal (``signal_entity``, 64 calls in flight each; then
+    ``signal_entities``, 64 signals a call) while one worker applies; then a queued backlog is
+    drained by one worker alone. Records rates, and CPU per signal of each side."""
     timeout = max(60.0, sizes.w4_signals / 100)
     per_entity = _count_entity_signals(sizes)
-    for rep in range(reps):
-        base = rep * sizes.w4_signals  # counters keep counting across repetitions
-        expected = {k: v * (rep + 1) for k, v in per_entity.items()}
-        procs = _signal_procs(cluster, sizes, base)
-        try:
-            t0 = time.perf_counter()
-            _go(procs)
-            t_end = asyncio.run(_wait_counts(cluster.client_url, cluster.hub, expected, timeout))
-        finally:
-            sent = _sent(procs)
-        ops = sizes.w4_signals / (t_end - t0)
-        res.add("W4", "ops_s", ops)
-        res.add("W4", "send_s", sizes.w4_signals / sent)
-        log(f"  W4: {ops:.0f} ops/s (the clients sent theirs at {sizes.w4_signals / sent:.0f}/s)")
+    pids = [*cluster.worker_pids(), cluster.redis.pid]
+    variants = [("", 1)] + ([("_batch", W4_BATCH)] if HAS_BATCH else [])
+    rounds = 0
+    for suffix, batch in variants:
+        for _ in range(reps):
+            base = rounds * sizes.w4_signals  # counters keep counting across repetitions
+            rounds += 1
+            expected = {k: v * rounds for k, v in per_entity.items()}
+            procs = _signal_procs(cluster, sizes, base, batch)
+            cpu0 = [cpu_seconds(p) for p in pids]
+            try:
+                t0 = time.perf_counter()
+                _go(procs)
+                t_end = asyncio.run(
+                    _wait_counts(cluster.client_url, cluster.hub, expected, timeout, _probes(sizes, base))
+                )
+            finally:
+                sent, client_cpu = _sent(procs)
+            worker_cpu, redis_cpu = (cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True))
+            ops = sizes.w4_signals / (t_end - t0)
+            us = 1e6 / sizes.w4_signals
+            res.add("W4", f"ops_s{suffix}", ops)
+            res.add("W4", f"send_s{suffix}", sizes.w4_signals / sent)
+            res.add("W4", f"client_us{suffix}", client_cpu * us)
+            res.add("W4", f"worker_us{suffix}", worker_cpu * us)
+            res.add("W4", f"redis_us{suffix}", redis_cpu * us)
+            log(
+                f"  W4{suffix}: {ops:.0f} ops/s "
+                f"(the clients sent theirs at {sizes.w4_signals / sent:.0f}/s); "
+                f"CPU per signal: clients {client_cpu * us:.1f} us, worker {worker_cpu * us:.1f} us, "
+                f"Redis {redis_cpu * us:.1f} us"
+            )
     # The engine's side alone: the same signals queued while no worker runs, then one worker
     # started and timed from the moment it holds all partitions until every counter is right.
     cluster.stop_workers()
-    expected = {k: v * (reps + 1) for k, v in per_entity.items()}
-    procs = _signal_procs(cluster, sizes, reps * sizes.w4_signals)
+    base = rounds * sizes.w4_signals
+    expected = {k: v * (rounds + 1) for k, v in per_entity.items()}
+    procs = _signal_procs(cluster, sizes, base)
     _go(procs)
     _sent(procs)
     cluster.start_workers(1, wait=False)
@@ -370,11 +431,23 @@ def w4(cluster: Cluster, res: Results, sizes: Sizes, reps: int) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("the worker did not take its partitions")
         time.sleep(0.02)
+    pids = [*cluster.worker_pids(), cluster.redis.pid]
+    cpu0 = [cpu_seconds(p) for p in pids]
     t0 = time.perf_counter()
-    t_end = asyncio.run(_wait_counts(cluster.client_url, cluster.hub, expected, timeout))
+    t_end = asyncio.run(
+        _wait_counts(cluster.client_url, cluster.hub, expected, timeout, _probes(sizes, base))
+    )
+    worker_us, redis_us = (
+        (cpu_seconds(p) - c) * 1e6 / sizes.w4_signals for p, c in zip(pids, cpu0, strict=True)
+    )
     drain = sizes.w4_signals / (t_end - t0)
     res.add("W4", "drain_ops_s", drain)
-    log(f"  W4: a worker applied {sizes.w4_signals} queued signals at {drain:.0f} ops/s")
+    res.add("W4", "drain_worker_us", worker_us)
+    res.add("W4", "drain_redis_us", redis_us)
+    log(
+        f"  W4: a worker applied {sizes.w4_signals} queued signals at {drain:.0f} ops/s; "
+        f"CPU per signal: worker {worker_us:.1f} us, Redis {redis_us:.1f} us"
+    )
 
 
 def _key_bytes(r: redis.Redis, keys: list[str]) -> int:
@@ -572,15 +645,3 @@ def _run_profile(
 def run_w6(workdir: Path, profile: str, sizes: Sizes, res: Results) -> None:
     log(f"durable/{profile}: W6 footprint ({sizes.w6_instances} waiting instances)")
     w6(workdir, res, sizes, profile)
-
-
-def run_w7(workdir: Path, profile: str, sizes: Sizes, reps: int, res: Results) -> None:
-    for n in sizes.w7_workers:
-        log(f"durable/{profile}: W7 W1 with {n} worker process(es)")
-        with Cluster(workdir, profile, f"w7-{n}") as cluster:
-            cluster.start_workers(n)
-            _warm(cluster)
-            for _ in range(reps):
-                steps_s, _, _ = _burst_sync(cluster, sizes.w7_orchestrations, sizes.w1_steps)
-                res.add("W7", f"steps_s_{n}w", steps_s)
-                log(f"  W7 {n} workers: {steps_s:.0f} steps/s")

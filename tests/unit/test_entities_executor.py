@@ -10,11 +10,14 @@ from durable import Entity, EntityContext, EntityId, OrchestrationStatus
 from durable._core import events as ev
 from durable._core.entities import (
     MSG_SWEEP,
-    EntityBatch,
     EntityRecord,
+    fingerprint,
+    has_recent,
     held_locks,
+    recent_since,
     sort_entities,
 )
+from durable._core.entity_batch import EntityBatch
 from durable._core.executor import OrchestrationExecutor
 from durable._core.registry import name_of
 from durable._core.serialization import decode, encode
@@ -240,8 +243,8 @@ def test_record_round_trip() -> None:
         state=encode({"a": 1}),
         lock=["rid", "orch"],
         queue=[signal("@x@y", "op")],
-        recent=[(NOW // 1000, b"12345678"), (NOW // 1000 + 1, b"abcdefgh")],
     )
+    rec.recent = [(NOW // 1000, b"12345678"), (NOW // 1000 + 1, b"abcdefgh")]
     raw = {k.encode(): v for k, v in rec.main_fields().items()}
     raw_control = {k.encode(): v for k, v in rec.control_fields().items()}
     assert len(raw_control[b"r"]) == 24
@@ -475,3 +478,26 @@ def test_unknown_responses_are_ignored() -> None:
         [{"k": ev.ORCHESTRATOR_STARTED, "ts": NOW + 2}, _respond(action["rid"], result=encode(7))]
     )
     assert decode(result.output) == 7
+
+
+def test_recent_ids_are_searched_in_place_record_by_record() -> None:
+    s = NOW // 1000
+    rec = EntityRecord()
+    # the second fingerprint's bytes straddle the first record's end: not a match
+    rec.recent = [(s, b"ABCDEFGH"), (0x48494A4B, b"ZZZZZZZZ"), (s + 2, b"12345678")]
+    ids = rec.recent_ids
+    assert has_recent(ids, b"ABCDEFGH") and has_recent(ids, b"12345678") and has_recent(ids, b"ZZZZZZZZ")
+    assert not has_recent(ids, b"EFGHHIJK") and not has_recent(ids, b"FGHHIJKZ")
+    # expiry drops leading records only (the out-of-order old one goes with the one before it)
+    assert recent_since(ids, s) == ids and recent_since(ids, s + 1) == ids[24:]
+    assert recent_since(ids, s + 3) == b""
+
+
+def test_duplicates_within_one_batch_and_against_stored_ids() -> None:
+    rec = EntityRecord()
+    rec.recent = [(NOW // 1000 - 10, fingerprint("old"))]
+    msgs = [signal("@counter@k", "add", 1, id=i) for i in ("old", "a", "b", "a", "c", "b")]
+    batch = EntityBatch(EntityId("counter", "k"), counter, rec, NOW, dedup_seconds=60)
+    result = batch.run(msgs)
+    assert result.duplicates == 3 and decode(rec.state) == 3
+    assert [fp for _, fp in rec.recent] == [fingerprint(i) for i in ("old", "a", "b", "c")]

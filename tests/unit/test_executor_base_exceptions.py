@@ -14,7 +14,8 @@ import pytest
 
 from durable import EntityContext, EntityId, TaskFailedError
 from durable._core import events as ev
-from durable._core.entities import EntityBatch, EntityRecord
+from durable._core.entities import EntityRecord
+from durable._core.entity_batch import EntityBatch
 from durable._core.executor import OrchestrationExecutor, StepResult
 from durable._core.model import OrchestrationStatus, is_interrupt
 from durable._core.registry import name_of

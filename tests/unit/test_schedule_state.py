@@ -9,7 +9,8 @@ import pytest
 
 from durable._core import events as ev
 from durable._core.calendar import slot_id
-from durable._core.entities import EntityBatch, EntityId, EntityRecord
+from durable._core.entities import EntityId, EntityRecord
+from durable._core.entity_batch import EntityBatch
 from durable._core.model import datetime_to_ms
 from durable._core.schedules import (
     NOTE_RUN,
