@@ -28,6 +28,7 @@ Without the extra nothing here imports OpenTelemetry and every function is a che
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -101,6 +102,14 @@ def orchestration_traceparent(instance_id: str, execution_id: str, incoming: Any
     """The ``traceparent`` an execution puts on the messages it sends (None without the extra)."""
     if not ENABLED:
         return None
+    if incoming is None or isinstance(incoming, str):
+        return _derived_traceparent(instance_id, execution_id, incoming)
+    return format_traceparent(*orchestration_ids(instance_id, execution_id, incoming))
+
+
+@functools.lru_cache(maxsize=4096)
+def _derived_traceparent(instance_id: str, execution_id: str, incoming: str | None) -> str:
+    """Every step of an execution sends the same ``traceparent``: derived (two hashes) once."""
     return format_traceparent(*orchestration_ids(instance_id, execution_id, incoming))
 
 
@@ -314,7 +323,7 @@ def activity_span(
     name: str, traceparent: Any, attributes: dict[str, Any], start_ms: int | None = None
 ) -> WorkSpan | None:
     """The span of one activity attempt (None without the extra or without a trace context)."""
-    if not ENABLED or traceparent is None:
+    if traceparent is None or not recording():
         return None
     return WorkSpan(f"activity:{name}", traceparent, attributes, start_ms)
 
