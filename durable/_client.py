@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Collection, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from redis.exceptions import RedisError
@@ -31,7 +31,7 @@ from ._query import AsyncQueries, resolved, state_from
 from ._runtime import tracing
 from ._runtime.schedule_client import AsyncScheduleMethods
 from ._store import lifecycle
-from ._store.store import Store
+from ._store.store import StartOutcome, Store
 
 if TYPE_CHECKING:
     from ._store.notify import StatusNotifier
@@ -50,48 +50,17 @@ NOT_STARTED = frozenset({OrchestrationStatus.PENDING.value.encode()})
 NOT_FINISHED = frozenset(s.value.encode() for s in OrchestrationStatus if not s.is_terminal)
 
 
-class _Start(NamedTuple):
-    """A start, checked and encoded; :meth:`call` adds the trace context and packs the message."""
+#: how long a start waits for the termination of the unfinished instance it replaces
+_REPLACE_SECONDS = 60.0
+_FINISHED = tuple(s.value.encode() for s in OrchestrationStatus if s.is_terminal)
 
-    iid: str
-    name: str
-    data: bytes
-    created: int
-    scheduled: int | None
-    exec_id: str
-    tags: str
-    version: str | None
-    body: dict[str, Any]
 
-    def span(self) -> AbstractContextManager[str | None]:
-        attributes = {"durable.instance_id": self.iid, "durable.orchestration.name": self.name}
-        return tracing.client_span(f"create_orchestration:{self.name}", attributes)
-
-    def call(
-        self, traceparent: str | None
-    ) -> tuple[str, str, bytes, bytes, int, int | None, str, str, str | None]:
-        """The arguments of :meth:`Store.start_instance` (and :meth:`Store.start_call`)."""
-        if traceparent is not None:
-            self.body["traceparent"] = traceparent
-        message = pack_record(self.body)
-        return (
-            self.iid,
-            self.name,
-            message,
-            self.data,
-            self.created,
-            self.scheduled,
-            self.exec_id,
-            self.tags,
-            self.version,
-        )
-
-    def result(self, ok: bool) -> str:
-        if not ok:
-            raise OrchestrationAlreadyExistsError(
-                f"an orchestration with id {self.iid!r} already exists and is not finished"
-            )
-        return self.iid
+def _replaceable(statuses: Collection[OrchestrationStatus]) -> list[str]:
+    """The status values a start's ``replace`` names, as the instance record spells them."""
+    out = [OrchestrationStatus(s).value for s in statuses]
+    if OrchestrationStatus.RUNNING.value in out:
+        out.append(OrchestrationStatus.CONTINUED_AS_NEW.value)
+    return out
 
 
 class AsyncClient(AsyncQueries, AsyncScheduleMethods):
@@ -155,6 +124,7 @@ class AsyncClient(AsyncQueries, AsyncScheduleMethods):
         start_at: _dt.datetime | None = None,
         tags: dict[str, str] | None = None,
         version: str | None = None,
+        replace: Collection[OrchestrationStatus] | None = None,
     ) -> str:
         """Start an orchestration (now, or at ``start_at``); returns its instance id.
 
@@ -164,23 +134,15 @@ class AsyncClient(AsyncQueries, AsyncScheduleMethods):
         worker that runs that step. A worker that lacks the version never runs the instance: it
         waits for one that has it. Raises SerializationError for an input msgpack cannot carry
         and OrchestrationAlreadyExistsError when an instance with that id is still running.
-        """
-        start = self._prepare_start(orchestrator, input, instance_id, start_at, tags, version)
-        store = await self._get_store()
-        with start.span() as traceparent:
-            ok = await store.start_instance(*start.call(traceparent))
-        return start.result(ok)
 
-    def _prepare_start(
-        self,
-        orchestrator: Callable[..., Any] | str,
-        input: Any,
-        instance_id: str | None,
-        start_at: _dt.datetime | None,
-        tags: dict[str, str] | None,
-        version: str | None,
-    ) -> _Start:
-        """Everything a start sends, checked and encoded (no I/O)."""
+        ``replace`` (the id reuse policy): the statuses of an existing instance with that id that
+        this start replaces (None: the finished ones, COMPLETED, FAILED and TERMINATED; RUNNING
+        covers CONTINUED_AS_NEW); another status raises OrchestrationAlreadyExistsError. An
+        unfinished instance that may be replaced is terminated (recursively) first, and replaced
+        once its termination is committed; a start that takes the id meanwhile is judged by the
+        same rule. TimeoutError when the termination is not applied within a minute (it still
+        will be; the new instance is not started).
+        """
         name = name_of(orchestrator, "orchestrator")
         version = check_version(version)
         iid = instance_id or uuid.uuid4().hex
@@ -188,6 +150,7 @@ class AsyncClient(AsyncQueries, AsyncScheduleMethods):
             raise ValueError(f"invalid instance id {iid!r} (must be non-empty and not start with '@')")
         data = encode(input, what=f"input of orchestration {name!r}")
         tag_text = encode_tags(tags)
+        store = await self._get_store()
         created = self._now_ms()
         exec_id = uuid.uuid4().hex
         body: dict[str, Any] = {
@@ -207,7 +170,73 @@ class AsyncClient(AsyncQueries, AsyncScheduleMethods):
             scheduled = datetime_to_ms(start_at)
             if scheduled <= created:
                 scheduled = None
-        return _Start(iid, name, data, created, scheduled, exec_id, tag_text, version, body)
+        span_attributes = {"durable.instance_id": iid, "durable.orchestration.name": name}
+        with tracing.client_span(f"create_orchestration:{name}", span_attributes) as traceparent:
+            if traceparent is not None:
+                body["traceparent"] = traceparent
+            try:
+                outcome = await self._start_replacing(store, body, scheduled, replace)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"the orchestration {iid!r} that this start replaces was not terminated within "
+                    f"{_REPLACE_SECONDS}s (it will be; the new instance was not started)"
+                ) from None
+        if outcome.code == 0:
+            why = "is not finished" if replace is None else f"is {outcome.status}, which may not be replaced"
+            raise OrchestrationAlreadyExistsError(
+                f"an orchestration with id {iid!r} already exists and {why}"
+            )
+        return iid
+
+    async def _start_replacing(
+        self,
+        store: Store,
+        body: dict[str, Any],
+        scheduled: int | None,
+        replace: Collection[OrchestrationStatus] | None,
+    ) -> StartOutcome:
+        """The start script's outcome; an unfinished instance that may be replaced is terminated,
+        and the start tried again (a new creation time) once the termination is committed."""
+        iid = str(body["target"])
+        replaceable = None if replace is None else _replaceable(replace)
+        replaces = ""
+        with anyio.fail_after(_REPLACE_SECONDS):
+            while True:
+                outcome = await store.start_instance(
+                    iid, str(body["name"]), pack_record(body), body["input"], body["created"],
+                    scheduled, str(body["exec"]), body.get("tags", ""), body.get("ver"),
+                    replaceable, replaces,
+                )  # fmt: skip
+                if outcome.code != 2:
+                    return outcome
+                replaces = outcome.execution or ""
+                # the terminate names the execution: it can never end one started meanwhile
+                terminate = {"kind": ev.MSG_TERMINATE, "output": None, "recursive": True, "exec": replaces}
+                with contextlib.suppress(OrchestrationNotFoundError):  # purged meanwhile
+                    await self._send(iid, terminate)
+                await self._wait_replaced(iid, replaces)
+                body["created"] = self._now_ms()
+
+    async def _wait_replaced(self, instance_id: str, execution: str) -> None:
+        """Until the execution ``execution`` of the instance finished, or is gone (replaced or
+        purged); the caller bounds the wait."""
+        store = await self._get_store()
+        if self._notifier is None:
+            self._notifier = store.status_notifier()
+        channel = store.keys.status_channel(instance_id)
+        event = await self._notifier.register(channel)
+        try:
+            while True:
+                event.clear()
+                fields = await store.get_instance(instance_id) or {}
+                if fields.get(b"exec", b"").decode() != execution or fields.get(b"status") in _FINISHED:
+                    return
+                # wake on a status change, or re-check periodically in case a hint is lost
+                with anyio.move_on_after(1.0):
+                    await event.wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._notifier.unregister(channel, event)
 
     async def get_orchestration_state(self, instance_id: str) -> OrchestrationState | None:
         """The instance's current state, or None if there is no such instance."""

@@ -1,10 +1,10 @@
 """The synchronous client: :class:`Client`, a blocking facade over :class:`AsyncClient`.
 
 Calls run on the async client's code on an event loop owned by a daemon thread, except the ones
-that are a single command -- start an instance, read its state, a wait whose instance is already
-there: those go from the calling thread on a blocking connection (:class:`DirectRedis`), which
-costs a fraction of the hop to the loop thread (standalone Redis; on a Redis Cluster every call
-takes the loop).
+that are a single command -- read an instance's state, a wait whose instance is already there:
+those go from the calling thread on a blocking connection (:class:`DirectRedis`), which costs a
+fraction of the hop to the loop thread (standalone Redis; on a Redis Cluster every call takes the
+loop).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import datetime as _dt
 import functools
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Collection, Coroutine, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -154,26 +154,21 @@ class Client(SyncQueries, ScheduleMethods):
         start_at: _dt.datetime | None = None,
         tags: dict[str, str] | None = None,
         version: str | None = None,
+        replace: Collection[OrchestrationStatus] | None = None,
     ) -> str:
         """See :meth:`AsyncClient.schedule_new_orchestration`."""
-        start = self._async._prepare_start(orchestrator, input, instance_id, start_at, tags, version)
-        got = self._direct_store()
-        if got is None or got[1].strict_wait is not None:  # strict: the loop's path waits for replicas
-            return str(
-                self._call(
-                    self._async.schedule_new_orchestration,
-                    orchestrator,
-                    input=input,
-                    instance_id=instance_id,
-                    start_at=start_at,
-                    tags=tags,
-                    version=version,
-                )
+        return str(
+            self._call(
+                self._async.schedule_new_orchestration,
+                orchestrator,
+                input=input,
+                instance_id=instance_id,
+                start_at=start_at,
+                tags=tags,
+                version=version,
+                replace=replace,
             )
-        direct, store = got
-        with start.span() as traceparent:
-            ok = direct.start_instance(*store.start_call(*start.call(traceparent)))
-        return start.result(ok)
+        )
 
     def get_orchestration_state(self, instance_id: str) -> OrchestrationState | None:
         """See :meth:`AsyncClient.get_orchestration_state`."""

@@ -165,6 +165,19 @@ class OperationObserver(Protocol):
 
     def end(self, failure: FailureDetails | None) -> None: ...
 
+    def ran(
+        self,
+        entity_id: str,
+        operation: str,
+        msg: dict[str, Any],
+        item: tuple[str, int],
+        started_ms: int,
+        failure: FailureDetails | None,
+    ) -> None:
+        """An operation a remote executor ran, whose reply is being applied: ``item`` is its work
+        item's token and its place there, ``started_ms`` when the item was handed out (0: not
+        known)."""
+
 
 class EntityBatch:
     """Applies a batch of messages to one entity (the entity batch executor)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import functools
@@ -41,7 +42,7 @@ _ALIVE = (OrchestrationStatus.RUNNING.value, OrchestrationStatus.SUSPENDED.value
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
-_Work = tuple["concurrent.futures.Future[Any]", Callable[[], Any]]
+_Work = tuple["concurrent.futures.Future[Any] | None", Callable[[], Any]]
 
 
 class _DaemonThreadPool(concurrent.futures.Executor):
@@ -66,17 +67,26 @@ class _DaemonThreadPool(concurrent.futures.Executor):
         self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
     ) -> concurrent.futures.Future[_T]:
         future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+        self._put((future, functools.partial(fn, *args, **kwargs)))
+        return future
+
+    def post(self, call: Callable[[], None]) -> None:
+        """Run ``call`` on a pool thread, with no future: ``call`` reports its own outcome (the
+        hot path of plain-function activities, which hands results back to the loop in batches).
+        Dropped unrun when the pool shuts down with ``cancel_futures``."""
+        self._put((None, call))
+
+    def _put(self, item: _Work) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the activity threads were shut down")
-            self._work.put((future, functools.partial(fn, *args, **kwargs)))
+            self._work.put(item)
             if not self._idle.acquire(blocking=False) and len(self._threads) < self._max_workers:
                 thread = threading.Thread(
                     target=self._serve, name=f"{self._prefix}_{len(self._threads)}", daemon=True
                 )
                 self._threads.append(thread)
                 thread.start()
-        return future
 
     def _serve(self) -> None:
         while (item := self._work.get()) is not None:
@@ -93,7 +103,7 @@ class _DaemonThreadPool(concurrent.futures.Executor):
                     with contextlib.suppress(queue.Empty):
                         while True:
                             item = self._work.get_nowait()
-                            if item is not None:
+                            if item is not None and item[0] is not None:
                                 item[0].cancel()
                 self._work.put(None)
         if wait:
@@ -101,7 +111,10 @@ class _DaemonThreadPool(concurrent.futures.Executor):
                 thread.join()
 
 
-def _run(future: concurrent.futures.Future[Any], call: Callable[[], Any]) -> None:
+def _run(future: concurrent.futures.Future[Any] | None, call: Callable[[], Any]) -> None:
+    if future is None:
+        call()
+        return
     if not future.set_running_or_notify_cancel():
         return
     try:
@@ -159,6 +172,11 @@ class ActivityRunner:
         self._spans: dict[str, tracing.WorkSpan] = {}
         self._results_ready = anyio.Event()
         self._changed = anyio.Event()  # set (and replaced) whenever a slot frees or reading stops
+        self._waiting = 0  # tasks waiting on _changed (no new event per release when none is)
+        #: outcomes of plain-function attempts, appended by pool threads and handed to the loop
+        #: in batches: one wake-up of the loop for all that finished meanwhile
+        self._finished: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._drain_scheduled = False
         #: redelivered tasks run one at a time with nothing else in flight, so a task that kills
         #: its process takes no innocent tasks with it (their delivery counts would grow too)
         self._isolating = False
@@ -171,10 +189,13 @@ class ActivityRunner:
         return len(self.in_flight)
 
     def _notify(self) -> None:
-        changed, self._changed = self._changed, anyio.Event()
-        changed.set()
+        if self._waiting:
+            self._waiting = 0
+            changed, self._changed = self._changed, anyio.Event()
+            changed.set()
 
     async def _wait_change(self) -> None:
+        self._waiting += 1
         await self._changed.wait()
 
     def stop_reading(self) -> None:
@@ -371,19 +392,21 @@ class ActivityRunner:
         if fn is None:  # another worker may have it: then the task waits for one (else it fails)
             tg.start_soon(self._leave_or_fail, eid, msg, fields, ctx, started)
             return
-        span = tracing.activity_span(
-            name,
-            msg.get("traceparent"),
-            {
-                "durable.instance_id": target,
-                "durable.activity.name": name,
-                "durable.task_id": tid,
-                "durable.activity.attempt": ctx.attempt,
-                "durable.activity.delivery": delivered,
-            },
-        )
-        if span is not None:
-            self._spans[eid] = span
+        traceparent = msg.get("traceparent")
+        if traceparent is not None and tracing.recording():
+            span = tracing.activity_span(
+                name,
+                traceparent,
+                {
+                    "durable.instance_id": target,
+                    "durable.activity.name": name,
+                    "durable.task_id": tid,
+                    "durable.activity.attempt": ctx.attempt,
+                    "durable.activity.delivery": delivered,
+                },
+            )
+            if span is not None:
+                self._spans[eid] = span
         if inspect.iscoroutinefunction(fn) or is_blob_ref(raw):
             tg.start_soon(self._execute_async, eid, msg, fn, ctx, started)
             return
@@ -392,10 +415,40 @@ class ActivityRunner:
         except Exception as exc:
             self._complete(eid, msg, ctx, started, None, exc)
             return
-        future = self._loop.run_in_executor(
-            self._pool, self._run_sync, attempt, self._bound(eid, fn), ctx, value
+        self._pool.post(
+            functools.partial(self._run_posted, eid, msg, ctx, started, attempt, self._bound(eid, fn), value)
         )
-        future.add_done_callback(functools.partial(self._sync_done, eid, msg, ctx, started))
+
+    def _run_posted(
+        self,
+        eid: str,
+        msg: dict[str, Any],
+        ctx: ActivityContext,
+        started: float,
+        attempt: Attempt,
+        fn: Any,
+        value: Any,
+    ) -> None:
+        """On a pool thread: run the attempt, queue its outcome, and wake the loop unless a
+        wake-up is already on its way (the loop then takes this outcome with the others)."""
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = self._run_sync(attempt, fn, ctx, value)
+        except BaseException as exc:  # SystemExit too: on this thread it can only be the activity's own
+            error = exc
+        self._finished.append((eid, msg, ctx, started, result, error))
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the worker has stopped
+                self._loop.call_soon_threadsafe(self._drain_finished)
+
+    def _drain_finished(self) -> None:
+        """On the loop: complete every attempt the pool threads finished since the last drain."""
+        self._drain_scheduled = False  # first: an outcome queued from now on schedules a drain
+        finished = self._finished
+        while finished:
+            self._complete(*finished.popleft())
 
     def _run_sync(self, attempt: Attempt, fn: Any, ctx: ActivityContext, value: Any) -> Any:
         """On a pool thread: the attempt's time limits count from here (not while it queued)."""
@@ -410,14 +463,6 @@ class ActivityRunner:
         """``fn`` run with the attempt's span active (when traced), so the code's spans nest in it."""
         span = self._spans.get(eid)
         return span.bind(fn) if span is not None else fn
-
-    def _sync_done(
-        self, eid: str, msg: dict[str, Any], ctx: ActivityContext, started: float, future: Any
-    ) -> None:
-        if future.cancelled():
-            return  # the worker is shutting down; the task stays pending and is handed back
-        exc = future.exception()
-        self._complete(eid, msg, ctx, started, None if exc else future.result(), exc)
 
     def _time_out(self, attempt: Attempt, reason: str) -> None:
         """An attempt passed its time limit: it fails now, and its slot is given back once the

@@ -128,7 +128,7 @@ class DelegatedSteps:
                 waiting, inst.parked = inst.parked, []
                 self._apply(step, inst, msg)
                 return [*waiting, *msgs[i + 1 :]]
-            if kind == ev.MSG_TERMINATE:
+            if kind == ev.MSG_TERMINATE and msg.get("exec") in (None, inst.exec):
                 self.terminate(step, inst, msg.get("output"))  # the step away is cancelled
                 return msgs[i + 1 :]
             inst.parked = [*inst.parked, persistable(msg)]

@@ -155,7 +155,7 @@ class EntityHalf:
             return
         remote = impl is None and self._remote(entity_id.name)  # a Durable Task SDK runs it
         kind = RemoteEntityBatch if remote else EntityBatch
-        spans = None if remote else tracing.entity_spans()
+        spans = tracing.entity_spans()
         batch = kind(entity_id, impl, loaded.record, step.now, self.dedup_window, self.dedup_seconds, spans)
         result = batch.run(msgs)
         if spans is not None and spans.spans:

@@ -346,6 +346,8 @@ class OrchestrationHalf:
                     continue
                 msg = start
                 kind = ev.MSG_START
+            if kind == ev.MSG_TERMINATE and msg.get("exec") not in (None, inst.exec):
+                continue  # it ends an execution that is over (a start replacing it sent it)
             sender = msg.get("from") if kind == ev.MSG_TERMINATE else None
             if sender is not None and not from_its_parent(inst, sender):
                 continue  # passed on by a parent this instance does not belong to

@@ -218,6 +218,8 @@ class _RemoteStep:
                 self._result(msg)
         elif kind == ev.MSG_TERMINATE:
             sender = msg.get("from")
+            if msg.get("exec") not in (None, self.inst.exec):
+                return  # it ends an execution that is over (a start replacing it sent it)
             if sender is not None and not from_its_parent(self.inst, sender):
                 return  # passed on by a parent this instance does not belong to
             if self._running():

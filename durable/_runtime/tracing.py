@@ -10,7 +10,10 @@ emits, on the tracer ``durable``:
   fired timer; a sub-orchestration's span is a child of its parent orchestration's span;
 * ``activity:<name>`` (SERVER) for each attempt of an activity, a child of its orchestration's span;
 * ``entity:<name>:<operation>`` (SERVER) for each entity operation applied, a child of the span of
-  whoever sent it (an orchestration, an entity, a client, or another service's ``traceparent``).
+  whoever sent it (an orchestration, an entity, a client, or another service's ``traceparent``);
+  for an operation a remote executor (a Durable Task SDK worker) ran, from the hand-out of its
+  work item to the commit of the reply, with ids derived from the work item
+  (:func:`work_traceparent`, which the sidecar hands to the SDK).
 
 The trace context travels in the messages as a W3C ``traceparent`` (the field the wire format
 documents). Spans are emitted only once the step that did the work has committed (an activity's
@@ -25,6 +28,7 @@ Without the extra nothing here imports OpenTelemetry and every function is a che
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -98,7 +102,39 @@ def orchestration_traceparent(instance_id: str, execution_id: str, incoming: Any
     """The ``traceparent`` an execution puts on the messages it sends (None without the extra)."""
     if not ENABLED:
         return None
+    if incoming is None or isinstance(incoming, str):
+        return _derived_traceparent(instance_id, execution_id, incoming)
     return format_traceparent(*orchestration_ids(instance_id, execution_id, incoming))
+
+
+@functools.lru_cache(maxsize=4096)
+def _derived_traceparent(instance_id: str, execution_id: str, incoming: str | None) -> str:
+    """Every step of an execution sends the same ``traceparent``: derived (two hashes) once."""
+    return format_traceparent(*orchestration_ids(instance_id, execution_id, incoming))
+
+
+def work_ids(traceparent: Any, *key: str) -> tuple[int, int, int]:
+    """(trace id, span id, flags) of the span of work that an SDK worker runs (an activity attempt,
+    an entity operation): derived from ``key`` (what names the work item), so the sidecar that
+    hands it out, the one that takes its completion and the partition owner agree on them; in the
+    sender's trace (``traceparent``), else in one derived from ``key`` too."""
+    span_id = _derived(*key, "work", size=8)
+    parent = parse_traceparent(traceparent)
+    if parent is not None:
+        return parent[0], span_id, parent[2]
+    return _derived(*key, "trace", size=16), span_id, 1
+
+
+def work_traceparent(traceparent: Any, *key: str) -> str | None:
+    """That span's context as a ``traceparent``, for the SDK worker (None without the extra)."""
+    if not ENABLED:
+        return None
+    return format_traceparent(*work_ids(traceparent, *key))
+
+
+def remote_operation_key(token: str, index: int) -> tuple[str, str, str]:
+    """The ``key`` of the span of the ``index``-th operation of the entity work item ``token``."""
+    return "entity", token, str(index)
 
 
 def current_traceparent() -> str | None:
@@ -226,11 +262,22 @@ class WorkSpan:
     """A span started when work starts (an activity attempt, an entity operation) and ended --
     emitted -- only once the work's outcome is stored; a span never ended is never exported."""
 
-    def __init__(self, name: str, traceparent: Any, attributes: dict[str, Any]) -> None:
+    def __init__(
+        self, name: str, traceparent: Any, attributes: dict[str, Any], start_ms: int | None = None
+    ) -> None:
         self.span = _tracer().start_span(
-            name, context=_parent_context(traceparent), kind=SpanKind.SERVER, attributes=attributes
+            name,
+            context=_parent_context(traceparent),
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+            start_time=None if start_ms is None else _ns(start_ms),
         )
         self._end_ns: int | None = None
+
+    def derive_ids(self, traceparent: Any, *key: str) -> None:
+        """Give the span the ids of :func:`work_ids` (the ones handed to the SDK worker)."""
+        trace_id, span_id, _ = work_ids(traceparent, *key)
+        _set_ids(self.span, trace_id, span_id)
 
     @property
     def traceparent(self) -> str | None:
@@ -272,11 +319,13 @@ class WorkSpan:
         return run
 
 
-def activity_span(name: str, traceparent: Any, attributes: dict[str, Any]) -> WorkSpan | None:
+def activity_span(
+    name: str, traceparent: Any, attributes: dict[str, Any], start_ms: int | None = None
+) -> WorkSpan | None:
     """The span of one activity attempt (None without the extra or without a trace context)."""
-    if not ENABLED or traceparent is None:
+    if traceparent is None or not recording():
         return None
-    return WorkSpan(f"activity:{name}", traceparent, attributes)
+    return WorkSpan(f"activity:{name}", traceparent, attributes, start_ms)
 
 
 class EntitySpans:
@@ -287,7 +336,7 @@ class EntitySpans:
         self.spans: list[WorkSpan] = []
         self._current: WorkSpan | None = None
 
-    def begin(self, entity_id: str, operation: str, msg: dict[str, Any]) -> str | None:
+    def _start(self, entity_id: str, operation: str, msg: dict[str, Any], start_ms: int | None) -> WorkSpan:
         name = entity_id[1:].partition("@")[0]
         span = WorkSpan(
             f"entity:{name}:{operation}",
@@ -297,10 +346,29 @@ class EntitySpans:
                 "durable.entity.name": name,
                 "durable.entity.operation": operation,
             },
+            start_ms,
         )
-        self._current = span
         self.spans.append(span)
-        return span.traceparent
+        return span
+
+    def begin(self, entity_id: str, operation: str, msg: dict[str, Any]) -> str | None:
+        self._current = self._start(entity_id, operation, msg, None)
+        return self._current.traceparent
+
+    def ran(
+        self,
+        entity_id: str,
+        operation: str,
+        msg: dict[str, Any],
+        item: tuple[str, int],
+        started_ms: int,
+        failure: FailureDetails | None,
+    ) -> None:
+        """An operation a remote executor ran: its span, from the hand-out of its work item to
+        now, with the ids the work item's operation carried to the executor."""
+        span = self._start(entity_id, operation, msg, started_ms or None)
+        span.derive_ids(msg.get("traceparent"), *remote_operation_key(*item))
+        span.done(failure)
 
     def end(self, failure: FailureDetails | None) -> None:
         if self._current is not None:

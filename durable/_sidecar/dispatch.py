@@ -22,7 +22,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from durabletask.internal import orchestrator_service_pb2 as pb
 from redis.exceptions import RedisError
@@ -69,9 +69,6 @@ class Item:
     entry_id: str
     name: str
     work: pb.WorkItem
-    #: an activity's span (when traced) and when it was handed out (for the activity metrics)
-    span: tracing.WorkSpan | None = None
-    started: float = field(default_factory=time.monotonic)
 
     @property
     def token(self) -> str:
@@ -80,6 +77,37 @@ class Item:
 
 def _token(*parts: str) -> str:
     return _SEP.join(parts)
+
+
+class _ActivityToken(NamedTuple):
+    """An activity work item's completion token: where its result goes, and what counting and
+    tracing it needs (any sidecar may take the completion)."""
+
+    kind: str
+    stream: str
+    entry_id: str
+    iid: str
+    exec_id: str
+    tid: str
+    name: str
+    handed_out: str  # ms since the epoch
+    traceparent: str  # the orchestration's call ('' untraced)
+    attempt: str
+    delivery: str
+
+
+def _span_key(token: _ActivityToken) -> tuple[str, ...]:
+    return "activity", token.entry_id, token.delivery, token.handed_out
+
+
+def _activity_attributes(token: _ActivityToken) -> dict[str, Any]:
+    return {
+        "durable.instance_id": token.iid,
+        "durable.activity.name": token.name,
+        "durable.task_id": int(token.tid),
+        "durable.activity.attempt": int(token.attempt),
+        "durable.activity.delivery": int(token.delivery),
+    }
 
 
 def parse_token(token: str) -> list[str]:
@@ -155,7 +183,6 @@ class Dispatcher:
         self._give(min(capable, key=lambda c: len(c.in_flight)), item)
 
     def _give(self, conn: Connection, item: Item) -> None:
-        item.started = time.monotonic()
         conn.in_flight[item.token] = item
         conn.queue.put_nowait(item.work)
 
@@ -199,10 +226,14 @@ class Dispatcher:
         self._done(response.completionToken)
 
     async def complete_activity(self, response: pb.ActivityResponse) -> None:
+        """Store an activity's result; then (the first completion of the work item only) count it
+        and emit its span, from what its token carries: the sidecar that takes the completion
+        need not be the one that handed the item out."""
         parts = parse_token(response.completionToken)
-        if len(parts) != 6 or parts[0] != "a":
+        if len(parts) not in (6, len(_ActivityToken._fields)) or parts[0] != "a":
             raise ValueError("not an activity work item's completion token")
-        _, stream, entry_id, iid, exec_id, tid = parts
+        token = _ActivityToken(*parts) if len(parts) > 6 else None
+        _, stream, entry_id, iid, exec_id, tid = parts[:6]
         reply: dict[str, Any] = {"target": iid, "exec": exec_id or None, "tid": int(tid)}
         failure: FailureDetails | None = None
         if response.HasField("failureDetails") and (
@@ -214,15 +245,19 @@ class Dispatcher:
         else:
             reply["kind"] = ev.MSG_TASK_COMPLETED
             reply["result"] = convert.packed_from_json(convert.optional_text(response, "result"))
-        item = self.held.get(response.completionToken)
-        elapsed = time.monotonic() - item.started if item is not None else 0.0
-        await self.workitems.reply(iid, pack_record(reply), stream, entry_id)
+        first = await self.workitems.reply(iid, pack_record(reply), stream, entry_id)
         self._done(response.completionToken)
-        if item is not None:  # counted and traced as a local activity, once its result is stored
-            self.metrics.activity_done(item.name, "completed" if failure is None else "failed", elapsed)
-            if item.span is not None:
-                item.span.done(failure)
-                tracing.run_after_commit([item.span.emit])
+        if token is not None and first:  # counted and traced as a local activity, once stored
+            handed_out = int(token.handed_out)
+            elapsed = max(time.time() * 1000 - handed_out, 0.0) / 1000
+            self.metrics.activity_done(token.name, "completed" if failure is None else "failed", elapsed)
+            span = tracing.activity_span(
+                token.name, token.traceparent or None, _activity_attributes(token), handed_out
+            )
+            if span is not None:
+                span.derive_ids(token.traceparent, *_span_key(token))
+                span.done(failure)
+                tracing.run_after_commit([span.emit])
 
     async def complete_entity(self, response: pb.EntityBatchResult) -> None:
         parts = parse_token(response.completionToken)
@@ -351,25 +386,21 @@ class Dispatcher:
         request.orchestrationInstance.instanceId = iid
         if exec_id:
             request.orchestrationInstance.executionId.value = exec_id
-        self.metrics.schedule_to_start("activity", entry_id, int(time.time() * 1000))
-        traceparent = body.get("traceparent")
-        span = tracing.activity_span(
-            name,
-            traceparent,
-            {
-                "durable.instance_id": iid,
-                "durable.activity.name": name,
-                "durable.task_id": tid,
-                "durable.activity.attempt": int(body.get("attempt") or 1),
-                "durable.activity.delivery": delivery,
-            },
-        )
-        parent = span.traceparent if span is not None else traceparent
-        if parent:  # the SDK's activity span nests in this one (or in the orchestration's)
-            request.parentTraceContext.traceParent = str(parent)
-        token = _token("a", stream, entry_id, iid, exec_id, str(tid))
-        work = pb.WorkItem(activityRequest=request, completionToken=token)
-        return Item("a", stream, entry_id, name, work, span=span)
+        now_ms = int(time.time() * 1000)
+        self.metrics.schedule_to_start("activity", entry_id, now_ms)
+        traceparent = str(body.get("traceparent") or "")
+        token = _ActivityToken(
+            "a", stream, entry_id, iid, exec_id, str(tid), name, str(now_ms), traceparent,
+            str(int(body.get("attempt") or 1)), str(delivery),
+        )  # fmt: skip
+        # the SDK's activity span nests in this attempt's span (emitted with the completion)
+        parent = (
+            tracing.work_traceparent(traceparent, *_span_key(token)) if traceparent else None
+        ) or traceparent
+        if parent:
+            request.parentTraceContext.traceParent = parent
+        work = pb.WorkItem(activityRequest=request, completionToken=_token(*token))
+        return Item("a", stream, entry_id, name, work)
 
     async def _resolved(self, event: dict[str, Any]) -> dict[str, Any]:
         for key in _PAYLOAD_FIELDS:

@@ -19,6 +19,7 @@ from .._core.entities import EntityRecord
 from .._core.model import FailureDetails
 from .._core.remote_entities import MSG_REMOTE_RESULT
 from .._core.serialization import decode
+from .._runtime import tracing
 from . import convert
 
 
@@ -32,11 +33,16 @@ def batch_request(
         return None, None  # answered already, or the entity moved on
     sent = int(record.remote[1])
     request = pb.EntityBatchRequest(instanceId=target)
-    for op in list(record.remote[2])[:sent]:
+    for index, op in enumerate(list(record.remote[2])[:sent]):
         operation = pb.OperationRequest(
             operation=str(op.get("op", "")),
             requestId=str(op.get("rid") or op.get("id") or uuid.uuid4().hex),
         )
+        # the engine's span of this operation (emitted by the owner with the reply): the SDK's nest in it
+        key = tracing.remote_operation_key(token, index)
+        traceparent = tracing.work_traceparent(op.get("traceparent"), *key)
+        if traceparent is not None:
+            operation.traceContext.traceParent = traceparent
         text = convert.json_from_packed(op.get("input"))
         if text is not None:
             operation.input.value = text

@@ -26,9 +26,14 @@ log = logging.getLogger("durable.sidecar")
 
 #: the RPCs this sidecar answers with UNIMPLEMENTED, and why
 UNSUPPORTED: dict[str, str] = {
-    "CreateTaskHub": "a hub is created on first use; nothing to do",
-    "DeleteTaskHub": "delete a hub's keys in Redis (durable hub commands)",
-    "SkipGracefulOrchestrationTerminations": "not supported",
+    "DeleteTaskHub": (
+        "the engine never deletes a hub (a live worker or sidecar would go on writing to it, and "
+        "a hub's partition count must not change under it); stop its workers and sidecars, then "
+        "delete its keys (durable:{<hub>}:* and durable:{<hub>:NN}:*) in Redis, or use a new hub name"
+    ),
+    "SkipGracefulOrchestrationTerminations": (
+        "the engine has no graceful termination to skip: a terminate ends an instance at its next step"
+    ),
 }
 _PING_SECONDS = 30.0
 _REWIND_SECONDS = 30.0
@@ -108,6 +113,20 @@ class SidecarService(EntityRpcs, stubs.TaskHubSidecarServiceServicer):  # type: 
         self.dispatcher.abandon(request.completionToken)
         return pb.AbandonEntityTaskResponse()
 
+    # -- hub RPCs ----------------------------------------------------------------------------------
+    async def CreateTaskHub(self, request: pb.CreateTaskHubRequest, context: Any) -> pb.CreateTaskHubResponse:
+        """The hub exists once this sidecar runs (its metadata is written again if it went
+        missing); recreating an existing hub would delete it, which the engine never does."""
+        if request.recreateIfExists:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"durable sidecar: hub {self.client.hub!r} exists and is not recreated: "
+                + UNSUPPORTED["DeleteTaskHub"],
+            )
+        if await self.dispatcher.store.restore_meta():
+            log.warning("hub %r had no metadata: written again", self.client.hub)
+        return pb.CreateTaskHubResponse()
+
     # -- client RPCs -------------------------------------------------------------------------------
     async def StartInstance(
         self, request: pb.CreateInstanceRequest, context: Any
@@ -126,11 +145,14 @@ class SidecarService(EntityRpcs, stubs.TaskHubSidecarServiceServicer):  # type: 
                     start_at=start_at,
                     tags=dict(request.tags) or None,
                     version=request.version.value if request.HasField("version") else None,
+                    replace=_reuse_policy(request),
                 )
         except OrchestrationAlreadyExistsError as exc:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except TimeoutError as exc:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
         return pb.CreateInstanceResponse(instanceId=iid)
 
     async def GetInstance(self, request: pb.GetInstanceRequest, context: Any) -> pb.GetInstanceResponse:
@@ -345,6 +367,16 @@ class SidecarService(EntityRpcs, stubs.TaskHubSidecarServiceServicer):  # type: 
         for start in range(0, len(history), _HISTORY_CHUNK):
             chunk = [_packed(e) for e in history[start : start + _HISTORY_CHUNK]]
             yield pb.HistoryChunk(events=[convert.history_event(e, iid) for e in chunk])
+
+
+def _reuse_policy(request: pb.CreateInstanceRequest) -> list[OrchestrationStatus] | None:
+    """The start's id reuse policy as the engine's ``replace``: the statuses it lists (none: an
+    existing instance is never replaced); without a policy, the engine's rule (finished ones).
+    A status the engine never gives an instance (CANCELED) matches nothing."""
+    if not request.HasField("orchestrationIdReusePolicy"):
+        return None
+    statuses = request.orchestrationIdReusePolicy.replaceableStatus
+    return [OrchestrationStatus(convert.STATUS_FROM_PB[s]) for s in statuses if s in convert.STATUS_FROM_PB]
 
 
 def _packed(event: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError, ResponseError
 
-from . import scripts as _scripts
 from .errors import typed_error
 from .resp import pack_command
 
@@ -70,7 +69,3 @@ class DirectRedis:
             return self._call(pack_command(b"EVALSHA", sha, len(keys), *keys, *args))
         except NoScriptError:
             return self._call(pack_command(b"EVAL", source, len(keys), *keys, *args))
-
-    def start_instance(self, keys: list[str], args: list[Any]) -> bool:
-        """The start script with :meth:`Store.start_call`'s keys and arguments."""
-        return bool(self.script(_scripts.START, keys, args))

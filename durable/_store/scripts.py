@@ -283,14 +283,24 @@ return out
 # Client start. KEYS: instance hash, inbox, timers, timer_data, index
 # ARGV: message, created_ms, name, input, scheduled_ms ('' = now), timer member, instance id, execution id,
 #       timer wake-up message, tags ('' = none), pinned ('1': the version in the next argument; else
-#       not pinned), version
-# -> 1 started, 0 already exists and not terminal
+#       not pinned), version, replaceable ('' = the finished statuses; else '|S1|S2|...|'), replaces
+#       (an execution id: that execution, once finished, is replaced whatever the statuses say)
+# -> {1} started, {0, status} an instance exists that may not be replaced, {2, status, exec} an
+#    unfinished instance may be replaced: the caller terminates it first (nothing was written)
 START = (
     _QLIB
     + """
 local qold = qread(KEYS[1])
 local st = qold[1]
-if st and st ~= 'COMPLETED' and st ~= 'FAILED' and st ~= 'TERMINATED' then return 0 end
+if st then
+  local done = st == 'COMPLETED' or st == 'FAILED' or st == 'TERMINATED'
+  local ok = done
+  if ARGV[13] ~= '' then ok = string.find(ARGV[13], '|' .. st .. '|', 1, true) ~= nil end
+  local exec = redis.call('HGET', KEYS[1], 'exec') or ''
+  if done and ARGV[14] ~= '' and exec == ARGV[14] then ok = true end
+  if not ok then return {0, st} end
+  if not done then return {2, st, exec} end
+end
 redis.call('HSET', KEYS[1], 'status', 'PENDING', 'name', ARGV[3], 'input', ARGV[4], 'created', ARGV[2],
            'updated', ARGV[2], 'exec', ARGV[8])
 redis.call('HDEL', KEYS[1], 'output', 'failure', 'custom', 'scheduled', 'parent', 'pending', 'tags', 'ver',
@@ -308,7 +318,7 @@ else
 end
 redis.call('ZADD', KEYS[5], tonumber(ARGV[2]), ARGV[7])
 qsync(qprefix(KEYS[5]), KEYS[1], ARGV[7], qold)
-return 1
+return {1}
 """
 )
 

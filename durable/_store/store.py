@@ -8,8 +8,6 @@ keys of one partition (one hash tag), so the same code runs on Redis Cluster.
 
 from __future__ import annotations
 
-import asyncio
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -18,9 +16,7 @@ from typing import Any, NamedTuple, Protocol
 
 import redis
 import redis.asyncio as aredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._config import ENV_AUDIT
 from .._core.serialization import BLOB_REF_PREFIX, is_blob_ref, pack_record, unpack_record
@@ -28,9 +24,10 @@ from . import scripts as _scripts
 from .autopipe import AutoPipeline
 from .cluster_keys import StreamReadKeysParser
 from .errors import TypedScripts, typed_error
+from .exchange import RawExchanges, read_replies
 from .keys import DEFAULT_PARTITIONS, FORMAT_VERSION, HubKeys, PartitionKeys, partition_of
 from .notify import StatusNotifier
-from .resp import pack_command
+from .resp import field_map, pack_command, stream_entries, stream_replies
 from .tasks import Fields as Fields
 from .tasks import StreamEntry as StreamEntry
 from .tasks import TaskStreams
@@ -42,6 +39,16 @@ _MAX_CONNECTIONS = 4096
 #: longer than any blocking read the engine issues (those block for at most poll_ms, 1 s by
 #: default), short enough to notice a server that stopped answering
 _SOCKET_TIMEOUT = 30.0
+
+
+class StartOutcome(NamedTuple):
+    """What a client start found: ``code`` 1 started, 0 an instance exists that may not be
+    replaced, 2 an unfinished instance may be replaced once terminated; the existing instance's
+    ``status`` and (code 2) ``execution`` id."""
+
+    code: int
+    status: str | None = None
+    execution: str | None = None
 
 
 class Heartbeat(NamedTuple):
@@ -122,7 +129,7 @@ def _flat(mapping: dict[str, Any]) -> list[Any]:
     return out
 
 
-class Store(TaskStreams, WorkStreams):
+class Store(RawExchanges, TaskStreams, WorkStreams):
     """Async access to one hub's keys."""
 
     def __init__(self, client: aredis.Redis, hub: str, partitions: int | None = None) -> None:
@@ -149,6 +156,8 @@ class Store(TaskStreams, WorkStreams):
         #: one connection instead of one each
         self._auto_read = AutoPipeline(self._read_batch)
         self._claim_cursors: dict[str, str] = {}
+        #: standalone: connections between raw exchanges (see :meth:`_conn`)
+        self._idle: list[Any] = []
         self._register(client)
 
     def _register(self, client: Any) -> None:
@@ -193,6 +202,7 @@ class Store(TaskStreams, WorkStreams):
         )
         self.redis.commands_parser = StreamReadKeysParser()  # no COMMAND GETKEYS before stream reads
         await standalone.aclose()
+        self._idle.clear()
         self._register(self.redis)
         self.cluster = True
         self.direct = False  # partitions live on different nodes: the outbox carries messages
@@ -215,6 +225,16 @@ class Store(TaskStreams, WorkStreams):
         *_, value = await pipe.execute()
         self.partitions = int(value)
         return self.partitions
+
+    async def restore_meta(self) -> bool:
+        """Write the hub's metadata again if it is missing (with the partition count in use, once
+        :meth:`ensure_hub` ran); True if it was missing."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hsetnx(self.keys.meta, "partitions", self.partitions or DEFAULT_PARTITIONS)
+        pipe.hsetnx(self.keys.meta, "format", FORMAT_VERSION)
+        pipe.hsetnx(self.keys.meta, "created", int(time.time() * 1000))
+        created, *_ = await pipe.execute()
+        return bool(created)
 
     def partition_keys(self, index: int) -> PartitionKeys:
         return self.keys.partition(index)
@@ -285,11 +305,19 @@ class Store(TaskStreams, WorkStreams):
         self, index: int, cursor: str, count: int, block_ms: int | None
     ) -> list[StreamEntry]:
         key = self.partition_keys(index).inbox
-        resp = await self.redis.xread({key: cursor}, count=count, block=block_ms)
-        if not resp:
+        if self.cluster:
+            resp = await self.redis.xread({key: cursor}, count=count, block=block_ms)
+            if not resp:
+                return []
+            return [(eid.decode(), fields) for eid, fields in resp[0][1]]
+        if block_ms is None:
+            payload = pack_command(b"XREAD", b"COUNT", count, b"STREAMS", key, cursor)
+        else:
+            payload = pack_command(b"XREAD", b"COUNT", count, b"BLOCK", block_ms, b"STREAMS", key, cursor)
+        streams = await self._command_raw(payload)
+        if not streams:
             return []
-        entries = resp[0][1]
-        return [(eid.decode(), fields) for eid, fields in entries]
+        return stream_entries(next(iter(stream_replies(streams)))[1])
 
     async def next_timer_due(self, index: int) -> int | None:
         got = await self.redis.zrange(self.partition_keys(index).timers, 0, 0, withscores=True)
@@ -299,12 +327,19 @@ class Store(TaskStreams, WorkStreams):
         self, index: int, instance_ids: Sequence[str]
     ) -> list[tuple[Fields, list[bytes]]]:
         pk = self.partition_keys(index)
-        pipe = self.redis.pipeline(transaction=False)
+        if self.cluster:
+            pipe = self.redis.pipeline(transaction=False)
+            for iid in instance_ids:
+                pipe.hgetall(pk.instance(iid))
+                pipe.lrange(pk.history(iid), 0, -1)
+            raw = await pipe.execute()
+            return [(raw[2 * i], raw[2 * i + 1]) for i in range(len(instance_ids))]
+        commands: list[bytes] = []
         for iid in instance_ids:
-            pipe.hgetall(pk.instance(iid))
-            pipe.lrange(pk.history(iid), 0, -1)
-        raw = await pipe.execute()
-        return [(raw[2 * i], raw[2 * i + 1]) for i in range(len(instance_ids))]
+            commands.append(pack_command(b"HGETALL", pk.instance(iid)))
+            commands.append(pack_command(b"LRANGE", pk.history(iid), 0, -1))
+        raw = await self._pipeline_raw(commands)
+        return [(field_map(raw[2 * i]), raw[2 * i + 1]) for i in range(len(instance_ids))]
 
     async def load_records(self, index: int, keys: Sequence[str]) -> list[Fields]:
         """HGETALL of each key, in one round trip (pre-encoded: entity steps load many)."""
@@ -463,32 +498,28 @@ class Store(TaskStreams, WorkStreams):
         strict = self.strict_wait is not None
         if strict:
             tail = self._wait_command() + tail
-        replies = len(publish) + (1 if strict else 0)
-        pool = self.redis.connection_pool
-        conn = await pool.get_connection()
+        count = 1 + len(publish) + (1 if strict else 0)
+        conn = await self._conn()
+        ok = False
         try:
             payload = pack_command(b"EVALSHA", script.sha, len(keys), *keys, *args)
             await conn.send_packed_command(payload + tail, check_health=False)
-            try:
-                res = await conn.read_response()
-            except NoScriptError:
-                for _ in range(replies):
-                    await conn.read_response()
+            replies = await read_replies(conn, count)
+            if isinstance(replies[0], NoScriptError):
                 payload = pack_command(b"EVAL", script.script, len(keys), *keys, *args)
                 await conn.send_packed_command(payload + tail, check_health=False)
-                res = await conn.read_response()
-            if strict:
-                self._check_wait(await conn.read_response())
-            for _ in publish:
-                await conn.read_response()
-            return res
-        except BaseException as exc:
-            await conn.disconnect()
-            if isinstance(exc, ResponseError) and (typed := typed_error(exc)) is not exc:
-                raise typed from exc
-            raise
+                replies = await read_replies(conn, count)
+            ok = True  # every reply read: the connection is in step again, whatever they say
         finally:
-            await pool.release(conn)
+            await self._conn_done(conn, ok)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                if (typed := typed_error(reply)) is not reply:
+                    raise typed from reply
+                raise reply
+        if strict:
+            self._check_wait(replies[1])
+        return replies[0]
 
     async def _send_batch(self, commands: list[bytes]) -> list[Any]:
         """Send an automatic-pipelining batch; in 'strict' one WAIT after it covers all of it."""
@@ -594,28 +625,18 @@ class Store(TaskStreams, WorkStreams):
         execution_id: str,
         tags: str = "",
         version: str | None = None,
-    ) -> bool:
-        keys, args = self.start_call(
-            instance_id, name, message, input_data, created_ms, scheduled_ms, execution_id, tags, version
-        )
-        return bool(await self._client_script(self._start, keys, args))
+        replaceable: Sequence[str] | None = None,
+        replaces: str = "",
+    ) -> StartOutcome:
+        """Create the instance (or replace a finished one) and queue its start, in one script.
 
-    def start_call(
-        self,
-        instance_id: str,
-        name: str,
-        message: bytes,
-        input_data: bytes,
-        created_ms: int,
-        scheduled_ms: int | None,
-        execution_id: str,
-        tags: str = "",
-        version: str | None = None,
-    ) -> tuple[list[str], list[Any]]:
-        """The keys and arguments of the start script (also sent by the synchronous client's
-        direct connection, :class:`~durable._store.direct.DirectRedis`)."""
+        ``replaceable``: the statuses of an existing instance this start may replace (None: the
+        finished ones); ``replaces``: an execution that, once finished, is replaced regardless.
+        An unfinished instance that may be replaced is left alone: the outcome says so, and the
+        caller terminates it and calls again with ``replaces``."""
         pk = self.keys_for(instance_id)
-        return (
+        res = await self._client_script(
+            self._start,
             [pk.instance(instance_id), pk.inbox, pk.timers, pk.timer_data, pk.instances],
             [
                 message,
@@ -630,7 +651,15 @@ class Store(TaskStreams, WorkStreams):
                 tags,
                 "0" if version is None else "1",
                 version or "",
+                "" if replaceable is None else "|" + "".join(f"{st}|" for st in replaceable),
+                replaces,
             ],
+        )
+        code, status, execution = (*res, None, None)[:3]
+        return StartOutcome(
+            int(code),
+            status.decode() if status is not None else None,
+            execution.decode() if execution is not None else None,
         )
 
     async def send_to_instance(self, instance_id: str, message: bytes) -> bool:
@@ -736,54 +765,6 @@ class Store(TaskStreams, WorkStreams):
         out.sort(key=lambda r: r[1], reverse=True)
         return out
 
-    async def _pipeline_raw(self, commands: list[bytes], *, raise_errors: bool = True) -> list[Any]:
-        """Send pre-encoded commands on one connection and read their replies (a pipeline without
-        redis-py's per-command encoding). On Cluster the commands go through redis-py instead.
-        With ``raise_errors=False`` error replies are returned in place."""
-        if self.cluster:
-            pipe = self.redis.pipeline(transaction=False)
-            for raw in commands:
-                name, *rest = _unpack_command(raw)
-                pipe.execute_command(name.decode(), *rest)
-            try:
-                replies = list(await pipe.execute(raise_on_error=raise_errors))
-            except ResponseError as exc:
-                if (typed := typed_error(exc)) is exc:
-                    raise
-                raise typed from exc
-            except AttributeError as exc:
-                # redis-py's cluster pipeline, on a node connection torn down under it (a node
-                # restarting, slots moving, a shutdown): "'NoneType' object has no attribute
-                # 'writelines'". It is a lost connection, and callers retry those.
-                raise RedisConnectionError(f"cluster connection lost: {exc}") from exc
-            return [typed_error(r) if isinstance(r, ResponseError) else r for r in replies]
-        pool = self.redis.connection_pool
-        conn = await pool.get_connection()
-        try:
-            await conn.send_packed_command(b"".join(commands), check_health=False)
-            replies = []
-            error: Exception | None = None
-            # one deadline for the batch's replies (socket_timeout), not one timer per reply
-            try:
-                async with asyncio.timeout(conn.socket_timeout):
-                    for _ in commands:
-                        try:
-                            replies.append(await conn.read_response(timeout=math.inf))
-                        except ResponseError as exc:  # keep reading: the other replies are on the wire
-                            typed = typed_error(exc)
-                            error = error or typed
-                            replies.append(typed)
-            except TimeoutError as exc:
-                raise RedisTimeoutError(f"timeout reading {len(commands)} replies") from exc
-            if error is not None and raise_errors:
-                raise error
-            return replies
-        except BaseException:
-            await conn.disconnect()
-            raise
-        finally:
-            await pool.release(conn)
-
     # -- workers ---------------------------------------------------------------------------------
     async def heartbeat(
         self, worker_id: str, info: dict[str, str], ttl_ms: int, caps: Sequence[str] = ()
@@ -845,16 +826,3 @@ class SyncLeaseRenewer:
 
     def close(self) -> None:
         self._client.close()
-
-
-def _unpack_command(raw: bytes) -> list[bytes]:
-    """Inverse of :func:`pack_command` (for the Cluster path of :meth:`Store._pipeline_raw`)."""
-    out: list[bytes] = []
-    pos = raw.index(b"\r\n") + 2
-    while pos < len(raw):
-        end = raw.index(b"\r\n", pos)
-        size = int(raw[pos + 1 : end])
-        start = end + 2
-        out.append(raw[start : start + size])
-        pos = start + size + 2
-    return out

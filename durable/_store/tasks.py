@@ -15,7 +15,7 @@ from redis.exceptions import ResponseError
 
 from .._core.registry import capability
 from .keys import ACTIVITY_GROUP, HubKeys, PartitionKeys
-from .resp import pack_command
+from .resp import pack_command, stream_entries, stream_replies
 
 Fields = dict[bytes, bytes]
 StreamEntry = tuple[str, Fields]
@@ -41,6 +41,8 @@ class TaskStreams:
         def keys_for(self, instance_id: str) -> PartitionKeys: ...
 
         async def _pipeline_raw(self, commands: list[bytes], *, raise_errors: bool = True) -> list[Any]: ...
+
+        async def _command_raw(self, payload: bytes) -> Any: ...
 
         def _wait_args(self) -> list[Any]: ...
 
@@ -75,11 +77,31 @@ class TaskStreams:
         streams = {self.keys.tasks: ">"}
         names = {self.keys.work(capability("a", a)): a for a in activities}
         streams.update(dict.fromkeys(names, ">"))
-        resp = await self.redis.xreadgroup(ACTIVITY_GROUP, consumer, streams, count=count, block=block_ms)
         out: list[StreamEntry] = []
-        for stream, entries in resp or []:
-            activity = names.get(stream.decode() if isinstance(stream, bytes) else str(stream))
-            out.extend((task_ref(eid.decode(), activity), fields) for eid, fields in entries if fields)
+        if self.cluster:
+            resp = await self.redis.xreadgroup(ACTIVITY_GROUP, consumer, streams, count=count, block=block_ms)
+            for stream, entries in resp or []:
+                activity = names.get(stream.decode() if isinstance(stream, bytes) else str(stream))
+                out.extend((task_ref(eid.decode(), activity), fields) for eid, fields in entries if fields)
+            return out
+        reply = await self._command_raw(
+            pack_command(
+                b"XREADGROUP",
+                b"GROUP",
+                ACTIVITY_GROUP,
+                consumer,
+                b"COUNT",
+                count,
+                b"BLOCK",
+                block_ms,
+                b"STREAMS",
+                *streams,
+                *streams.values(),
+            )
+        )
+        for stream, entries in stream_replies(reply) if reply else ():
+            activity = names.get(stream.decode())
+            out.extend((task_ref(eid, activity), fields) for eid, fields in stream_entries(entries))
         return out
 
     async def claim_stale_tasks(

@@ -134,30 +134,33 @@ class WorkItemStore:
                 stream, REMOTE_GROUP, "handed-back", 0, list(ids), idle=idle_ms + 1, justid=True
             )
 
-    async def ack(self, stream: str, ids: Sequence[str]) -> None:
-        if ids:
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.xack(stream, REMOTE_GROUP, *ids)
-            pipe.xdel(stream, *ids)
-            await pipe.execute()
+    async def ack(self, stream: str, ids: Sequence[str]) -> int:
+        """Acknowledge and delete entries; how many were still pending."""
+        if not ids:
+            return 0
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.xack(stream, REMOTE_GROUP, *ids)
+        pipe.xdel(stream, *ids)
+        acked, _ = await pipe.execute()
+        return int(acked)
 
-    async def reply(self, target: str, message: bytes, stream: str, entry_id: str) -> None:
+    async def reply(self, target: str, message: bytes, stream: str, entry_id: str) -> bool:
         """Deliver a reply to the inbox of ``target``'s partition, then acknowledge the work item
         it answers (in this order: a crash in between redelivers the item, and the owner drops
-        the second reply)."""
+        the second reply). True if this reply acknowledged it (the first reply to it)."""
         store = self.store
         inbox = pack_command(b"XADD", store.keys_for(target).inbox, b"*", b"m", message)
         if store.cluster:
             await store._pipeline_raw([inbox])
-            await self.ack(stream, [entry_id])
-            return
-        await store._pipeline_raw(
+            return await self.ack(stream, [entry_id]) > 0
+        replies = await store._pipeline_raw(
             [
                 inbox,
                 pack_command(b"XACK", stream, REMOTE_GROUP, entry_id),
                 pack_command(b"XDEL", stream, entry_id),
             ]
         )
+        return int(replies[1]) > 0
 
     async def entity_snapshot(self, entity_id: str) -> tuple[Fields, Fields]:
         """An entity's two hashes (state, control), read atomically (one slot: MULTI/EXEC)."""

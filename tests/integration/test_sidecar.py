@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+import redis
 from durabletask import client as dt_client
 from durabletask import history
 from durabletask.internal import orchestrator_service_pb2 as pb
@@ -293,7 +294,35 @@ def test_unsupported_rpcs_answer_unimplemented_with_a_reason(sidecar: Sidecar) -
             stub.DeleteTaskHub(pb.DeleteTaskHubRequest())
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "DeleteTaskHub" in str(info.value.details()) and "DeleteTaskHub" in UNSUPPORTED
-    assert "RewindInstance" not in UNSUPPORTED
+    assert "never deletes a hub" in str(info.value.details())
+    assert "RewindInstance" not in UNSUPPORTED and "CreateTaskHub" not in UNSUPPORTED
+
+
+def test_create_task_hub_keeps_the_hub_and_recreating_it_is_refused(
+    sidecar: Sidecar, redis_url: str, hub: str
+) -> None:
+    admin = redis.Redis.from_url(redis_url)
+    meta = f"durable:{{{hub}}}:meta"
+    partitions = admin.hget(meta, "partitions")
+    assert partitions == b"4"
+    with grpc.insecure_channel(sidecar.address) as channel:
+        stub = stubs.TaskHubSidecarServiceStub(channel)
+        stub.CreateTaskHub(pb.CreateTaskHubRequest())  # it exists: nothing changes
+        assert admin.hget(meta, "partitions") == partitions
+        admin.delete(meta)  # lost metadata is written again, with the partition count in use
+        stub.CreateTaskHub(pb.CreateTaskHubRequest())
+        assert admin.hget(meta, "partitions") == partitions
+        with pytest.raises(grpc.RpcError) as info:
+            stub.CreateTaskHub(pb.CreateTaskHubRequest(recreateIfExists=True))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "never deletes a hub" in str(info.value.details())
+        with pytest.raises(grpc.RpcError) as info:
+            stub.SkipGracefulOrchestrationTerminations(pb.SkipGracefulOrchestrationTerminationsRequest())
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    admin.close()
+    with Client(redis_url, hub) as client:  # the hub still works
+        client.schedule_new_orchestration("sequence", instance_id="after-create")
+        assert client.get_orchestration_state("after-create") is not None
 
 
 def test_rewind_instance_rewinds_a_native_run_orchestration(

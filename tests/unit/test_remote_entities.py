@@ -88,3 +88,46 @@ def test_locks_are_the_engine_s_while_operations_run_remotely() -> None:
     assert started["created"] == NOW and started["exec"]
     unlocked = run(rec, [{"kind": ev.MSG_UNLOCK, "target": TARGET, "rid": "cs1", "orch": "o2"}])
     assert rec.lock is None and unlocked.dispatched and [op["op"] for op in rec.remote[2]] == ["add"]
+
+
+class _Observer:
+    def __init__(self) -> None:
+        self.ran_ops: list[tuple[str, str, tuple[str, int], int, str | None]] = []
+
+    def begin(self, entity_id: str, operation: str, msg: dict[str, Any]) -> str | None:
+        raise AssertionError("a remote operation does not run here")
+
+    def end(self, failure: FailureDetails | None) -> None:
+        raise AssertionError("a remote operation does not run here")
+
+    def ran(
+        self,
+        entity_id: str,
+        operation: str,
+        msg: dict[str, Any],
+        item: tuple[str, int],
+        started_ms: int,
+        failure: FailureDetails | None,
+    ) -> None:
+        self.ran_ops.append((entity_id, operation, item, started_ms, failure and failure.message))
+
+
+def test_the_observer_hears_each_operation_of_a_committed_reply_with_its_work_item() -> None:
+    rec = EntityRecord()
+    observer = _Observer()
+    out = RemoteEntityBatch(EntityId.parse(TARGET), None, rec, NOW, observer=observer)
+    out.run([call("add", 1, "r1"), signal("fail", 2)])
+    token = out.dispatched
+    assert token is not None and rec.remote[3] == NOW and observer.ran_ops == []  # handed out at NOW
+    waiting = RemoteEntityBatch(EntityId.parse(TARGET), None, rec, NOW + 5, observer=observer)
+    waiting.run([signal("add", 3)])  # waits behind the batch that is out: the hand-out time stays
+    assert rec.remote[3] == NOW and observer.ran_ops == []
+
+    results = [{"result": encode(1)}, {"failure": FailureDetails("no", "ValueError").to_record()}]
+    done = RemoteEntityBatch(EntityId.parse(TARGET), None, rec, NOW + 9, observer=observer)
+    done.run([reply("stale", results=results), reply(token, results=results, state=encode(1))])
+    assert observer.ran_ops == [
+        (TARGET, "add", (token, 0), NOW, None),
+        (TARGET, "fail", (token, 1), NOW, "no"),
+    ]
+    assert done.dispatched is not None and rec.remote[3] == NOW + 9  # the next item, handed out now

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.connection import Connection
 
+from durable._store import resp
 from durable._store.resp import pack_command
 
 args = st.lists(
@@ -18,3 +20,11 @@ args = st.lists(
 def test_matches_redis_py(values: list[bytes | str | int]) -> None:
     reference = b"".join(Connection().pack_command(b"EVALSHA", *values))
     assert pack_command(b"EVALSHA", *values) == reference
+    assert resp._pack((b"EVALSHA", *values)) == reference  # the encoder used without hiredis
+
+
+def test_what_hiredis_refuses_is_encoded_in_python() -> None:
+    """hiredis takes no bool: the Python encoder writes it as before (and still refuses None)."""
+    assert pack_command(b"SET", "k", True) == resp._pack((b"SET", "k", True))
+    with pytest.raises(TypeError):
+        pack_command(b"SET", "k", None)
