@@ -5,7 +5,7 @@ their progress in Redis, recovers them after crashes by deterministic replay and
 over any number of workers.
 """
 
-from ._client import AsyncClient, Client
+from ._client import AsyncClient
 from ._config import VERSION as __version__
 from ._config import WorkerConfig
 from ._core.context import EntityLock, OrchestrationContext
@@ -30,6 +30,7 @@ from ._core.schedules import (
 )
 from ._core.serialization import PayloadTooLargeError, SerializationError
 from ._core.tasks import Task, when_all, when_any
+from ._sync_client import Client
 from ._worker import Worker
 
 __all__ = [

@@ -1,16 +1,15 @@
-"""Clients: AsyncClient (awaitable) and Client (synchronous facade over the same code)."""
+"""The asynchronous client, AsyncClient (the synchronous Client in _sync_client wraps it)."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import functools
 import os
 import time
 import uuid
-from collections.abc import Callable, Collection, Coroutine, Iterable
+from collections.abc import Callable, Collection, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from redis.exceptions import RedisError
@@ -28,17 +27,27 @@ from ._core.model import (
 )
 from ._core.registry import check_version, name_of
 from ._core.serialization import decode, encode, pack_record
-from ._loop import LoopThread
-from ._query import AsyncQueries, SyncQueries, resolved, state_from
+from ._query import AsyncQueries, resolved, state_from
 from ._runtime import tracing
-from ._runtime.schedule_client import AsyncScheduleMethods, ScheduleMethods
+from ._runtime.schedule_client import AsyncScheduleMethods
 from ._store import lifecycle
 from ._store.store import StartOutcome, Store
 
 if TYPE_CHECKING:
     from ._store.notify import StatusNotifier
 
-T = TypeVar("T")
+
+def is_started(state: OrchestrationState) -> bool:
+    return state.runtime_status != OrchestrationStatus.PENDING
+
+
+def is_finished(state: OrchestrationState) -> bool:
+    return state.runtime_status.is_terminal
+
+
+#: announced statuses a wait for the start / the completion cannot end on (it reads on any other)
+NOT_STARTED = frozenset({OrchestrationStatus.PENDING.value.encode()})
+NOT_FINISHED = frozenset(s.value.encode() for s in OrchestrationStatus if not s.is_terminal)
 
 
 #: how long a start waits for the termination of the unfinished instance it replaces
@@ -248,52 +257,84 @@ class AsyncClient(AsyncQueries, AsyncScheduleMethods):
         return events
 
     async def _wait(
-        self, instance_id: str, timeout: float, done: Callable[[OrchestrationState], bool]
+        self,
+        instance_id: str,
+        timeout: float,
+        done: Callable[[OrchestrationState], bool],
+        *,
+        cannot_end: frozenset[bytes] = frozenset(),
+        read_first: bool = True,
+        stated_timeout: float | None = None,
     ) -> OrchestrationState:
+        """The state once ``done`` holds. An instance already there costs one read (one round
+        trip); otherwise the wait subscribes to its status channel, then reads again (the change
+        may have come before the subscription) and after every announcement of a status not in
+        ``cannot_end``. ``read_first=False``: the caller has just read it. ``stated_timeout``: the
+        timeout the error message names."""
         store = await self._get_store()
-        if self._notifier is None:
-            self._notifier = store.status_notifier()
-        channel = store.keys.status_channel(instance_id)
-        event = await self._notifier.register(channel)
-        failures = 0
         try:
             with anyio.fail_after(timeout):
-                while True:
-                    event.clear()
+                if read_first:
                     try:
                         state = await self.get_orchestration_state(instance_id)
-                        failures = 0
                     except (RedisError, OSError):
-                        # Redis restarting or unreachable: keep waiting until the deadline
-                        failures += 1
-                        await anyio.sleep(min(0.05 * 2**failures, 1.0))
-                        continue
+                        state = None  # Redis restarting: the loop below keeps trying
                     if state is not None and done(state):
                         return state
-                    # wake on a status change, or re-check periodically in case a hint is lost
-                    with anyio.move_on_after(1.0):
-                        await event.wait()
+                return await self._wait_subscribed(store, instance_id, done, cannot_end)
         except TimeoutError:
             raise TimeoutError(
-                f"orchestration {instance_id!r} did not reach the expected state within {timeout}s"
+                f"orchestration {instance_id!r} did not reach the expected state within "
+                f"{timeout if stated_timeout is None else stated_timeout}s"
             ) from None
+
+    async def _wait_subscribed(
+        self,
+        store: Store,
+        instance_id: str,
+        done: Callable[[OrchestrationState], bool],
+        cannot_end: frozenset[bytes],
+    ) -> OrchestrationState:
+        if self._notifier is None:
+            self._notifier = store.status_notifier()
+        notifier = self._notifier
+        channel = store.keys.status_channel(instance_id)
+        event = await notifier.register(channel)
+        failures = 0
+        try:
+            while True:
+                event.clear()
+                try:
+                    state = await self.get_orchestration_state(instance_id)
+                    failures = 0
+                except (RedisError, OSError):
+                    # Redis restarting or unreachable: keep waiting until the deadline
+                    failures += 1
+                    await anyio.sleep(min(0.05 * 2**failures, 1.0))
+                    continue
+                if state is not None and done(state):
+                    return state
+                # wake on a status change, or re-check periodically in case a hint is lost
+                with anyio.move_on_after(1.0):
+                    await event.wait()
+                    while event.status in cannot_end:
+                        event.clear()  # announced a status the wait cannot end on: no read
+                        await event.wait()
         finally:
             with anyio.CancelScope(shield=True):
-                await self._notifier.unregister(channel, event)
+                await notifier.unregister(channel, event)
 
     async def wait_for_orchestration_start(
         self, instance_id: str, *, timeout: float = 60
     ) -> OrchestrationState:
         """Wait until the instance has left PENDING; raises TimeoutError."""
-        return await self._wait(
-            instance_id, timeout, lambda s: s.runtime_status != OrchestrationStatus.PENDING
-        )
+        return await self._wait(instance_id, timeout, is_started, cannot_end=NOT_STARTED)
 
     async def wait_for_orchestration_completion(
         self, instance_id: str, *, timeout: float = 60
     ) -> OrchestrationState:
         """Wait until the instance completed, failed or was terminated; raises TimeoutError."""
-        return await self._wait(instance_id, timeout, lambda s: s.runtime_status.is_terminal)
+        return await self._wait(instance_id, timeout, is_finished, cannot_end=NOT_FINISHED)
 
     async def _send(self, instance_id: str, body: dict[str, Any]) -> None:
         store = await self._get_store()
@@ -488,175 +529,3 @@ def _signal_message(
 
 
 _NONE = encode(None)
-
-
-async def _with_trace_context(captured: Any, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run the coroutine ``make()`` with the trace context captured on the caller's thread."""
-    with tracing.attached(captured):
-        return await make()
-
-
-class Client(SyncQueries, ScheduleMethods):
-    """Synchronous client; the same methods as :class:`AsyncClient`, blocking."""
-
-    _async: AsyncClient
-
-    def __init__(
-        self, redis_url: str | None = None, hub: str | None = None, *, durability: str | None = None
-    ) -> None:
-        self._async = AsyncClient(redis_url, hub, durability=durability)
-        self.hub = self._async.hub
-        self._thread: LoopThread | None = LoopThread("durable-client")
-
-    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if self._thread is None:
-            raise RuntimeError("client is closed")
-        # the caller's trace context goes along (its active span is the parent of ours)
-        call = functools.partial(fn, *args, **kwargs)
-        return self._thread.run(_with_trace_context(tracing.capture(), call))
-
-    def close(self) -> None:
-        """Close connections and the client's background thread."""
-        if self._thread is not None:
-            self._thread.run(self._async.close())
-            self._thread.close()
-            self._thread = None
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def schedule_new_orchestration(
-        self,
-        orchestrator: Callable[..., Any] | str,
-        *,
-        input: Any = None,
-        instance_id: str | None = None,
-        start_at: _dt.datetime | None = None,
-        tags: dict[str, str] | None = None,
-        version: str | None = None,
-        replace: Collection[OrchestrationStatus] | None = None,
-    ) -> str:
-        """See :meth:`AsyncClient.schedule_new_orchestration`."""
-        return str(
-            self._call(
-                self._async.schedule_new_orchestration,
-                orchestrator,
-                input=input,
-                instance_id=instance_id,
-                start_at=start_at,
-                tags=tags,
-                version=version,
-                replace=replace,
-            )
-        )
-
-    def get_orchestration_state(self, instance_id: str) -> OrchestrationState | None:
-        """See :meth:`AsyncClient.get_orchestration_state`."""
-        return self._call(self._async.get_orchestration_state, instance_id)  # type: ignore[no-any-return]
-
-    def get_orchestration_history(self, instance_id: str) -> list[dict[str, Any]]:
-        """See :meth:`AsyncClient.get_orchestration_history`."""
-        return self._call(self._async.get_orchestration_history, instance_id)  # type: ignore[no-any-return]
-
-    def wait_for_orchestration_start(self, instance_id: str, *, timeout: float = 60) -> OrchestrationState:
-        """See :meth:`AsyncClient.wait_for_orchestration_start`."""
-        return self._call(  # type: ignore[no-any-return]
-            self._async.wait_for_orchestration_start, instance_id, timeout=timeout
-        )
-
-    def wait_for_orchestration_completion(
-        self, instance_id: str, *, timeout: float = 60
-    ) -> OrchestrationState:
-        """See :meth:`AsyncClient.wait_for_orchestration_completion`."""
-        return self._call(  # type: ignore[no-any-return]
-            self._async.wait_for_orchestration_completion, instance_id, timeout=timeout
-        )
-
-    def raise_orchestration_event(self, instance_id: str, event_name: str, *, data: Any = None) -> None:
-        """See :meth:`AsyncClient.raise_orchestration_event`."""
-        self._call(self._async.raise_orchestration_event, instance_id, event_name, data=data)
-
-    def terminate_orchestration(
-        self, instance_id: str, *, output: Any = None, recursive: bool = True
-    ) -> None:
-        """See :meth:`AsyncClient.terminate_orchestration`."""
-        self._call(self._async.terminate_orchestration, instance_id, output=output, recursive=recursive)
-
-    def suspend_orchestration(self, instance_id: str, *, reason: str | None = None) -> None:
-        """See :meth:`AsyncClient.suspend_orchestration`."""
-        self._call(self._async.suspend_orchestration, instance_id, reason=reason)
-
-    def resume_orchestration(self, instance_id: str, *, reason: str | None = None) -> None:
-        """See :meth:`AsyncClient.resume_orchestration`."""
-        self._call(self._async.resume_orchestration, instance_id, reason=reason)
-
-    def purge_orchestration(self, instance_id: str, *, recursive: bool = True) -> bool:
-        """See :meth:`AsyncClient.purge_orchestration`."""
-        return bool(self._call(self._async.purge_orchestration, instance_id, recursive=recursive))
-
-    def purge_orchestrations(
-        self,
-        *,
-        status: OrchestrationStatus | str | list[OrchestrationStatus | str] | None = None,
-        name: str | None = None,
-        created_from: _dt.datetime | None = None,
-        created_to: _dt.datetime | None = None,
-        timeout: float = 300.0,
-    ) -> int:
-        """See :meth:`AsyncClient.purge_orchestrations`."""
-        return int(
-            self._call(
-                self._async.purge_orchestrations,
-                status=status,
-                name=name,
-                created_from=created_from,
-                created_to=created_to,
-                timeout=timeout,
-            )
-        )
-
-    def rewind_orchestration(
-        self, instance_id: str, *, reason: str | None = None, timeout: float = 60.0
-    ) -> None:
-        """See :meth:`AsyncClient.rewind_orchestration`."""
-        self._call(self._async.rewind_orchestration, instance_id, reason=reason, timeout=timeout)
-
-    def restart_orchestration(self, instance_id: str, *, new_instance_id: bool = False) -> str:
-        """See :meth:`AsyncClient.restart_orchestration`."""
-        return str(
-            self._call(self._async.restart_orchestration, instance_id, new_instance_id=new_instance_id)
-        )
-
-    def signal_entity(
-        self,
-        entity_id: EntityId | str,
-        operation: str,
-        *,
-        input: Any = None,
-        signal_at: _dt.datetime | None = None,
-        signal_id: str | None = None,
-    ) -> str:
-        """See :meth:`AsyncClient.signal_entity`."""
-        return str(
-            self._call(
-                self._async.signal_entity,
-                entity_id,
-                operation,
-                input=input,
-                signal_at=signal_at,
-                signal_id=signal_id,
-            )
-        )
-
-    def signal_entities(self, signals: Iterable[EntitySignal | tuple[EntityId | str, str, Any]]) -> list[str]:
-        """See :meth:`AsyncClient.signal_entities`."""
-        return self._call(self._async.signal_entities, list(signals))  # type: ignore[no-any-return]
-
-    def get_entity(self, entity_id: EntityId | str) -> EntityState | None:
-        """See :meth:`AsyncClient.get_entity`."""
-        return self._call(self._async.get_entity, entity_id)  # type: ignore[no-any-return]

@@ -41,7 +41,7 @@ from typing import Any
 
 import anyio
 
-from ._client import AsyncClient, Client
+from ._client import AsyncClient
 from ._core.model import OrchestrationState, ms_to_datetime
 from ._core.registry import name_of
 from ._core.replay import ReplayResult, replay_many
@@ -51,6 +51,7 @@ from ._runtime.clock import Clock
 from ._runtime.runtime import Runtime
 from ._store import queries as q
 from ._store.store import Store, SyncLeaseRenewer
+from ._sync_client import Client
 from ._worker import Worker
 
 __all__ = ["ReplayResult", "TestEnvironment", "replay_check"]

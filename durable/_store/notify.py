@@ -4,6 +4,11 @@ A wait registers interest in one instance's channel; a single reader task wakes 
 status message arrives. Notifications are hints only: waiters re-read the state, and re-check on
 a timer so a lost message (or a reconnect) never strands them.
 
+Subscriptions go out in batches: the registrations that arrive while one SUBSCRIBE is being sent
+share the next one, and a channel whose last waiter left is unsubscribed later, with the others
+that left meanwhile (a message for it until then finds no waiter). A thousand concurrent waits
+cost a few commands, not two thousand. ``register`` returns once its channel's SUBSCRIBE is sent.
+
 Because they are hints, nothing that goes wrong in the subscription layer reaches a waiter:
 ``register`` and ``unregister`` never raise (short of cancellation). Any failure of a pub/sub call
 counts, not only ``RedisError``/``OSError``: while Redis restarts, redis-py can also fail with an
@@ -18,9 +23,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 log = logging.getLogger("durable.client")
+
+
+#: unsubscribe channels without waiters once this many have gathered (or after IDLE_SECONDS)
+UNSUBSCRIBE_BATCH = 256
+IDLE_SECONDS = 1.0
+
+
+class Hint(asyncio.Event):
+    """Set when the channel announces a change; ``status`` is what it announced (the instance's
+    new status), or None for "re-check, whatever it is" (after a reconnect)."""
+
+    status: bytes | None = None
 
 
 class StatusNotifier:
@@ -31,42 +49,68 @@ class StatusNotifier:
         self._pubsub: Any = None
         #: the pub/sub connection failed: the reader replaces it
         self._broken = False
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._waiters: dict[str, set[Hint]] = {}
+        #: channels with waiters whose SUBSCRIBE is still to be sent
+        self._to_subscribe: set[str] = set()
+        #: channels still subscribed whose waiters have all left, and since when there are some
+        self._idle: set[str] = set()
+        self._idle_since = 0.0
         self._reader: asyncio.Task[None] | None = None
         #: held by every (un)subscribe and by the reader while it replaces the pub/sub connection
         self._lock = asyncio.Lock()
 
-    async def register(self, channel: str) -> asyncio.Event:
+    async def register(self, channel: str) -> Hint:
         """An event set when ``channel`` announces a change (or whenever a re-check is due)."""
-        event = asyncio.Event()
-        async with self._lock:
-            waiters = self._waiters.setdefault(channel, set())
-            waiters.add(event)
-            if len(waiters) == 1 and not self._broken:
+        event = Hint()
+        waiters = self._waiters.setdefault(channel, set())
+        waiters.add(event)
+        if len(waiters) == 1:
+            if channel in self._idle:
+                self._idle.discard(channel)  # still subscribed
+            else:
+                self._to_subscribe.add(channel)
+        async with self._lock:  # the holder sends every channel asked for until then
+            if self._to_subscribe and not self._broken:
+                channels = list(self._to_subscribe)
+                self._to_subscribe.clear()
                 try:
                     if self._pubsub is None:
                         self._pubsub = self._redis.pubsub()
-                    await self._pubsub.subscribe(channel)
+                    await self._pubsub.subscribe(*channels)
                 except Exception as exc:
                     self._lost(exc)  # the reader subscribes again, with every wanted channel
             if self._reader is None or self._reader.done():
                 self._reader = asyncio.get_running_loop().create_task(self._read())
         return event
 
-    async def unregister(self, channel: str, event: asyncio.Event) -> None:
-        """Forget ``event``; the last waiter of a channel unsubscribes it (best effort)."""
+    async def unregister(self, channel: str, event: Hint) -> None:
+        """Forget ``event``; a channel without waiters is unsubscribed with the next batch."""
+        waiters = self._waiters.get(channel)
+        if waiters is None:
+            return
+        waiters.discard(event)
+        if waiters:
+            return
+        del self._waiters[channel]
+        if channel in self._to_subscribe:
+            self._to_subscribe.discard(channel)  # never sent
+            return
+        if not self._idle:
+            self._idle_since = time.monotonic()
+        self._idle.add(channel)
+        if len(self._idle) >= UNSUBSCRIBE_BATCH:
+            await self._unsubscribe_idle()
+
+    async def _unsubscribe_idle(self) -> None:
         async with self._lock:
-            waiters = self._waiters.get(channel)
-            if waiters is None:
+            if not self._idle:
                 return
-            waiters.discard(event)
-            if waiters:
-                return
-            del self._waiters[channel]
+            channels = list(self._idle)
+            self._idle.clear()
             if self._pubsub is None or self._broken:
-                return
+                return  # a new connection subscribes only what has waiters
             try:
-                await self._pubsub.unsubscribe(channel)
+                await self._pubsub.unsubscribe(*channels)
             except Exception as exc:
                 self._lost(exc)
 
@@ -77,6 +121,8 @@ class StatusNotifier:
     async def _reset(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
         self._broken = False
+        self._to_subscribe.clear()  # the new connection subscribes every channel with waiters
+        self._idle.clear()
         if pubsub is not None:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
@@ -84,11 +130,16 @@ class StatusNotifier:
     def _wake_all(self) -> None:
         for waiters in self._waiters.values():
             for event in waiters:
+                event.status = None
                 event.set()
 
     async def _read(self) -> None:
         failures = 0
-        while self._waiters:
+        while True:
+            if self._idle and (not self._waiters or time.monotonic() - self._idle_since >= IDLE_SECONDS):
+                await self._unsubscribe_idle()
+            if not self._waiters:
+                break
             try:
                 if self._pubsub is None or self._broken:
                     async with self._lock:
@@ -111,7 +162,9 @@ class StatusNotifier:
             channel = msg.get("channel")
             if isinstance(channel, bytes):
                 channel = channel.decode(errors="replace")
+            data = msg.get("data")
             for event in self._waiters.get(str(channel), ()):
+                event.status = data if isinstance(data, bytes) else None
                 event.set()
 
     async def close(self) -> None:

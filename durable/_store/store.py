@@ -152,6 +152,9 @@ class Store(RawExchanges, TaskStreams, WorkStreams):
         #: test builds: every accepted commit is recorded in the partition's audit stream
         self.audit = os.environ.get(ENV_AUDIT) == "1"
         self._auto = AutoPipeline(self._send_batch)
+        #: reads of the client (a state, a wait's check): concurrent ones share a round trip, and
+        #: one connection instead of one each
+        self._auto_read = AutoPipeline(self._read_batch)
         self._claim_cursors: dict[str, str] = {}
         #: standalone: connections between raw exchanges (see :meth:`_conn`)
         self._idle: list[Any] = []
@@ -526,6 +529,9 @@ class Store(RawExchanges, TaskStreams, WorkStreams):
         self._check_wait(replies[-1])
         return replies[:-1]
 
+    async def _read_batch(self, commands: list[bytes]) -> list[Any]:
+        return await self._pipeline_raw(commands, raise_errors=False)
+
     async def _client_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """A client's script call, pipelined with its concurrent siblings."""
         try:
@@ -688,8 +694,12 @@ class Store(RawExchanges, TaskStreams, WorkStreams):
         return eid.decode()  # type: ignore[no-any-return]
 
     async def get_instance(self, instance_id: str) -> Fields | None:
-        raw = await self.redis.hgetall(self.keys_for(instance_id).instance(instance_id))
-        return raw or None
+        key = self.keys_for(instance_id).instance(instance_id)
+        reply = await self._auto_read.call(pack_command(b"HGETALL", key))
+        if isinstance(reply, list):  # RESP2 on our own connection (redis-py's cluster path: a dict)
+            it = iter(reply)
+            reply = dict(zip(it, it, strict=True))
+        return reply or None
 
     async def get_instances(self, instance_ids: Sequence[str]) -> list[Fields]:
         pipe = self.redis.pipeline(transaction=False)

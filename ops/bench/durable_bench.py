@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import redis
 from benchlib import Results, cpu_seconds, latency_stats, log, rss_bytes, spawn, stop
 from costs import ClusterRedis, measure_burst
+from sync_client import w1_sync
 
 from durable import AsyncClient, Client, OrchestrationStatus, WorkerConfig
 from durable._embedded import EmbeddedRedis
@@ -613,6 +614,7 @@ def _run_profile(
             if "W1" in workloads:
                 log(f"durable/{profile}: W1 chain {sizes.w1_orchestrations} x {sizes.w1_steps}")
                 w1(cluster, res, sizes, reps)
+                w1_sync(cluster, res, sizes, reps)
             if "W2" in workloads:
                 log(f"durable/{profile}: W2 fan-out {sizes.w2_fanout}")
                 w2(cluster, res, sizes, reps)

@@ -22,6 +22,7 @@ RUN = ROOT / "ops" / "bench" / "run"
 # (workload, a row label fragment that must carry a number)
 ROWS = [
     ("W1", "W1 chain 100x5: activity steps/s"),
+    ("W1", "W1 chain, synchronous client, sequential waits: activity steps/s"),
     ("W2", "W2 fan-out/fan-in"),
     ("W3", "W3 latency, 1 activity"),
     ("W4", "W4 entities"),

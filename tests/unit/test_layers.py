@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("durable._core",)),
     ("store", ("durable._store",)),
     ("runtime", ("durable._runtime",)),
-    ("api", ("durable._client", "durable._query", "durable._worker")),
+    ("api", ("durable._client", "durable._sync_client", "durable._query", "durable._worker")),
     ("ops", ("durable._ops",)),
     ("sidecar", ("durable._sidecar",)),
     ("cli", ("durable.cli", "durable._cli", "durable.__main__")),
