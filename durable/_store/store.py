@@ -22,6 +22,7 @@ from .._config import ENV_AUDIT
 from .._core.serialization import BLOB_REF_PREFIX, is_blob_ref, pack_record, unpack_record
 from . import scripts as _scripts
 from .autopipe import AutoPipeline
+from .cluster_client import ClusterClient
 from .cluster_keys import StreamReadKeysParser
 from .errors import TypedScripts, typed_error
 from .exchange import RawExchanges, read_replies
@@ -194,7 +195,7 @@ class Store(RawExchanges, TaskStreams, WorkStreams):
         if int(info.get("cluster_enabled", 0)) != 1:
             return
         standalone = self.redis
-        self.redis = aredis.RedisCluster.from_url(
+        self.redis = ClusterClient.from_url(
             self._url,
             decode_responses=False,
             max_connections=_MAX_CONNECTIONS,
