@@ -12,22 +12,24 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
-import redis
 import redis.asyncio as aredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .._config import ENV_AUDIT
-from .._core.serialization import BLOB_REF_PREFIX, is_blob_ref, pack_record, unpack_record
 from . import scripts as _scripts
 from .autopipe import AutoPipeline
+from .client_ops import ClientOps
+from .client_ops import StartOutcome as StartOutcome
 from .cluster_client import ClusterClient
 from .cluster_keys import StreamReadKeysParser
 from .errors import TypedScripts, typed_error
 from .exchange import RawExchanges, read_replies
 from .keys import DEFAULT_PARTITIONS, FORMAT_VERSION, HubKeys, PartitionKeys, partition_of
 from .notify import StatusNotifier
+from .renewer import LeaseRenewer as LeaseRenewer
+from .renewer import SyncLeaseRenewer as SyncLeaseRenewer
 from .resp import field_map, pack_command, stream_entries, stream_replies
 from .tasks import Fields as Fields
 from .tasks import StreamEntry as StreamEntry
@@ -40,16 +42,6 @@ _MAX_CONNECTIONS = 4096
 #: longer than any blocking read the engine issues (those block for at most poll_ms, 1 s by
 #: default), short enough to notice a server that stopped answering
 _SOCKET_TIMEOUT = 30.0
-
-
-class StartOutcome(NamedTuple):
-    """What a client start found: ``code`` 1 started, 0 an instance exists that may not be
-    replaced, 2 an unfinished instance may be replaced once terminated; the existing instance's
-    ``status`` and (code 2) ``execution`` id."""
-
-    code: int
-    status: str | None = None
-    execution: str | None = None
 
 
 class Heartbeat(NamedTuple):
@@ -130,7 +122,7 @@ def _flat(mapping: dict[str, Any]) -> list[Any]:
     return out
 
 
-class Store(RawExchanges, TaskStreams, WorkStreams):
+class Store(RawExchanges, ClientOps, TaskStreams, WorkStreams):
     """Async access to one hub's keys."""
 
     def __init__(self, client: aredis.Redis, hub: str, partitions: int | None = None) -> None:
@@ -614,158 +606,6 @@ class Store(RawExchanges, TaskStreams, WorkStreams):
     ) -> None:
         await self.redis.xadd(self.partition_keys(index).dlq, fields, maxlen=maxlen, approximate=True)
 
-    # -- client operations -----------------------------------------------------------------------
-    async def start_instance(
-        self,
-        instance_id: str,
-        name: str,
-        message: bytes,
-        input_data: bytes,
-        created_ms: int,
-        scheduled_ms: int | None,
-        execution_id: str,
-        tags: str = "",
-        version: str | None = None,
-        replaceable: Sequence[str] | None = None,
-        replaces: str = "",
-    ) -> StartOutcome:
-        """Create the instance (or replace a finished one) and queue its start, in one script.
-
-        ``replaceable``: the statuses of an existing instance this start may replace (None: the
-        finished ones); ``replaces``: an execution that, once finished, is replaced regardless.
-        An unfinished instance that may be replaced is left alone: the outcome says so, and the
-        caller terminates it and calls again with ``replaces``."""
-        pk = self.keys_for(instance_id)
-        res = await self._client_script(
-            self._start,
-            [pk.instance(instance_id), pk.inbox, pk.timers, pk.timer_data, pk.instances],
-            [
-                message,
-                created_ms,
-                name,
-                input_data,
-                "" if scheduled_ms is None else scheduled_ms,
-                f"start|{instance_id}|{execution_id}",
-                instance_id,
-                execution_id,
-                pack_record({"kind": "wake", "target": "", "due": scheduled_ms or 0}),
-                tags,
-                "0" if version is None else "1",
-                version or "",
-                "" if replaceable is None else "|" + "".join(f"{st}|" for st in replaceable),
-                replaces,
-            ],
-        )
-        code, status, execution = (*res, None, None)[:3]
-        return StartOutcome(
-            int(code),
-            status.decode() if status is not None else None,
-            execution.decode() if execution is not None else None,
-        )
-
-    async def send_to_instance(self, instance_id: str, message: bytes) -> bool:
-        pk = self.keys_for(instance_id)
-        return bool(await self._client_script(self._send, [pk.instance(instance_id), pk.inbox], [message]))
-
-    async def send_message(self, target_id: str, message: bytes) -> str:
-        """XADD an internal message to the inbox of the partition that owns ``target_id``."""
-        eid = await self._auto.call(
-            pack_command(b"XADD", self.keys_for(target_id).inbox, b"*", b"m", message)
-        )
-        return eid.decode()  # type: ignore[no-any-return]
-
-    async def send_messages(self, messages: Sequence[tuple[str, bytes]]) -> list[str]:
-        """XADD many internal messages ``(target id, message)``, in order, in one round trip per
-        thousand; returns their stream ids (raises the first error reply)."""
-        ids: list[str] = []
-        for lo in range(0, len(messages), 1000):
-            commands = [
-                pack_command(b"XADD", self.keys_for(target).inbox, b"*", b"m", message)
-                for target, message in messages[lo : lo + 1000]
-            ]
-            replies = await self._send_batch(commands)
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
-                ids.append(reply.decode())
-        return ids
-
-    async def xadd_raw(self, index: int, fields: dict[str, str | bytes]) -> str:
-        eid = await self.redis.xadd(self.partition_keys(index).inbox, fields)
-        return eid.decode()  # type: ignore[no-any-return]
-
-    async def get_instance(self, instance_id: str) -> Fields | None:
-        key = self.keys_for(instance_id).instance(instance_id)
-        reply = await self._auto_read.call(pack_command(b"HGETALL", key))
-        if isinstance(reply, list):  # RESP2 on our own connection (redis-py's cluster path: a dict)
-            it = iter(reply)
-            reply = dict(zip(it, it, strict=True))
-        return reply or None
-
-    async def get_instances(self, instance_ids: Sequence[str]) -> list[Fields]:
-        pipe = self.redis.pipeline(transaction=False)
-        for iid in instance_ids:
-            pipe.hgetall(self.keys_for(iid).instance(iid))
-        return list(await pipe.execute())
-
-    async def get_history(self, instance_id: str) -> list[dict[str, Any]]:
-        raw = await self.redis.lrange(self.keys_for(instance_id).history(instance_id), 0, -1)
-        return [unpack_record(x) for x in raw]
-
-    async def purge_instance(self, instance_id: str) -> int:
-        pk = self.keys_for(instance_id)
-        blob_set = pk.blobs(instance_id)
-        while True:
-            blobs = sorted(b.decode() for b in await self.redis.smembers(blob_set))
-            keys = [
-                pk.instance(instance_id),
-                pk.history(instance_id),
-                pk.instances,
-                blob_set,
-                pk.finished,
-                *blobs,
-            ]
-            res = int(await self._call_script(self._purge, keys, [instance_id, len(blobs)]))
-            if res != -2:
-                return res
-
-    async def get_blobs(self, keys: Sequence[str]) -> dict[str, bytes]:
-        """Large payloads by key (missing ones are absent from the result)."""
-        if not keys:
-            return {}
-        pipe = self.redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.get(key)
-        return {k: v for k, v in zip(keys, await pipe.execute(), strict=True) if v is not None}
-
-    async def resolve(self, data: bytes | None) -> bytes | None:
-        """The payload behind a blob reference (or ``data`` itself)."""
-        if not is_blob_ref(data):
-            return data
-        assert data is not None
-        key = data[len(BLOB_REF_PREFIX) :].decode()
-        value = await self.redis.get(key)
-        if value is None:
-            raise LookupError(f"large payload {key} is missing (purged?)")
-        return value  # type: ignore[no-any-return]
-
-    async def index_range(
-        self, created_from_ms: int | None, created_to_ms: int | None, limit: int
-    ) -> list[tuple[str, int]]:
-        """Instance ids from every partition's index, newest first, at most ``limit`` per partition."""
-        lo = "-inf" if created_from_ms is None else created_from_ms
-        hi = "+inf" if created_to_ms is None else created_to_ms
-        pipe = self.redis.pipeline(transaction=False)
-        for i in range(self.partitions):
-            pipe.zrevrangebyscore(
-                self.partition_keys(i).instances, hi, lo, start=0, num=limit, withscores=True
-            )
-        out: list[tuple[str, int]] = []
-        for rows in await pipe.execute():
-            out.extend((m.decode(), int(s)) for m, s in rows)
-        out.sort(key=lambda r: r[1], reverse=True)
-        return out
-
     # -- workers ---------------------------------------------------------------------------------
     async def heartbeat(
         self, worker_id: str, info: dict[str, str], ttl_ms: int, caps: Sequence[str] = ()
@@ -792,38 +632,3 @@ class Store(RawExchanges, TaskStreams, WorkStreams):
         pipe.zrem(self.keys.workers, worker_id)
         pipe.delete(self.keys.worker(worker_id))
         await pipe.execute()
-
-
-class LeaseRenewer(Protocol):
-    """Renews leases from a plain thread (see :class:`SyncLeaseRenewer`)."""
-
-    def renew(self, leases: dict[int, str], ttl_ms: int) -> dict[int, bool]: ...
-
-    def close(self) -> None: ...
-
-
-class SyncLeaseRenewer:
-    """Renews leases from a plain thread, so orchestrator code on the event loop cannot starve it."""
-
-    def __init__(self, url: str, hub: str, cluster: bool = False) -> None:
-        client_type: Any = redis.RedisCluster if cluster else redis.Redis
-        self._client = client_type.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-        self._cluster = cluster
-        self._keys = HubKeys(hub)
-        self._renew = self._client.register_script(_scripts.RENEW)
-
-    def renew(self, leases: dict[int, str], ttl_ms: int) -> dict[int, bool]:
-        order = list(leases.items())
-        if self._cluster:  # redis-py refuses scripts in cluster pipelines: one call per lease
-            return {
-                index: bool(self._renew(keys=[self._keys.partition(index).lease], args=[value, ttl_ms]))
-                for index, value in order
-            }
-        pipe = self._client.pipeline(transaction=False)
-        for index, value in order:
-            self._renew(keys=[self._keys.partition(index).lease], args=[value, ttl_ms], client=pipe)
-        res = pipe.execute()
-        return {index: bool(ok) for (index, _), ok in zip(order, res, strict=True)}
-
-    def close(self) -> None:
-        self._client.close()
