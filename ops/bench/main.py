@@ -285,6 +285,14 @@ class Run:
                         f"{fmt(value)} vs {fmt(arq)} jobs/s = {value / arq:.2f}x",
                     )
                 )
+        cpu = med(base, "W1", "worker_cpu_ms_per_step")
+        out.append(
+            (
+                "W1 worker CPU ≤ 0.15 ms per step",
+                verdict(None if math.isnan(cpu) else cpu <= 0.15),
+                f"{fmt(cpu)} ms",
+            )
+        )
         w2 = med(base, "W2", "seconds")
         out.append(
             (
@@ -325,6 +333,14 @@ class Run:
             )
         )
         out += model.w7_targets(lambda w, m: self.values(base, w, m), self.sizes)
+        cached = med(base, "W6", "rss_per_cached")
+        out.append(
+            (
+                "W6 worker memory ≤ 1.5 KiB (1,536 B) per cached waiting instance",
+                verdict(None if math.isnan(cached) else cached <= 1536),
+                f"{fmt(cached)} B of RSS per instance" if not math.isnan(cached) else "not measured",
+            )
+        )
         w6 = med(base, "W6", "bytes_entity")
         out.append(
             (
