@@ -13,7 +13,16 @@ import pytest
 from _cluster import RedisClusterServers
 from _poll import wait_until
 
-from durable import AsyncClient, Client, EntityContext, EntityId, EntitySignal, Worker, WorkerConfig
+from durable import (
+    AsyncClient,
+    Client,
+    EntityContext,
+    EntityId,
+    EntitySignal,
+    SerializationError,
+    Worker,
+    WorkerConfig,
+)
 
 
 def log(ctx: EntityContext, value: Any) -> None:
@@ -93,6 +102,10 @@ def test_async_batch_and_bad_ids(worker: Worker, redis_url: str, hub: str, clien
         assert len(set(ids)) == 50
         wait_until(lambda: _state(client, "@log@async") == list(range(50)), 30, "the async batch")
         assert client.get_entity("@log@ok") is None  # the bad item stopped the call before any send
+        with pytest.raises(SerializationError):  # an input that cannot be encoded: nothing is sent
+            client.signal_entities([("@log@enc", "append", 1), ("@log@enc", "append", object())])
+        client.signal_entity("@log@enc", "append", input="after")
+        wait_until(lambda: _state(client, "@log@enc") == ["after"], 30, "a signal after the refused batch")
 
 
 def test_signal_entities_on_redis_cluster(tmp_path: Path, hub: str) -> None:
